@@ -7,3 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod guest_layout;
+pub mod hypercall;

@@ -1,0 +1,81 @@
+//! `checksum`: writes known data over the data region, lets the hypervisor
+//! do what it likes with the memory, rewrites part of it, then re-reads
+//! everything and reports mismatches.
+//!
+//! Every 8-byte word holds a hash of its address and the seed of the round
+//! that last wrote it. Sequence, per round `r` (1-based):
+//! fill (round 1 only) -> `MARK 1` -> rewrite every third page with seed `r`
+//! -> `MARK 2` -> verify all -> `CHECKSUM_RESULT(pages, mismatches)`.
+//! The marks let a test act on memory (reclaim, clear bits) at known points.
+//!
+//! Boot argument (RSI): number of rounds (0 = 1). Exit code: 0 when no word
+//! mismatched, 1 otherwise.
+#![no_std]
+#![no_main]
+
+use guests::guest_layout::DATA_START_GPA;
+use guests::{BootInfo, nr, println};
+
+guests::entry!(main);
+
+const PAGE: u64 = 4096;
+
+fn expected(gpa: u64, seed: u64) -> u64 {
+    // splitmix64 finaliser: cheap and every bit depends on the address.
+    let mut z = gpa ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn seed_of(page: u64, rounds_done: u64) -> u64 {
+    if rounds_done > 0 && page.is_multiple_of(3) {
+        rounds_done
+    } else {
+        0
+    }
+}
+
+fn fill_page(page_gpa: u64, seed: u64) {
+    for gpa in (page_gpa..page_gpa + PAGE).step_by(8) {
+        guests::write_u64(gpa, expected(gpa, seed));
+    }
+}
+
+fn main(boot: BootInfo) -> u64 {
+    let rounds = boot.arg.max(1);
+    let pages = (boot.ram_bytes - DATA_START_GPA) / PAGE;
+    println!("checksum: {pages} pages, {rounds} rounds");
+    for page in 0..pages {
+        fill_page(DATA_START_GPA + page * PAGE, seed_of(page, 0));
+    }
+    let mut total_mismatches = 0;
+    for round in 1..=rounds {
+        guests::mark(1);
+        for page in (0..pages).filter(|p| p.is_multiple_of(3)) {
+            fill_page(DATA_START_GPA + page * PAGE, seed_of(page, round));
+        }
+        guests::mark(2);
+        let mut mismatches = 0u64;
+        for page in 0..pages {
+            let page_gpa = DATA_START_GPA + page * PAGE;
+            let seed = seed_of(page, round);
+            for gpa in (page_gpa..page_gpa + PAGE).step_by(8) {
+                let got = guests::read_u64(gpa);
+                if got != expected(gpa, seed) {
+                    if mismatches < 4 {
+                        println!(
+                            "checksum: mismatch at {gpa:#x}: {got:#x} != {:#x}",
+                            expected(gpa, seed)
+                        );
+                    }
+                    mismatches += 1;
+                }
+            }
+        }
+        guests::hypercall(nr::CHECKSUM_RESULT, pages, mismatches, 0, 0);
+        println!("checksum: round {round}: {pages} pages verified, {mismatches} mismatches");
+        total_mismatches += mismatches;
+    }
+    u64::from(total_mismatches != 0)
+}

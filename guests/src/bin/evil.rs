@@ -1,0 +1,268 @@
+//! `evil`: one misbehaviour per run, chosen by the boot argument, so each
+//! can be checked on its own. The hypervisor must survive every one of them,
+//! report it in one line naming the VM, and stop or continue the VM as
+//! `docs/guests.md` documents.
+//!
+//! Boot argument (RSI): bits 0-7 the scenario, bits 8-63 an optional
+//! address (scenarios 1 and 2; 0 = just past the end of RAM).
+//!
+//! | # | scenario | expected outcome |
+//! |---|----------|------------------|
+//! | 1 | read outside RAM | VM stopped (nested page fault outside RAM) |
+//! | 2 | write outside RAM | VM stopped |
+//! | 3 | ports nobody emulates | reads give all ones, writes dropped; exit 0 |
+//! | 4 | unknown MSRs, EFER.SVME | #GP injected each time; exit 0 |
+//! | 5 | VMX/SVM instructions | #UD injected each time; exit 0 |
+//! | 6 | triple fault | VM stopped (shutdown) |
+//! | 7 | endless loop, no exits, interrupts off | runs until the host stops it |
+//! | 8 | bad hypercall numbers/arguments | errors returned; exit 0 |
+//!
+//! Scenarios that should continue exit with 0 when the guest saw what the
+//! documentation promises and with 1 (after printing why) when it did not.
+#![no_std]
+#![no_main]
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU64, Ordering};
+use guests::{BootInfo, HypercallError, nr, println};
+
+guests::entry!(main);
+
+/// Bytes the exception handlers skip: set before each faulting instruction.
+#[unsafe(no_mangle)]
+static EVIL_SKIP_LEN: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static EVIL_UD_COUNT: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static EVIL_GP_COUNT: AtomicU64 = AtomicU64::new(0);
+
+// #UD pushes no error code; #GP does. Both resume after the instruction.
+global_asm!(
+    ".global evil_ud_handler",
+    "evil_ud_handler:",
+    "push rax",
+    "mov rax, qword ptr [rip + EVIL_SKIP_LEN]",
+    "add qword ptr [rsp + 8], rax",
+    "lock inc qword ptr [rip + EVIL_UD_COUNT]",
+    "pop rax",
+    "iretq",
+    ".global evil_gp_handler",
+    "evil_gp_handler:",
+    "push rax",
+    "mov rax, qword ptr [rip + EVIL_SKIP_LEN]",
+    "add qword ptr [rsp + 16], rax",
+    "lock inc qword ptr [rip + EVIL_GP_COUNT]",
+    "pop rax",
+    "add rsp, 8",
+    "iretq",
+);
+
+unsafe extern "C" {
+    fn evil_ud_handler();
+    fn evil_gp_handler();
+}
+
+#[repr(C, align(16))]
+struct Idt([u64; 512]);
+static mut IDT: Idt = Idt([0; 512]);
+
+fn gate(handler: u64) -> (u64, u64) {
+    let low = (handler & 0xffff)
+        | (u64::from(guests::guest_layout::CODE_SELECTOR) << 16)
+        | (0x8e << 40)
+        | ((handler >> 16) & 0xffff) << 48;
+    (low, handler >> 32)
+}
+
+#[repr(C, packed)]
+struct DescriptorPointer {
+    limit: u16,
+    base: u64,
+}
+
+fn load_idt(limit: u16) {
+    let idt = core::ptr::addr_of_mut!(IDT);
+    for (vector, handler) in [
+        (6usize, evil_ud_handler as *const () as usize),
+        (13, evil_gp_handler as *const () as usize),
+    ] {
+        let (low, high) = gate(handler as u64);
+        // SAFETY: one vCPU, no interrupts: nothing else touches the IDT.
+        unsafe {
+            (*idt).0[vector * 2] = low;
+            (*idt).0[vector * 2 + 1] = high;
+        }
+    }
+    let ptr = DescriptorPointer {
+        limit,
+        base: idt as u64,
+    };
+    // SAFETY: the IDT is a static that lives forever; its gates point at
+    // handlers that return after the faulting instruction.
+    unsafe { asm!("lidt [{}]", in(reg) &ptr, options(nostack, readonly)) };
+}
+
+fn oob_address(boot: &BootInfo) -> u64 {
+    match boot.arg >> 8 {
+        0 => boot.ram_bytes + 0x1000,
+        gpa => gpa,
+    }
+}
+
+fn ports() -> u64 {
+    let mut bad = 0;
+    for port in [0x60u16, 0x71, 0xcfc, 0x1234, 0xfff0] {
+        let b = guests::inb(port);
+        let d = guests::ind(port);
+        guests::outb(port, 0x5a);
+        if b != 0xff || d != 0xffff_ffff {
+            println!("evil: port {port:#x} read {b:#x}/{d:#x}, expected all ones");
+            bad += 1;
+        }
+    }
+    u64::from(bad != 0)
+}
+
+fn msrs() -> u64 {
+    load_idt(0xfff);
+    EVIL_SKIP_LEN.store(2, Ordering::SeqCst);
+    for msr in [0xdead_0000u32, 0xc001_0117, 0x4b56_4d00, 0xffff_ffff] {
+        let (lo, hi): (u32, u32);
+        // SAFETY: an unknown MSR raises #GP, which the handler skips.
+        unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+        let _ = (lo, hi);
+        // SAFETY: as above.
+        unsafe {
+            asm!("wrmsr", in("ecx") msr, in("eax") 0x1234u32, in("edx") 0u32, options(nostack))
+        };
+    }
+    // Turning on SVM inside the guest is refused with #GP as well.
+    let (lo, hi): (u32, u32);
+    // SAFETY: reading EFER is allowed and has no side effect.
+    unsafe {
+        asm!("rdmsr", in("ecx") 0xc000_0080u32, out("eax") lo, out("edx") hi, options(nostack))
+    };
+    if lo & (1 << 12) != 0 {
+        println!("evil: EFER reads {lo:#x} with SVME set");
+        return 1;
+    }
+    // SAFETY: the write is refused with #GP, which the handler skips.
+    unsafe {
+        asm!("wrmsr", in("ecx") 0xc000_0080u32, in("eax") lo | (1 << 12), in("edx") hi, options(nostack))
+    };
+    let gps = EVIL_GP_COUNT.load(Ordering::SeqCst);
+    if gps != 9 {
+        println!("evil: {gps} #GP for 9 refused MSR accesses");
+        return 1;
+    }
+    0
+}
+
+fn virt_instructions() -> u64 {
+    load_idt(0xfff);
+    let mut expected = 0;
+    macro_rules! expect_ud {
+        ($len:expr, $($insn:tt)*) => {
+            EVIL_SKIP_LEN.store($len, Ordering::SeqCst);
+            // SAFETY: the instruction raises #UD in a guest (the hypervisor
+            // injects it); the handler resumes after it.
+            unsafe { asm!($($insn)*, options(nostack)) };
+            expected += 1;
+        };
+    }
+    // SVM: VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA (rAX = 0).
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xd8", in("rax") 0u64);
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xda", in("rax") 0u64);
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xdb", in("rax") 0u64);
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xdc");
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xdd");
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xde", in("rax") 0u64);
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xdf", in("rax") 0u64, in("ecx") 0u32);
+    // VMX: VMXON [rax], VMLAUNCH, VMRESUME, VMXOFF, VMPTRLD [rax].
+    expect_ud!(5, ".byte 0xf3, 0x0f, 0xc7, 0x30, 0x90", in("rax") 0x8000u64);
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xc2");
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xc3");
+    expect_ud!(3, ".byte 0x0f, 0x01, 0xc4");
+    expect_ud!(3, ".byte 0x0f, 0xc7, 0x30", in("rax") 0x8000u64);
+    let uds = EVIL_UD_COUNT.load(Ordering::SeqCst);
+    if uds != expected {
+        println!("evil: {uds} #UD for {expected} virtualization instructions");
+        return 1;
+    }
+    0
+}
+
+fn bad_hypercalls(boot: &BootInfo) -> u64 {
+    let cases = [
+        ((0x1234, 0, 0, 0, 0), HypercallError::UnknownNumber),
+        ((u64::MAX, 1, 2, 3, 4), HypercallError::UnknownNumber),
+        (
+            (nr::REPORT_TOUCHED, 0, boot.ram_bytes, 0, 64),
+            HypercallError::BadAddress,
+        ),
+        (
+            (nr::REPORT_TOUCHED, 0, u64::MAX - 3, 0, 64),
+            HypercallError::BadAddress,
+        ),
+        (
+            (nr::REPORT_TOUCHED, 0, 0x8000, 0, 0),
+            HypercallError::InvalidArgument,
+        ),
+        (
+            (nr::REPORT_TOUCHED, 0, 0x8000, u64::MAX, 8),
+            HypercallError::InvalidArgument,
+        ),
+    ];
+    let mut bad = 0;
+    for ((n, a, b, c, d), want) in cases {
+        let rax = guests::hypercall(n, a, b, c, d);
+        if HypercallError::from_rax(rax) != Some(want) {
+            println!("evil: hypercall {n:#x} returned {rax:#x}, expected {want:?}");
+            bad += 1;
+        }
+    }
+    u64::from(bad != 0)
+}
+
+fn main(boot: BootInfo) -> u64 {
+    let scenario = boot.arg & 0xff;
+    println!("evil: scenario {scenario}");
+    match scenario {
+        1 => {
+            let gpa = oob_address(&boot);
+            println!("evil: reading {gpa:#x}");
+            let v = guests::read_u64(gpa);
+            println!("evil: read {gpa:#x} gave {v:#x} and the VM goes on");
+            1
+        }
+        2 => {
+            let gpa = oob_address(&boot);
+            println!("evil: writing {gpa:#x}");
+            guests::write_u64(gpa, 0x0bad_c0de);
+            println!("evil: write to {gpa:#x} went through and the VM goes on");
+            1
+        }
+        3 => ports(),
+        4 => msrs(),
+        5 => virt_instructions(),
+        6 => {
+            load_idt(0);
+            // SAFETY: with an empty IDT the breakpoint cannot be delivered:
+            // #GP, then #DF, then shutdown. That is the scenario.
+            unsafe { asm!("int3", options(nostack)) };
+            println!("evil: survived a triple fault");
+            1
+        }
+        7 => loop {
+            // SAFETY: masks interrupts in the guest only; the host still
+            // preempts it (physical interrupts exit).
+            unsafe { asm!("cli", options(nomem, nostack)) };
+            core::hint::spin_loop();
+        },
+        8 => bad_hypercalls(&boot),
+        _ => {
+            println!("evil: unknown scenario {scenario}");
+            1
+        }
+    }
+}

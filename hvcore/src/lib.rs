@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod frame;
 pub mod guest_layout;
 pub mod hypercall;

@@ -50,6 +50,9 @@ pub const DATA_START_GPA: u64 = 0x40_0000;
 pub const MIN_RAM_BYTES: u64 = DATA_START_GPA + 0x10_0000;
 /// Highest GPA (exclusive) the boot page tables map.
 pub const MAPPED_LIMIT_GPA: u64 = 512 << 30;
+const _: () = assert!(IMAGE_GPA + IMAGE_MAX_BYTES <= DATA_START_GPA);
+const _: () = assert!(GDT_GPA < STACK_TOP_GPA && PD_GPA + PD_COUNT * 0x1000 <= GDT_GPA);
+
 /// Code segment selector at entry.
 pub const CODE_SELECTOR: u16 = 0x08;
 /// Data segment selector at entry.
@@ -75,8 +78,7 @@ pub fn boot_table_words() -> impl Iterator<Item = (GuestPhysAddr, u64)> {
         };
         (PDPT_GPA + i * 8, value)
     });
-    let pds = (0..PD_COUNT * 512)
-        .map(|i| (PD_GPA + i * 8, (i << 21) | PRESENT | WRITABLE | LARGE));
+    let pds = (0..PD_COUNT * 512).map(|i| (PD_GPA + i * 8, (i << 21) | PRESENT | WRITABLE | LARGE));
     let gdt = GDT
         .iter()
         .enumerate()
@@ -123,12 +125,18 @@ mod tests {
 
     #[test]
     fn tables_identity_map_every_named_address() {
-        let words: std::collections::HashMap<u64, u64> = boot_table_words()
-            .map(|(g, v)| (g.as_u64(), v))
-            .collect();
+        let words: std::collections::HashMap<u64, u64> =
+            boot_table_words().map(|(g, v)| (g.as_u64(), v)).collect();
         let read = |gpa: u64| words.get(&gpa).copied().unwrap_or(0);
         // Walk the tables as a CPU would for a few addresses.
-        for va in [0u64, 0x10_0000, 0x40_1234, (3 << 30) + 0x2345, (7 << 30) + 5, (512 << 30) - 1] {
+        for va in [
+            0u64,
+            0x10_0000,
+            0x40_1234,
+            (3 << 30) + 0x2345,
+            (7 << 30) + 5,
+            (512 << 30) - 1,
+        ] {
             let pml4e = read(PML4_GPA + ((va >> 39) & 511) * 8);
             assert_eq!(pml4e & 1, 1);
             let pdpte = read((pml4e & !0xfff) + ((va >> 30) & 511) * 8);
@@ -146,6 +154,5 @@ mod tests {
         for gpa in words.keys() {
             assert!(boot_table_pages().contains(&(gpa / 0x1000)));
         }
-        assert!(IMAGE_GPA + IMAGE_MAX_BYTES <= DATA_START_GPA);
     }
 }

@@ -8,5 +8,10 @@
 
 pub mod addr;
 pub mod frame;
+pub mod exit;
 pub mod guest_layout;
+pub mod guest_walk;
 pub mod hypercall;
+pub mod insn;
+pub mod svm;
+pub mod uart;

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod cpu_features;
 pub mod frame;
 pub mod exit;
 pub mod guest_layout;

@@ -1,0 +1,99 @@
+//! The Thermocline kernel: the hypervisor that runs on the bare machine.
+//!
+//! This library holds every kernel module; the binaries are thin:
+//! `src/main.rs` is the hypervisor, and each `src/bin/test_*.rs` is one
+//! in-emulator test scenario (see `testing` and `tests/`). Every binary is
+//! entered by the `bootloader` crate (or by the Bochs bed, which builds the
+//! same [`BootInfo`] itself) at the standard `_start` that
+//! `bootloader_api::entry_point!` generates with [`BOOTLOADER_CONFIG`], and
+//! calls [`init`] first.
+//!
+//! Layers (see docs/ARCHITECTURE.md):
+//! - hardware glue with `unsafe`: `hw` (ports, exit, CPUID/MSR), `gdt`,
+//!   `interrupts` (IDT, entry stubs);
+//! - console and diagnostics: `console`, `logger`, `panic`,
+//!   `interrupts::exceptions`, `banner`, `cpu`;
+//! - test support: `testing` (the console line protocol);
+//! - arch-independent logic lives in the `hvcore` crate.
+#![no_std]
+
+pub mod banner;
+pub mod console;
+pub mod cpu;
+pub mod gdt;
+pub mod hw;
+pub mod interrupts;
+pub mod logger;
+mod panic;
+pub mod testing;
+
+pub use bootloader_api;
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::info::{BootInfo, MemoryRegionKind};
+use spin::Once;
+
+/// What every kernel binary asks of the bootloader.
+///
+/// All physical memory is mapped at a dynamic offset (the platform layer
+/// reaches page tables and guest frames through it); the kernel stack is
+/// larger than the 80 KiB default because exception reports and the hypervisor
+/// paths nest deeply in debug builds.
+pub const BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
+
+static BOOT_INFO: Once<&'static BootInfo> = Once::new();
+
+/// The boot information, once [`init`] has run.
+pub fn boot_info() -> Option<&'static BootInfo> {
+    BOOT_INFO.get().copied()
+}
+
+/// Brings up the boot CPU: console, logger, GDT/TSS, IDT, legacy PIC masked.
+/// Every binary calls this first. Later layers add their steps here, in
+/// dependency order, so every binary gets them.
+pub fn init(boot_info: &'static mut BootInfo) {
+    // 1. The console first, so anything after can report.
+    let uart_ok = console::init();
+    logger::init();
+    if !uart_ok {
+        log::warn!("COM1 failed the 16550 presence check: writing raw bytes");
+    }
+    // 2. CPU tables: exceptions are reportable from here on.
+    gdt::init_boot_cpu();
+    interrupts::load_idt();
+    hw::mask_legacy_pic();
+    // 3. Remember the boot information for the platform layer.
+    let boot_info: &'static BootInfo = boot_info;
+    BOOT_INFO.call_once(|| boot_info);
+    log_memory(boot_info);
+}
+
+/// Logs the memory map summary.
+fn log_memory(boot_info: &BootInfo) {
+    let usable_bytes: u64 = boot_info
+        .memory_regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .map(|r| r.end - r.start)
+        .sum();
+    let offset = boot_info.physical_memory_offset.into_option();
+    match offset {
+        Some(offset) => log::info!(
+            "memory: {} MiB usable in {} regions, physical memory mapped at {offset:#x}",
+            usable_bytes >> 20,
+            boot_info.memory_regions.len()
+        ),
+        None => log::warn!("memory: the loader did not map physical memory"),
+    }
+}
+
+/// What the hypervisor does when it has nothing (yet) to run: halt this CPU.
+pub fn idle() -> ! {
+    log::info!("nothing to run: halting (quit QEMU with Ctrl-A X)");
+    hw::halt_forever()
+}

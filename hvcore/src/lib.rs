@@ -7,12 +7,24 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod age;
+#[cfg(all(feature = "std", not(loom)))]
+pub mod arena;
 pub mod cpu_features;
-pub mod frame;
+pub mod epoch;
+pub mod ept;
 pub mod exit;
+pub mod flush;
+pub mod frame;
+pub mod generations;
 pub mod guest_layout;
 pub mod guest_walk;
 pub mod hypercall;
 pub mod insn;
+pub mod npt;
+pub mod pte;
 pub mod svm;
+pub mod sync;
+pub mod table;
 pub mod uart;
+pub mod walk;

@@ -1,0 +1,169 @@
+//! Second-level page-table entry formats behind one trait.
+//!
+//! [`EntryFormat`] describes one format: where the present, large-page,
+//! accessed and dirty bits are, how a frame address and permissions are
+//! encoded, and the geometry (levels, entries per table). The walker
+//! ([`crate::walk`]), the table manager ([`crate::table`]) and the aging pass
+//! ([`crate::age`]) are generic over it, so one walker serves both vendors:
+//! [`crate::ept::Ept`] (Intel SDM, "EPT Translation Mechanism") and
+//! [`crate::npt::Npt`] (AMD APM vol. 2, "Nested Paging"). Tests plug in a
+//! format with tiny tables so loom can explore whole walks.
+//!
+//! Levels count from the leaf: level 1 maps 4 KiB, level 2 maps 2 MiB
+//! (a leaf there is a "large" page), level 3 maps 1 GiB, level 4 is the root
+//! (PML4), whose entries are never leaves.
+//!
+//! Entries are plain `u64` values here; the atomics that hold them live in
+//! table pages reached through [`crate::table::TableMemory`].
+
+use crate::addr::HostPhysAddr;
+
+/// Access rights of a mapping, the same for both vendors.
+///
+/// EPT cannot express write-without-read (a misconfiguration, Intel SDM
+/// "EPT Misconfigurations"); NPT cannot express write- or execute-only
+/// (its present bit is the read right). [`Perms::is_valid`] rejects both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Perms {
+    /// Reads allowed.
+    pub read: bool,
+    /// Writes allowed.
+    pub write: bool,
+    /// Instruction fetches allowed.
+    pub exec: bool,
+}
+
+impl Perms {
+    /// Read, write and execute.
+    pub const RWX: Perms = Perms {
+        read: true,
+        write: true,
+        exec: true,
+    };
+    /// Read and write, no execute.
+    pub const RW: Perms = Perms {
+        read: true,
+        write: true,
+        exec: false,
+    };
+    /// Read only.
+    pub const R: Perms = Perms {
+        read: true,
+        write: false,
+        exec: false,
+    };
+    /// Read and execute.
+    pub const RX: Perms = Perms {
+        read: true,
+        write: false,
+        exec: true,
+    };
+
+    /// Whether both formats can encode these rights: every mapping must be
+    /// readable (a non-readable mapping is an unmapped page).
+    pub const fn is_valid(self) -> bool {
+        self.read
+    }
+}
+
+/// One second-level entry format and its table geometry.
+///
+/// Implementors are zero-sized markers; every method is a pure function of
+/// the entry value, so the walker's generated code is the same as if the
+/// bits were hard-coded.
+pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
+    /// Short name for messages ("EPT", "NPT").
+    const NAME: &'static str;
+    /// Number of levels; the root table is at this level.
+    const LEVELS: u8 = 4;
+    /// Highest level at which an entry may be a leaf (3: 1 GiB pages).
+    const MAX_LEAF_LEVEL: u8 = 3;
+    /// Index bits per level: 512 entries per 4 KiB table.
+    const INDEX_BITS: u32 = 9;
+    /// The accessed bit, in leaf and non-leaf entries.
+    const ACCESSED: u64;
+    /// The dirty bit (leaf entries only).
+    const DIRTY: u64;
+    /// The large-page bit ("PS"): the entry at level 2 or 3 is a leaf.
+    const LARGE: u64 = 1 << 7;
+    /// Bits holding the frame or table address (51:12).
+    const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+
+    /// Entries per table.
+    const ENTRIES: usize = 1 << Self::INDEX_BITS;
+
+    /// Whether the entry maps anything (leaf or table).
+    fn is_present(entry: u64) -> bool;
+    /// Permissions of a present entry.
+    fn perms(entry: u64) -> Perms;
+    /// A non-leaf entry pointing at `table`, with full rights (rights are
+    /// enforced at the leaf) and A set, so the next aging pass descends
+    /// into it (see [`crate::age`] on subtree skipping).
+    fn make_table(table: HostPhysAddr) -> u64;
+    /// A leaf at `level` mapping `frame` with `perms`, A and D clear.
+    fn make_leaf(frame: HostPhysAddr, level: u8, perms: Perms) -> u64;
+    /// `entry` (a leaf) with its rights replaced by `perms`; A, D, frame and
+    /// the large bit are kept.
+    fn with_perms(entry: u64, perms: Perms) -> u64;
+
+    /// Whether a present entry at `level` is a leaf.
+    #[inline(always)]
+    fn is_leaf(entry: u64, level: u8) -> bool {
+        level == 1 || (level <= Self::MAX_LEAF_LEVEL && entry & Self::LARGE != 0)
+    }
+    /// Whether the entry is present and points at a table.
+    #[inline(always)]
+    fn is_table(entry: u64, level: u8) -> bool {
+        level > 1 && Self::is_present(entry) && !Self::is_leaf(entry, level)
+    }
+    /// The frame or table address held by the entry.
+    #[inline(always)]
+    fn addr(entry: u64) -> HostPhysAddr {
+        HostPhysAddr::new(entry & Self::ADDR_MASK)
+    }
+    /// Bytes of guest-physical space one entry at `level` covers.
+    #[inline(always)]
+    fn level_size(level: u8) -> u64 {
+        1u64 << (12 + Self::INDEX_BITS * (u32::from(level) - 1))
+    }
+    /// Index of `gpa` in a table at `level`.
+    #[inline(always)]
+    fn index(gpa: u64, level: u8) -> usize {
+        ((gpa >> (12 + Self::INDEX_BITS * (u32::from(level) - 1))) as usize) & (Self::ENTRIES - 1)
+    }
+    /// Bytes of guest-physical space the whole structure covers.
+    fn space_size() -> u64 {
+        Self::level_size(Self::LEVELS) << Self::INDEX_BITS
+    }
+}
+
+/// A test format: NPT bits with 2-entry tables and two levels, so that a
+/// whole walk is a handful of atomic operations and loom can enumerate every
+/// interleaving of it. Level 2 leaves are "large pages" of 8 KiB.
+#[derive(Clone, Copy, Debug)]
+pub struct TinyFormat;
+
+impl EntryFormat for TinyFormat {
+    const NAME: &'static str = "tiny";
+    const LEVELS: u8 = 2;
+    const MAX_LEAF_LEVEL: u8 = 2;
+    const INDEX_BITS: u32 = 1;
+    const ACCESSED: u64 = crate::npt::Npt::ACCESSED;
+    const DIRTY: u64 = crate::npt::Npt::DIRTY;
+
+    fn is_present(entry: u64) -> bool {
+        crate::npt::Npt::is_present(entry)
+    }
+    fn perms(entry: u64) -> Perms {
+        crate::npt::Npt::perms(entry)
+    }
+    fn make_table(table: HostPhysAddr) -> u64 {
+        crate::npt::Npt::make_table(table)
+    }
+    fn make_leaf(frame: HostPhysAddr, level: u8, perms: Perms) -> u64 {
+        crate::npt::Npt::make_leaf(frame, level, perms)
+    }
+    fn with_perms(entry: u64, perms: Perms) -> u64 {
+        crate::npt::Npt::with_perms(entry, perms)
+    }
+}

@@ -1,0 +1,330 @@
+//! The one walk: a pre-order iterator over the entries of a second-level
+//! table tree that cover `[start, end)`, down to a minimum level.
+//!
+//! Modelled on Linux KVM's `tdp_iter` (`arch/x86/kvm/mmu/tdp_iter.c`): the
+//! iterator sits on one entry at a time and moves with three small steps,
+//! [`Walk::try_step_down`], [`Walk::try_step_side`] and
+//! [`Walk::try_step_up`]. For each entry it yields a *snapshot* (`old`), the
+//! value it read; handlers decide from the snapshot and change the entry only
+//! with atomic operations that check or preserve it (see [`crate::age`]).
+//! Before stepping down into the table an entry points to, the entry is
+//! **re-read**: a handler may just have replaced it (split, unmap, a new
+//! table), and another writer or the CPU may have changed it, so the step
+//! follows the current link, never a stale one.
+//!
+//! Every operation of the crate is a handler driven by this iterator: aging
+//! and young-tests ([`crate::age`]), map, unmap, split, collapse, protect and
+//! translate ([`crate::table`]). The only other loop over table entries is
+//! the teardown of a *detached* subtree ([`crate::table::Mapper`]), which no
+//! longer has a guest range.
+//!
+//! # Lockless use
+//! A walk holds an [`EpochGuard`] for its whole life (taken by
+//! [`crate::table::Tables::walk`]), so every table page it can reach stays
+//! allocated until it ends, even if a writer unlinks it meanwhile
+//! ([`crate::epoch`]). Entries are read with `Acquire` so that a table page
+//! initialised before its link was published (`Release`) is seen initialised.
+//!
+//! # Filtering
+//! A walk may carry a `filter` mask: entries with none of those bits set are
+//! not yielded, and tables behind such non-leaf entries are not entered. The
+//! aging pass filters on the accessed bit, which both skips cold subtrees
+//! (a non-leaf A clear: nothing under it was walked by the CPU) and, at any
+//! level, reads a 64-byte line of 8 entries at once and skips it when none
+//! has the bit (the cheap common case of a sparse pass). Skipped lines and
+//! subtrees are counted in [`WalkStats`].
+
+use crate::epoch::EpochGuard;
+use crate::pte::EntryFormat;
+use crate::sync::{AtomicU64, Ordering};
+use crate::table::TableMemory;
+use core::marker::PhantomData;
+
+/// Entries per 64-byte cache line.
+const LINE: usize = 8;
+/// Deepest tree supported (4-level EPT/NPT).
+pub const MAX_LEVELS: usize = 4;
+
+/// One yielded entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkEntry {
+    /// Guest-physical address of the first byte the entry covers.
+    pub gpa: u64,
+    /// Level of the entry (1 = 4 KiB).
+    pub level: u8,
+    /// The value read for this entry (the snapshot).
+    pub old: u64,
+}
+
+/// What a filtered walk skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    /// Whole 8-entry lines skipped at the leaf level.
+    pub leaf_lines_skipped: u64,
+    /// Present non-leaf entries not entered because the filter bits were clear.
+    pub subtrees_skipped: u64,
+    /// Guest bytes covered by present entries that were skipped (leaf
+    /// entries skipped alone or in lines, and whole subtrees).
+    pub bytes_skipped_upper_bound: u64,
+    /// Non-leaf entries whose table address the memory did not accept
+    /// (corruption or a bug; the walk goes around them).
+    pub bad_links: u64,
+}
+
+/// The iterator. Build it with [`crate::table::Tables::walk`].
+#[derive(Debug)]
+pub struct Walk<'a, F: EntryFormat, M: TableMemory> {
+    mem: &'a M,
+    _guard: EpochGuard<'a>,
+    tables: [Option<&'a [AtomicU64]>; MAX_LEVELS],
+    /// Per level: the first index of the cached line, or `usize::MAX`.
+    line_base: [usize; MAX_LEVELS],
+    lines: [[u64; LINE]; MAX_LEVELS],
+    level: u8,
+    index: usize,
+    gpa: u64,
+    start: u64,
+    end: u64,
+    min_level: u8,
+    filter: u64,
+    old: u64,
+    started: bool,
+    done: bool,
+    /// Counters of what the filter skipped.
+    pub stats: WalkStats,
+    _f: PhantomData<F>,
+}
+
+impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
+    pub(crate) fn new(
+        mem: &'a M,
+        guard: EpochGuard<'a>,
+        root: &'a [AtomicU64],
+        start: u64,
+        end: u64,
+        min_level: u8,
+        filter: u64,
+    ) -> Self {
+        let mut tables = [None; MAX_LEVELS];
+        tables[usize::from(F::LEVELS) - 1] = Some(root);
+        let end = end.min(F::space_size());
+        Walk {
+            mem,
+            _guard: guard,
+            tables,
+            line_base: [usize::MAX; MAX_LEVELS],
+            lines: [[0; LINE]; MAX_LEVELS],
+            level: F::LEVELS,
+            index: F::index(start, F::LEVELS),
+            gpa: start & !(F::level_size(F::LEVELS) - 1),
+            start,
+            end,
+            min_level: min_level.clamp(1, F::LEVELS),
+            filter,
+            old: 0,
+            started: false,
+            done: start >= end || root.len() != F::ENTRIES,
+            stats: WalkStats::default(),
+            _f: PhantomData,
+        }
+    }
+
+    /// The atomic that holds the current entry.
+    #[inline(always)]
+    pub fn slot(&self) -> &'a AtomicU64 {
+        let table = self.tables[usize::from(self.level) - 1].unwrap_or(&[]);
+        // The iterator never rests on an index outside its table: `index`
+        // is reduced modulo ENTRIES and tables are checked to have ENTRIES.
+        &table[self.index]
+    }
+
+    /// Re-reads the current entry and makes it the snapshot.
+    #[inline(always)]
+    pub fn reread(&mut self) -> u64 {
+        self.old = self.slot().load(Ordering::Acquire);
+        self.old
+    }
+
+    /// The current entry, if the walk has not ended.
+    pub fn current(&self) -> Option<WalkEntry> {
+        (self.started && !self.done).then_some(WalkEntry {
+            gpa: self.gpa,
+            level: self.level,
+            old: self.old,
+        })
+    }
+
+    /// Guest bytes from the current entry's start to the end of the walk's
+    /// range, capped at the entry's size: whether the entry is fully inside
+    /// the range is `covered() == F::level_size(level)`.
+    pub fn covered(&self) -> u64 {
+        let size = F::level_size(self.level);
+        let lo = self.gpa.max(self.start);
+        let hi = (self.gpa + size).min(self.end);
+        hi.saturating_sub(lo)
+    }
+
+    /// Steps into the table the current entry points to, re-reading the
+    /// entry first. Returns false at `min_level`, at a leaf, at a
+    /// non-present entry, or when the link is not a valid table.
+    fn try_step_down(&mut self) -> bool {
+        if self.level <= self.min_level {
+            return false;
+        }
+        let entry = self.reread();
+        if !F::is_table(entry, self.level) {
+            return false;
+        }
+        let Some(child) = self
+            .mem
+            .table(F::addr(entry))
+            .filter(|t| t.len() == F::ENTRIES)
+        else {
+            self.stats.bad_links += 1;
+            return false;
+        };
+        self.level -= 1;
+        let l = usize::from(self.level) - 1;
+        self.tables[l] = Some(child);
+        self.line_base[l] = usize::MAX;
+        let from = self.gpa.max(self.start);
+        self.index = F::index(from, self.level);
+        self.gpa = from & !(F::level_size(self.level) - 1);
+        true
+    }
+
+    /// Steps to the next entry of the same table, if it is in range.
+    fn try_step_side(&mut self) -> bool {
+        let next = self.gpa + F::level_size(self.level);
+        if self.index + 1 >= F::ENTRIES || next >= self.end {
+            return false;
+        }
+        self.index += 1;
+        self.gpa = next;
+        true
+    }
+
+    /// Steps back to the parent entry (already visited).
+    fn try_step_up(&mut self) -> bool {
+        if self.level >= F::LEVELS {
+            return false;
+        }
+        self.level += 1;
+        self.index = F::index(self.gpa, self.level);
+        self.gpa &= !(F::level_size(self.level) - 1);
+        true
+    }
+
+    /// Loads the snapshot of the entry the iterator now sits on and says
+    /// whether it passes the filter. With a filter, a whole line is read at
+    /// once and, when no entry in it passes, the iterator moves to its last
+    /// entry so the next side step leaves the line.
+    #[inline(always)]
+    fn load_filtered(&mut self) -> bool {
+        let l = usize::from(self.level) - 1;
+        let table = self.tables[l].unwrap_or(&[]);
+        if self.filter == 0 {
+            self.old = table[self.index].load(Ordering::Acquire);
+            return true;
+        }
+        let line = F::ENTRIES.min(LINE);
+        let base = self.index & !(line - 1);
+        if self.line_base[l] != base {
+            let mut any = 0;
+            for (k, v) in self.lines[l][..line].iter_mut().enumerate() {
+                *v = table[base + k].load(Ordering::Acquire);
+                any |= *v;
+            }
+            self.line_base[l] = base;
+            let size = F::level_size(self.level);
+            let line_end = (self.gpa & !(size * line as u64 - 1)) + size * line as u64;
+            if any & self.filter == 0 && self.index == base && line_end <= self.end {
+                self.skip_line(l, line);
+                return false;
+            }
+        }
+        self.old = self.lines[l][self.index - base];
+        if self.old & self.filter != 0 {
+            return true;
+        }
+        if F::is_present(self.old) {
+            self.count_skip(self.old, 1);
+        }
+        false
+    }
+
+    #[cold]
+    fn count_skip_line(&mut self, l: usize, line: usize) {
+        for k in 0..line {
+            let v = self.lines[l][k];
+            if F::is_present(v) {
+                self.count_skip(v, 1);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn skip_line(&mut self, l: usize, line: usize) {
+        if self.level == 1 {
+            self.stats.leaf_lines_skipped += 1;
+            self.stats.bytes_skipped_upper_bound += F::level_size(1) * line as u64;
+        } else {
+            self.count_skip_line(l, line);
+        }
+        self.index += line - 1;
+        self.gpa += F::level_size(self.level) * (line as u64 - 1);
+    }
+
+    fn count_skip(&mut self, entry: u64, n: u64) {
+        if F::is_table(entry, self.level) {
+            self.stats.subtrees_skipped += n;
+        }
+        self.stats.bytes_skipped_upper_bound += F::level_size(self.level) * n;
+    }
+
+    /// Moves to the next entry that passes the filter and returns its
+    /// snapshot. Pre-order: an entry comes before the entries of the table
+    /// it points to. The table is entered only if the entry passed the
+    /// filter and, re-read, still points to a table.
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "a lending-style walk whose handlers also use `slot`"
+    )]
+    #[inline]
+    pub fn next(&mut self) -> Option<WalkEntry> {
+        if self.done {
+            return None;
+        }
+        let mut may_descend = true;
+        if !self.started {
+            self.started = true;
+            if self.load_filtered() {
+                return self.current();
+            }
+            may_descend = false;
+        }
+        loop {
+            let moved = (may_descend && self.try_step_down()) || self.step_side_or_up();
+            if !moved {
+                self.done = true;
+                return None;
+            }
+            if self.load_filtered() {
+                return self.current();
+            }
+            may_descend = false;
+        }
+    }
+
+    #[inline(always)]
+    fn step_side_or_up(&mut self) -> bool {
+        loop {
+            if self.try_step_side() {
+                return true;
+            }
+            if !self.try_step_up() {
+                return false;
+            }
+        }
+    }
+}

@@ -17,6 +17,8 @@
 //! - arch-independent logic lives in the `hvcore` crate.
 #![no_std]
 
+extern crate alloc;
+
 pub mod banner;
 pub mod console;
 pub mod cpu;
@@ -24,7 +26,9 @@ pub mod gdt;
 pub mod hw;
 pub mod interrupts;
 pub mod logger;
+pub mod mem;
 mod panic;
+pub mod sched;
 pub mod testing;
 
 pub use bootloader_api;
@@ -71,6 +75,10 @@ pub fn init(boot_info: &'static mut BootInfo) {
     let boot_info: &'static BootInfo = boot_info;
     BOOT_INFO.call_once(|| boot_info);
     log_memory(boot_info);
+    // 4. The platform layer: frames, heap and physical memory access.
+    if let Some(offset) = boot_info.physical_memory_offset.into_option() {
+        mem::init(&boot_info.memory_regions, offset);
+    }
 }
 
 /// Logs the memory map summary.

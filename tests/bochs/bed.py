@@ -643,8 +643,14 @@ def worker(args) -> int:
         exceptions.append(f"vector {vector} error {error_code:#x} at rip {s.cpu.rip:#x}")
 
     def on_hlt(s, cpu_id) -> None:
-        stop_reason.append(f"guest halted at rip {s.cpu.rip:#x} (the bed has no interrupt "
-                           "source to wake it: no timer, no devices)")
+        # Bochs calls this hook for HLT and for the shutdown state that a
+        # triple fault leads to (after its "3rd exception" panic).
+        if lib.bed_bochs_panics():
+            stop_reason.append(f"the CPU shut down at rip {s.cpu.rip:#x} (triple fault: see "
+                               "the Bochs panic and the exceptions below)")
+        else:
+            stop_reason.append(f"guest halted at rip {s.cpu.rip:#x} (the bed has no interrupt "
+                               "source to wake it: no timer, no devices)")
         s.stop()
 
     def on_vmexit(s, cpu_id, reason, qualification) -> None:

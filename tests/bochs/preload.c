@@ -14,7 +14,8 @@
  *     The bed has no A20 gate: the line is always enabled.
  *  3. The first IN/OUT looks up the bool parameter `misc.port_e9_hack.enabled`
  *     and dereferences the NULL that the wheel's `sim_get_param_bool` returns
- *     for names it does not know. Answer those with a false parameter.
+ *     for names it does not know. Answer those with a false parameter, and
+ *     answer `cpu.ignore_bad_msrs` false too, so unknown MSRs raise #GP.
  *  4. Port I/O lands in `bx_devices_c::inp` / `outp`, stubs that assert; the
  *     wheel's Python inp/outp hooks are never called. Forward both to
  *     callbacks the harness registers with `bed_set_io_handlers`.
@@ -106,7 +107,12 @@ void *sim_get_param_bool(const char *name)
 			abort();
 		}
 	}
-	void *param = real_get_param_bool(name);
+	/*
+	 * The wheel sets cpu.ignore_bad_msrs, so RDMSR/WRMSR of an MSR the model
+	 * lacks returns 0 instead of raising #GP as a real CPU does. That hides
+	 * bugs and breaks the kernel's #GP-guarded MSR probes: answer false.
+	 */
+	void *param = strcmp(name, "cpu.ignore_bad_msrs") == 0 ? NULL : real_get_param_bool(name);
 	if (param)
 		return param;
 
@@ -122,7 +128,7 @@ void *sim_get_param_bool(const char *name)
 	stand_ins[stand_in_count].param = param;
 	stand_in_count++;
 	if (getenv("BED_BOCHS_INFO"))
-		fprintf(stderr, "bochs-preload: bool parameter '%s' unknown to the wheel: false\n", name);
+		fprintf(stderr, "bochs-preload: bool parameter '%s' answered false\n", name);
 	return param;
 }
 
@@ -168,6 +174,24 @@ void _ZN12bx_devices_c4outpEtjj(void *self, uint16_t port, uint32_t value, unsig
 	io_count++;
 	if (on_out)
 		on_out(port, value & width_mask(len), len);
+}
+
+/* ---- 6. triple fault -------------------------------------------------------- */
+
+/*
+ * Before a triple fault shuts the CPU down, Bochs dumps the faulting
+ * instruction through BX_MEM_C::dbg_fetch_mem, a stub that asserts. Report
+ * "no bytes" instead, so the CPU reaches its shutdown state (which calls the
+ * harness's hlt hook) and the harness can report the triple fault.
+ */
+/* static bool BX_MEM_C::dbg_fetch_mem(BX_CPU_C *cpu, bx_phy_address addr, unsigned len, Bit8u *buf) */
+_Bool _ZN8BX_MEM_C13dbg_fetch_memEP8BX_CPU_CmjPh(void *cpu, uint64_t addr, unsigned len,
+						 uint8_t *buf)
+{
+	(void)cpu;
+	(void)addr;
+	memset(buf, 0, len);
+	return 0;
 }
 
 /* ---- 5. Bochs log messages -------------------------------------------------- */

@@ -13,11 +13,16 @@ Commands (all idempotent; `run` and `selftest` set the bed up first):
   bed.py setup                      venv + pinned wheel, preload.so, layout tool
   bed.py run --kernel ELF [...]     run one kernel, judge its console
   bed.py selftest                   build and run tests/bochs/selftest
+  bed.py emulate --kernel ELF       no judge: behave like QEMU with -serial stdio
+                                    and isa-debug-exit (console on stdout, exit
+                                    status 33/35), for runners that judge themselves
 
 Judging follows the QEMU runner: the kernel writes 0x10 (pass) or 0x11
 (fail) to the isa-debug-exit port 0xf4, which exits the emulator with
 status 33 or 35; any other end is a crash, and a run past its time limit is
-a timeout. Anything but a pass prints the last 40 console lines.
+a timeout. A HLT that nothing can end (the bed has no interrupt sources) is
+the same hang, found at once: also a timeout. Anything but a pass prints the
+last 40 console lines.
 
 Layout: the judge runs on any python3; it starts a worker process
 (`bed.py worker`, in target/bochs-venv) that owns the emulator, writes the
@@ -62,6 +67,7 @@ EXIT_FAIL = 35  # (0x11 << 1) | 1
 # Worker exit statuses for ends that are not the guest's own.
 WORKER_GUEST_STOPPED = 3  # halted, unbacked memory, emulator stop
 WORKER_SETUP_ERROR = 4  # the bed could not start the guest
+WORKER_HALTED = 5  # HLT with nothing that could ever wake the CPU: a hang, found at once
 CONSOLE_TAIL_LINES = 40
 
 
@@ -212,6 +218,8 @@ def judge(kernel: Path, name: str, timeout_s: float, mem_mib: int, tool: Path,
         verdict = "pass"
     elif status == EXIT_FAIL:
         verdict = "fail"
+    elif status == WORKER_HALTED:
+        verdict = "timeout (the guest halted and nothing can wake it: a hang, seen at once)"
     elif status < 0:
         verdict = f"crash (emulator killed by signal {-status})"
     else:
@@ -598,6 +606,7 @@ def worker(args) -> int:
     exit_status: list[int] = []
     unknown_ports: set[int] = set()
     stop_reason: list[str] = []
+    halted: list[bool] = []
 
     def note_port(port: int, what: str) -> None:
         if port not in unknown_ports:
@@ -649,6 +658,7 @@ def worker(args) -> int:
             stop_reason.append(f"the CPU shut down at rip {s.cpu.rip:#x} (triple fault: see "
                                "the Bochs panic and the exceptions below)")
         else:
+            halted.append(True)
             stop_reason.append(f"guest halted at rip {s.cpu.rip:#x} (the bed has no interrupt "
                                "source to wake it: no timer, no devices)")
         s.stop()
@@ -682,7 +692,7 @@ def worker(args) -> int:
     for line in exceptions:
         log(f"recent exception: {line}")
     sys.stderr.flush()
-    os._exit(WORKER_GUEST_STOPPED)
+    os._exit(WORKER_HALTED if halted else WORKER_GUEST_STOPPED)
 
 
 def load_kernel(ram: GuestRam, elf: Elf, kernel_bytes: bytes, config: dict, layout: dict):
@@ -899,6 +909,9 @@ def main() -> int:
     st = sub.add_parser("selftest", help="build and run tests/bochs/selftest")
     st.add_argument("--timeout-s", type=float, default=60.0)
     st.add_argument("--quiet", action="store_true")
+    em = sub.add_parser("emulate", help="run one kernel like QEMU would (no judging, no timeout)")
+    em.add_argument("--kernel", required=True, type=Path)
+    em.add_argument("--mem-mib", type=int, default=256)
     wk = sub.add_parser("worker", help=argparse.SUPPRESS)
     wk.add_argument("--kernel", required=True)
     wk.add_argument("--mem-mib", type=int, required=True)
@@ -916,6 +929,12 @@ def main() -> int:
     if args.cmd == "setup":
         log("ready")
         return 0
+    if args.cmd == "emulate":
+        # Become the worker, so whoever started us can kill the emulator itself.
+        sys.stdout.flush()
+        os.execv(str(VENV_PY), [str(VENV_PY), str(Path(__file__).resolve()), "worker",
+                                "--kernel", str(args.kernel), "--mem-mib", str(args.mem_mib),
+                                "--layout-tool", str(tool)])
     if args.cmd == "selftest":
         kernel, name, mem = selftest_kernel(), "selftest", 128
     else:

@@ -21,6 +21,8 @@
  *     callbacks the harness registers with `bed_set_io_handlers`.
  *  5. Bochs' log functions are compiled to empty stubs; print error, panic and
  *     fatal messages (and info with BED_BOCHS_INFO=1) to stderr and count them.
+ *  6. A triple fault asserts in `BX_MEM_C::dbg_fetch_mem` (the instruction
+ *     dump before shutdown); answer "no bytes" so the CPU reaches shutdown.
  *
  * The mangled names are internals of the pinned wheel: bed.py refuses to run
  * with any other version.

@@ -335,7 +335,9 @@ impl<A: TableAlloc> Mapper<A> {
     /// Maps `[gpa, gpa + size)` to `[hpa, hpa + size)` with `perms`, using
     /// the largest pages up to `max_page` that the alignment of both
     /// addresses allows. Fails without changing anything if any part of the
-    /// range is already mapped. New leaves have A and D clear.
+    /// range is already mapped; when table pages run out, the part already
+    /// mapped is unmapped again (its table pages are retired as usual).
+    /// New leaves have A and D clear.
     pub fn map<F: EntryFormat, M: TableMemory>(
         &mut self,
         tables: &Tables<F, M>,
@@ -362,19 +364,45 @@ impl<A: TableAlloc> Mapper<A> {
             return Err(MapError::AlreadyMapped(GuestPhysAddr::new(at)));
         }
         let max_level = (max_page as u8).min(F::MAX_LEAF_LEVEL);
+        let mut flush_needed = false;
         let mut walk = tables.walk(g, end, 1, 0);
         while let Some(e) = walk.next() {
             let size_l = F::level_size(e.level);
             let inside = walk.covered() == size_l;
             let frame = h.wrapping_add(e.gpa.wrapping_sub(g));
+            let fits = inside && e.level <= max_level && frame.is_multiple_of(size_l);
             if F::is_present(e.old) {
-                continue; // a table created on the way down
+                // A table: created on the way down, or left empty by an
+                // earlier unmap (the range holds no leaf: checked above).
+                // Replace an empty one by the huge leaf that fits here.
+                if fits && F::is_table(e.old, e.level) {
+                    let leaf = F::make_leaf(HostPhysAddr::new(frame), e.level, perms);
+                    let old = walk.slot().swap(leaf, Ordering::AcqRel);
+                    walk.reread();
+                    if F::is_table(old, e.level) {
+                        self.zap_detached(
+                            tables,
+                            F::addr(old),
+                            e.level - 1,
+                            e.gpa,
+                            &mut |_, _, _| {},
+                        );
+                        self.retire(tables, &[F::addr(old)]);
+                    }
+                    flush_needed = true;
+                }
+                continue;
             }
-            if inside && e.level <= max_level && frame.is_multiple_of(size_l) {
+            if fits {
                 let leaf = F::make_leaf(HostPhysAddr::new(frame), e.level, perms);
                 walk.slot().store(leaf, Ordering::Release);
             } else {
-                let page = self.new_table(tables)?;
+                let Ok(page) = self.new_table(tables) else {
+                    // Out of table pages: undo the part already mapped.
+                    drop(walk);
+                    self.unmap(tables, gpa, size, |_, _, _| {})?;
+                    return Err(MapError::OutOfMemory);
+                };
                 walk.slot().store(F::make_table(page), Ordering::Release);
             }
         }

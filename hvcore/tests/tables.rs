@@ -267,3 +267,30 @@ fn walk_is_preorder_and_respects_range_and_min_level() {
     }
     assert_eq!(n, 3);
 }
+
+#[test]
+fn out_of_table_pages_undoes_a_partial_map() {
+    let arena = HostArena::new(4);
+    let mut alloc = &arena;
+    let tables = Tables::<Ept, _>::new(&arena, &mut alloc).unwrap();
+    let mut m = Mapper::new(&tables, &arena);
+    // Root + 3 levels for the first 2 MiB, then no page for the second table.
+    let err = m.map(
+        &tables,
+        G(0),
+        H(0x1000),
+        2 * PAGE_SIZE_2M,
+        Perms::RW,
+        PageSize::Size4K,
+    );
+    assert_eq!(err, Err(MapError::OutOfMemory));
+    assert!(tables.translate(G(0)).is_none());
+    assert!(tables.translate(G(PAGE_SIZE_2M - 4096)).is_none());
+    m.tlb_flushed(&tables);
+    assert_eq!(m.retired_pages(), 0);
+    // The 4 KiB table went back; the empty upper tables stay for reuse.
+    assert_eq!(arena.in_use(), 3);
+    m.map(&tables, G(0), H(0x1000), 4096, Perms::RW, PageSize::Size4K)
+        .unwrap();
+    assert!(tables.translate(G(0)).is_some());
+}

@@ -45,12 +45,11 @@ impl SimCpu {
         write: bool,
     ) -> bool {
         let page = gpa / 4096;
-        if self.caching {
-            if let Some(&dirty) = self.tlb.get(&page) {
-                if !write || dirty {
-                    return true;
-                }
-            }
+        if self.caching
+            && let Some(&dirty) = self.tlb.get(&page)
+            && (!write || dirty)
+        {
+            return true;
         }
         self.walks += 1;
         let mut table = tables.root();

@@ -1,0 +1,175 @@
+//! Aging pass tests: young pages found exactly, subtree skipping, huge pages
+//! aging as a unit, and the flush policy under a nested-KVM-like TLB.
+
+mod common;
+
+use common::SimCpu;
+use hvcore::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE_2M};
+use hvcore::age::{age_pass, age_range, test_young};
+use hvcore::arena::HostArena;
+use hvcore::ept::Ept;
+use hvcore::flush::{CountingFlush, FlushPolicy, TlbFlush};
+use hvcore::generations::{ColdAfter, Generations};
+use hvcore::npt::Npt;
+use hvcore::pte::{EntryFormat, Perms};
+use hvcore::table::{Mapper, PageSize, Tables};
+
+const GUEST: u64 = 64 << 20;
+
+fn guest<F: EntryFormat>(arena: &HostArena, page: PageSize) -> Tables<F, &HostArena> {
+    let mut alloc = arena;
+    let tables = Tables::<F, _>::new(arena, &mut alloc).unwrap();
+    let mut m = Mapper::new(&tables, arena);
+    m.map(
+        &tables,
+        GuestPhysAddr::new(0),
+        HostPhysAddr::new(1 << 32),
+        GUEST,
+        Perms::RW,
+        page,
+    )
+    .unwrap();
+    tables
+}
+
+fn young_pages_exactly<F: EntryFormat>() {
+    let arena = HostArena::new(64);
+    let tables = guest::<F>(&arena, PageSize::Size4K);
+    let mut cpu = SimCpu::uncached();
+    // Fresh leaves are not young; fresh tables are (A set on creation).
+    let first = age_range(&tables, 0, u64::MAX, |_, _, _| {
+        panic!("nothing touched yet")
+    });
+    assert!(first.tables_entered > 0);
+    let touched = [0u64, 1, 511, 512, 9000, 16383];
+    for &p in &touched {
+        assert!(cpu.access(&tables, p * 4096, p % 2 == 0));
+    }
+    let mut young = Vec::new();
+    let stats = age_range(&tables, 0, u64::MAX, |gpa, level, _| {
+        assert_eq!(level, 1);
+        young.push(gpa / 4096)
+    });
+    young.sort();
+    assert_eq!(young, touched);
+    assert!(
+        stats.subtrees_skipped >= 32 - 4,
+        "untouched 2 MiB regions are skipped: {stats:?}"
+    );
+    // Nothing touched since: the pass reads only the root's line and the
+    // one 1 GiB entry's table line.
+    let idle = age_range(&tables, 0, u64::MAX, |_, _, _| {
+        panic!("no access since the last pass")
+    });
+    assert_eq!((idle.young_pages, idle.tables_entered), (0, 0));
+    assert!(!test_young(&tables, 0, GUEST));
+    assert!(cpu.access(&tables, 77 * 4096, false));
+    assert!(test_young(&tables, 0, GUEST));
+    assert!(!test_young(&tables, 78 * 4096, GUEST));
+    let again = age_range(&tables, 0, u64::MAX, |gpa, _, _| assert_eq!(gpa, 77 * 4096));
+    assert_eq!(again.young_pages, 1);
+    assert!(again.flush_needed);
+}
+
+#[test]
+fn ept_young_pages_exactly() {
+    young_pages_exactly::<Ept>();
+}
+
+#[test]
+fn npt_young_pages_exactly() {
+    young_pages_exactly::<Npt>();
+}
+
+#[test]
+fn huge_pages_age_as_a_unit_and_gens_follow() {
+    let arena = HostArena::new(16);
+    let tables = guest::<Npt>(&arena, PageSize::Size2M);
+    let mut gens = Generations::new(vec![0u8; (GUEST / 4096) as usize], 0);
+    gens.note_mapped(GuestPhysAddr::new(0), GUEST);
+    let mut cpu = SimCpu::uncached();
+    let mut flush = CountingFlush::default();
+    for pass in 1..=5u64 {
+        cpu.access(&tables, 3 * PAGE_SIZE_2M + 5, false);
+        let s = age_pass(
+            &tables,
+            &mut gens,
+            pass * 1000,
+            &mut flush,
+            FlushPolicy::OncePerPass,
+        );
+        assert_eq!(s.young_pages, 512);
+        assert_eq!(flush.flushes, pass, "one flush per pass, not per entry");
+    }
+    let hot = GuestPhysAddr::new(3 * PAGE_SIZE_2M + 4096 * 17);
+    assert!(gens.is_hot(hot, 1));
+    assert!(gens.is_cold(GuestPhysAddr::new(0), ColdAfter::Gens(5), 0));
+    assert!(!gens.is_cold(GuestPhysAddr::new(0), ColdAfter::Gens(6), 0));
+    let first = gens.coldest(ColdAfter::Gens(1), 5000).next().unwrap();
+    assert_eq!(
+        (first.gpa.as_u64(), first.pages, first.seq),
+        (0, 3 * 512, 1)
+    );
+    let hist: Vec<_> = gens
+        .histogram(5000)
+        .map(|b| (b.seq, b.age_ms, b.pages))
+        .collect();
+    assert_eq!(hist, vec![(1, 5000, GUEST / 4096 - 512), (6, 0, 512)]);
+    // An idle pass clears nothing and does not flush.
+    let idle = age_pass(
+        &tables,
+        &mut gens,
+        6000,
+        &mut flush,
+        FlushPolicy::OncePerPass,
+    );
+    assert_eq!(
+        (idle.young_pages, idle.flushed, flush.flushes),
+        (0, false, 5)
+    );
+}
+
+/// The flush policy under nested KVM (TESTBEDS.md §1): the simulated CPU
+/// sets A only when it misses in its TLB, and keeps translations until the
+/// guest's TLB is flushed. A page touched in every interval must stay hot.
+/// This test fails if the pass stops flushing (e.g. the flush call in
+/// `age_pass` is removed or the default policy changes).
+#[test]
+fn flush_policy_keeps_touched_pages_hot_under_nested_kvm() {
+    fn run(policy: FlushPolicy) -> (bool, u64) {
+        let arena = HostArena::new(64);
+        let tables = guest::<Ept>(&arena, PageSize::Size4K);
+        let mut gens = Generations::new(vec![0u8; (GUEST / 4096) as usize], 0);
+        gens.note_mapped(GuestPhysAddr::new(0), GUEST);
+        let mut cpu = SimCpu::cached();
+        let mut hot_every_pass = true;
+        let mut flushes = 0;
+        for pass in 1..=6u64 {
+            // The guest touches its working set in every interval.
+            for p in 100..110 {
+                assert!(cpu.access(&tables, p * 4096, false));
+            }
+            let s = age_pass(&tables, &mut gens, pass * 1000, &mut cpu, policy);
+            flushes += u64::from(s.flushed);
+            hot_every_pass &= (100..110).all(|p| gens.is_hot(GuestPhysAddr::new(p * 4096), 1));
+        }
+        (hot_every_pass, flushes)
+    }
+    assert_eq!(FlushPolicy::default(), FlushPolicy::OncePerPass);
+    assert_eq!(
+        run(FlushPolicy::default()),
+        (true, 6),
+        "hot in every pass, one flush per pass"
+    );
+    // Without the flush the TLB keeps serving the pages and A never comes
+    // back: the working set looks cold from the second pass on.
+    assert_eq!(run(FlushPolicy::Never), (false, 0));
+}
+
+#[test]
+fn counting_flush_counts() {
+    let mut f = CountingFlush::default();
+    let mut r = &mut f;
+    r.flush_guest_tlb();
+    assert_eq!(f.flushes, 1);
+}

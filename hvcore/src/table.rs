@@ -409,7 +409,7 @@ impl<A: TableAlloc> Mapper<A> {
         Ok(Changed {
             pages: size / 4096,
             dirty_pages: 0,
-            flush_needed: false,
+            flush_needed,
         })
     }
 

@@ -199,8 +199,8 @@ fn run<F: EntryFormat>(ops: Vec<Op>) {
                         let mut p = page;
                         while p < page + pages {
                             let level = if huge
-                                && p % 512 == 0
-                                && (frame + p - page) % 512 == 0
+                                && p.is_multiple_of(512)
+                                && (frame + p - page).is_multiple_of(512)
                                 && p + 512 <= page + pages
                             {
                                 2
@@ -271,7 +271,7 @@ fn run<F: EntryFormat>(ops: Vec<Op>) {
                     .filter_map(|i| model.leaves.get(&(base + i)).copied())
                     .collect();
                 let ok = kids.len() == 512
-                    && kids[0].frame % 512 == 0
+                    && kids[0].frame.is_multiple_of(512)
                     && kids.iter().enumerate().all(|(i, k)| {
                         k.level == 1
                             && k.frame == kids[0].frame + i as u64

@@ -258,7 +258,12 @@ mod tests {
             Err(HypercallError::BadAddress)
         );
         // Zero, too many, or pages past RAM.
-        for (first, count) in [(0, 0), (0, MAX_REPORT_PAGES + 1), (4000, 200), (u64::MAX, 2)] {
+        for (first, count) in [
+            (0, 0),
+            (0, MAX_REPORT_PAGES + 1),
+            (4000, 200),
+            (u64::MAX, 2),
+        ] {
             assert_eq!(
                 Hypercall::decode(&regs(nr::REPORT_TOUCHED, 0, 0x8000, first, count), RAM),
                 Err(HypercallError::InvalidArgument),

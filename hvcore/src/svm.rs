@@ -238,6 +238,76 @@ pub const fn event_inject_exception(vector: u8, error_code: Option<u32>) -> u64 
     v
 }
 
+/// The guest-state fields VMRUN checks for consistency.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryState {
+    /// Guest EFER.
+    pub efer: u64,
+    /// Guest CR0.
+    pub cr0: u64,
+    /// Guest CR3.
+    pub cr3: u64,
+    /// Guest CR4.
+    pub cr4: u64,
+    /// Guest DR6.
+    pub dr6: u64,
+    /// Guest DR7.
+    pub dr7: u64,
+    /// Guest CS attributes (VMCB segment attribute format).
+    pub cs_attrib: u16,
+    /// Guest ASID.
+    pub asid: u32,
+    /// Intercept word at 0x10 (VMRUN must be intercepted).
+    pub intercept_misc2: u32,
+}
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+/// EFER bits that are reserved (must be zero): 1-7, 9, and 16 and up.
+const EFER_MBZ: u64 =
+    !((1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15));
+const CS_L: u16 = 1 << 9;
+const CS_D: u16 = 1 << 10;
+
+/// The first reason VMRUN would refuse `s` with VMEXIT_INVALID, following
+/// the APM's "Canonicalization and Consistency Checks" for VMRUN (the
+/// subset Thermocline's guests can get wrong), or `None` when it passes.
+/// Used to turn a bare VMEXIT_INVALID into a message that names the field.
+pub fn entry_state_problem(s: &EntryState) -> Option<&'static str> {
+    let long_paging = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
+    if s.efer & EFER_SVME == 0 {
+        Some("EFER.SVME is clear in the guest state")
+    } else if s.efer & EFER_MBZ != 0 {
+        Some("a reserved EFER bit is set")
+    } else if s.cr0 & CR0_CD == 0 && s.cr0 & CR0_NW != 0 {
+        Some("CR0.NW is set while CR0.CD is clear")
+    } else if s.cr0 >> 32 != 0 {
+        Some("CR0 bits 63:32 are not zero")
+    } else if long_paging && s.cr3 >> 52 != 0 {
+        Some("CR3 has reserved bits set (63:52)")
+    } else if s.cr4 >> 32 != 0 {
+        Some("CR4 bits 63:32 are not zero")
+    } else if s.dr6 >> 32 != 0 || s.dr7 >> 32 != 0 {
+        Some("DR6 or DR7 bits 63:32 are not zero")
+    } else if long_paging && s.cr4 & CR4_PAE == 0 {
+        Some("EFER.LME and CR0.PG are set but CR4.PAE is clear")
+    } else if long_paging && s.cr0 & CR0_PE == 0 {
+        Some("EFER.LME and CR0.PG are set but CR0.PE is clear")
+    } else if long_paging && s.cs_attrib & CS_L != 0 && s.cs_attrib & CS_D != 0 {
+        Some("CS.L and CS.D are both set in long mode")
+    } else if s.intercept_misc2 & intercept::misc2::VMRUN == 0 {
+        Some("the VMRUN intercept is not set")
+    } else if s.asid == 0 {
+        Some("the guest ASID is 0 (the host's)")
+    } else {
+        None
+    }
+}
+
 /// The exit state [`decode_exit`] reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitState {
@@ -338,6 +408,41 @@ mod tests {
             rax: 0xffff_ffff_0000_0d01,
             rdx: 0x1,
         })
+    }
+
+    fn good_entry() -> EntryState {
+        EntryState {
+            efer: EFER_SVME | EFER_LME | (1 << 10) | (1 << 11),
+            cr0: CR0_PE | CR0_PG | (1 << 16),
+            cr3: 0x1000,
+            cr4: CR4_PAE,
+            dr6: 0xffff_0ff0,
+            dr7: 0x400,
+            cs_attrib: 0xa9b,
+            asid: 1,
+            intercept_misc2: intercept::misc2::VMRUN,
+        }
+    }
+
+    #[test]
+    fn entry_checks_name_the_bad_field() {
+        assert_eq!(entry_state_problem(&good_entry()), None);
+        let cases: [(fn(&mut EntryState), &str); 8] = [
+            (|s| s.efer &= !EFER_SVME, "SVME"),
+            (|s| s.efer |= 1 << 3, "reserved EFER"),
+            (|s| s.cr0 = (s.cr0 & !CR0_CD) | CR0_NW, "CR0.NW"),
+            (|s| s.cr4 &= !CR4_PAE, "PAE"),
+            (|s| s.cs_attrib |= CS_D, "CS.L and CS.D"),
+            (|s| s.intercept_misc2 = 0, "VMRUN intercept"),
+            (|s| s.asid = 0, "ASID is 0"),
+            (|s| s.dr7 |= 1 << 40, "DR6 or DR7"),
+        ];
+        for (spoil, needle) in cases {
+            let mut s = good_entry();
+            spoil(&mut s);
+            let msg = entry_state_problem(&s).expect("must be refused");
+            assert!(msg.contains(needle), "{msg} should mention {needle}");
+        }
     }
 
     #[test]

@@ -27,4 +27,5 @@ pub mod svm;
 pub mod sync;
 pub mod table;
 pub mod uart;
+pub mod vmx;
 pub mod walk;

@@ -1,0 +1,1004 @@
+//! Intel VMX facts that are pure data: VMCS field encodings typed by width,
+//! VMfail and the VM-instruction error numbers, control values computed from
+//! the capability MSRs, CR0/CR4 fixed bits, and the decoding of a VM exit
+//! into the vendor-neutral [`VmExit`].
+//!
+//! Follows the Intel SDM vol. 3C (and 3D appendices): "Conventions" (VMfail
+//! in RFLAGS), "VM Instruction Error Numbers", appendix "Field Encoding in
+//! VMCS", appendix "VMX Capability Reporting Facility" (allowed 0- and
+//! 1-settings, the TRUE control MSRs, fixed CR0/CR4 bits), "VM-Exit
+//! Information Fields", "Exit Qualification for I/O Instructions", "Exit
+//! Qualification for EPT Violations" and appendix "VMX Basic Exit Reasons".
+//! The kernel's `vmx` module does the hardware part (VMXON, VMREAD/VMWRITE,
+//! VMLAUNCH) and uses these; keeping them here tests them on the host.
+//!
+//! Key types: [`Field16`], [`Field32`], [`Field64`], [`FieldNatural`] (a
+//! field constant of the wrong width does not compile), [`VmFail`],
+//! [`InstructionError`], [`ControlMsrs`], [`ExitReason`], [`RawExit`].
+
+use core::fmt;
+
+use crate::addr::GuestPhysAddr;
+use crate::exit::{AccessKind, IoAccess, IoDir, NestedFault, VirtInsn, VmExit, pushes_error_code};
+
+/// The width a VMCS field encoding declares in bits 14:13.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Width {
+    /// 16-bit field.
+    W16,
+    /// 64-bit field (full access).
+    W64,
+    /// 32-bit field.
+    W32,
+    /// Natural width: 64 bits on a 64-bit host.
+    Natural,
+}
+
+impl Width {
+    /// The width field of an encoding.
+    pub const fn of(encoding: u32) -> Width {
+        match (encoding >> 13) & 3 {
+            0 => Width::W16,
+            1 => Width::W64,
+            2 => Width::W32,
+            _ => Width::Natural,
+        }
+    }
+}
+
+/// A VMCS field accessor: its encoding and the Rust type of its value.
+pub trait VmcsField: Copy {
+    /// The value type: u16, u32 or u64.
+    type Value: Copy + Into<u64>;
+    /// The field's encoding (the VMREAD/VMWRITE operand).
+    fn encoding(self) -> u32;
+    /// Truncates a raw VMREAD result to the field's width.
+    fn from_raw(raw: u64) -> Self::Value;
+}
+
+macro_rules! field_type {
+    ($name:ident, $value:ty, $width:expr, $what:literal) => {
+        #[doc = concat!("A ", $what, " VMCS field. Constructing one whose encoding declares")]
+        /// another width fails at compile time in a `const`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct $name(u32);
+
+        impl $name {
+            /// Checks the encoding's width (a panic here is a compile error
+            /// when evaluated in a `const`).
+            pub const fn new(encoding: u32) -> Self {
+                assert!(
+                    matches!(Width::of(encoding), w if w as u8 == $width as u8),
+                    "VMCS field encoding has another width"
+                );
+                assert!(encoding & 1 == 0, "high-half (odd) encodings are not used");
+                Self(encoding)
+            }
+        }
+
+        impl VmcsField for $name {
+            type Value = $value;
+            fn encoding(self) -> u32 {
+                self.0
+            }
+            fn from_raw(raw: u64) -> $value {
+                // Truncation to the field's width is the point.
+                raw as $value
+            }
+        }
+    };
+}
+
+field_type!(Field16, u16, Width::W16, "16-bit");
+field_type!(Field32, u32, Width::W32, "32-bit");
+field_type!(Field64, u64, Width::W64, "64-bit");
+field_type!(FieldNatural, u64, Width::Natural, "natural-width");
+
+/// The VMCS fields Thermocline uses (SDM appendix "Field Encoding in VMCS").
+pub mod field {
+    use super::{Field16, Field32, Field64, FieldNatural};
+
+    /// Virtual-processor identifier.
+    pub const VPID: Field16 = Field16::new(0x0000);
+    /// Guest ES selector.
+    pub const GUEST_ES_SELECTOR: Field16 = Field16::new(0x0800);
+    /// Guest CS selector.
+    pub const GUEST_CS_SELECTOR: Field16 = Field16::new(0x0802);
+    /// Guest SS selector.
+    pub const GUEST_SS_SELECTOR: Field16 = Field16::new(0x0804);
+    /// Guest DS selector.
+    pub const GUEST_DS_SELECTOR: Field16 = Field16::new(0x0806);
+    /// Guest FS selector.
+    pub const GUEST_FS_SELECTOR: Field16 = Field16::new(0x0808);
+    /// Guest GS selector.
+    pub const GUEST_GS_SELECTOR: Field16 = Field16::new(0x080a);
+    /// Guest LDTR selector.
+    pub const GUEST_LDTR_SELECTOR: Field16 = Field16::new(0x080c);
+    /// Guest TR selector.
+    pub const GUEST_TR_SELECTOR: Field16 = Field16::new(0x080e);
+    /// Host ES selector.
+    pub const HOST_ES_SELECTOR: Field16 = Field16::new(0x0c00);
+    /// Host CS selector.
+    pub const HOST_CS_SELECTOR: Field16 = Field16::new(0x0c02);
+    /// Host SS selector.
+    pub const HOST_SS_SELECTOR: Field16 = Field16::new(0x0c04);
+    /// Host DS selector.
+    pub const HOST_DS_SELECTOR: Field16 = Field16::new(0x0c06);
+    /// Host FS selector.
+    pub const HOST_FS_SELECTOR: Field16 = Field16::new(0x0c08);
+    /// Host GS selector.
+    pub const HOST_GS_SELECTOR: Field16 = Field16::new(0x0c0a);
+    /// Host TR selector.
+    pub const HOST_TR_SELECTOR: Field16 = Field16::new(0x0c0c);
+
+    /// I/O bitmap A (ports 0x0000-0x7fff).
+    pub const IO_BITMAP_A: Field64 = Field64::new(0x2000);
+    /// I/O bitmap B (ports 0x8000-0xffff).
+    pub const IO_BITMAP_B: Field64 = Field64::new(0x2002);
+    /// MSR bitmaps.
+    pub const MSR_BITMAP: Field64 = Field64::new(0x2004);
+    /// EPT pointer.
+    pub const EPT_POINTER: Field64 = Field64::new(0x201a);
+    /// Guest-physical address of an EPT violation or misconfiguration.
+    pub const GUEST_PHYSICAL_ADDRESS: Field64 = Field64::new(0x2400);
+    /// VMCS link pointer (all ones: none).
+    pub const VMCS_LINK_POINTER: Field64 = Field64::new(0x2800);
+    /// Guest IA32_DEBUGCTL.
+    pub const GUEST_IA32_DEBUGCTL: Field64 = Field64::new(0x2802);
+    /// Guest IA32_PAT.
+    pub const GUEST_IA32_PAT: Field64 = Field64::new(0x2804);
+    /// Guest IA32_EFER.
+    pub const GUEST_IA32_EFER: Field64 = Field64::new(0x2806);
+    /// Host IA32_PAT.
+    pub const HOST_IA32_PAT: Field64 = Field64::new(0x2c00);
+    /// Host IA32_EFER.
+    pub const HOST_IA32_EFER: Field64 = Field64::new(0x2c02);
+
+    /// Pin-based VM-execution controls.
+    pub const PIN_BASED_CONTROLS: Field32 = Field32::new(0x4000);
+    /// Primary processor-based VM-execution controls.
+    pub const PRIMARY_PROC_CONTROLS: Field32 = Field32::new(0x4002);
+    /// Exception bitmap.
+    pub const EXCEPTION_BITMAP: Field32 = Field32::new(0x4004);
+    /// CR3-target count.
+    pub const CR3_TARGET_COUNT: Field32 = Field32::new(0x400a);
+    /// VM-exit controls.
+    pub const EXIT_CONTROLS: Field32 = Field32::new(0x400c);
+    /// VM-exit MSR-store count.
+    pub const EXIT_MSR_STORE_COUNT: Field32 = Field32::new(0x400e);
+    /// VM-exit MSR-load count.
+    pub const EXIT_MSR_LOAD_COUNT: Field32 = Field32::new(0x4010);
+    /// VM-entry controls.
+    pub const ENTRY_CONTROLS: Field32 = Field32::new(0x4012);
+    /// VM-entry MSR-load count.
+    pub const ENTRY_MSR_LOAD_COUNT: Field32 = Field32::new(0x4014);
+    /// VM-entry interruption-information field.
+    pub const ENTRY_INTERRUPTION_INFO: Field32 = Field32::new(0x4016);
+    /// Secondary processor-based VM-execution controls.
+    pub const SECONDARY_PROC_CONTROLS: Field32 = Field32::new(0x401e);
+    /// VM-instruction error (read-only).
+    pub const VM_INSTRUCTION_ERROR: Field32 = Field32::new(0x4400);
+    /// Exit reason (read-only).
+    pub const EXIT_REASON: Field32 = Field32::new(0x4402);
+    /// VM-exit interruption information (read-only).
+    pub const EXIT_INTERRUPTION_INFO: Field32 = Field32::new(0x4404);
+    /// VM-exit interruption error code (read-only).
+    pub const EXIT_INTERRUPTION_ERROR_CODE: Field32 = Field32::new(0x4406);
+    /// VM-exit instruction length (read-only).
+    pub const EXIT_INSTRUCTION_LEN: Field32 = Field32::new(0x440c);
+    /// Guest ES limit.
+    pub const GUEST_ES_LIMIT: Field32 = Field32::new(0x4800);
+    /// Guest CS limit.
+    pub const GUEST_CS_LIMIT: Field32 = Field32::new(0x4802);
+    /// Guest SS limit.
+    pub const GUEST_SS_LIMIT: Field32 = Field32::new(0x4804);
+    /// Guest DS limit.
+    pub const GUEST_DS_LIMIT: Field32 = Field32::new(0x4806);
+    /// Guest FS limit.
+    pub const GUEST_FS_LIMIT: Field32 = Field32::new(0x4808);
+    /// Guest GS limit.
+    pub const GUEST_GS_LIMIT: Field32 = Field32::new(0x480a);
+    /// Guest LDTR limit.
+    pub const GUEST_LDTR_LIMIT: Field32 = Field32::new(0x480c);
+    /// Guest TR limit.
+    pub const GUEST_TR_LIMIT: Field32 = Field32::new(0x480e);
+    /// Guest GDTR limit.
+    pub const GUEST_GDTR_LIMIT: Field32 = Field32::new(0x4810);
+    /// Guest IDTR limit.
+    pub const GUEST_IDTR_LIMIT: Field32 = Field32::new(0x4812);
+    /// Guest ES access rights.
+    pub const GUEST_ES_AR: Field32 = Field32::new(0x4814);
+    /// Guest CS access rights.
+    pub const GUEST_CS_AR: Field32 = Field32::new(0x4816);
+    /// Guest SS access rights.
+    pub const GUEST_SS_AR: Field32 = Field32::new(0x4818);
+    /// Guest DS access rights.
+    pub const GUEST_DS_AR: Field32 = Field32::new(0x481a);
+    /// Guest FS access rights.
+    pub const GUEST_FS_AR: Field32 = Field32::new(0x481c);
+    /// Guest GS access rights.
+    pub const GUEST_GS_AR: Field32 = Field32::new(0x481e);
+    /// Guest LDTR access rights.
+    pub const GUEST_LDTR_AR: Field32 = Field32::new(0x4820);
+    /// Guest TR access rights.
+    pub const GUEST_TR_AR: Field32 = Field32::new(0x4822);
+    /// Guest interruptibility state.
+    pub const GUEST_INTERRUPTIBILITY: Field32 = Field32::new(0x4824);
+    /// Guest activity state.
+    pub const GUEST_ACTIVITY_STATE: Field32 = Field32::new(0x4826);
+    /// Guest IA32_SYSENTER_CS.
+    pub const GUEST_SYSENTER_CS: Field32 = Field32::new(0x482a);
+    /// Host IA32_SYSENTER_CS.
+    pub const HOST_SYSENTER_CS: Field32 = Field32::new(0x4c00);
+
+    /// CR0 guest/host mask.
+    pub const CR0_GUEST_HOST_MASK: FieldNatural = FieldNatural::new(0x6000);
+    /// CR4 guest/host mask.
+    pub const CR4_GUEST_HOST_MASK: FieldNatural = FieldNatural::new(0x6002);
+    /// CR0 read shadow.
+    pub const CR0_READ_SHADOW: FieldNatural = FieldNatural::new(0x6004);
+    /// CR4 read shadow.
+    pub const CR4_READ_SHADOW: FieldNatural = FieldNatural::new(0x6006);
+    /// Exit qualification (read-only).
+    pub const EXIT_QUALIFICATION: FieldNatural = FieldNatural::new(0x6400);
+    /// Guest-linear address (read-only).
+    pub const GUEST_LINEAR_ADDRESS: FieldNatural = FieldNatural::new(0x640a);
+    /// Guest CR0.
+    pub const GUEST_CR0: FieldNatural = FieldNatural::new(0x6800);
+    /// Guest CR3.
+    pub const GUEST_CR3: FieldNatural = FieldNatural::new(0x6802);
+    /// Guest CR4.
+    pub const GUEST_CR4: FieldNatural = FieldNatural::new(0x6804);
+    /// Guest ES base.
+    pub const GUEST_ES_BASE: FieldNatural = FieldNatural::new(0x6806);
+    /// Guest CS base.
+    pub const GUEST_CS_BASE: FieldNatural = FieldNatural::new(0x6808);
+    /// Guest SS base.
+    pub const GUEST_SS_BASE: FieldNatural = FieldNatural::new(0x680a);
+    /// Guest DS base.
+    pub const GUEST_DS_BASE: FieldNatural = FieldNatural::new(0x680c);
+    /// Guest FS base.
+    pub const GUEST_FS_BASE: FieldNatural = FieldNatural::new(0x680e);
+    /// Guest GS base.
+    pub const GUEST_GS_BASE: FieldNatural = FieldNatural::new(0x6810);
+    /// Guest LDTR base.
+    pub const GUEST_LDTR_BASE: FieldNatural = FieldNatural::new(0x6812);
+    /// Guest TR base.
+    pub const GUEST_TR_BASE: FieldNatural = FieldNatural::new(0x6814);
+    /// Guest GDTR base.
+    pub const GUEST_GDTR_BASE: FieldNatural = FieldNatural::new(0x6816);
+    /// Guest IDTR base.
+    pub const GUEST_IDTR_BASE: FieldNatural = FieldNatural::new(0x6818);
+    /// Guest DR7.
+    pub const GUEST_DR7: FieldNatural = FieldNatural::new(0x681a);
+    /// Guest RSP.
+    pub const GUEST_RSP: FieldNatural = FieldNatural::new(0x681c);
+    /// Guest RIP.
+    pub const GUEST_RIP: FieldNatural = FieldNatural::new(0x681e);
+    /// Guest RFLAGS.
+    pub const GUEST_RFLAGS: FieldNatural = FieldNatural::new(0x6820);
+    /// Guest pending debug exceptions.
+    pub const GUEST_PENDING_DEBUG: FieldNatural = FieldNatural::new(0x6822);
+    /// Guest IA32_SYSENTER_ESP.
+    pub const GUEST_SYSENTER_ESP: FieldNatural = FieldNatural::new(0x6824);
+    /// Guest IA32_SYSENTER_EIP.
+    pub const GUEST_SYSENTER_EIP: FieldNatural = FieldNatural::new(0x6826);
+    /// Host CR0.
+    pub const HOST_CR0: FieldNatural = FieldNatural::new(0x6c00);
+    /// Host CR3.
+    pub const HOST_CR3: FieldNatural = FieldNatural::new(0x6c02);
+    /// Host CR4.
+    pub const HOST_CR4: FieldNatural = FieldNatural::new(0x6c04);
+    /// Host FS base.
+    pub const HOST_FS_BASE: FieldNatural = FieldNatural::new(0x6c06);
+    /// Host GS base.
+    pub const HOST_GS_BASE: FieldNatural = FieldNatural::new(0x6c08);
+    /// Host TR base.
+    pub const HOST_TR_BASE: FieldNatural = FieldNatural::new(0x6c0a);
+    /// Host GDTR base.
+    pub const HOST_GDTR_BASE: FieldNatural = FieldNatural::new(0x6c0c);
+    /// Host IDTR base.
+    pub const HOST_IDTR_BASE: FieldNatural = FieldNatural::new(0x6c0e);
+    /// Host IA32_SYSENTER_ESP.
+    pub const HOST_SYSENTER_ESP: FieldNatural = FieldNatural::new(0x6c10);
+    /// Host IA32_SYSENTER_EIP.
+    pub const HOST_SYSENTER_EIP: FieldNatural = FieldNatural::new(0x6c12);
+    /// Host RSP.
+    pub const HOST_RSP: FieldNatural = FieldNatural::new(0x6c14);
+    /// Host RIP.
+    pub const HOST_RIP: FieldNatural = FieldNatural::new(0x6c16);
+}
+
+/// A VM-instruction error number (SDM "VM Instruction Error Numbers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstructionError(pub u32);
+
+impl InstructionError {
+    /// The SDM's description of the error number.
+    pub const fn description(self) -> &'static str {
+        match self.0 {
+            1 => "VMCALL executed in VMX root operation",
+            2 => "VMCLEAR with invalid physical address",
+            3 => "VMCLEAR with VMXON pointer",
+            4 => "VMLAUNCH with non-clear VMCS",
+            5 => "VMRESUME with non-launched VMCS",
+            6 => "VMRESUME after VMXOFF",
+            7 => "VM entry with invalid control field(s)",
+            8 => "VM entry with invalid host-state field(s)",
+            9 => "VMPTRLD with invalid physical address",
+            10 => "VMPTRLD with VMXON pointer",
+            11 => "VMPTRLD with incorrect VMCS revision identifier",
+            12 => "VMREAD/VMWRITE from/to unsupported VMCS component",
+            13 => "VMWRITE to read-only VMCS component",
+            15 => "VMXON executed in VMX root operation",
+            16 => "VM entry with invalid executive-VMCS pointer",
+            17 => "VM entry with non-launched executive VMCS",
+            18 => "VM entry with executive-VMCS pointer not VMXON pointer",
+            19 => "VMCALL with non-clear VMCS",
+            20 => "VMCALL with invalid VM-exit control fields",
+            22 => "VMCALL with incorrect MSEG revision identifier",
+            23 => "VMXOFF under dual-monitor treatment of SMIs and SMM",
+            24 => "VMCALL with invalid SMM-monitor features",
+            25 => "VM entry with invalid VM-execution control fields in executive VMCS",
+            26 => "VM entry with events blocked by MOV SS",
+            28 => "invalid operand to INVEPT/INVVPID",
+            _ => "unknown VM-instruction error",
+        }
+    }
+}
+
+/// How a VMX instruction failed (SDM "Conventions": CF set is VMfailInvalid,
+/// ZF set is VMfailValid with the error number in the current VMCS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmFail {
+    /// No current VMCS to hold an error number.
+    Invalid,
+    /// The error number from the current VMCS.
+    Valid(InstructionError),
+}
+
+/// What RFLAGS says after a VMX instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// VMsucceed: CF and ZF clear.
+    Succeed,
+    /// VMfailInvalid: CF set.
+    FailInvalid,
+    /// VMfailValid: ZF set; read the VM-instruction error field.
+    FailValid,
+}
+
+impl VmOutcome {
+    /// Decodes RFLAGS right after a VMX instruction.
+    pub const fn from_rflags(rflags: u64) -> Self {
+        const CF: u64 = 1 << 0;
+        const ZF: u64 = 1 << 6;
+        if rflags & CF != 0 {
+            Self::FailInvalid
+        } else if rflags & ZF != 0 {
+            Self::FailValid
+        } else {
+            Self::Succeed
+        }
+    }
+}
+
+impl fmt::Display for VmFail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid => write!(f, "VMfailInvalid (no current VMCS)"),
+            Self::Valid(e) => write!(
+                f,
+                "VMfailValid: VM-instruction error {} ({})",
+                e.0,
+                e.description()
+            ),
+        }
+    }
+}
+
+/// Capability MSR indices (SDM appendix "VMX Capability Reporting Facility").
+pub mod msr {
+    /// IA32_FEATURE_CONTROL.
+    pub const FEATURE_CONTROL: u32 = 0x3a;
+    /// IA32_VMX_BASIC.
+    pub const BASIC: u32 = 0x480;
+    /// IA32_VMX_PINBASED_CTLS.
+    pub const PINBASED_CTLS: u32 = 0x481;
+    /// IA32_VMX_PROCBASED_CTLS.
+    pub const PROCBASED_CTLS: u32 = 0x482;
+    /// IA32_VMX_EXIT_CTLS.
+    pub const EXIT_CTLS: u32 = 0x483;
+    /// IA32_VMX_ENTRY_CTLS.
+    pub const ENTRY_CTLS: u32 = 0x484;
+    /// IA32_VMX_CR0_FIXED0.
+    pub const CR0_FIXED0: u32 = 0x486;
+    /// IA32_VMX_CR0_FIXED1.
+    pub const CR0_FIXED1: u32 = 0x487;
+    /// IA32_VMX_CR4_FIXED0.
+    pub const CR4_FIXED0: u32 = 0x488;
+    /// IA32_VMX_CR4_FIXED1.
+    pub const CR4_FIXED1: u32 = 0x489;
+    /// IA32_VMX_PROCBASED_CTLS2.
+    pub const PROCBASED_CTLS2: u32 = 0x48b;
+    /// IA32_VMX_EPT_VPID_CAP.
+    pub const EPT_VPID_CAP: u32 = 0x48c;
+    /// IA32_VMX_TRUE_PINBASED_CTLS.
+    pub const TRUE_PINBASED_CTLS: u32 = 0x48d;
+    /// IA32_VMX_TRUE_PROCBASED_CTLS.
+    pub const TRUE_PROCBASED_CTLS: u32 = 0x48e;
+    /// IA32_VMX_TRUE_EXIT_CTLS.
+    pub const TRUE_EXIT_CTLS: u32 = 0x48f;
+    /// IA32_VMX_TRUE_ENTRY_CTLS.
+    pub const TRUE_ENTRY_CTLS: u32 = 0x490;
+}
+
+/// IA32_FEATURE_CONTROL bits.
+pub mod feature_control {
+    /// Lock: writes fault until reset.
+    pub const LOCK: u64 = 1 << 0;
+    /// VMXON allowed outside SMX operation.
+    pub const VMX_OUTSIDE_SMX: u64 = 1 << 2;
+}
+
+/// What to do about IA32_FEATURE_CONTROL before VMXON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureControlPlan {
+    /// Locked with VMX outside SMX enabled: nothing to do.
+    Ready,
+    /// Unlocked: write this value (enable and lock).
+    Write(u64),
+    /// Locked with VMX off: firmware forbids VMX until reset.
+    Disabled,
+}
+
+impl FeatureControlPlan {
+    /// Decides from the MSR's current value.
+    pub const fn from_msr(value: u64) -> Self {
+        use feature_control::{LOCK, VMX_OUTSIDE_SMX};
+        if value & LOCK == 0 {
+            Self::Write(value | LOCK | VMX_OUTSIDE_SMX)
+        } else if value & VMX_OUTSIDE_SMX != 0 {
+            Self::Ready
+        } else {
+            Self::Disabled
+        }
+    }
+}
+
+/// Applies IA32_VMX_CRx_FIXED0/FIXED1: bits set in FIXED0 must be 1, bits
+/// clear in FIXED1 must be 0.
+pub const fn apply_fixed(value: u64, fixed0: u64, fixed1: u64) -> u64 {
+    (value | fixed0) & fixed1
+}
+
+/// CR0.PE and CR0.PG, which an unrestricted guest may clear despite FIXED0.
+pub const CR0_PE_PG: u64 = (1 << 0) | (1 << 31);
+/// CR4.VMXE.
+pub const CR4_VMXE: u64 = 1 << 13;
+
+/// The four control capability MSRs to read: the TRUE ones when
+/// IA32_VMX_BASIC bit 55 offers them (they allow clearing default-1 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlMsrs {
+    /// Pin-based controls MSR.
+    pub pin: u32,
+    /// Primary processor-based controls MSR.
+    pub proc: u32,
+    /// VM-exit controls MSR.
+    pub exit: u32,
+    /// VM-entry controls MSR.
+    pub entry: u32,
+}
+
+impl ControlMsrs {
+    /// Picks the MSRs from IA32_VMX_BASIC.
+    pub const fn from_basic(basic: u64) -> Self {
+        if basic & (1 << 55) != 0 {
+            Self {
+                pin: msr::TRUE_PINBASED_CTLS,
+                proc: msr::TRUE_PROCBASED_CTLS,
+                exit: msr::TRUE_EXIT_CTLS,
+                entry: msr::TRUE_ENTRY_CTLS,
+            }
+        } else {
+            Self {
+                pin: msr::PINBASED_CTLS,
+                proc: msr::PROCBASED_CTLS,
+                exit: msr::EXIT_CTLS,
+                entry: msr::ENTRY_CTLS,
+            }
+        }
+    }
+}
+
+/// The VMCS revision identifier from IA32_VMX_BASIC (bits 30:0).
+pub const fn vmcs_revision(basic: u64) -> u32 {
+    (basic & 0x7fff_ffff) as u32
+}
+
+/// A control the CPU cannot provide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissingControls {
+    /// Required bits whose allowed 1-setting is 0.
+    pub missing: u32,
+}
+
+/// Computes a control field: `required` bits must be settable, `wanted`
+/// bits are set where allowed, and the bits whose allowed 0-setting is 1
+/// (low half of the capability MSR) are always set.
+pub const fn adjust_controls(
+    capability: u64,
+    required: u32,
+    wanted: u32,
+) -> Result<u32, MissingControls> {
+    let must_be_one = capability as u32;
+    let may_be_one = (capability >> 32) as u32;
+    let missing = required & !may_be_one;
+    if missing != 0 {
+        return Err(MissingControls { missing });
+    }
+    Ok(((required | wanted) & may_be_one) | must_be_one)
+}
+
+/// Control bits Thermocline uses (SDM "VM-Execution Control Fields",
+/// "VM-Exit Control Fields", "VM-Entry Control Fields").
+pub mod ctl {
+    /// Pin-based: external-interrupt exiting.
+    pub const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
+    /// Pin-based: activate the VMX-preemption timer.
+    pub const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
+    /// Primary: HLT exiting.
+    pub const PROC_HLT_EXITING: u32 = 1 << 7;
+    /// Primary: unconditional I/O exiting.
+    pub const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
+    /// Primary: use I/O bitmaps.
+    pub const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
+    /// Primary: use MSR bitmaps.
+    pub const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
+    /// Primary: activate secondary controls.
+    pub const PROC_SECONDARY_CONTROLS: u32 = 1 << 31;
+    /// Secondary: enable EPT.
+    pub const PROC2_ENABLE_EPT: u32 = 1 << 1;
+    /// Secondary: enable VPID.
+    pub const PROC2_ENABLE_VPID: u32 = 1 << 5;
+    /// Secondary: unrestricted guest.
+    pub const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
+    /// Exit: host address-space size (64-bit host).
+    pub const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
+    /// Exit: save IA32_EFER.
+    pub const EXIT_SAVE_EFER: u32 = 1 << 20;
+    /// Exit: load IA32_EFER.
+    pub const EXIT_LOAD_EFER: u32 = 1 << 21;
+    /// Entry: IA-32e mode guest.
+    pub const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
+    /// Entry: load IA32_EFER.
+    pub const ENTRY_LOAD_EFER: u32 = 1 << 15;
+}
+
+/// IA32_VMX_EPT_VPID_CAP bits the backend depends on.
+pub mod ept_cap {
+    /// Page-walk length of 4.
+    pub const WALK_LENGTH_4: u64 = 1 << 6;
+    /// Write-back EPT paging structures.
+    pub const MEMORY_TYPE_WB: u64 = 1 << 14;
+    /// Accessed and dirty flags for EPT.
+    pub const ACCESSED_DIRTY: u64 = 1 << 21;
+    /// INVEPT supported.
+    pub const INVEPT: u64 = 1 << 20;
+    /// Single-context INVEPT supported.
+    pub const INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
+}
+
+/// The exit-reason field: basic reason and the VM-entry-failure flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitReason(pub u32);
+
+/// Basic exit reasons (SDM appendix "VMX Basic Exit Reasons").
+pub mod reason {
+    /// Exception or NMI.
+    pub const EXCEPTION_OR_NMI: u16 = 0;
+    /// External interrupt.
+    pub const EXTERNAL_INTERRUPT: u16 = 1;
+    /// Triple fault.
+    pub const TRIPLE_FAULT: u16 = 2;
+    /// CPUID.
+    pub const CPUID: u16 = 10;
+    /// HLT.
+    pub const HLT: u16 = 12;
+    /// VMCALL.
+    pub const VMCALL: u16 = 18;
+    /// VMCLEAR.
+    pub const VMCLEAR: u16 = 19;
+    /// VMLAUNCH.
+    pub const VMLAUNCH: u16 = 20;
+    /// VMPTRLD.
+    pub const VMPTRLD: u16 = 21;
+    /// VMPTRST.
+    pub const VMPTRST: u16 = 22;
+    /// VMREAD.
+    pub const VMREAD: u16 = 23;
+    /// VMRESUME.
+    pub const VMRESUME: u16 = 24;
+    /// VMWRITE.
+    pub const VMWRITE: u16 = 25;
+    /// VMXOFF.
+    pub const VMXOFF: u16 = 26;
+    /// VMXON.
+    pub const VMXON: u16 = 27;
+    /// I/O instruction.
+    pub const IO_INSTRUCTION: u16 = 30;
+    /// RDMSR.
+    pub const RDMSR: u16 = 31;
+    /// WRMSR.
+    pub const WRMSR: u16 = 32;
+    /// VM-entry failure due to invalid guest state.
+    pub const INVALID_GUEST_STATE: u16 = 33;
+    /// VM-entry failure due to MSR loading.
+    pub const MSR_LOADING: u16 = 34;
+    /// EPT violation.
+    pub const EPT_VIOLATION: u16 = 48;
+    /// EPT misconfiguration.
+    pub const EPT_MISCONFIG: u16 = 49;
+    /// INVEPT.
+    pub const INVEPT: u16 = 50;
+    /// VMX-preemption timer expired.
+    pub const PREEMPTION_TIMER: u16 = 52;
+    /// INVVPID.
+    pub const INVVPID: u16 = 53;
+    /// VMFUNC.
+    pub const VMFUNC: u16 = 59;
+}
+
+impl ExitReason {
+    /// Bits 15:0.
+    pub const fn basic(self) -> u16 {
+        self.0 as u16
+    }
+
+    /// Bit 31: the VM entry failed (the guest never ran).
+    pub const fn entry_failed(self) -> bool {
+        self.0 & (1 << 31) != 0
+    }
+
+    /// A short name of the basic reason, for reports.
+    pub const fn name(self) -> &'static str {
+        match self.basic() {
+            reason::EXCEPTION_OR_NMI => "exception or NMI",
+            reason::EXTERNAL_INTERRUPT => "external interrupt",
+            reason::TRIPLE_FAULT => "triple fault",
+            reason::CPUID => "CPUID",
+            reason::HLT => "HLT",
+            reason::VMCALL => "VMCALL",
+            reason::IO_INSTRUCTION => "I/O instruction",
+            reason::RDMSR => "RDMSR",
+            reason::WRMSR => "WRMSR",
+            reason::INVALID_GUEST_STATE => "VM-entry failure: invalid guest state",
+            reason::MSR_LOADING => "VM-entry failure: MSR loading",
+            reason::EPT_VIOLATION => "EPT violation",
+            reason::EPT_MISCONFIG => "EPT misconfiguration",
+            reason::PREEMPTION_TIMER => "VMX-preemption timer expired",
+            reason::VMCLEAR..=reason::VMXON | reason::INVEPT | reason::INVVPID | reason::VMFUNC => {
+                "VMX instruction"
+            }
+            _ => "other",
+        }
+    }
+}
+
+/// The VMCS fields and guest registers a VM exit is decoded from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawExit {
+    /// Exit reason field.
+    pub reason: u32,
+    /// Exit qualification.
+    pub qualification: u64,
+    /// Guest-physical address (EPT violations and misconfigurations).
+    pub guest_physical: u64,
+    /// VM-exit interruption information.
+    pub interruption_info: u32,
+    /// VM-exit interruption error code.
+    pub interruption_error: u32,
+    /// Guest RIP at the exit.
+    pub guest_rip: u64,
+    /// VM-exit instruction length.
+    pub instruction_len: u32,
+    /// Guest RAX.
+    pub rax: u64,
+    /// Guest RCX.
+    pub rcx: u64,
+    /// Guest RDX.
+    pub rdx: u64,
+}
+
+/// Decodes a VM exit into the vendor-neutral [`VmExit`]. Entry failures
+/// (bit 31) and reasons without a neutral meaning come back as
+/// [`VmExit::Unknown`] with the raw reason, the qualification and the
+/// guest-physical address.
+pub fn decode_exit(raw: &RawExit) -> VmExit {
+    let why = ExitReason(raw.reason);
+    let unknown = VmExit::Unknown {
+        code: u64::from(raw.reason),
+        info1: raw.qualification,
+        info2: raw.guest_physical,
+    };
+    if why.entry_failed() {
+        return unknown;
+    }
+    let q = raw.qualification;
+    match why.basic() {
+        reason::EXCEPTION_OR_NMI => {
+            const VALID: u32 = 1 << 31;
+            const ERROR_CODE_VALID: u32 = 1 << 11;
+            let info = raw.interruption_info;
+            // Type 2 is NMI, which has no neutral meaning yet.
+            if info & VALID == 0 || (info >> 8) & 7 == 2 {
+                return unknown;
+            }
+            let vector = info as u8;
+            let error_code = (info & ERROR_CODE_VALID != 0 && pushes_error_code(vector))
+                .then_some(raw.interruption_error);
+            VmExit::Exception { vector, error_code }
+        }
+        reason::EXTERNAL_INTERRUPT => VmExit::ExternalInterrupt,
+        reason::TRIPLE_FAULT => VmExit::Shutdown,
+        reason::CPUID => VmExit::Cpuid,
+        reason::HLT => VmExit::Hlt,
+        reason::VMCALL => VmExit::Hypercall,
+        reason::IO_INSTRUCTION => VmExit::Io(IoAccess {
+            port: (q >> 16) as u16,
+            size_bytes: (q & 7) as u8 + 1,
+            dir: if q & (1 << 3) != 0 {
+                IoDir::In
+            } else {
+                IoDir::Out
+            },
+            string: q & (1 << 4) != 0,
+            rep: q & (1 << 5) != 0,
+            next_rip: Some(raw.guest_rip.wrapping_add(u64::from(raw.instruction_len))),
+        }),
+        reason::RDMSR => VmExit::MsrRead {
+            msr: raw.rcx as u32,
+        },
+        reason::WRMSR => VmExit::MsrWrite {
+            msr: raw.rcx as u32,
+            value: (raw.rdx << 32) | (raw.rax & 0xffff_ffff),
+        },
+        reason::EPT_VIOLATION => {
+            VmExit::NestedPageFault(decode_ept_violation(q, raw.guest_physical))
+        }
+        reason::VMCLEAR => VmExit::VirtInstruction(VirtInsn::Vmclear),
+        reason::VMLAUNCH => VmExit::VirtInstruction(VirtInsn::Vmlaunch),
+        reason::VMPTRLD => VmExit::VirtInstruction(VirtInsn::Vmptrld),
+        reason::VMPTRST => VmExit::VirtInstruction(VirtInsn::Vmptrst),
+        reason::VMREAD => VmExit::VirtInstruction(VirtInsn::Vmread),
+        reason::VMRESUME => VmExit::VirtInstruction(VirtInsn::Vmresume),
+        reason::VMWRITE => VmExit::VirtInstruction(VirtInsn::Vmwrite),
+        reason::VMXOFF => VmExit::VirtInstruction(VirtInsn::Vmxoff),
+        reason::VMXON => VmExit::VirtInstruction(VirtInsn::Vmxon),
+        reason::INVEPT => VmExit::VirtInstruction(VirtInsn::Invept),
+        reason::INVVPID => VmExit::VirtInstruction(VirtInsn::Invvpid),
+        reason::VMFUNC => VmExit::VirtInstruction(VirtInsn::Vmfunc),
+        _ => unknown,
+    }
+}
+
+/// Decodes an EPT-violation exit qualification (SDM "Exit Qualification
+/// for EPT Violations"):
+///
+/// ```text
+///  bit 0  read     bit 3  entry allowed read      bit 7  linear address valid
+///  bit 1  write    bit 4  entry allowed write     bit 8  access to the final
+///  bit 2  fetch    bit 5  entry allowed fetch            translation (not a
+///                                                        guest page-walk)
+/// ```
+pub fn decode_ept_violation(qualification: u64, gpa: u64) -> NestedFault {
+    let q = qualification;
+    let access = if q & (1 << 1) != 0 {
+        AccessKind::Write
+    } else if q & (1 << 2) != 0 {
+        AccessKind::Execute
+    } else {
+        AccessKind::Read
+    };
+    NestedFault {
+        gpa: GuestPhysAddr::new(gpa),
+        access,
+        present: q & (0b111 << 3) != 0,
+        in_guest_walk: q & (1 << 7) != 0 && q & (1 << 8) == 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_widths_come_from_the_encoding() {
+        assert_eq!(Width::of(field::VPID.encoding()), Width::W16);
+        assert_eq!(Width::of(field::EPT_POINTER.encoding()), Width::W64);
+        assert_eq!(Width::of(field::EXIT_REASON.encoding()), Width::W32);
+        assert_eq!(Width::of(field::GUEST_RIP.encoding()), Width::Natural);
+        assert_eq!(<Field16 as VmcsField>::from_raw(0x1_2345), 0x2345);
+        assert_eq!(<Field32 as VmcsField>::from_raw(0x1_0000_0002), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "another width")]
+    fn a_wrong_width_is_refused() {
+        // In a `const` this is a compile error; at run time it panics.
+        let _ = Field16::new(field::GUEST_RIP.encoding());
+    }
+
+    #[test]
+    fn vmfail_from_rflags() {
+        assert_eq!(VmOutcome::from_rflags(0x2), VmOutcome::Succeed);
+        assert_eq!(VmOutcome::from_rflags(0x3), VmOutcome::FailInvalid);
+        assert_eq!(VmOutcome::from_rflags(0x42), VmOutcome::FailValid);
+    }
+
+    #[test]
+    fn vmfail_names_the_error_number() {
+        let text = format!("{}", VmFail::Valid(InstructionError(5)));
+        assert_eq!(
+            text,
+            "VMfailValid: VM-instruction error 5 (VMRESUME with non-launched VMCS)"
+        );
+        assert_eq!(
+            InstructionError(7).description(),
+            "VM entry with invalid control field(s)"
+        );
+        assert_eq!(
+            InstructionError(99).description(),
+            "unknown VM-instruction error"
+        );
+    }
+
+    #[test]
+    fn feature_control_plan() {
+        assert_eq!(
+            FeatureControlPlan::from_msr(0),
+            FeatureControlPlan::Write(5)
+        );
+        assert_eq!(FeatureControlPlan::from_msr(5), FeatureControlPlan::Ready);
+        assert_eq!(
+            FeatureControlPlan::from_msr(1),
+            FeatureControlPlan::Disabled
+        );
+    }
+
+    #[test]
+    fn true_control_msrs_when_offered() {
+        assert_eq!(
+            ControlMsrs::from_basic(1 << 55).pin,
+            msr::TRUE_PINBASED_CTLS
+        );
+        assert_eq!(ControlMsrs::from_basic(0).entry, msr::ENTRY_CTLS);
+        // The Bochs bed's IA32_VMX_BASIC (Cannon Lake model).
+        let basic = 0x00d8_1000_0000_002b;
+        assert_eq!(vmcs_revision(basic), 0x2b);
+        assert_eq!(
+            ControlMsrs::from_basic(basic).proc,
+            msr::TRUE_PROCBASED_CTLS
+        );
+    }
+
+    #[test]
+    fn controls_respect_both_settings() {
+        // Bits 1 and 2 must be 1; bits 0..=7 may be 1.
+        let cap = (0xffu64 << 32) | 0b110;
+        assert_eq!(adjust_controls(cap, 1 << 7, 0), Ok((1 << 7) | 0b110));
+        // A wanted bit that cannot be set is dropped, a required one is an error.
+        assert_eq!(adjust_controls(cap, 0, 1 << 9), Ok(0b110));
+        assert_eq!(
+            adjust_controls(cap, 1 << 9, 0),
+            Err(MissingControls { missing: 1 << 9 })
+        );
+    }
+
+    #[test]
+    fn fixed_bits() {
+        // Bochs bed: CR0 fixed0 0x80000021 (PE, NE, PG), fixed1 all ones.
+        assert_eq!(apply_fixed(0x8001_0011, 0x8000_0021, u64::MAX), 0x8001_0031);
+        assert_eq!(apply_fixed(0x30, 0x8000_0021 & !CR0_PE_PG, u64::MAX), 0x30);
+        assert_eq!(apply_fixed(0xff, 0, 0x0f), 0x0f);
+    }
+
+    #[test]
+    fn decodes_exits() {
+        let vmcall = RawExit {
+            reason: 18,
+            ..RawExit::default()
+        };
+        assert_eq!(decode_exit(&vmcall), VmExit::Hypercall);
+        let out = RawExit {
+            reason: 30,
+            qualification: (0x3f8 << 16),
+            guest_rip: 0x100,
+            instruction_len: 1,
+            ..RawExit::default()
+        };
+        assert_eq!(
+            decode_exit(&out),
+            VmExit::Io(IoAccess {
+                port: 0x3f8,
+                size_bytes: 1,
+                dir: IoDir::Out,
+                string: false,
+                rep: false,
+                next_rip: Some(0x101)
+            })
+        );
+        let inw = RawExit {
+            reason: 30,
+            qualification: (0x60 << 16) | (1 << 3) | 1,
+            ..RawExit::default()
+        };
+        assert!(matches!(
+            decode_exit(&inw),
+            VmExit::Io(IoAccess {
+                size_bytes: 2,
+                dir: IoDir::In,
+                ..
+            })
+        ));
+        let wrmsr = RawExit {
+            reason: 32,
+            rcx: 0x277,
+            rax: 0xffff_ffff_0000_0006,
+            rdx: 7,
+            ..RawExit::default()
+        };
+        assert_eq!(
+            decode_exit(&wrmsr),
+            VmExit::MsrWrite {
+                msr: 0x277,
+                value: (7 << 32) | 6
+            }
+        );
+        let gp = RawExit {
+            reason: 0,
+            interruption_info: (1 << 31) | (1 << 11) | (3 << 8) | 13,
+            interruption_error: 0x18,
+            ..RawExit::default()
+        };
+        assert_eq!(
+            decode_exit(&gp),
+            VmExit::Exception {
+                vector: 13,
+                error_code: Some(0x18)
+            }
+        );
+        let failed = RawExit {
+            reason: (1 << 31) | 33,
+            qualification: 0,
+            ..RawExit::default()
+        };
+        assert!(ExitReason(failed.reason).entry_failed());
+        assert_eq!(
+            ExitReason(failed.reason).name(),
+            "VM-entry failure: invalid guest state"
+        );
+        assert!(matches!(
+            decode_exit(&failed),
+            VmExit::Unknown {
+                code: 0x8000_0021,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn decodes_ept_violations() {
+        // A read of an unmapped page, seen by Bochs as qualification 0x181.
+        let f = decode_ept_violation(0x181, 0xc000);
+        assert_eq!(f.gpa, GuestPhysAddr::new(0xc000));
+        assert_eq!(f.access, AccessKind::Read);
+        assert!(!f.present && !f.in_guest_walk);
+        // A write to a read-only mapping during a guest page walk.
+        let w = decode_ept_violation((1 << 1) | (1 << 3) | (1 << 7), 0x5000);
+        assert_eq!(w.access, AccessKind::Write);
+        assert!(w.present && w.in_guest_walk);
+        assert_eq!(decode_ept_violation(1 << 2, 0).access, AccessKind::Execute);
+    }
+}

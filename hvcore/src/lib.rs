@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod addr;
 pub mod age;
 #[cfg(all(feature = "std", not(loom)))]

@@ -84,5 +84,7 @@ pub fn print() -> CpuInfo {
             println!("  backend  none: this CPU cannot run guests (no usable VMX/EPT or SVM/NPT)")
         }
     }
+    println!("  cpus     {}", crate::smp::Describe);
+    println!("  timer    {}", crate::time::Describe);
     info
 }

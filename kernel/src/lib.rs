@@ -29,7 +29,9 @@ pub mod logger;
 pub mod mem;
 mod panic;
 pub mod sched;
+pub mod smp;
 pub mod testing;
+pub mod time;
 
 pub use bootloader_api;
 
@@ -75,10 +77,17 @@ pub fn init(boot_info: &'static mut BootInfo) {
     let boot_info: &'static BootInfo = boot_info;
     BOOT_INFO.call_once(|| boot_info);
     log_memory(boot_info);
-    // 4. The platform layer: frames, heap and physical memory access.
-    if let Some(offset) = boot_info.physical_memory_offset.into_option() {
-        mem::init(&boot_info.memory_regions, offset);
-    }
+    // 4. The platform layer: frames, heap and physical memory access; the
+    //    clock and the tick; all CPUs; threads (this code becomes the boot
+    //    CPU's `boot` thread).
+    let Some(offset) = boot_info.physical_memory_offset.into_option() else {
+        panic!("the loader did not map physical memory");
+    };
+    mem::init(&boot_info.memory_regions, offset);
+    time::init();
+    smp::init(boot_info.rsdp_addr.into_option());
+    sched::init_this_cpu(false);
+    x86_64::instructions::interrupts::enable();
 }
 
 /// Logs the memory map summary.

@@ -990,8 +990,8 @@ mod tests {
 
     #[test]
     fn decodes_ept_violations() {
-        // A read of an unmapped page, seen by Bochs as qualification 0x181.
-        let f = decode_ept_violation(0x181, 0xc000);
+        // A read of an unmapped page, as the Bochs bed reports it (measured).
+        let f = decode_ept_violation(0x781, 0xc000);
         assert_eq!(f.gpa, GuestPhysAddr::new(0xc000));
         assert_eq!(f.access, AccessKind::Read);
         assert!(!f.present && !f.in_guest_walk);

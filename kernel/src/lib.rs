@@ -32,6 +32,7 @@ pub mod sched;
 pub mod smp;
 pub mod testing;
 pub mod time;
+pub mod vmx;
 
 pub use bootloader_api;
 

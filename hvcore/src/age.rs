@@ -62,9 +62,7 @@
 use crate::flush::{FlushPolicy, TlbFlush};
 use crate::generations::Generations;
 use crate::pte::EntryFormat;
-use crate::sync::AtomicU64;
-#[cfg(not(hvcore_broken_aging))]
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 use crate::table::{TableMemory, Tables};
 
 /// Result of [`test_and_clear_young`].

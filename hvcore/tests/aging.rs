@@ -1,6 +1,8 @@
 //! Aging pass tests: young pages found exactly, subtree skipping, huge pages
 //! aging as a unit, and the flush policy under a nested-KVM-like TLB.
 
+#![cfg(not(loom))]
+
 mod common;
 
 use common::SimCpu;

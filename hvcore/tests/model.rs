@@ -7,6 +7,8 @@
 //! sequences (`PROPTEST_CASES=100000 cargo test -p hvcore --release --test
 //! model` for a long run).
 
+#![cfg(not(loom))]
+
 mod common;
 
 use common::SimCpu;

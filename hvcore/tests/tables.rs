@@ -1,5 +1,7 @@
 //! Table manager and walk tests on both real formats, over the host arena.
 
+#![cfg(not(loom))]
+
 mod common;
 
 use common::{SimCpu, pages_with};

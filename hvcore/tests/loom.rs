@@ -1,0 +1,334 @@
+//! Loom models of the lockless aging walk racing everything that changes
+//! the tables under it. Run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p hvcore --release --target-dir target/loom -- loom`.
+//!
+//! The models use [`TinyFormat`] (NPT bits, 2 entries per table, 2 levels)
+//! so that a whole walk, a whole map or unmap, and the simulated CPU are a
+//! few dozen atomic operations, and they run the crate's real walk, aging
+//! pass, mapper and epoch code (the atomics come from `hvcore::sync`).
+//!
+//! The deliberately broken aging helper (a non-atomic load + store) is
+//! compiled with `--cfg hvcore_broken_aging`:
+//! `RUSTFLAGS="--cfg loom --cfg hvcore_broken_aging" cargo test -p hvcore
+//! --release --target-dir target/loom-broken -- loom_aging` makes
+//! `loom_aging_never_loses_a_dirty_bit`, `loom_aging_vs_unmap_and_remap` and
+//! `loom_aging_vs_split` fail.
+#![cfg(loom)]
+
+use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
+use hvcore::age::{PassStats, age_range};
+use hvcore::epoch::EpochDomain;
+use hvcore::pte::{EntryFormat, Perms, TinyFormat as T};
+use hvcore::sync::{AtomicBool, AtomicU64, Ordering};
+use hvcore::table::{Mapper, PageSize, TableAlloc, TableMemory, Tables};
+use loom::sync::Arc;
+use loom::thread;
+
+const BASE: u64 = 0x10_0000;
+const PAGES: usize = 4;
+/// Written into every entry of a freed page: present, large, A and D set,
+/// so any walker that acted on a freed page would change it or follow it.
+const POISON: u64 = 0x0000_dead_0000_0fe7;
+
+struct LoomMem {
+    pages: Vec<Box<[AtomicU64]>>,
+    freed: Vec<AtomicBool>,
+}
+
+impl LoomMem {
+    fn new() -> Arc<Self> {
+        Arc::new(LoomMem {
+            pages: (0..PAGES)
+                .map(|_| (0..T::ENTRIES).map(|_| AtomicU64::new(0)).collect())
+                .collect(),
+            freed: (0..PAGES).map(|_| AtomicBool::new(false)).collect(),
+        })
+    }
+    fn index(hpa: HostPhysAddr) -> usize {
+        let i = (hpa.as_u64() - BASE) / 4096;
+        assert!((i as usize) < PAGES, "walker followed a bogus link {hpa:?}");
+        i as usize
+    }
+    fn poison_intact(&self) -> bool {
+        (0..PAGES).all(|i| {
+            !self.freed[i].load(Ordering::SeqCst)
+                || self.pages[i]
+                    .iter()
+                    .all(|e| e.load(Ordering::SeqCst) == POISON)
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Mem(Arc<LoomMem>);
+
+impl TableMemory for Mem {
+    fn table(&self, table: HostPhysAddr) -> Option<&[AtomicU64]> {
+        let i = LoomMem::index(table);
+        assert!(
+            !self.0.freed[i].load(Ordering::SeqCst),
+            "a walker reached a freed table page"
+        );
+        Some(&self.0.pages[i])
+    }
+}
+
+struct Alloc {
+    mem: Arc<LoomMem>,
+    free: Vec<usize>,
+}
+
+impl TableAlloc for Alloc {
+    fn alloc_table(&mut self) -> Option<HostPhysAddr> {
+        let i = self.free.pop()?;
+        self.mem.freed[i].store(false, Ordering::SeqCst);
+        Some(HostPhysAddr::new(BASE + i as u64 * 4096))
+    }
+    fn free_table(&mut self, table: HostPhysAddr) {
+        let i = LoomMem::index(table);
+        self.mem.freed[i].store(true, Ordering::SeqCst);
+        for e in self.mem.pages[i].iter() {
+            e.store(POISON, Ordering::SeqCst);
+        }
+    }
+}
+
+type Tree = Tables<T, Mem>;
+
+/// A tree with `gpa 0..8 KiB` mapped as 4 KiB pages (a level-1 table), or
+/// as one 8 KiB "huge" leaf, and the writer that owns it.
+fn setup(huge: bool) -> (Arc<Tree>, Mapper<Alloc>, Arc<LoomMem>) {
+    let mem = LoomMem::new();
+    let mut alloc = Alloc {
+        mem: mem.clone(),
+        free: (0..PAGES).rev().collect(),
+    };
+    let tables = Tables::<T, _>::new(Mem(mem.clone()), &mut alloc).unwrap();
+    let mut m = Mapper::new(&tables, alloc);
+    let page = if huge {
+        PageSize::Size2M
+    } else {
+        PageSize::Size4K
+    };
+    m.map(
+        &tables,
+        GuestPhysAddr::new(0),
+        HostPhysAddr::new(0x40_0000),
+        8192,
+        Perms::RW,
+        page,
+    )
+    .unwrap();
+    (Arc::new(tables), m, mem)
+}
+
+/// The simulated CPU's walk: A on every level it passes, D on a written
+/// leaf, each with a locked OR, top-down as the hardware does.
+fn cpu_access(tables: &Tree, gpa: u64, write: bool) {
+    let mut table = tables.root();
+    for level in (1..=T::LEVELS).rev() {
+        let slot = &tables.mem().table(table).unwrap()[T::index(gpa, level)];
+        let e = slot.load(Ordering::Acquire);
+        if !T::is_present(e) {
+            return;
+        }
+        slot.fetch_or(T::ACCESSED, Ordering::AcqRel);
+        if T::is_leaf(e, level) {
+            if write {
+                slot.fetch_or(T::DIRTY, Ordering::AcqRel);
+            }
+            return;
+        }
+        table = T::addr(e);
+    }
+}
+
+fn leaf_entry(tables: &Tree, gpa: u64) -> (u64, u64) {
+    let root = tables.mem().table(tables.root()).unwrap()[T::index(gpa, 2)].load(Ordering::SeqCst);
+    if T::is_table(root, 2) {
+        let leaf =
+            tables.mem().table(T::addr(root)).unwrap()[T::index(gpa, 1)].load(Ordering::SeqCst);
+        (root, leaf)
+    } else {
+        (root, root)
+    }
+}
+
+fn age(tables: &Tree) -> (PassStats, Vec<(u64, u8, u64)>) {
+    let mut young = Vec::new();
+    let stats = age_range(tables, 0, u64::MAX, |gpa, level, e| {
+        young.push((gpa, level, e))
+    });
+    (stats, young)
+}
+
+/// Exhaustive exploration (no preemption bound): all six models together
+/// take a few seconds.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    loom::model(f);
+}
+
+/// The CPU writes a young, clean page while a pass ages it: D must survive.
+#[test]
+fn loom_aging_never_loses_a_dirty_bit() {
+    model(|| {
+        let (tables, _m, _mem) = setup(false);
+        cpu_access(&tables, 0, false);
+        let t2 = tables.clone();
+        let cpu = thread::spawn(move || cpu_access(&t2, 0, true));
+        let (_, young) = age(&tables);
+        cpu.join().unwrap();
+        let (_, leaf) = leaf_entry(&tables, 0);
+        assert!(
+            leaf & T::DIRTY != 0,
+            "the D bit the CPU set was lost: {leaf:#x}"
+        );
+        // The access before the pass is reported, or still recorded.
+        assert!(!young.is_empty() || leaf & T::ACCESSED != 0);
+    });
+}
+
+/// A writer unmaps the young page and maps another frame there, which the
+/// guest then touches, while a pass ages it. A clear must land only on an
+/// entry the pass examined: if the new mapping's A is clear at the end, the
+/// pass must have reported that very mapping young.
+#[test]
+fn loom_aging_vs_unmap_and_remap() {
+    model(|| {
+        let (tables, mut m, _mem) = setup(false);
+        cpu_access(&tables, 0, false);
+        let t2 = tables.clone();
+        let writer = thread::spawn(move || {
+            m.unmap(&t2, GuestPhysAddr::new(0), 4096, |_, _, _| {})
+                .unwrap();
+            m.map(
+                &t2,
+                GuestPhysAddr::new(0),
+                HostPhysAddr::new(0x80_0000),
+                4096,
+                Perms::RW,
+                PageSize::Size4K,
+            )
+            .unwrap();
+            cpu_access(&t2, 0, false);
+        });
+        let (_, young) = age(&tables);
+        writer.join().unwrap();
+        let (_, leaf) = leaf_entry(&tables, 0);
+        assert_eq!(T::addr(leaf).as_u64(), 0x80_0000);
+        let new_reported = young
+            .iter()
+            .any(|&(_, _, e)| T::addr(e).as_u64() == 0x80_0000);
+        assert!(
+            leaf & T::ACCESSED != 0 || new_reported,
+            "A of the new mapping was cleared by a pass that never examined it; reported {young:x?}"
+        );
+    });
+}
+
+/// A writer splits a young huge leaf while a pass ages it. The pass must
+/// never clear the A bit of the new non-leaf entry without scanning the
+/// table under it, and the young huge page must not be forgotten.
+#[test]
+fn loom_aging_vs_split() {
+    model(|| {
+        let (tables, mut m, _mem) = setup(true);
+        cpu_access(&tables, 0, false);
+        let t2 = tables.clone();
+        let writer = thread::spawn(move || {
+            m.split(&t2, GuestPhysAddr::new(0), 2).unwrap();
+        });
+        let (stats, young) = age(&tables);
+        writer.join().unwrap();
+        let (root, leaf) = leaf_entry(&tables, 0);
+        assert!(T::is_table(root, 2));
+        if root & T::ACCESSED == 0 {
+            assert_eq!(
+                stats.tables_entered, 1,
+                "parent A cleared without scanning its children"
+            );
+        }
+        assert!(!young.is_empty() || (root & T::ACCESSED != 0 && leaf & T::ACCESSED != 0));
+    });
+}
+
+/// A writer unlinks a table (unmap of its whole range), flushes and tries to
+/// free it while a pass walks through it. The page may be freed only when
+/// the walker is gone: no walker reaches a freed page, no write lands in
+/// one, and once the walker is done the page does go back.
+#[test]
+fn loom_unlink_vs_walker() {
+    model(|| {
+        let (tables, mut m, mem) = setup(false);
+        cpu_access(&tables, 4096, true);
+        let t2 = tables.clone();
+        let writer = thread::spawn(move || {
+            m.unmap(&t2, GuestPhysAddr::new(0), 8192, |_, _, _| {})
+                .unwrap();
+            m.tlb_flushed(&t2);
+            m
+        });
+        let _ = age(&tables);
+        let mut m = writer.join().unwrap();
+        assert!(mem.poison_intact(), "a write landed in a freed table page");
+        m.reclaim(&tables);
+        assert_eq!(
+            m.retired_pages(),
+            0,
+            "the page must go back once the walker is gone"
+        );
+    });
+}
+
+/// The same race with the grace period left out (the table is freed right
+/// after it is unlinked): loom must find the walker touching the freed
+/// page. This shows the model above can fail.
+#[test]
+#[should_panic(expected = "freed table page")]
+fn loom_unlink_without_grace_period_is_caught() {
+    model(|| {
+        let (tables, m, mem) = setup(false);
+        cpu_access(&tables, 4096, true);
+        let t2 = tables.clone();
+        let mut alloc = Alloc {
+            mem: mem.clone(),
+            free: Vec::new(),
+        };
+        drop(m);
+        let writer = thread::spawn(move || {
+            let root = &t2.mem().table(t2.root()).unwrap()[0];
+            let old = root.swap(0, Ordering::AcqRel);
+            for e in t2.mem().table(T::addr(old)).unwrap().iter() {
+                e.swap(0, Ordering::AcqRel);
+            }
+            alloc.free_table(T::addr(old));
+        });
+        let _ = age(&tables);
+        writer.join().unwrap();
+        assert!(mem.poison_intact(), "a write landed in a freed table page");
+    });
+}
+
+/// The epoch protocol alone: a walker pins and follows a link; the writer
+/// clears the link, retires the target and frees it only if quiescent.
+#[test]
+fn loom_epoch_grace_period() {
+    model(|| {
+        let domain = Arc::new(EpochDomain::new());
+        let link = Arc::new(AtomicU64::new(1));
+        let freed = Arc::new(AtomicBool::new(false));
+        let (d2, l2, f2) = (domain.clone(), link.clone(), freed.clone());
+        let walker = thread::spawn(move || {
+            let _g = d2.pin();
+            if l2.load(Ordering::Acquire) == 1 {
+                assert!(!f2.load(Ordering::Relaxed), "read a freed page");
+            }
+        });
+        link.store(0, Ordering::Release);
+        let r = domain.retire_epoch();
+        if domain.is_quiescent(r) {
+            freed.store(true, Ordering::Relaxed);
+        }
+        walker.join().unwrap();
+    });
+}

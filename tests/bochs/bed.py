@@ -13,6 +13,8 @@ Commands (all idempotent; `run` and `selftest` set the bed up first):
   bed.py setup                      venv + pinned wheel, preload.so, layout tool
   bed.py run --kernel ELF [...]     run one kernel, judge its console
   bed.py selftest                   build and run tests/bochs/selftest
+  bed.py suite --elf-dir DIR        selftest, then the bed's scenarios from DIR
+                                    (the kernel's target/x86_64-unknown-none/<profile>)
   bed.py emulate --kernel ELF       no judge: behave like QEMU with -serial stdio
                                     and isa-debug-exit (console on stdout, exit
                                     status 33/35), for runners that judge themselves
@@ -192,10 +194,16 @@ def judge(kernel: Path, name: str, timeout_s: float, mem_mib: int, tool: Path,
             if not quiet:
                 print(f"  | {line}", flush=True)
 
+    notes: list[str] = []
+
     def pump_stderr() -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
-            print(raw.decode("utf-8", "replace").rstrip("\n"), file=sys.stderr, flush=True)
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if quiet:
+                notes.append(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
     threads = [threading.Thread(target=pump_console, daemon=True),
                threading.Thread(target=pump_stderr, daemon=True)]
@@ -226,6 +234,8 @@ def judge(kernel: Path, name: str, timeout_s: float, mem_mib: int, tool: Path,
         verdict = f"crash (exit status {status})"
     ok = verdict == "pass"
     if not ok:
+        for line in notes:
+            print(line, file=sys.stderr)
         print(f"--- last {len(tail)} console lines of {name} ---")
         for line in tail:
             print(f"  | {line}")
@@ -892,6 +902,30 @@ def load_kernel(ram: GuestRam, elf: Elf, kernel_bytes: bytes, config: dict, layo
 # --------------------------------------------------------------------------
 
 
+# Scenario kernels that must pass on this bed: the foundation's basic checks
+# (the same kernel paths as on QEMU) and every VMX scenario (`test_vmx*`).
+# Scenarios that are meant to fail or hang are QEMU runner self-tests.
+BED_SCENARIOS = ["test_basic"]
+BED_SCENARIO_PREFIX = "test_vmx"
+
+
+def suite(elf_dir: Path, timeout_s: float, tool: Path) -> bool:
+    names = list(BED_SCENARIOS)
+    names += sorted(p.name for p in elf_dir.glob(BED_SCENARIO_PREFIX + "*")
+                    if p.is_file() and os.access(p, os.X_OK) and p.suffix == "")
+    missing = [n for n in names if not (elf_dir / n).is_file()]
+    if missing:
+        print(f"bochs suite: missing kernels in {elf_dir}: {', '.join(missing)}")
+        return False
+    results = [("selftest", judge(selftest_kernel(), "selftest", timeout_s, 128, tool, True))]
+    for name in names:
+        results.append((name, judge(elf_dir / name, name, timeout_s, 256, tool, True)))
+    failed = [n for n, ok in results if not ok]
+    print(f"bochs suite: {len(results) - len(failed)} passed, {len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""))
+    return not failed
+
+
 def selftest_kernel() -> Path:
     return cargo_build_bin("bochs-selftest", ["--release", "--target", "x86_64-unknown-none"])
 
@@ -909,6 +943,9 @@ def main() -> int:
     st = sub.add_parser("selftest", help="build and run tests/bochs/selftest")
     st.add_argument("--timeout-s", type=float, default=60.0)
     st.add_argument("--quiet", action="store_true")
+    su = sub.add_parser("suite", help="selftest plus the bed's scenario kernels")
+    su.add_argument("--elf-dir", required=True, type=Path)
+    su.add_argument("--timeout-s", type=float, default=120.0)
     em = sub.add_parser("emulate", help="run one kernel like QEMU would (no judging, no timeout)")
     em.add_argument("--kernel", required=True, type=Path)
     em.add_argument("--mem-mib", type=int, default=256)
@@ -935,6 +972,8 @@ def main() -> int:
         os.execv(str(VENV_PY), [str(VENV_PY), str(Path(__file__).resolve()), "worker",
                                 "--kernel", str(args.kernel), "--mem-mib", str(args.mem_mib),
                                 "--layout-tool", str(tool)])
+    if args.cmd == "suite":
+        return 0 if suite(args.elf_dir, args.timeout_s, tool) else 1
     if args.cmd == "selftest":
         kernel, name, mem = selftest_kernel(), "selftest", 128
     else:

@@ -30,7 +30,9 @@ pub mod mem;
 mod panic;
 pub mod sched;
 pub mod smp;
+pub mod svm;
 pub mod testing;
+pub mod vm;
 pub mod time;
 pub mod vmx;
 

@@ -1,0 +1,507 @@
+//! The AMD SVM backend: turns SVM on per CPU, builds a VMCB per vCPU with
+//! nested paging, runs the guest with VMRUN and turns each #VMEXIT into the
+//! vendor-neutral `hvcore::exit::VmExit` for the handlers in `crate::vm`.
+//!
+//! Follows the AMD APM vol. 2, "Secure Virtual Machine": "Enabling SVM"
+//! (EFER.SVME, VM_HSAVE_PA), "VMRUN" and "#VMEXIT" (what is saved and
+//! restored), "VMSAVE and VMLOAD" (the state VMRUN leaves alone: FS, GS, TR,
+//! LDTR, KernelGsBase, STAR/LSTAR/CSTAR/SFMASK, SYSENTER), "Global Interrupt
+//! Flag" and "Virtual Interrupt Masking" (how physical interrupts reach the
+//! host while a guest runs), "TLB Control" and "Event Injection".
+//!
+//! What QEMU's model lacks and how this copes (TESTBEDS.md §2): no NRIP
+//! save (handlers decode the instruction length, see `crate::vm`), no
+//! decode assists, no clean bits (the VMCB clean field stays 0: everything
+//! is reloaded), VMEXIT_INVALID stored as 0xFFFF_FFFF (compared on 32 bits).
+//!
+//! Key types: [`SvmVcpu`] (implements `crate::vm::VirtCpu`), [`vmcb::Vmcb`].
+//! Per-CPU state: the host save area and a host-state page for
+//! VMSAVE/VMLOAD, indexed by local APIC id.
+
+pub mod vmcb;
+
+use crate::hw;
+use crate::mem::{self, phys};
+use crate::vm::{EntryError, GuestRegs, VirtCpu};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use hvcore::addr::HostPhysAddr;
+use hvcore::exit::VmExit;
+use hvcore::frame::FrameSize;
+use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
+use hvcore::guest_walk::GuestPaging;
+use hvcore::svm::{
+    self, EFER_SVME, EntryState, ExitState, IOPM_BYTES, MSR_EFER, MSR_VM_HSAVE_PA, MSRPM_BYTES,
+    intercept, tlb_control,
+};
+use spin::Once;
+use vmcb::{Segment, Vmcb};
+
+/// Most CPUs (by local APIC id) the per-CPU table holds.
+const MAX_CPUS: usize = 256;
+
+/// Per CPU: physical address of the host save area (0 = SVM off).
+static HSAVE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU: physical address of the host-state page for VMSAVE/VMLOAD.
+static HOST_STATE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// The permission maps every VM shares: every port and every MSR exits.
+struct PermissionMaps {
+    iopm: HostPhysAddr,
+    msrpm: HostPhysAddr,
+}
+static MAPS: Once<Result<PermissionMaps, &'static str>> = Once::new();
+/// Next ASID to hand out; ASID 0 is the host's.
+static NEXT_ASID: AtomicU32 = AtomicU32::new(1);
+/// The CPU's ASID count and NRIP save support, read when SVM is enabled.
+static ASID_LIMIT: AtomicU32 = AtomicU32::new(0);
+static HAS_NRIP: AtomicU32 = AtomicU32::new(0);
+
+fn apic_id() -> usize {
+    (hw::cpuid(1, 0).ebx >> 24) as usize
+}
+
+/// Writes a model-specific register.
+///
+/// # Safety
+/// The MSR must exist and `value` must be valid for it; the caller owns the
+/// consequences (these are EFER and VM_HSAVE_PA, set up once per CPU).
+unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller vouches for the MSR and value; WRMSR touches no memory.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags));
+    }
+}
+
+/// Why SVM cannot run here, or `Ok` once it is on for the calling CPU
+/// (idempotent). Requires `mem::init`.
+pub fn enable_on_this_cpu() -> Result<(), &'static str> {
+    let cpu = apic_id();
+    if cpu >= MAX_CPUS {
+        return Err("local APIC id beyond the per-CPU table");
+    }
+    if HSAVE[cpu].load(Ordering::Acquire) != 0 {
+        return Ok(());
+    }
+    let info = crate::cpu::read();
+    let Some(features) = info.features.svm else {
+        return Err("CPUID reports no SVM");
+    };
+    if !features.usable() {
+        return Err("SVM lacks nested paging or guest ASIDs, or firmware disabled it");
+    }
+    ASID_LIMIT.store(features.asids, Ordering::Release);
+    HAS_NRIP.store(u32::from(features.nrip_save), Ordering::Release);
+    permission_maps()?;
+    let hsave =
+        mem::alloc_frame(FrameSize::Size4K).map_err(|_| "no frame for the host save area")?;
+    let Some(host_state) = Vmcb::new() else {
+        let _ = mem::free_frame(hsave, FrameSize::Size4K);
+        return Err("no frame for the host state page");
+    };
+    // SAFETY: the frame is ours; the CPU owns it from the WRMSR below on.
+    unsafe { phys::zero(hsave, 4096) };
+    // SAFETY: CPUID says SVM exists, so EFER.SVME may be set and
+    // VM_HSAVE_PA exists; the save area is a page-aligned frame we own for
+    // good (it is never freed while SVM is on).
+    unsafe {
+        let efer = hw::rdmsr(MSR_EFER);
+        wrmsr(MSR_EFER, efer | EFER_SVME);
+        wrmsr(MSR_VM_HSAVE_PA, hsave.as_u64());
+    }
+    HOST_STATE[cpu].store(host_state.pa().as_u64(), Ordering::Release);
+    core::mem::forget(host_state);
+    HSAVE[cpu].store(hsave.as_u64(), Ordering::Release);
+    log::info!(
+        "enabled on CPU {cpu} (ASIDs {}, NRIP save {})",
+        features.asids,
+        if features.nrip_save {
+            "yes"
+        } else {
+            "no: decoding instruction lengths"
+        }
+    );
+    Ok(())
+}
+
+fn permission_maps() -> Result<&'static PermissionMaps, &'static str> {
+    MAPS.call_once(|| {
+        // One 2 MiB frame holds both maps: they need 12 KiB and 8 KiB of
+        // physically contiguous memory and the allocator hands out 4 KiB or
+        // 2 MiB.
+        let frame = mem::alloc_frame(FrameSize::Size2M)
+            .map_err(|_| "no 2 MiB frame for the permission maps")?;
+        let iopm = frame;
+        let msrpm = HostPhysAddr::new(frame.as_u64() + IOPM_BYTES as u64 + 4096);
+        // SAFETY: the frame is ours for good; all ones intercept every port
+        // and every MSR.
+        unsafe {
+            core::ptr::write_bytes(phys::to_virt(iopm), 0xff, IOPM_BYTES);
+            core::ptr::write_bytes(phys::to_virt(msrpm), 0xff, MSRPM_BYTES);
+        }
+        Ok(PermissionMaps { iopm, msrpm })
+    })
+    .as_ref()
+    .map_err(|e| *e)
+}
+
+fn next_asid() -> Result<u32, &'static str> {
+    let limit = ASID_LIMIT.load(Ordering::Acquire);
+    let asid = NEXT_ASID.fetch_add(1, Ordering::AcqRel);
+    // ASIDs are not recycled; each new vCPU's first entry flushes its ASID
+    // anyway, so wrapping around would also be safe, but it is not needed
+    // for the VM counts Thermocline runs.
+    if asid >= limit {
+        return Err("out of ASIDs");
+    }
+    Ok(asid)
+}
+
+unsafe extern "sysv64" {
+    /// Runs the guest once: see the assembly below.
+    fn thermocline_svm_run(regs: *mut GuestRegs, guest_vmcb: u64, host_state: u64);
+}
+
+// VMRUN with the host/guest state switch around it.
+//
+// 1. CLGI: no interrupt, NMI or SMI until STGI, so nothing runs on this CPU
+//    with the guest's FS/GS/TR loaded.
+// 2. VMSAVE the host's FS, GS, TR, LDTR, KernelGsBase, syscall MSRs; VMLOAD
+//    the guest's.
+// 3. STI: with V_INTR_MASKING, RFLAGS.IF at VMRUN decides whether physical
+//    interrupts exit the guest; GIF=0 keeps them pending until step 6.
+// 4. Load the guest GPRs (RAX, RSP, RIP, RFLAGS live in the VMCB), VMRUN.
+// 5. After #VMEXIT (GIF=0, host RSP/RAX restored) store the guest GPRs,
+//    VMSAVE the guest, VMLOAD the host.
+// 6. CLI, STGI, then restore the caller's RFLAGS: an interrupt that made
+//    the guest exit is taken there, by the host's handler.
+core::arch::global_asm!(
+    r#"
+    .section .text.svm_run, "ax"
+    .global thermocline_svm_run
+    thermocline_svm_run:
+        push rbp
+        push rbx
+        push r12
+        push r13
+        push r14
+        push r15
+        pushfq
+        push rdx
+        push rsi
+        push rdi
+        clgi
+        mov rax, rdx
+        vmsave rax
+        mov rax, rsi
+        vmload rax
+        sti
+        mov rbx, [rdi + 8]
+        mov rcx, [rdi + 16]
+        mov rdx, [rdi + 24]
+        mov rsi, [rdi + 32]
+        mov rbp, [rdi + 48]
+        mov r8,  [rdi + 64]
+        mov r9,  [rdi + 72]
+        mov r10, [rdi + 80]
+        mov r11, [rdi + 88]
+        mov r12, [rdi + 96]
+        mov r13, [rdi + 104]
+        mov r14, [rdi + 112]
+        mov r15, [rdi + 120]
+        mov rdi, [rdi + 40]
+        vmrun rax
+        push rdi
+        mov rdi, [rsp + 8]
+        mov [rdi + 8], rbx
+        mov [rdi + 16], rcx
+        mov [rdi + 24], rdx
+        mov [rdi + 32], rsi
+        mov [rdi + 48], rbp
+        mov [rdi + 64], r8
+        mov [rdi + 72], r9
+        mov [rdi + 80], r10
+        mov [rdi + 88], r11
+        mov [rdi + 96], r12
+        mov [rdi + 104], r13
+        mov [rdi + 112], r14
+        mov [rdi + 120], r15
+        pop rax
+        mov [rdi + 40], rax
+        cli
+        mov rax, [rsp + 8]
+        vmsave rax
+        mov rax, [rsp + 16]
+        vmload rax
+        stgi
+        add rsp, 24
+        popfq
+        pop r15
+        pop r14
+        pop r13
+        pop r12
+        pop rbx
+        pop rbp
+        ret
+    .text
+    "#
+);
+
+const _: () = {
+    assert!(core::mem::offset_of!(GuestRegs, rbx) == 8);
+    assert!(core::mem::offset_of!(GuestRegs, rdi) == 40);
+    assert!(core::mem::offset_of!(GuestRegs, rbp) == 48);
+    assert!(core::mem::offset_of!(GuestRegs, r8) == 64);
+    assert!(core::mem::offset_of!(GuestRegs, r15) == 120);
+};
+
+/// Segment attributes: 64-bit code, flat data, busy 64-bit TSS, LDT.
+const ATTR_CODE64: u16 = 0xa9b;
+const ATTR_DATA: u16 = 0xc93;
+const ATTR_TSS64_BUSY: u16 = 0x08b;
+const ATTR_LDT: u16 = 0x082;
+/// VINTR: V_INTR_MASKING.
+const V_INTR_MASKING: u64 = 1 << 24;
+/// Power-on PAT.
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// Exceptions the hypervisor intercepts: #UD, to name VMX/SVM instructions
+/// in its report before reflecting the exception.
+const INTERCEPTED_EXCEPTIONS: u32 = 1 << 6;
+
+/// One SVM vCPU: its VMCB and its general-purpose registers.
+#[derive(Debug)]
+pub struct SvmVcpu {
+    vmcb: Vmcb,
+    regs: GuestRegs,
+    nrip: bool,
+    flush_on_entry: bool,
+    /// An event whose delivery an exit interrupted (EXITINTINFO), to inject
+    /// again on the next entry.
+    reinject: Option<u64>,
+}
+
+impl SvmVcpu {
+    /// A vCPU in Thermocline's boot state (`hvcore::guest_layout`) running
+    /// on nested page tables rooted at `npt_root`. The VMCB is checked
+    /// before the first VMRUN only by the CPU; see [`Self::entry_state`].
+    pub fn new(npt_root: HostPhysAddr, boot_regs: GuestRegs) -> Result<Self, &'static str> {
+        let maps = permission_maps()?;
+        let asid = next_asid()?;
+        let mut v = Vmcb::new().ok_or("no frame for a VMCB")?;
+        v.set(vmcb::INTERCEPT_EXCEPTIONS, INTERCEPTED_EXCEPTIONS);
+        {
+            use intercept::misc1 as m1;
+            use intercept::misc2 as m2;
+            v.set(
+                vmcb::INTERCEPT_MISC1,
+                m1::INTR
+                    | m1::NMI
+                    | m1::CPUID
+                    | m1::HLT
+                    | m1::INVLPGA
+                    | m1::IOIO_PROT
+                    | m1::MSR_PROT
+                    | m1::SHUTDOWN,
+            );
+            v.set(
+                vmcb::INTERCEPT_MISC2,
+                m2::VMRUN
+                    | m2::VMMCALL
+                    | m2::VMLOAD
+                    | m2::VMSAVE
+                    | m2::STGI
+                    | m2::CLGI
+                    | m2::SKINIT,
+            );
+        }
+        v.set(vmcb::IOPM_BASE_PA, maps.iopm.as_u64());
+        v.set(vmcb::MSRPM_BASE_PA, maps.msrpm.as_u64());
+        v.set(vmcb::GUEST_ASID, asid);
+        v.set(vmcb::VINTR, V_INTR_MASKING);
+        v.set(vmcb::NP_ENABLE, 1);
+        v.set(vmcb::N_CR3, hvcore::npt::ncr3(npt_root));
+        v.set(vmcb::CLEAN, 0);
+
+        let flat = |selector, attrib| Segment {
+            selector,
+            attrib,
+            limit: 0xffff_ffff,
+            base: 0,
+        };
+        v.set(vmcb::CS, flat(layout::CODE_SELECTOR, ATTR_CODE64));
+        for seg in [vmcb::DS, vmcb::ES, vmcb::SS, vmcb::FS, vmcb::GS] {
+            v.set(seg, flat(layout::DATA_SELECTOR, ATTR_DATA));
+        }
+        v.set(
+            vmcb::GDTR,
+            Segment {
+                limit: (layout::GDT.len() * 8 - 1) as u32,
+                base: layout::GDT_GPA,
+                ..Segment::default()
+            },
+        );
+        v.set(vmcb::IDTR, Segment::default());
+        v.set(
+            vmcb::TR,
+            Segment {
+                attrib: ATTR_TSS64_BUSY,
+                limit: 0x67,
+                ..Segment::default()
+            },
+        );
+        v.set(
+            vmcb::LDTR,
+            Segment {
+                attrib: ATTR_LDT,
+                ..Segment::default()
+            },
+        );
+        v.set(vmcb::CPL, 0);
+        v.set(vmcb::EFER, BOOT_CPU_STATE.efer | EFER_SVME);
+        v.set(vmcb::CR0, BOOT_CPU_STATE.cr0);
+        v.set(vmcb::CR3, BOOT_CPU_STATE.cr3);
+        v.set(vmcb::CR4, BOOT_CPU_STATE.cr4);
+        v.set(vmcb::DR6, 0xffff_0ff0);
+        v.set(vmcb::DR7, 0x400);
+        v.set(vmcb::G_PAT, DEFAULT_PAT);
+        Ok(Self {
+            vmcb: v,
+            regs: boot_regs,
+            nrip: HAS_NRIP.load(Ordering::Acquire) != 0,
+            flush_on_entry: true,
+            reinject: None,
+        })
+    }
+
+    /// The guest-state fields VMRUN checks, for a readable refusal.
+    pub fn entry_state(&self) -> EntryState {
+        EntryState {
+            efer: self.vmcb.get(vmcb::EFER),
+            cr0: self.vmcb.get(vmcb::CR0),
+            cr3: self.vmcb.get(vmcb::CR3),
+            cr4: self.vmcb.get(vmcb::CR4),
+            dr6: self.vmcb.get(vmcb::DR6),
+            dr7: self.vmcb.get(vmcb::DR7),
+            cs_attrib: self.vmcb.get(vmcb::CS).attrib,
+            asid: self.vmcb.get(vmcb::GUEST_ASID),
+            intercept_misc2: self.vmcb.get(vmcb::INTERCEPT_MISC2),
+        }
+    }
+
+    /// Direct VMCB access, for negative tests that spoil guest state on
+    /// purpose.
+    pub fn vmcb_mut(&mut self) -> &mut Vmcb {
+        &mut self.vmcb
+    }
+}
+
+impl VirtCpu for SvmVcpu {
+    fn run(&mut self) -> Result<VmExit, EntryError> {
+        let cpu = apic_id();
+        let host_state = HOST_STATE.get(cpu).map_or(0, |h| h.load(Ordering::Acquire));
+        if host_state == 0 {
+            return Err(EntryError::Setup("SVM is not enabled on this CPU"));
+        }
+        let v = &mut self.vmcb;
+        v.set(vmcb::RAX, self.regs.rax);
+        v.set(vmcb::RSP, self.regs.rsp);
+        v.set(vmcb::RIP, self.regs.rip);
+        v.set(vmcb::RFLAGS, self.regs.rflags);
+        if let Some(event) = self.reinject.take()
+            && v.get(vmcb::EVENT_INJ) & (1 << 31) == 0
+        {
+            v.set(vmcb::EVENT_INJ, event);
+        }
+        let flush = core::mem::take(&mut self.flush_on_entry);
+        v.set(
+            vmcb::TLB_CONTROL,
+            if flush {
+                tlb_control::FLUSH_ALL
+            } else {
+                tlb_control::NOTHING
+            },
+        );
+        // SAFETY:
+        // 1. The VMCB is a zeroed-then-initialised page we own, with valid
+        //    permission maps and nested CR3; VMRUN checks the rest and
+        //    reports bad state as VMEXIT_INVALID instead of running.
+        // 2. `host_state` is this CPU's host-state page and SVM is enabled
+        //    on this CPU (HSAVE set); the stub restores every callee-saved
+        //    register, RSP and RFLAGS, and the host FS/GS/TR state.
+        // 3. `regs` is a valid, exclusive GuestRegs for the stub's stores.
+        unsafe { thermocline_svm_run(&mut self.regs, v.pa().as_u64(), host_state) };
+        self.regs.rax = v.get(vmcb::RAX);
+        self.regs.rsp = v.get(vmcb::RSP);
+        self.regs.rip = v.get(vmcb::RIP);
+        self.regs.rflags = v.get(vmcb::RFLAGS);
+        let code = v.get(vmcb::EXIT_CODE);
+        if svm::is_invalid(code) {
+            // Nothing ran: the flush still has to happen on the next try.
+            self.flush_on_entry |= flush;
+            return Err(EntryError::InvalidState {
+                code,
+                reason: svm::entry_state_problem(&self.entry_state()),
+            });
+        }
+        let int_info = v.get(vmcb::EXIT_INT_INFO);
+        if int_info & (1 << 31) != 0 {
+            self.reinject = Some(int_info);
+        }
+        Ok(svm::decode_exit(&ExitState {
+            code,
+            info1: v.get(vmcb::EXIT_INFO1),
+            info2: v.get(vmcb::EXIT_INFO2),
+            rcx: self.regs.rcx,
+            rax: self.regs.rax,
+            rdx: self.regs.rdx,
+        }))
+    }
+
+    fn regs(&mut self) -> &mut GuestRegs {
+        &mut self.regs
+    }
+
+    fn paging(&self) -> GuestPaging {
+        GuestPaging {
+            cr0: self.vmcb.get(vmcb::CR0),
+            cr3: self.vmcb.get(vmcb::CR3),
+            cr4: self.vmcb.get(vmcb::CR4),
+            efer: self.vmcb.get(vmcb::EFER),
+        }
+    }
+
+    fn next_rip(&self) -> Option<u64> {
+        self.nrip
+            .then(|| self.vmcb.get(vmcb::NEXT_RIP))
+            .filter(|&r| r != 0)
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.reinject = None;
+        self.vmcb.set(
+            vmcb::EVENT_INJ,
+            svm::event_inject_exception(vector, error_code),
+        );
+    }
+
+    fn flush_tlb_on_entry(&mut self) {
+        self.flush_on_entry = true;
+    }
+
+    fn guest_efer(&self) -> u64 {
+        // The guest runs with SVME set (VMRUN requires it); it never sees it.
+        self.vmcb.get(vmcb::EFER) & !EFER_SVME
+    }
+
+    fn set_guest_efer(&mut self, value: u64) -> bool {
+        // Only SCE (0) and NXE (11) may change; LME/LMA stay as booted and
+        // SVME cannot be turned on by the guest.
+        const CHANGEABLE: u64 = (1 << 0) | (1 << 11);
+        let now = self.guest_efer();
+        if (value ^ now) & !CHANGEABLE != 0 {
+            return false;
+        }
+        self.vmcb.set(vmcb::EFER, value | EFER_SVME);
+        true
+    }
+}

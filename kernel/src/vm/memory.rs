@@ -1,0 +1,393 @@
+//! Guest-physical memory of one VM: host frames mapped through the
+//! second-level tables (NPT or EPT, built with `hvcore::table`), filled in
+//! lazily: a page of RAM is backed on the first nested page fault that
+//! touches it (2 MiB at a time where the VM allows huge pages and a whole
+//! 2 MiB frame is free, else 4 KiB).
+//!
+//! Key type: [`GuestMemory`]. It owns every frame it maps and every table
+//! page (through the table manager); [`GuestMemory::check_isolation`]
+//! proves from the tables themselves that no guest-physical address reaches
+//! a frame the VM does not own.
+//!
+//! Locks: the writer (table structure and the frame list) is one spin lock
+//! per VM, taken by the vCPU fault path and by loaders; walks (translation,
+//! A/D inspection, the aging pass) are lockless (`hvcore::table` docs).
+
+use crate::mem::{self, phys};
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use hvcore::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
+use hvcore::frame::FrameSize;
+use hvcore::guest_walk::GuestPhysRead;
+use hvcore::pte::{EntryFormat, Perms};
+use hvcore::sync::AtomicU64;
+use hvcore::table::{MapError, Mapper, PageSize, TableAlloc, TableMemory, Tables};
+
+/// Table pages reached through the kernel's mapping of physical memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhysTables;
+
+impl TableMemory for PhysTables {
+    fn table(&self, table: HostPhysAddr) -> Option<&[AtomicU64]> {
+        if !phys::is_page_aligned(table) {
+            return None;
+        }
+        // SAFETY: the table manager only asks for pages it allocated from
+        // the frame allocator through `FrameTables` (or read from entries it
+        // wrote), which stay allocated while reachable (epoch-retired, see
+        // `hvcore::table`); the mapping of physical memory covers them and
+        // 512 atomics fill exactly one aligned 4 KiB page. All accesses are
+        // atomic, so concurrent CPU A/D updates are fine.
+        Some(unsafe { core::slice::from_raw_parts(phys::ptr::<AtomicU64>(table), 512) })
+    }
+}
+
+/// Table pages from the kernel frame allocator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameTables;
+
+impl TableAlloc for FrameTables {
+    fn alloc_table(&mut self) -> Option<HostPhysAddr> {
+        mem::alloc_frame(FrameSize::Size4K).ok()
+    }
+    fn free_table(&mut self, table: HostPhysAddr) {
+        if let Err(e) = mem::free_frame(table, FrameSize::Size4K) {
+            log::error!("vm: table page {table:?} not freed: {e}");
+        }
+    }
+}
+
+/// A frame mapped into the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFrame {
+    /// Host frame.
+    pub hpa: HostPhysAddr,
+    /// Its size.
+    pub size: FrameSize,
+}
+
+impl GuestFrame {
+    fn bytes(self) -> u64 {
+        match self.size {
+            FrameSize::Size4K => PAGE_SIZE_4K,
+            FrameSize::Size2M => PAGE_SIZE_2M,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Writer {
+    mapper: Mapper<FrameTables>,
+    /// Guest-physical start -> frame, for every mapped frame.
+    frames: BTreeMap<u64, GuestFrame>,
+}
+
+/// What a nested page fault on this memory came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// A frame was mapped; the guest may retry.
+    Mapped(FrameSize),
+    /// Another path mapped the page meanwhile; retry.
+    AlreadyMapped,
+    /// The address is not guest RAM.
+    OutsideRam,
+    /// No frame was free.
+    OutOfMemory,
+}
+
+/// Summary of an isolation check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsolationReport {
+    /// Present leaves examined.
+    pub leaves: u64,
+    /// 4 KiB pages they map.
+    pub pages: u64,
+    /// Frames the VM owns.
+    pub frames: u64,
+}
+
+/// One VM's guest-physical memory.
+#[derive(Debug)]
+pub struct GuestMemory<F: EntryFormat> {
+    ram_bytes: u64,
+    huge_pages: bool,
+    tables: Tables<F, PhysTables>,
+    writer: spin::Mutex<Writer>,
+}
+
+impl<F: EntryFormat> GuestMemory<F> {
+    /// Empty memory of `ram_bytes` (a multiple of 4 KiB); nothing is backed
+    /// until touched.
+    pub fn new(ram_bytes: u64, huge_pages: bool) -> Result<Self, MapError> {
+        if !ram_bytes.is_multiple_of(PAGE_SIZE_4K) || ram_bytes == 0 {
+            return Err(MapError::Unaligned);
+        }
+        let tables = Tables::new(PhysTables, &mut FrameTables)?;
+        let mapper = Mapper::new(&tables, FrameTables);
+        Ok(Self {
+            ram_bytes,
+            huge_pages,
+            tables,
+            writer: spin::Mutex::new(Writer {
+                mapper,
+                frames: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// Guest RAM is `[0, ram_bytes)`.
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_bytes
+    }
+
+    /// The tables (root for the VMCB/VMCS, lockless walks for aging).
+    pub fn tables(&self) -> &Tables<F, PhysTables> {
+        &self.tables
+    }
+
+    /// Runs `f` with the table writer and the frame map locked (the
+    /// reclaimer's entry point; keep it short).
+    pub fn with_writer<R>(
+        &self,
+        f: impl FnOnce(&mut Mapper<FrameTables>, &mut BTreeMap<u64, GuestFrame>) -> R,
+    ) -> R {
+        let mut w = self.writer.lock();
+        let w = &mut *w;
+        f(&mut w.mapper, &mut w.frames)
+    }
+
+    /// Frames currently mapped, and the bytes they hold.
+    pub fn resident(&self) -> (u64, u64) {
+        let w = self.writer.lock();
+        (
+            w.frames.len() as u64,
+            w.frames.values().map(|f| f.bytes()).sum(),
+        )
+    }
+
+    /// Backs the page holding `gpa` if it is RAM and not backed yet.
+    pub fn fault_in(&self, gpa: GuestPhysAddr) -> FaultOutcome {
+        if gpa.as_u64() >= self.ram_bytes {
+            return FaultOutcome::OutsideRam;
+        }
+        let mut w = self.writer.lock();
+        if self.tables.translate(gpa).is_some() {
+            return FaultOutcome::AlreadyMapped;
+        }
+        let big = gpa.align_down(PAGE_SIZE_2M);
+        if self.huge_pages
+            && big.as_u64() + PAGE_SIZE_2M <= self.ram_bytes
+            && let Ok(frame) = mem::alloc_frame(FrameSize::Size2M)
+        {
+            match self.map_zeroed(&mut w, big, frame, FrameSize::Size2M) {
+                Ok(()) => return FaultOutcome::Mapped(FrameSize::Size2M),
+                // Part of the 2 MiB range is mapped in 4 KiB pages: fall
+                // back to one small page.
+                Err(_) => {
+                    let _ = mem::free_frame(frame, FrameSize::Size2M);
+                }
+            }
+        }
+        let Ok(frame) = mem::alloc_frame(FrameSize::Size4K) else {
+            return FaultOutcome::OutOfMemory;
+        };
+        match self.map_zeroed(
+            &mut w,
+            gpa.align_down(PAGE_SIZE_4K),
+            frame,
+            FrameSize::Size4K,
+        ) {
+            Ok(()) => FaultOutcome::Mapped(FrameSize::Size4K),
+            Err(MapError::OutOfMemory) => {
+                let _ = mem::free_frame(frame, FrameSize::Size4K);
+                FaultOutcome::OutOfMemory
+            }
+            Err(_) => {
+                let _ = mem::free_frame(frame, FrameSize::Size4K);
+                FaultOutcome::AlreadyMapped
+            }
+        }
+    }
+
+    fn map_zeroed(
+        &self,
+        w: &mut Writer,
+        gpa: GuestPhysAddr,
+        frame: HostPhysAddr,
+        size: FrameSize,
+    ) -> Result<(), MapError> {
+        let g = GuestFrame { hpa: frame, size };
+        // SAFETY: the frame was just handed to this VM and is not mapped
+        // anywhere yet: zeroing it exposes nothing and races with nobody.
+        unsafe { phys::zero(frame, g.bytes()) };
+        let max = match size {
+            FrameSize::Size4K => PageSize::Size4K,
+            FrameSize::Size2M => PageSize::Size2M,
+        };
+        w.mapper
+            .map(&self.tables, gpa, frame, g.bytes(), Perms::RWX, max)?;
+        w.frames.insert(gpa.as_u64(), g);
+        Ok(())
+    }
+
+    /// The host address backing `gpa`, backing it first if needed; `None`
+    /// outside RAM or when memory is exhausted.
+    fn backed(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+        if let Some(t) = self.tables.translate(gpa) {
+            return Some(t.hpa);
+        }
+        match self.fault_in(gpa) {
+            FaultOutcome::Mapped(_) | FaultOutcome::AlreadyMapped => {
+                self.tables.translate(gpa).map(|t| t.hpa)
+            }
+            _ => None,
+        }
+    }
+
+    /// Copies `bytes` into guest RAM at `gpa` (backing pages as needed).
+    /// Fails if any byte is outside RAM.
+    pub fn write(&self, gpa: GuestPhysAddr, bytes: &[u8]) -> Result<(), &'static str> {
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let at = gpa.as_u64() + done as u64;
+            if at >= self.ram_bytes {
+                return Err("write past the end of guest RAM");
+            }
+            let n = ((PAGE_SIZE_4K - at % PAGE_SIZE_4K) as usize).min(bytes.len() - done);
+            let hpa = self
+                .backed(GuestPhysAddr::new(at))
+                .ok_or("no frame to back guest RAM")?;
+            // SAFETY: `hpa..hpa + n` lies inside one frame this VM owns (the
+            // copy stays within the 4 KiB page of `at`); the guest may run
+            // concurrently, which makes the contents racy but never unsafe
+            // for the host (plain bytes, no references held).
+            unsafe {
+                core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), phys::to_virt(hpa), n);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Whether the 4 KiB page holding `gpa` is backed, with its leaf's A
+    /// and D bits.
+    pub fn accessed_dirty(&self, gpa: GuestPhysAddr) -> Option<(bool, bool)> {
+        self.tables.translate(gpa).map(|t| (t.accessed, t.dirty))
+    }
+
+    /// Clears A and D on every leaf (tests; the aging thread uses its own
+    /// walk). The caller must flush the guest's TLB before relying on it.
+    pub fn clear_accessed_dirty(&self) {
+        let mut walk = self.tables.walk(0, F::space_size(), 1, 0);
+        while let Some(e) = walk.next() {
+            if F::is_present(e.old) {
+                walk.slot()
+                    .fetch_and(!(F::ACCESSED | F::DIRTY), hvcore::sync::Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Walks every present leaf of the whole guest-physical space (every
+    /// address the guest can name) and checks that it lies inside RAM and
+    /// maps exactly the frame this VM owns for it, with no frame mapped
+    /// twice.
+    pub fn check_isolation(&self) -> Result<IsolationReport, String> {
+        let w = self.writer.lock();
+        let mut leaves = 0u64;
+        let mut pages = 0u64;
+        let mut problem = None;
+        self.tables
+            .for_each_leaf(0, F::space_size(), |gpa, level, entry| {
+                if problem.is_some() {
+                    return;
+                }
+                leaves += 1;
+                let size = F::level_size(level);
+                pages += size / PAGE_SIZE_4K;
+                let hpa = F::addr(entry).as_u64();
+                if gpa + size > self.ram_bytes {
+                    problem = Some(format!(
+                        "GPA {gpa:#x} (+{size:#x}) is mapped outside RAM (ends {:#x})",
+                        self.ram_bytes
+                    ));
+                    return;
+                }
+                // The frame that owns this GPA: the one starting at or below it.
+                let owner = w.frames.range(..=gpa).next_back();
+                match owner {
+                    Some((&start, f))
+                        if gpa + size <= start + f.bytes()
+                            && hpa == f.hpa.as_u64() + (gpa - start) => {}
+                    _ => {
+                        problem = Some(format!(
+                            "GPA {gpa:#x} maps host {hpa:#x}, not a frame this VM owns there"
+                        ))
+                    }
+                }
+            });
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        let owned_pages: u64 = w.frames.values().map(|f| f.bytes() / PAGE_SIZE_4K).sum();
+        if owned_pages != pages {
+            return Err(format!(
+                "tables map {pages} pages but the VM owns {owned_pages}: a frame is mapped twice or lost"
+            ));
+        }
+        Ok(IsolationReport {
+            leaves,
+            pages,
+            frames: w.frames.len() as u64,
+        })
+    }
+}
+
+impl<F: EntryFormat> GuestPhysRead for GuestMemory<F> {
+    /// Reads RAM; pages never backed read as zeros; outside RAM is `None`.
+    fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
+        let end = gpa.as_u64().checked_add(buf.len() as u64)?;
+        if end > self.ram_bytes {
+            return None;
+        }
+        match self.tables.translate(gpa) {
+            Some(t) => {
+                // SAFETY: `t.hpa..+len` lies in one page of a frame this VM
+                // owns (the caller keeps the range inside one 4 KiB page);
+                // the guest may write it concurrently: bytes, no references.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        phys::to_virt(t.hpa),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    );
+                }
+            }
+            None => buf.fill(0),
+        }
+        Some(())
+    }
+}
+
+impl<F: EntryFormat> Drop for GuestMemory<F> {
+    fn drop(&mut self) {
+        let w = self.writer.get_mut();
+        let ram = self.ram_bytes;
+        let _ = w.mapper.unmap(
+            &self.tables,
+            GuestPhysAddr::new(0),
+            ram.next_multiple_of(PAGE_SIZE_2M),
+            |_, _, _| {},
+        );
+        for f in w.frames.values() {
+            if let Err(e) = mem::free_frame(f.hpa, f.size) {
+                log::error!("vm: frame {:?} not freed: {e}", f.hpa);
+            }
+        }
+        w.frames.clear();
+        // Nothing runs the VM any more: every retired table page may go.
+        let _ = w.mapper.tlb_flushed(&self.tables);
+        let root = self.tables.root();
+        FrameTables.free_table(root);
+    }
+}

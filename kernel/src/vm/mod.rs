@@ -1,0 +1,810 @@
+//! Running guests, vendor-neutral: the vendor trait, the VM (memory,
+//! devices, status), and the exit handlers written once for SVM and VMX.
+//!
+//! # The vendor trait
+//! [`Extension`] is one virtualization extension (SVM here; VMX conforms
+//! to it), chosen once at boot from CPUID ([`backend`]). It names the
+//! second-level table format its VMs use and creates [`VirtCpu`]s. A
+//! vCPU runs the guest until the next exit and returns it as the shared
+//! `hvcore::exit::VmExit`; [`run_vcpu`] handles every exit the same way for
+//! both vendors.
+//!
+//! # What a guest gets (docs/guests.md)
+//! RAM `[0, ram_bytes)` faulted in on first touch, the boot state of
+//! `hvcore::guest_layout`, a 16550 UART at COM1 whose lines are printed as
+//! `[vm NAME] ...`, the hypercalls of docs/hypercalls.md, and nothing else.
+//!
+//! # Misbehaviour (one line each, `vm NAME: ...`)
+//! | guest does | hypervisor does |
+//! |---|---|
+//! | touches GPA outside RAM | reports it, VM stopped |
+//! | port nobody emulates | IN reads all ones, OUT dropped, reported, continues |
+//! | unknown MSR, EFER.SVME | #GP injected, reported, continues |
+//! | VMX/SVM instruction | #UD injected, reported, continues |
+//! | triple fault | reported, VM stopped |
+//! | HLT | VM stopped (no virtual interrupt source exists) |
+//! | never exits | preempted by host interrupts; stopped on request |
+//! | bad hypercall | error in RAX, reported, continues |
+//! | undecodable intercepted instruction | reported, VM stopped |
+//!
+//! Neighbours: `crate::svm` (the SVM extension), [`memory`] (NPT/EPT
+//! backed RAM), [`images`] (the guest binaries), `hvcore::{exit, insn,
+//! hypercall, uart, guest_walk, guest_layout}` (the pure logic).
+
+pub mod images;
+pub mod memory;
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use hvcore::addr::GuestPhysAddr;
+use hvcore::cpu_features::Backend;
+use hvcore::exit::{AccessKind, IoAccess, IoDir, VirtInsn, VmExit};
+use hvcore::guest_layout as layout;
+use hvcore::guest_walk::{self, GuestPaging, GuestPhysRead};
+use hvcore::hypercall::{self, Hypercall, HypercallError, HypercallRegs};
+use hvcore::insn::{self, Insn};
+use hvcore::pte::EntryFormat;
+use hvcore::uart::{self, Uart16550};
+use memory::{FaultOutcome, GuestMemory};
+
+/// Guest general-purpose registers plus RIP and RFLAGS. The layout is
+/// fixed: the vendors' entry stubs address it by offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GuestRegs {
+    /// RAX.
+    pub rax: u64,
+    /// RBX.
+    pub rbx: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// RDX.
+    pub rdx: u64,
+    /// RSI.
+    pub rsi: u64,
+    /// RDI.
+    pub rdi: u64,
+    /// RBP.
+    pub rbp: u64,
+    /// RSP.
+    pub rsp: u64,
+    /// R8.
+    pub r8: u64,
+    /// R9.
+    pub r9: u64,
+    /// R10.
+    pub r10: u64,
+    /// R11.
+    pub r11: u64,
+    /// R12.
+    pub r12: u64,
+    /// R13.
+    pub r13: u64,
+    /// R14.
+    pub r14: u64,
+    /// R15.
+    pub r15: u64,
+    /// RIP.
+    pub rip: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+}
+
+/// Why a vCPU could not enter the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryError {
+    /// The CPU refused the guest state (VMEXIT_INVALID, VM-entry failure).
+    InvalidState {
+        /// Raw exit code / reason as the CPU reported it.
+        code: u64,
+        /// The offending field, when software checks can name it.
+        reason: Option<&'static str>,
+    },
+    /// The hypervisor is not set up for it (extension off on this CPU...).
+    Setup(&'static str),
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidState { code, reason } => write!(
+                f,
+                "the CPU refused the guest state (exit code {code:#x}): {}",
+                reason.unwrap_or("no software check names the field")
+            ),
+            Self::Setup(why) => write!(f, "cannot enter the guest: {why}"),
+        }
+    }
+}
+
+/// One vCPU of some vendor.
+pub trait VirtCpu {
+    /// Runs the guest until its next exit.
+    fn run(&mut self) -> Result<VmExit, EntryError>;
+    /// The registers; changes take effect at the next [`Self::run`].
+    fn regs(&mut self) -> &mut GuestRegs;
+    /// The guest's paging controls, to read memory by virtual address.
+    fn paging(&self) -> GuestPaging;
+    /// RIP after the intercepted instruction, when the CPU reports it.
+    fn next_rip(&self) -> Option<u64>;
+    /// Delivers an exception to the guest at the next entry.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Flushes the guest's TLB at the next entry (after an aging pass).
+    fn flush_tlb_on_entry(&mut self);
+    /// EFER as the guest sees it.
+    fn guest_efer(&self) -> u64;
+    /// A guest write to EFER; `false` refuses it (the caller injects #GP).
+    fn set_guest_efer(&mut self, value: u64) -> bool;
+}
+
+/// One virtualization extension, chosen once at boot.
+pub trait Extension {
+    /// The second-level table format of its VMs.
+    type Format: EntryFormat;
+    /// Its vCPUs.
+    type Vcpu: VirtCpu;
+    /// "SVM" or "VMX".
+    const NAME: &'static str;
+    /// Turns the extension on for the calling CPU (idempotent).
+    fn enable_on_this_cpu() -> Result<(), &'static str>;
+    /// A vCPU of `vm` in the boot state.
+    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str>;
+}
+
+/// The SVM extension.
+#[derive(Debug)]
+pub struct Svm;
+
+impl Extension for Svm {
+    type Format = hvcore::npt::Npt;
+    type Vcpu = crate::svm::SvmVcpu;
+    const NAME: &'static str = "SVM";
+    fn enable_on_this_cpu() -> Result<(), &'static str> {
+        crate::svm::enable_on_this_cpu()
+    }
+    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str> {
+        crate::svm::SvmVcpu::new(vm.memory.tables().root(), vm.boot_regs())
+    }
+}
+
+static BACKEND: spin::Once<Option<Backend>> = spin::Once::new();
+
+/// The backend this machine runs guests with, decided once from CPUID.
+pub fn backend() -> Option<Backend> {
+    *BACKEND.call_once(|| crate::cpu::read().features.backend())
+}
+
+/// What a VM is made of.
+#[derive(Clone, Copy, Debug)]
+pub struct VmConfig {
+    /// Printed in every line about the VM.
+    pub name: &'static str,
+    /// The flat guest image, loaded at `layout::IMAGE_GPA`.
+    pub image: &'static [u8],
+    /// RAM size; a multiple of 4 KiB, at least `layout::MIN_RAM_BYTES`.
+    pub ram_bytes: u64,
+    /// Back RAM with 2 MiB pages where possible.
+    pub huge_pages: bool,
+    /// Passed to the guest in RSI.
+    pub boot_arg: u64,
+}
+
+/// Why a VM stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest called EXIT.
+    Exited(u64),
+    /// The guest touched guest-physical memory outside its RAM.
+    OutsideRam {
+        /// The address.
+        gpa: u64,
+        /// How.
+        access: AccessKind,
+        /// Where.
+        rip: u64,
+    },
+    /// Triple fault.
+    TripleFault {
+        /// RIP at the shutdown.
+        rip: u64,
+    },
+    /// HLT with no way to wake up.
+    Halted {
+        /// RIP after the HLT.
+        rip: u64,
+    },
+    /// An intercepted instruction could not be decoded to step over it.
+    Undecodable {
+        /// Its RIP.
+        rip: u64,
+    },
+    /// The CPU refused to enter the guest.
+    EntryFailed(EntryError),
+    /// No frame for guest RAM.
+    OutOfMemory {
+        /// The address that needed one.
+        gpa: u64,
+    },
+    /// An exit the hypervisor does not handle.
+    Unhandled {
+        /// The vendor-neutral exit.
+        exit: VmExit,
+        /// Its RIP.
+        rip: u64,
+    },
+    /// The host asked the VM to stop.
+    Killed,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Exited(code) => write!(f, "guest exited with code {code:#x}"),
+            Self::OutsideRam { gpa, access, rip } => write!(
+                f,
+                "guest {} outside its RAM at GPA {gpa:#x} (RIP {rip:#x})",
+                match access {
+                    AccessKind::Read => "read",
+                    AccessKind::Write => "wrote",
+                    AccessKind::Execute => "executed",
+                }
+            ),
+            Self::TripleFault { rip } => {
+                write!(f, "guest triple-faulted (shutdown) at RIP {rip:#x}")
+            }
+            Self::Halted { rip } => {
+                write!(f, "guest halted with nothing to wake it (RIP {rip:#x})")
+            }
+            Self::Undecodable { rip } => {
+                write!(
+                    f,
+                    "cannot decode the intercepted instruction at RIP {rip:#x}"
+                )
+            }
+            Self::EntryFailed(e) => write!(f, "{e}"),
+            Self::OutOfMemory { gpa } => write!(f, "no host frame for guest RAM at GPA {gpa:#x}"),
+            Self::Unhandled { exit, rip } => write!(f, "unhandled exit {exit:?} at RIP {rip:#x}"),
+            Self::Killed => write!(f, "stopped by the host"),
+        }
+    }
+}
+
+/// Something the guest told the hypervisor, for hooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestEvent {
+    /// `MARK tag`.
+    Mark(u64),
+    /// `REPORT_TOUCHED`: bit i of `bitmap` is page `first_pfn + i`.
+    Touched {
+        /// The guest's interval index.
+        interval: u64,
+        /// First page frame number.
+        first_pfn: u64,
+        /// Pages described.
+        page_count: u64,
+        /// The bitmap, as the guest wrote it.
+        bitmap: Vec<u64>,
+    },
+    /// `CHECKSUM_RESULT`.
+    Checksum {
+        /// Pages verified.
+        pages_checked: u64,
+        /// Mismatched words.
+        mismatches: u64,
+    },
+}
+
+/// Called on guest events while the vCPU waits (the guest is stopped in
+/// the exit); after it returns, the guest's TLB is flushed.
+pub type Hook<F> = &'static (dyn Fn(&Vm<F>, &GuestEvent) + Sync);
+
+/// Counters of one VM.
+#[derive(Debug, Default)]
+pub struct VmStats {
+    /// Exits handled.
+    pub exits: AtomicU64,
+    /// Nested page faults that backed a page.
+    pub faults_served: AtomicU64,
+    /// Hypercalls made (good or bad).
+    pub hypercalls: AtomicU64,
+    /// Misbehaviours reported.
+    pub reports: AtomicU64,
+}
+
+/// Lines about one VM's misbehaviour printed before they are only counted.
+const REPORT_LINES_MAX: u64 = 32;
+
+static NEXT_VM_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A virtual machine.
+pub struct Vm<F: EntryFormat> {
+    /// Unique id (also passed to the guest in RDX).
+    pub id: u32,
+    /// What it was made from.
+    pub config: VmConfig,
+    /// Its RAM.
+    pub memory: GuestMemory<F>,
+    /// Counters.
+    pub stats: VmStats,
+    uart: spin::Mutex<Uart16550>,
+    stop_requested: AtomicBool,
+    tlb_generation: AtomicU64,
+    hook: Option<Hook<F>>,
+    stopped: spin::Mutex<Option<StopReason>>,
+    checksum: spin::Mutex<Option<(u64, u64)>>,
+}
+
+impl<F: EntryFormat> fmt::Debug for Vm<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("id", &self.id)
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: EntryFormat> Vm<F> {
+    /// Builds a VM: its memory, the boot tables and the image in it.
+    pub fn new(config: VmConfig, hook: Option<Hook<F>>) -> Result<Box<Self>, &'static str> {
+        if config.image.is_empty() {
+            return Err(
+                "the guest image is empty (build the guests with `cargo xtask build-guests`)",
+            );
+        }
+        if config.image.len() as u64 > layout::IMAGE_MAX_BYTES {
+            return Err("the guest image is larger than the layout allows");
+        }
+        if config.ram_bytes < layout::MIN_RAM_BYTES || !config.ram_bytes.is_multiple_of(4096) {
+            return Err("guest RAM must be a multiple of 4 KiB and at least 5 MiB");
+        }
+        let memory = GuestMemory::new(config.ram_bytes, config.huge_pages)
+            .map_err(|_| "no memory for the guest's tables")?;
+        for (gpa, value) in layout::boot_table_words() {
+            memory.write(gpa, &value.to_le_bytes())?;
+        }
+        memory.write(GuestPhysAddr::new(layout::IMAGE_GPA), config.image)?;
+        Ok(Box::new(Self {
+            id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            memory,
+            stats: VmStats::default(),
+            uart: spin::Mutex::new(Uart16550::new()),
+            stop_requested: AtomicBool::new(false),
+            tlb_generation: AtomicU64::new(0),
+            hook,
+            stopped: spin::Mutex::new(None),
+            checksum: spin::Mutex::new(None),
+        }))
+    }
+
+    /// The name lines about this VM carry.
+    pub fn name(&self) -> &'static str {
+        self.config.name
+    }
+
+    /// Registers at the first entry.
+    pub fn boot_regs(&self) -> GuestRegs {
+        GuestRegs {
+            rip: layout::IMAGE_GPA,
+            rsp: layout::STACK_TOP_GPA,
+            rdi: self.config.ram_bytes,
+            rsi: self.config.boot_arg,
+            rdx: u64::from(self.id),
+            rflags: layout::BOOT_CPU_STATE.rflags,
+            ..GuestRegs::default()
+        }
+    }
+
+    /// Asks the VM's vCPUs to stop at their next exit.
+    pub fn request_stop(&self) {
+        self.stop_requested.store(true, Ordering::Release);
+    }
+
+    /// Asks every vCPU to flush the guest's TLB before its next entry
+    /// (after an aging pass cleared accessed bits, or the tables changed).
+    pub fn request_tlb_flush(&self) {
+        self.tlb_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Why the VM stopped, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        *self.stopped.lock()
+    }
+
+    /// The last `CHECKSUM_RESULT`: (pages checked, mismatches).
+    pub fn checksum_result(&self) -> Option<(u64, u64)> {
+        *self.checksum.lock()
+    }
+
+    /// Prints one line about the guest's misbehaviour (rate-limited).
+    fn report(&self, args: fmt::Arguments<'_>) {
+        let n = self.stats.reports.fetch_add(1, Ordering::Relaxed);
+        if n < REPORT_LINES_MAX {
+            crate::println!("vm {}: {args}", self.name());
+        } else if n == REPORT_LINES_MAX {
+            crate::println!(
+                "vm {}: more misbehaviour, counted but not printed",
+                self.name()
+            );
+        }
+    }
+
+    fn uart_line(&self, line: &[u8]) {
+        let text = core::str::from_utf8(line).unwrap_or("<invalid UTF-8>");
+        crate::println!("[vm {}] {text}", self.name());
+    }
+}
+
+/// Creates a vCPU for `vm` on this CPU and runs it until the VM stops.
+/// Returns the reason, which is also printed and kept in the VM.
+pub fn run_on_this_cpu<E: Extension>(vm: &Vm<E::Format>) -> StopReason {
+    let reason = match E::enable_on_this_cpu().and_then(|()| E::create_vcpu(vm)) {
+        Ok(mut vcpu) => run_vcpu(vm, &mut vcpu),
+        Err(why) => StopReason::EntryFailed(EntryError::Setup(why)),
+    };
+    finish(vm, reason)
+}
+
+/// Records and prints the stop.
+pub fn finish<F: EntryFormat>(vm: &Vm<F>, reason: StopReason) -> StopReason {
+    vm.uart.lock().flush(&mut |line: &[u8]| vm.uart_line(line));
+    *vm.stopped.lock() = Some(reason);
+    let action = match reason {
+        StopReason::Exited(0) => "",
+        _ => ": VM stopped",
+    };
+    crate::println!("vm {}: {reason}{action}", vm.name());
+    reason
+}
+
+enum Next {
+    Resume,
+    Stop(StopReason),
+}
+
+/// Runs `vcpu` until `vm` stops, handling every exit.
+pub fn run_vcpu<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> StopReason {
+    let mut seen_generation = vm.tlb_generation.load(Ordering::Acquire);
+    loop {
+        if vm.stop_requested.load(Ordering::Acquire) {
+            return StopReason::Killed;
+        }
+        let generation = vm.tlb_generation.load(Ordering::Acquire);
+        if generation != seen_generation {
+            seen_generation = generation;
+            vcpu.flush_tlb_on_entry();
+        }
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) => return StopReason::EntryFailed(e),
+        };
+        vm.stats.exits.fetch_add(1, Ordering::Relaxed);
+        match handle_exit(vm, vcpu, exit) {
+            Next::Resume => {}
+            Next::Stop(reason) => return reason,
+        }
+    }
+}
+
+fn handle_exit<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, exit: VmExit) -> Next {
+    let rip = vcpu.regs().rip;
+    match exit {
+        VmExit::Cpuid => {
+            cpuid(vcpu.regs());
+            skip(vm, vcpu, Insn::Cpuid)
+        }
+        VmExit::MsrRead { msr } => {
+            if msr == hvcore::svm::MSR_EFER {
+                let v = vcpu.guest_efer();
+                let r = vcpu.regs();
+                r.rax = v & 0xffff_ffff;
+                r.rdx = v >> 32;
+            } else {
+                vm.report(format_args!(
+                    "guest read unknown MSR {msr:#x} at RIP {rip:#x}: #GP injected, VM continues"
+                ));
+                vcpu.inject_exception(13, Some(0));
+                return Next::Resume;
+            }
+            skip(vm, vcpu, Insn::Rdmsr)
+        }
+        VmExit::MsrWrite { msr, value } => {
+            let ok = msr == hvcore::svm::MSR_EFER && vcpu.set_guest_efer(value);
+            if !ok {
+                vm.report(format_args!(
+                    "guest wrote {value:#x} to MSR {msr:#x} at RIP {rip:#x}: refused, #GP injected, VM continues"
+                ));
+                vcpu.inject_exception(13, Some(0));
+                return Next::Resume;
+            }
+            skip(vm, vcpu, Insn::Wrmsr)
+        }
+        VmExit::Io(io) => port_io(vm, vcpu, io),
+        VmExit::Hlt => Next::Stop(StopReason::Halted { rip }),
+        VmExit::Hypercall => hypercall(vm, vcpu),
+        VmExit::NestedPageFault(fault) => match vm.memory.fault_in(fault.gpa) {
+            FaultOutcome::Mapped(_) => {
+                vm.stats.faults_served.fetch_add(1, Ordering::Relaxed);
+                Next::Resume
+            }
+            FaultOutcome::AlreadyMapped if !fault.present => Next::Resume,
+            FaultOutcome::AlreadyMapped => Next::Stop(StopReason::Unhandled { exit, rip }),
+            FaultOutcome::OutsideRam => Next::Stop(StopReason::OutsideRam {
+                gpa: fault.gpa.as_u64(),
+                access: fault.access,
+                rip,
+            }),
+            FaultOutcome::OutOfMemory => Next::Stop(StopReason::OutOfMemory {
+                gpa: fault.gpa.as_u64(),
+            }),
+        },
+        VmExit::Shutdown => Next::Stop(StopReason::TripleFault { rip }),
+        // The host took the interrupt when the vCPU re-enabled them.
+        VmExit::ExternalInterrupt => Next::Resume,
+        VmExit::Exception { vector: 6, .. } => {
+            let mut bytes = [0u8; insn::MAX_INSN_LEN];
+            let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+            match insn::decode(&bytes[..n]) {
+                Some(insn::Decoded {
+                    insn: Insn::Virt(v),
+                    ..
+                }) => report_virt(vm, v, rip),
+                _ => vm.report(format_args!(
+                    "guest executed an invalid opcode {:02x?} at RIP {rip:#x}: #UD injected, VM continues",
+                    &bytes[..n.min(4)]
+                )),
+            }
+            vcpu.inject_exception(6, None);
+            Next::Resume
+        }
+        VmExit::Exception { vector, error_code } => {
+            vcpu.inject_exception(vector, error_code);
+            Next::Resume
+        }
+        VmExit::VirtInstruction(v) => {
+            report_virt(vm, v, rip);
+            vcpu.inject_exception(6, None);
+            Next::Resume
+        }
+        VmExit::Unknown { .. } => Next::Stop(StopReason::Unhandled { exit, rip }),
+    }
+}
+
+fn report_virt<F: EntryFormat>(vm: &Vm<F>, v: VirtInsn, rip: u64) {
+    vm.report(format_args!(
+        "guest executed {} ({} instruction) at RIP {rip:#x}: #UD injected, VM continues",
+        v.name(),
+        v.family()
+    ));
+}
+
+/// Steps over the intercepted instruction: NRIP when the CPU gives it,
+/// else the decoded length of the bytes at RIP, which must be `expect`.
+fn skip<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, expect: Insn) -> Next {
+    if let Some(next) = vcpu.next_rip() {
+        vcpu.regs().rip = next;
+        return Next::Resume;
+    }
+    let rip = vcpu.regs().rip;
+    let mut bytes = [0u8; insn::MAX_INSN_LEN];
+    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let same = |got: Insn| {
+        got == expect
+            || (expect == Insn::Vmmcall && got == Insn::Vmcall)
+            || (expect == Insn::Vmcall && got == Insn::Vmmcall)
+    };
+    match insn::decode(&bytes[..n]) {
+        Some(d) if same(d.insn) => {
+            vcpu.regs().rip = rip.wrapping_add(d.len as u64);
+            Next::Resume
+        }
+        _ => Next::Stop(StopReason::Undecodable { rip }),
+    }
+}
+
+/// CPUID as the guest sees it: the host's, without VMX/SVM, with the
+/// hypervisor bit and Thermocline's signature at 0x4000_0000.
+fn cpuid(regs: &mut GuestRegs) {
+    let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+    let mut r = match leaf {
+        0x4000_0000 => {
+            let sig = *b"Thermocline ";
+            let word = |i: usize| u32::from_le_bytes([sig[i], sig[i + 1], sig[i + 2], sig[i + 3]]);
+            crate::hw::CpuidResult {
+                eax: 0x4000_0000,
+                ebx: word(0),
+                ecx: word(4),
+                edx: word(8),
+            }
+        }
+        0x4000_0001..=0x4000_00ff | 0x8000_000a => crate::hw::CpuidResult::default(),
+        _ => crate::hw::cpuid(leaf, subleaf),
+    };
+    match leaf {
+        1 => {
+            r.ecx &= !hvcore::cpu_features::CPUID1_ECX_VMX;
+            r.ecx |= hvcore::cpu_features::CPUID1_ECX_HYPERVISOR;
+            // Initial APIC id 0: one vCPU per VM.
+            r.ebx &= 0x00ff_ffff;
+        }
+        0x8000_0001 => r.ecx &= !hvcore::cpu_features::CPUID_EXT1_ECX_SVM,
+        _ => {}
+    }
+    regs.rax = u64::from(r.eax);
+    regs.rbx = u64::from(r.ebx);
+    regs.rcx = u64::from(r.ecx);
+    regs.rdx = u64::from(r.edx);
+}
+
+fn port_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess) -> Next {
+    let rip = vcpu.regs().rip;
+    if io.string {
+        vm.report(format_args!(
+            "guest used string I/O on port {:#x} at RIP {rip:#x}: not emulated",
+            io.port
+        ));
+        return Next::Stop(StopReason::Unhandled {
+            exit: VmExit::Io(io),
+            rip,
+        });
+    }
+    let mask = match io.size_bytes {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    };
+    let is_uart = (uart::COM1..uart::COM1 + uart::PORTS).contains(&io.port);
+    let regs = vcpu.regs();
+    match (io.dir, is_uart) {
+        (IoDir::Out, true) => {
+            let value = regs.rax as u8;
+            vm.uart
+                .lock()
+                .write(io.port - uart::COM1, value, &mut |line: &[u8]| {
+                    vm.uart_line(line)
+                });
+        }
+        (IoDir::In, true) => {
+            let value = u64::from(vm.uart.lock().read(io.port - uart::COM1));
+            regs.rax = (regs.rax & !mask) | value;
+        }
+        (IoDir::In, false) => {
+            regs.rax |= mask;
+            vm.report(format_args!(
+                "guest read unemulated port {:#x} ({} bytes) at RIP {rip:#x}: all ones returned, VM continues",
+                io.port, io.size_bytes
+            ));
+        }
+        (IoDir::Out, false) => vm.report(format_args!(
+            "guest wrote {:#x} to unemulated port {:#x} at RIP {rip:#x}: dropped, VM continues",
+            regs.rax & mask,
+            io.port
+        )),
+    }
+    match io.next_rip {
+        Some(next) => {
+            vcpu.regs().rip = next;
+            Next::Resume
+        }
+        None => skip(vm, vcpu, Insn::PortIo),
+    }
+}
+
+fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> Next {
+    vm.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
+    let r = *vcpu.regs();
+    let call = HypercallRegs {
+        rax: r.rax,
+        rdi: r.rdi,
+        rsi: r.rsi,
+        rdx: r.rdx,
+        rcx: r.rcx,
+    };
+    let result: Result<u64, HypercallError> = match Hypercall::decode(&call, vm.config.ram_bytes) {
+        Ok(Hypercall::Version) => Ok(hypercall::ABI_VERSION),
+        Ok(Hypercall::Exit { code }) => return Next::Stop(StopReason::Exited(code)),
+        Ok(Hypercall::TimeNs) => Ok(crate::vm::now_ns()),
+        Ok(Hypercall::Mark { tag }) => {
+            event(vm, vcpu, &GuestEvent::Mark(tag));
+            Ok(0)
+        }
+        Ok(Hypercall::ChecksumResult {
+            pages_checked,
+            mismatches,
+        }) => {
+            *vm.checksum.lock() = Some((pages_checked, mismatches));
+            crate::println!(
+                "vm {}: checksum result: {pages_checked} pages checked, {mismatches} mismatches",
+                vm.name()
+            );
+            event(
+                vm,
+                vcpu,
+                &GuestEvent::Checksum {
+                    pages_checked,
+                    mismatches,
+                },
+            );
+            Ok(0)
+        }
+        Ok(Hypercall::ReportTouched {
+            interval,
+            bitmap,
+            first_pfn,
+            page_count,
+        }) => {
+            let mut words = vec![0u64; page_count.div_ceil(64) as usize];
+            read_guest_words(&vm.memory, bitmap.start, page_count.div_ceil(8), &mut words);
+            event(
+                vm,
+                vcpu,
+                &GuestEvent::Touched {
+                    interval,
+                    first_pfn,
+                    page_count,
+                    bitmap: words,
+                },
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            vm.report(format_args!(
+                "bad hypercall {:#x} (args {:#x} {:#x} {:#x} {:#x}) at RIP {:#x}: {}, error returned, VM continues",
+                r.rax,
+                r.rdi,
+                r.rsi,
+                r.rdx,
+                r.rcx,
+                r.rip,
+                e.name()
+            ));
+            Err(e)
+        }
+    };
+    vcpu.regs().rax = match result {
+        Ok(v) => v,
+        Err(e) => e.to_rax(),
+    };
+    skip(vm, vcpu, Insn::Vmmcall)
+}
+
+/// Reads `len_bytes` of guest RAM at `gpa` into `words` (little endian).
+fn read_guest_words<F: EntryFormat>(
+    mem: &GuestMemory<F>,
+    gpa: GuestPhysAddr,
+    len_bytes: u64,
+    words: &mut [u64],
+) {
+    let mut done = 0u64;
+    while done < len_bytes {
+        let at = gpa.as_u64() + done;
+        let n = (4096 - at % 4096).min(len_bytes - done).min(8 - done % 8);
+        let mut buf = [0u8; 8];
+        if mem
+            .read(GuestPhysAddr::new(at), &mut buf[..n as usize])
+            .is_none()
+        {
+            return;
+        }
+        let word = &mut words[(done / 8) as usize];
+        for (i, b) in buf[..n as usize].iter().enumerate() {
+            *word |= u64::from(*b) << (8 * ((done % 8) as usize + i));
+        }
+        done += n;
+    }
+}
+
+fn event<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, e: &GuestEvent) {
+    if let Some(hook) = vm.hook {
+        hook(vm, e);
+        vcpu.flush_tlb_on_entry();
+    }
+}
+
+/// Host monotonic time for the TIME_NS hypercall.
+pub fn now_ns() -> u64 {
+    crate::time::now_ns()
+}

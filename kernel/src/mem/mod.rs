@@ -18,15 +18,16 @@
 //! aging core take frames and table pages from here.
 
 pub mod heap;
+pub mod map;
 pub mod phys;
 
 use crate::sched::lock::IrqSpinLock;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::addr::{HostPhysAddr, PAGE_SIZE_4K};
-use hvcore::frame::{FrameAllocator, FrameError, FrameSize, FrameStats, Layout, MemRegion};
+use hvcore::frame::{FrameAllocator, Layout, MemRegion};
 
-pub use hvcore::frame::FrameSize as Size;
+pub use hvcore::frame::{FrameError, FrameSize, FrameStats};
 
 /// Everything below this stays out of the frame pool.
 const LOW_MEMORY_END: u64 = 0x10_0000;

@@ -29,8 +29,8 @@ pub struct CpuInfo {
 
 fn le_bytes(words: [u32; 3]) -> [u8; 12] {
     let mut out = [0u8; 12];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&word.to_le_bytes());
+    for (chunk, word) in out.as_chunks_mut::<4>().0.iter_mut().zip(words) {
+        *chunk = word.to_le_bytes();
     }
     out
 }

@@ -14,6 +14,7 @@
 //! Follows: Intel SDM Vol. 3 "Segment Descriptor Tables", "Task Management in
 //! 64-bit Mode" (64-bit TSS, IST).
 
+use core::cell::UnsafeCell;
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -109,18 +110,25 @@ impl CpuTables {
     }
 }
 
-static mut BOOT_DF_STACK: IstStack = IstStack::new();
+/// Storage for the boot CPU's tables, handed out once as `&'static mut`.
+struct BootCell<T>(UnsafeCell<T>);
+
+// SAFETY: the only access is the single `&mut` made inside `BOOT_TABLES`'s
+// `call_once`, which runs once.
+unsafe impl<T> Sync for BootCell<T> {}
+
+static BOOT_DF_STACK: BootCell<IstStack> = BootCell(UnsafeCell::new(IstStack::new()));
+static BOOT_CPU_TABLES: BootCell<Option<CpuTables>> = BootCell(UnsafeCell::new(None));
 static BOOT_TABLES: Once<()> = Once::new();
 
 /// Loads the boot CPU's GDT and TSS. Idempotent.
 pub fn init_boot_cpu() {
     BOOT_TABLES.call_once(|| {
-        static mut TABLES: Option<CpuTables> = None;
         // SAFETY: `Once` runs this closure exactly once, so these are the only
-        // references ever made to BOOT_DF_STACK and TABLES.
+        // references ever made to the two cells (see `BootCell`).
         let tables = unsafe {
-            let stack = &mut *(&raw mut BOOT_DF_STACK);
-            let slot = &mut *(&raw mut TABLES);
+            let stack = &mut *BOOT_DF_STACK.0.get();
+            let slot = &mut *BOOT_CPU_TABLES.0.get();
             slot.insert(CpuTables::new(stack))
         };
         tables.load();

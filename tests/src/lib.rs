@@ -1,1 +1,16 @@
-//! Host-side test harness.
+//! Host-side harness: boots Thermocline images in QEMU and judges their
+//! serial console.
+//!
+//! - [`qemu`]: the QEMU command line (accelerator choice, firmware, devices),
+//!   shared by `cargo xtask run` and the tests so both boot the same machine.
+//! - [`runner`]: runs one image to its end with a deadline, collecting the
+//!   console with timestamps, and classifies the result as [`runner::Outcome`].
+//! - [`protocol`]: parses the console line protocol that test kernels speak
+//!   (`kernel/src/testing.rs`); the Bochs bed's Python harness parses the same.
+//!
+//! The integration tests in `tests/qemu.rs` are one `#[test]` per scenario
+//! kernel; `cargo xtask test` builds the images and runs them.
+
+pub mod protocol;
+pub mod qemu;
+pub mod runner;

@@ -1,1 +1,512 @@
-fn main() { println!("cargo xtask: nothing yet"); }
+//! `cargo xtask`: the developer and user entry point of Thermocline.
+//!
+//! - `run`: build the hypervisor, make a disk image, boot it in QEMU with the
+//!   serial console on this terminal (accelerator chosen by
+//!   `thermocline_tests::qemu::detect_accel`, which says why).
+//! - `test`: the whole suite as a list of named steps ([`steps`]), ending with
+//!   the in-QEMU scenarios so the output ends with cargo test's summary.
+//! - `bench`: `cargo bench -p hvcore`.
+//! - `images`: build the kernel ELFs and their BIOS/UEFI images only.
+//!
+//! Before building, [`setup`] checks the pinned toolchain's components and
+//! targets (adding what is missing through rustup) and QEMU/OVMF (installing
+//! them with apt-get when root on Debian, else printing the command).
+//!
+//! Everything builds in the default `target/`; the loom tests use
+//! `target/loom` (different RUSTFLAGS would otherwise rebuild everything).
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+use thermocline_tests::qemu::{Accel, Firmware, Machine, detect_accel};
+
+const HELP: &str = "\
+cargo xtask: build, boot and test Thermocline
+
+USAGE:
+    cargo xtask <COMMAND> [OPTIONS]
+
+COMMANDS:
+    run       Build the hypervisor and boot it in QEMU; the serial console is
+              this terminal (quit QEMU with Ctrl-A X)
+    test      Run the whole test suite: rustfmt, clippy (host and kernel),
+              host tests, loom models, in-QEMU scenarios
+    bench     Run the host benchmarks (cargo bench -p hvcore)
+    images    Build the kernel ELFs and their BIOS and UEFI disk images
+    help      Print this help
+
+RUN OPTIONS:
+    --bios | --uefi   Firmware: SeaBIOS (default) or OVMF from /usr/share/OVMF
+    --smp N           Number of CPUs (default 2)
+    --mem SIZE        Guest memory in QEMU syntax, e.g. 512M, 2G (default 256M)
+    --gdb             Start halted with a GDB server on localhost:1234
+    --release         Build the kernel with the release profile
+    --guest NAME      Guest to run (not available yet: arrives with guest support)
+    -- ARGS...        Extra arguments passed to QEMU unchanged
+
+TEST OPTIONS:
+    --list            List the steps and exit
+    --step NAME       Run only this step (repeatable)
+    --release         Build kernel images with the release profile
+
+ENVIRONMENT:
+    THERMOCLINE_ACCEL=tcg|kvm   Force the accelerator
+    THERMOCLINE_QEMU=PATH       QEMU binary (default qemu-system-x86_64)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    };
+    let result = match command.as_str() {
+        "run" => cmd_run(rest),
+        "test" => cmd_test(rest),
+        "bench" => cmd_bench(rest),
+        "images" => cmd_images(rest),
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`; see `cargo xtask help`")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that runs us (the pinned toolchain's), or `cargo`.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command, echoing it; an error names the command and its status.
+fn run_cmd(cmd: &mut Command) -> Result<(), String> {
+    let shown = show(cmd);
+    println!("    $ {shown}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start `{shown}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{shown}` failed ({status})"))
+    }
+}
+
+/// A command line as a user would type it.
+fn show(cmd: &Command) -> String {
+    let mut parts: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
+        .collect();
+    let program = Path::new(cmd.get_program());
+    // The toolchain's full cargo path is noise; show what a user would type.
+    if program.file_name().is_some_and(|n| n == "cargo") {
+        parts.push("cargo".into());
+    } else {
+        parts.push(program.to_string_lossy().into_owned());
+    }
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Kernel build profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }
+    }
+}
+
+/// The kernel target triple.
+const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+/// The kernel binaries: `thermocline` plus one per `kernel/src/bin/*.rs`
+/// (or `kernel/src/bin/<name>/main.rs`).
+fn kernel_bins() -> Result<Vec<String>, String> {
+    let dir = root().join("kernel/src/bin");
+    let mut bins = vec!["thermocline".to_string()];
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut scenario_bins = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = if path.extension().is_some_and(|e| e == "rs") {
+            path.file_stem()
+        } else if path.join("main.rs").is_file() {
+            path.file_name()
+        } else {
+            None
+        };
+        if let Some(name) = name.and_then(|n| n.to_str()) {
+            scenario_bins.push(name.to_string());
+        }
+    }
+    scenario_bins.sort();
+    bins.extend(scenario_bins);
+    Ok(bins)
+}
+
+/// Builds kernel ELFs (all binaries, or only `only`) and their images for
+/// `firmwares`; returns the image directory.
+fn build_images(
+    profile: Profile,
+    only: Option<&str>,
+    firmwares: &[Firmware],
+) -> Result<PathBuf, String> {
+    let mut build = cargo();
+    build.args(["build", "-p", "kernel", "--target", KERNEL_TARGET]);
+    match only {
+        Some(bin) => build.args(["--bin", bin]),
+        None => build.arg("--bins"),
+    };
+    if profile == Profile::Release {
+        build.arg("--release");
+    }
+    run_cmd(&mut build)?;
+
+    let elf_dir = root()
+        .join("target")
+        .join(KERNEL_TARGET)
+        .join(profile.dir());
+    let image_dir = root().join("target/images").join(profile.dir());
+    let bins = match only {
+        Some(bin) => vec![bin.to_string()],
+        None => kernel_bins()?,
+    };
+    let mut boot = cargo();
+    boot.args(["run", "--quiet", "-p", "boot", "--", "--out-dir"])
+        .arg(&image_dir);
+    for firmware in firmwares {
+        boot.arg(match firmware {
+            Firmware::Bios => "--bios",
+            Firmware::Uefi => "--uefi",
+        });
+    }
+    for bin in &bins {
+        boot.arg(elf_dir.join(bin));
+    }
+    run_cmd(&mut boot)?;
+    Ok(image_dir)
+}
+
+fn cmd_images(args: &[String]) -> Result<(), String> {
+    let profile = if args.iter().any(|a| a == "--release") {
+        Profile::Release
+    } else {
+        Profile::Debug
+    };
+    setup::toolchain()?;
+    let dir = build_images(profile, None, &[Firmware::Bios, Firmware::Uefi])?;
+    println!("images in {}", dir.display());
+    Ok(())
+}
+
+/// Options of `cargo xtask run`.
+#[derive(Debug)]
+struct RunOptions {
+    firmware: Firmware,
+    smp: Option<u32>,
+    mem: String,
+    gdb: bool,
+    profile: Profile,
+    guest: Option<String>,
+    qemu_args: Vec<String>,
+}
+
+fn parse_run(args: &[String]) -> Result<RunOptions, String> {
+    let mut o = RunOptions {
+        firmware: Firmware::Bios,
+        smp: None,
+        mem: "256M".into(),
+        gdb: false,
+        profile: Profile::Debug,
+        guest: None,
+        qemu_args: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--bios" => o.firmware = Firmware::Bios,
+            "--uefi" => o.firmware = Firmware::Uefi,
+            "--smp" => {
+                let n = value("--smp")?;
+                let n: u32 = n.parse().map_err(|_| format!("--smp {n}: not a number"))?;
+                if !(1..=64).contains(&n) {
+                    return Err(format!("--smp {n}: choose 1 to 64 CPUs"));
+                }
+                o.smp = Some(n);
+            }
+            "--mem" => o.mem = value("--mem")?,
+            "--gdb" => o.gdb = true,
+            "--release" => o.profile = Profile::Release,
+            "--guest" => o.guest = Some(value("--guest")?),
+            "--" => {
+                o.qemu_args.extend(it.by_ref().cloned());
+            }
+            other => {
+                return Err(format!(
+                    "unknown run option `{other}`; see `cargo xtask help`"
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+fn cmd_run(args: &[String]) -> Result<(), String> {
+    let o = parse_run(args)?;
+    if let Some(guest) = &o.guest {
+        return Err(format!(
+            "--guest {guest}: running guests is not available yet in this build"
+        ));
+    }
+    setup::toolchain()?;
+    setup::qemu(o.firmware == Firmware::Uefi)?;
+    let image_dir = build_images(o.profile, Some("thermocline"), &[o.firmware])?;
+    let image = image_dir.join(format!("thermocline.{}", o.firmware.image_suffix()));
+
+    let choice = detect_accel();
+    let mut machine = Machine::new(&image, o.firmware, choice.accel);
+    if let Some(smp) = o.smp {
+        machine.smp = smp;
+    }
+    machine.mem = o.mem.clone();
+    machine.gdb = o.gdb;
+    machine.extra = o.qemu_args.clone();
+    let accel = match choice.accel {
+        Accel::Kvm => "KVM, -cpu host",
+        Accel::Tcg => "TCG, -cpu max",
+    };
+    println!("xtask: accelerator {accel}: {}", choice.reason);
+    let scratch = root().join("target/run");
+    let mut qemu = machine.command(&scratch)?;
+    println!("    $ {}", show(&qemu));
+    if o.gdb {
+        let elf = root()
+            .join("target")
+            .join(KERNEL_TARGET)
+            .join(o.profile.dir())
+            .join("thermocline");
+        println!(
+            "xtask: QEMU waits for GDB on localhost:1234. In another terminal:\n    \
+             gdb {} -ex 'target remote :1234'\n    \
+             (symbols: the kernel logs its load address; see README, \"Debugging with GDB\")",
+            elf.display()
+        );
+    }
+    println!("xtask: serial console follows; quit QEMU with Ctrl-A X\n");
+    let status = qemu
+        .status()
+        .map_err(|e| format!("cannot start QEMU: {e}"))?;
+    match status.code() {
+        Some(thermocline_tests::qemu::EXIT_PASS) | Some(0) => Ok(()),
+        Some(thermocline_tests::qemu::EXIT_FAIL) => {
+            Err("the kernel exited with the failure code".into())
+        }
+        _ => Err(format!("QEMU ended with {status}")),
+    }
+}
+
+/// One step of `cargo xtask test`.
+struct Step {
+    /// Short name for `--step` and the headers.
+    name: &'static str,
+    /// What it checks, for `--list`.
+    what: &'static str,
+    /// Runs the step.
+    run: fn(&TestContext) -> Result<(), String>,
+}
+
+/// What the steps share.
+struct TestContext {
+    profile: Profile,
+}
+
+/// The steps of `cargo xtask test`, in order. Add a step with one line here.
+/// Keep `qemu` last: the output must end with cargo test's summary lines.
+fn steps() -> Vec<Step> {
+    vec![
+        Step {
+            name: "fmt",
+            what: "rustfmt check of the whole workspace",
+            run: step_fmt,
+        },
+        Step {
+            name: "clippy-host",
+            what: "clippy -D warnings, host crates, all targets",
+            run: step_clippy_host,
+        },
+        Step {
+            name: "clippy-kernel",
+            what: "clippy -D warnings, kernel for x86_64-unknown-none",
+            run: step_clippy_kernel,
+        },
+        Step {
+            name: "host-tests",
+            what: "cargo test of the host crates (unit, property, integration)",
+            run: step_host_tests,
+        },
+        Step {
+            name: "loom",
+            what: "loom models of the lock-free code (hvcore, --cfg loom)",
+            run: step_loom,
+        },
+        Step {
+            name: "images",
+            what: "kernel ELFs and their BIOS/UEFI images",
+            run: step_images,
+        },
+        Step {
+            name: "qemu",
+            what: "in-QEMU scenario kernels and runner self-tests",
+            run: step_qemu,
+        },
+    ]
+}
+
+fn step_fmt(_: &TestContext) -> Result<(), String> {
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+fn step_clippy_host(_: &TestContext) -> Result<(), String> {
+    run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+}
+
+fn step_clippy_kernel(_: &TestContext) -> Result<(), String> {
+    run_cmd(cargo().args([
+        "clippy",
+        "-p",
+        "kernel",
+        "--target",
+        KERNEL_TARGET,
+        "--lib",
+        "--bins",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn step_host_tests(_: &TestContext) -> Result<(), String> {
+    run_cmd(cargo().arg("test"))
+}
+
+fn step_loom(_: &TestContext) -> Result<(), String> {
+    // Tests under `#[cfg(loom)]` whose names contain `loom`; with none yet,
+    // cargo runs zero tests and succeeds.
+    run_cmd(cargo().env("RUSTFLAGS", "--cfg loom").args([
+        "test",
+        "-p",
+        "hvcore",
+        "--release",
+        "--target-dir",
+        "target/loom",
+        "--",
+        "loom",
+    ]))
+}
+
+fn step_images(ctx: &TestContext) -> Result<(), String> {
+    build_images(ctx.profile, None, &[Firmware::Bios, Firmware::Uefi]).map(|_| ())
+}
+
+fn step_qemu(ctx: &TestContext) -> Result<(), String> {
+    let images = root().join("target/images").join(ctx.profile.dir());
+    let choice = detect_accel();
+    println!("    accelerator {:?}: {}", choice.accel, choice.reason);
+    run_cmd(cargo().env("THERMOCLINE_IMAGES", &images).args([
+        "test",
+        "-p",
+        "thermocline-tests",
+        "--test",
+        "qemu",
+        "--",
+        "--include-ignored",
+    ]))
+}
+
+fn cmd_test(args: &[String]) -> Result<(), String> {
+    let all = steps();
+    let mut selected: Vec<&str> = Vec::new();
+    let mut profile = Profile::Debug;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--list" => {
+                for s in &all {
+                    println!("{:<14} {}", s.name, s.what);
+                }
+                return Ok(());
+            }
+            "--step" => {
+                let name = it.next().ok_or("--step needs a step name (see --list)")?;
+                if !all.iter().any(|s| s.name == name) {
+                    return Err(format!("no step `{name}`; see `cargo xtask test --list`"));
+                }
+                selected.push(name);
+            }
+            "--release" => profile = Profile::Release,
+            other => {
+                return Err(format!(
+                    "unknown test option `{other}`; see `cargo xtask help`"
+                ));
+            }
+        }
+    }
+    setup::toolchain()?;
+    setup::qemu(true)?;
+    let ctx = TestContext { profile };
+    let run: Vec<&Step> = all
+        .iter()
+        .filter(|s| selected.is_empty() || selected.contains(&s.name))
+        .collect();
+    let start = Instant::now();
+    for (i, step) in run.iter().enumerate() {
+        println!(
+            "\n==> [{}/{}] {}: {} (at {:.0} s)",
+            i + 1,
+            run.len(),
+            step.name,
+            step.what,
+            start.elapsed().as_secs_f64()
+        );
+        (step.run)(&ctx).map_err(|e| format!("step `{}` failed: {e}", step.name))?;
+    }
+    Ok(())
+}
+
+fn cmd_bench(args: &[String]) -> Result<(), String> {
+    setup::toolchain()?;
+    run_cmd(cargo().args(["bench", "-p", "hvcore"]).args(args))
+}

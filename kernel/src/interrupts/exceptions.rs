@@ -138,11 +138,11 @@ pub fn write_report(w: &mut impl Write, frame: &InterruptFrame) -> core::fmt::Re
 
 /// Handles an exception nobody registered a handler for.
 pub fn report(frame: &mut InterruptFrame) {
-    if frame.vector as usize == GENERAL_PROTECTION {
-        if let Some(resume) = hw::fixup_for(frame.rip) {
-            frame.rip = resume;
-            return;
-        }
+    if frame.vector as usize == GENERAL_PROTECTION
+        && let Some(resume) = hw::fixup_for(frame.rip)
+    {
+        frame.rip = resume;
+        return;
     }
     let mut w = console::emergency_writer();
     // Console writes cannot fail; a report cut short is still printed as far

@@ -253,7 +253,7 @@ pub fn load_idt() {
     let idt = IDT.call_once(|| {
         let cs = <CS as Segment>::get_reg().0;
         // SAFETY: the table is initialised data emitted by global_asm! above.
-        let stubs = unsafe { &*(&raw const thermocline_isr_stub_table) };
+        let stubs = unsafe { &thermocline_isr_stub_table };
         let base = stubs.as_ptr() as u64;
         let mut gates = [Gate::default(); 256];
         for (vector, gate) in gates.iter_mut().enumerate() {

@@ -903,9 +903,10 @@ def load_kernel(ram: GuestRam, elf: Elf, kernel_bytes: bytes, config: dict, layo
 
 
 # Scenario kernels that must pass on this bed: the foundation's basic checks
-# (the same kernel paths as on QEMU) and every VMX scenario (`test_vmx*`).
+# (the same kernel paths as on QEMU), the platform layer in its cooperative
+# (no timer, one CPU) mode, and every VMX scenario (`test_vmx*`).
 # Scenarios that are meant to fail or hang are QEMU runner self-tests.
-BED_SCENARIOS = ["test_basic"]
+BED_SCENARIOS = ["test_basic", "test_platform"]
 BED_SCENARIO_PREFIX = "test_vmx"
 
 

@@ -1,0 +1,180 @@
+//! Scenario `svm_evil`: every `evil` guest scenario on the SVM backend.
+//! The hypervisor survives each, prints one line naming the VM, what and
+//! where, and stops or continues the VM as `crate::vm` documents; the
+//! endless loop is preempted by the timer while another VM runs to
+//! completion on another CPU.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use bootloader_api::{BootInfo, entry_point};
+use core::sync::atomic::Ordering;
+use hvcore::exit::AccessKind;
+use hvcore::npt::Npt;
+use kernel::testing::{Scenario, TestCase, run_scenario};
+use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
+use kernel::{sched, smp, time};
+
+entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info);
+    run_scenario(&SCENARIO)
+}
+
+static SCENARIO: Scenario = Scenario {
+    name: "svm_evil",
+    cases: &[
+        TestCase {
+            name: "read_outside_ram_stops_the_vm",
+            run: read_outside_ram,
+        },
+        TestCase {
+            name: "write_far_outside_ram_stops_the_vm",
+            run: write_outside_ram,
+        },
+        TestCase {
+            name: "unemulated_ports_read_all_ones",
+            run: ports,
+        },
+        TestCase {
+            name: "unknown_msrs_get_gp",
+            run: msrs,
+        },
+        TestCase {
+            name: "vmx_and_svm_instructions_get_ud",
+            run: virt_instructions,
+        },
+        TestCase {
+            name: "triple_fault_stops_the_vm",
+            run: triple_fault,
+        },
+        TestCase {
+            name: "bad_hypercalls_get_errors",
+            run: bad_hypercalls,
+        },
+        TestCase {
+            name: "endless_loop_is_preempted_while_another_vm_runs",
+            run: endless_loop,
+        },
+    ],
+};
+
+const RAM: u64 = 8 << 20;
+
+fn evil(scenario: u64, address: u64) -> Box<Vm<Npt>> {
+    Vm::new(
+        VmConfig {
+            name: "evil",
+            image: images::EVIL.bytes,
+            ram_bytes: RAM,
+            huge_pages: true,
+            boot_arg: scenario | (address << 8),
+        },
+        None,
+    )
+    .expect("VM")
+}
+
+fn run(vm: &Vm<Npt>) -> StopReason {
+    vm::run_on_this_cpu::<Svm>(vm)
+}
+
+fn reports(vm: &Vm<Npt>) -> u64 {
+    vm.stats.reports.load(Ordering::Relaxed)
+}
+
+fn read_outside_ram() {
+    let vm = evil(1, 0);
+    match run(&vm) {
+        StopReason::OutsideRam { gpa, access, .. } => {
+            assert_eq!(gpa, RAM + 0x1000);
+            assert_eq!(access, AccessKind::Read);
+        }
+        other => panic!("expected a stop outside RAM, got {other:?}"),
+    }
+    vm.memory.check_isolation().expect("isolation");
+}
+
+fn write_outside_ram() {
+    // 256 GiB: mapped by the guest's 1 GiB pages, far past its RAM.
+    let far = 256 << 30;
+    let vm = evil(2, far);
+    match run(&vm) {
+        StopReason::OutsideRam { gpa, access, .. } => {
+            assert_eq!(gpa, far);
+            assert_eq!(access, AccessKind::Write);
+        }
+        other => panic!("expected a stop outside RAM, got {other:?}"),
+    }
+    vm.memory.check_isolation().expect("isolation");
+}
+
+fn ports() {
+    let vm = evil(3, 0);
+    assert_eq!(run(&vm), StopReason::Exited(0));
+    // Five ports, each read twice and written once.
+    assert_eq!(reports(&vm), 15);
+}
+
+fn msrs() {
+    let vm = evil(4, 0);
+    assert_eq!(run(&vm), StopReason::Exited(0));
+    // Four unknown MSRs read and written, one EFER write setting SVME.
+    assert_eq!(reports(&vm), 9);
+}
+
+fn virt_instructions() {
+    let vm = evil(5, 0);
+    assert_eq!(run(&vm), StopReason::Exited(0));
+    assert_eq!(reports(&vm), 12, "one line per instruction");
+}
+
+fn triple_fault() {
+    let vm = evil(6, 0);
+    assert!(matches!(run(&vm), StopReason::TripleFault { .. }));
+}
+
+fn bad_hypercalls() {
+    let vm = evil(8, 0);
+    assert_eq!(run(&vm), StopReason::Exited(0));
+    assert_eq!(reports(&vm), 6);
+}
+
+fn endless_loop() {
+    let cpus = smp::cpu_count();
+    assert!(time::has_timer(), "QEMU gives a timer");
+    let looping: Arc<Vm<Npt>> = Arc::from(evil(7, 0));
+    let spinner = {
+        let vm = looping.clone();
+        // On one CPU the loop shares it with this thread: preemption is
+        // what lets the test go on at all.
+        sched::spawn_on(cpus - 1, "vcpu-evil", move || {
+            run(&vm);
+        })
+    };
+    // Another VM runs to completion meanwhile (on CPU 0).
+    let hello = Vm::<Npt>::new(
+        VmConfig {
+            name: "hello",
+            image: images::HELLO.bytes,
+            ram_bytes: RAM,
+            huge_pages: true,
+            boot_arg: 0,
+        },
+        None,
+    )
+    .expect("VM");
+    assert_eq!(run(&hello), StopReason::Exited(0));
+    time::sleep_ms(200);
+    let exits = looping.stats.exits.load(Ordering::Relaxed);
+    kernel::println!("endless loop: {exits} exits (host interrupts) in the first 200 ms");
+    assert!(exits > 0, "the timer must take the CPU back from the guest");
+    assert_eq!(looping.stop_reason(), None, "still looping");
+    looping.request_stop();
+    spinner.join();
+    assert_eq!(looping.stop_reason(), Some(StopReason::Killed));
+}

@@ -174,6 +174,10 @@ pub mod field {
     pub const ENTRY_MSR_LOAD_COUNT: Field32 = Field32::new(0x4014);
     /// VM-entry interruption-information field.
     pub const ENTRY_INTERRUPTION_INFO: Field32 = Field32::new(0x4016);
+    /// VM-entry exception error code.
+    pub const ENTRY_EXCEPTION_ERROR_CODE: Field32 = Field32::new(0x4018);
+    /// VM-entry instruction length (software exceptions and interrupts).
+    pub const ENTRY_INSTRUCTION_LEN: Field32 = Field32::new(0x401a);
     /// Secondary processor-based VM-execution controls.
     pub const SECONDARY_PROC_CONTROLS: Field32 = Field32::new(0x401e);
     /// VM-instruction error (read-only).
@@ -184,6 +188,10 @@ pub mod field {
     pub const EXIT_INTERRUPTION_INFO: Field32 = Field32::new(0x4404);
     /// VM-exit interruption error code (read-only).
     pub const EXIT_INTERRUPTION_ERROR_CODE: Field32 = Field32::new(0x4406);
+    /// IDT-vectoring information: an event the exit interrupted (read-only).
+    pub const IDT_VECTORING_INFO: Field32 = Field32::new(0x4408);
+    /// IDT-vectoring error code (read-only).
+    pub const IDT_VECTORING_ERROR_CODE: Field32 = Field32::new(0x440a);
     /// VM-exit instruction length (read-only).
     pub const EXIT_INSTRUCTION_LEN: Field32 = Field32::new(0x440c);
     /// Guest ES limit.
@@ -656,6 +664,24 @@ impl ExitReason {
         self.0 as u16
     }
 
+    /// Whether the exit was caused by an instruction whose length the CPU
+    /// reports (SDM "VM-Exit Instruction Length"): the handler may step
+    /// over it with RIP + length.
+    pub const fn reports_instruction_len(self) -> bool {
+        !self.entry_failed()
+            && matches!(
+                self.basic(),
+                reason::CPUID | reason::HLT | reason::VMCALL | reason::VMCLEAR
+                    ..=reason::VMXON
+                        | reason::IO_INSTRUCTION
+                        | reason::RDMSR
+                        | reason::WRMSR
+                        | reason::INVEPT
+                        | reason::INVVPID
+                        | reason::VMFUNC
+            )
+    }
+
     /// Bit 31: the VM entry failed (the guest never ran).
     pub const fn entry_failed(self) -> bool {
         self.0 & (1 << 31) != 0
@@ -709,6 +735,23 @@ pub struct RawExit {
     pub rcx: u64,
     /// Guest RDX.
     pub rdx: u64,
+}
+
+/// The VM-entry interruption information that delivers hardware exception
+/// `vector` (type 3), with its error code when the vector pushes one (SDM
+/// "VM-Entry Controls for Event Injection").
+pub const fn inject_exception_info(vector: u8, has_error_code: bool) -> u32 {
+    const VALID: u32 = 1 << 31;
+    const HARDWARE_EXCEPTION: u32 = 3 << 8;
+    const DELIVER_ERROR_CODE: u32 = 1 << 11;
+    VALID
+        | HARDWARE_EXCEPTION
+        | (vector as u32)
+        | if has_error_code && pushes_error_code(vector) {
+            DELIVER_ERROR_CODE
+        } else {
+            0
+        }
 }
 
 /// Decodes a VM exit into the vendor-neutral [`VmExit`]. Entry failures
@@ -986,6 +1029,23 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn instruction_lengths_and_injection() {
+        assert!(ExitReason(18).reports_instruction_len());
+        assert!(ExitReason(30).reports_instruction_len());
+        assert!(
+            !ExitReason(48).reports_instruction_len(),
+            "EPT violations re-execute"
+        );
+        assert!(!ExitReason((1 << 31) | 33).reports_instruction_len());
+        assert_eq!(inject_exception_info(13, true), 0x8000_0b0d);
+        assert_eq!(
+            inject_exception_info(6, true),
+            0x8000_0306,
+            "#UD has no error code"
+        );
     }
 
     #[test]

@@ -644,6 +644,7 @@ def worker(args) -> int:
     lib.bed_io_count.restype = ctypes.c_uint64
     lib.bed_bochs_errors.restype = ctypes.c_uint64
     lib.bed_bochs_panics.restype = ctypes.c_uint64
+    lib.bed_bochs_suppressed.restype = ctypes.c_uint64
 
     def missing_page(gpa: int) -> None:
         # Outside RAM: keep Bochs going on a scratch page, but end the run.
@@ -691,7 +692,8 @@ def worker(args) -> int:
 
     errors, panics = lib.bed_bochs_errors(), lib.bed_bochs_panics()
     log(f"ran {run_s:.2f} s; {counts['exceptions']} exceptions, {counts['vmexits']} VM exits, "
-        f"{lib.bed_io_count()} port accesses, {errors} Bochs errors, {panics} Bochs panics")
+        f"{lib.bed_io_count()} port accesses, {errors} Bochs errors, {panics} Bochs panics "
+        f"({lib.bed_bochs_suppressed()} repeated messages not printed)")
     if exit_status:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -210,8 +210,42 @@ uint64_t bed_bochs_panics(void)
 	return panic_count;
 }
 
+/*
+ * Some messages come once per guest event (an EPT violation is "VMEXIT: EPT
+ * violation for guest paddr ...", thousands per run while a hypervisor
+ * faults RAM in): print each format the first times only, then count.
+ */
+#define REPEATS_PRINTED 8
+#define FORMATS_TRACKED 64
+static struct {
+	const char *fmt;
+	uint64_t seen;
+} formats[FORMATS_TRACKED];
+static uint64_t suppressed;
+
+uint64_t bed_bochs_suppressed(void)
+{
+	return suppressed;
+}
+
+static int should_print(const char *fmt)
+{
+	for (unsigned i = 0; i < FORMATS_TRACKED; i++) {
+		if (formats[i].fmt == fmt || !formats[i].fmt) {
+			formats[i].fmt = fmt;
+			if (++formats[i].seen <= REPEATS_PRINTED)
+				return 1;
+			suppressed++;
+			return 0;
+		}
+	}
+	return 1;
+}
+
 static void log_line(const char *level, const char *fmt, va_list ap)
 {
+	if (!should_print(fmt))
+		return;
 	fprintf(stderr, "[bochs %s] ", level);
 	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);

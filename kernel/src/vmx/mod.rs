@@ -19,6 +19,8 @@
 //! Neighbours: `crate::mem` (frames for VMXON and VMCS regions),
 //! `crate::hw` (CPUID, RDMSR), `hvcore::vmx`.
 
+pub mod vcpu;
+
 use core::arch::asm;
 use core::fmt;
 
@@ -380,14 +382,17 @@ pub enum Entered {
 
 // The entry stub. In: RDI = &mut Gprs, RSI = 0 for VMLAUNCH, 1 for
 // VMRESUME. Out: RAX = 0 after a VM exit, else RFLAGS of the failed
-// instruction. Keeps the callee-saved registers and the Gprs pointer on
-// the stack, points HOST_RSP at them and HOST_RIP at the exit path, so a VM
-// exit lands at `2:` with RSP as it was at entry.
+// instruction. Keeps RFLAGS, the callee-saved registers and the Gprs
+// pointer on the stack, points HOST_RSP at them and HOST_RIP at the exit
+// path, so a VM exit lands at `2:` with RSP as it was at entry. A VM exit
+// clears RFLAGS (IF included); the final POPFQ gives the caller its own
+// back, so a pending host interrupt is taken right after an exit.
 core::arch::global_asm!(
     r#"
     .section .text.thermocline_vmx_enter, "ax"
     .global thermocline_vmx_enter
     thermocline_vmx_enter:
+        pushfq
         push rbp
         push rbx
         push r12
@@ -452,6 +457,7 @@ core::arch::global_asm!(
         pop r12
         pop rbx
         pop rbp
+        popfq
         ret
     .text
     "#

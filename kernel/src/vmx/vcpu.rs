@@ -1,0 +1,415 @@
+//! The VMX extension behind the vendor trait (`crate::vm::Extension`): a
+//! vCPU in Thermocline's boot state (`hvcore::guest_layout`: 64-bit long
+//! mode) on EPT with accessed/dirty flags, VPID, and exits decoded into the
+//! shared `VmExit` so `vm::run_vcpu` handles them as it does for SVM.
+//!
+//! Controls come from the capability MSRs (the TRUE ones when offered):
+//! HLT, I/O (unconditional) and every MSR access exit; CPUID and the VMX
+//! instructions always do; #UD is intercepted so the VM can report
+//! virtualization instructions. Guest EFER is loaded and saved through the
+//! VMCS. A TLB flush request becomes one INVEPT single-context for the VM's
+//! EPTP before the next entry (required under nested KVM for cleared
+//! accessed flags to be set again; TESTBEDS section 1).
+//!
+//! Neighbours: `super` (the instructions), `crate::vm` (the trait and the
+//! exit handlers), `hvcore::vmx` (fields, controls, exit decoding).
+
+use hvcore::addr::HostPhysAddr;
+use hvcore::ept::eptp;
+use hvcore::exit::VmExit;
+use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
+use hvcore::guest_walk::GuestPaging;
+use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
+
+use super::{Entered, Gprs, Vmcs, VmxError};
+use crate::hw;
+use crate::vm::{EntryError, Extension, GuestRegs, VirtCpu, Vm};
+
+/// The VMX extension.
+#[derive(Debug)]
+pub struct Vmx;
+
+impl Extension for Vmx {
+    type Format = hvcore::ept::Ept;
+    type Vcpu = VmxVcpu;
+    const NAME: &'static str = "VMX";
+
+    fn enable_on_this_cpu() -> Result<(), &'static str> {
+        super::enable_on_this_cpu().map_err(|e| match e {
+            VmxError::NotSupported => "the CPU has no VMX",
+            VmxError::DisabledByFirmware => {
+                "VMX is disabled by firmware (IA32_FEATURE_CONTROL locked)"
+            }
+            VmxError::OutOfMemory => "no frame for the VMXON region",
+            VmxError::Instruction(..) => "VMXON failed",
+        })?;
+        let cap = cap(msr::EPT_VPID_CAP);
+        let needed = ept_cap::WALK_LENGTH_4
+            | ept_cap::MEMORY_TYPE_WB
+            | ept_cap::INVEPT
+            | ept_cap::INVEPT_SINGLE_CONTEXT;
+        if cap & needed != needed {
+            return Err("the CPU lacks 4-level write-back EPT or single-context INVEPT");
+        }
+        Ok(())
+    }
+
+    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str> {
+        VmxVcpu::new(
+            vm.memory.tables().root(),
+            vm.boot_regs(),
+            u16::try_from(vm.id).unwrap_or(u16::MAX),
+        )
+    }
+}
+
+fn cap(index: u32) -> u64 {
+    // SAFETY: only called once CPUID reported VMX; IA32_VMX_* are
+    // architectural then.
+    unsafe { hw::rdmsr(index) }
+}
+
+/// Access rights (VMCS layout): 64-bit code, flat data, busy 64-bit TSS,
+/// and "unusable" for LDTR.
+const AR_CODE64: u32 = 0xa09b;
+const AR_DATA: u32 = 0xc093;
+const AR_TSS64_BUSY: u32 = 0x8b;
+const AR_UNUSABLE: u32 = 1 << 16;
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+const IA32_EFER: u32 = 0xc000_0080;
+const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
+
+/// One VMX vCPU: its VMCS and the registers the VMCS does not hold.
+#[derive(Debug)]
+pub struct VmxVcpu {
+    vmcs: Vmcs,
+    eptp: u64,
+    regs: GuestRegs,
+    launched: bool,
+    flush_on_entry: bool,
+    next_rip: Option<u64>,
+    /// An event whose delivery the exit interrupted (IDT-vectoring info),
+    /// with its error code, to deliver again at the next entry.
+    reinject: Option<(u32, u32)>,
+}
+
+fn w<F: vmx::VmcsField>(f: F, value: F::Value) -> Result<(), &'static str> {
+    super::write(f, value).map_err(|_| "VMWRITE refused a VMCS field")
+}
+
+impl VmxVcpu {
+    /// A vCPU in the boot state of `hvcore::guest_layout` on the EPT rooted
+    /// at `ept_root`, tagged with `vpid` (non-zero).
+    pub fn new(
+        ept_root: HostPhysAddr,
+        boot_regs: GuestRegs,
+        vpid: u16,
+    ) -> Result<Self, &'static str> {
+        let ad = cap(msr::EPT_VPID_CAP) & ept_cap::ACCESSED_DIRTY != 0;
+        let eptp = eptp(ept_root, ad);
+        let vmcs = Vmcs::new().map_err(|_| "no VMCS")?;
+        vmcs.load().map_err(|_| "VMPTRLD failed")?;
+        let msrs = ControlMsrs::from_basic(cap(msr::BASIC));
+        let pin = adjust_controls(cap(msrs.pin), ctl::PIN_EXTERNAL_INTERRUPT_EXITING, 0)
+            .map_err(|_| "external-interrupt exiting is not offered")?;
+        let proc = adjust_controls(
+            cap(msrs.proc),
+            ctl::PROC_SECONDARY_CONTROLS
+                | ctl::PROC_HLT_EXITING
+                | ctl::PROC_UNCONDITIONAL_IO_EXITING,
+            0,
+        )
+        .map_err(|_| "the primary controls Thermocline needs are not offered")?;
+        let proc2 = adjust_controls(
+            cap(msr::PROCBASED_CTLS2),
+            ctl::PROC2_ENABLE_EPT | ctl::PROC2_ENABLE_VPID,
+            0,
+        )
+        .map_err(|_| "EPT or VPID is not offered")?;
+        let exit = adjust_controls(
+            cap(msrs.exit),
+            ctl::EXIT_HOST_ADDRESS_SPACE_SIZE | ctl::EXIT_SAVE_EFER | ctl::EXIT_LOAD_EFER,
+            0,
+        )
+        .map_err(|_| "the VM-exit controls Thermocline needs are not offered")?;
+        let entry = adjust_controls(
+            cap(msrs.entry),
+            ctl::ENTRY_IA32E_MODE_GUEST | ctl::ENTRY_LOAD_EFER,
+            0,
+        )
+        .map_err(|_| "the VM-entry controls Thermocline needs are not offered")?;
+        w(field::PIN_BASED_CONTROLS, pin)?;
+        w(field::PRIMARY_PROC_CONTROLS, proc)?;
+        w(field::SECONDARY_PROC_CONTROLS, proc2)?;
+        w(field::EXIT_CONTROLS, exit)?;
+        w(field::ENTRY_CONTROLS, entry)?;
+        w(field::EXCEPTION_BITMAP, 1 << 6)?;
+        w(field::CR3_TARGET_COUNT, 0)?;
+        w(field::EXIT_MSR_STORE_COUNT, 0)?;
+        w(field::EXIT_MSR_LOAD_COUNT, 0)?;
+        w(field::ENTRY_MSR_LOAD_COUNT, 0)?;
+        w(field::ENTRY_INTERRUPTION_INFO, 0)?;
+        w(field::EPT_POINTER, eptp)?;
+        w(field::VPID, vpid.max(1))?;
+        w(field::VMCS_LINK_POINTER, u64::MAX)?;
+        // SAFETY: IA32_EFER exists on every 64-bit CPU.
+        w(field::HOST_IA32_EFER, unsafe { hw::rdmsr(IA32_EFER) })?;
+        super::write_host_state().map_err(|_| "cannot write the host state")?;
+
+        // Guest: the boot state, with the bits VMX pins (CR0.NE, CR4.VMXE);
+        // the guest reads CR4 without VMXE through the shadow.
+        let cr0 = vmx::apply_fixed(
+            BOOT_CPU_STATE.cr0,
+            cap(msr::CR0_FIXED0),
+            cap(msr::CR0_FIXED1),
+        );
+        let cr4 = vmx::apply_fixed(
+            BOOT_CPU_STATE.cr4,
+            cap(msr::CR4_FIXED0),
+            cap(msr::CR4_FIXED1),
+        );
+        w(field::GUEST_CR0, cr0)?;
+        w(field::GUEST_CR3, BOOT_CPU_STATE.cr3)?;
+        w(field::GUEST_CR4, cr4)?;
+        w(field::CR0_GUEST_HOST_MASK, 0)?;
+        w(field::CR4_GUEST_HOST_MASK, vmx::CR4_VMXE)?;
+        w(field::CR4_READ_SHADOW, BOOT_CPU_STATE.cr4)?;
+        w(field::GUEST_IA32_EFER, BOOT_CPU_STATE.efer)?;
+        w(field::GUEST_IA32_PAT, DEFAULT_PAT)?;
+        w(field::GUEST_IA32_DEBUGCTL, 0)?;
+        let data = [
+            (
+                field::GUEST_ES_SELECTOR,
+                field::GUEST_ES_BASE,
+                field::GUEST_ES_LIMIT,
+                field::GUEST_ES_AR,
+            ),
+            (
+                field::GUEST_SS_SELECTOR,
+                field::GUEST_SS_BASE,
+                field::GUEST_SS_LIMIT,
+                field::GUEST_SS_AR,
+            ),
+            (
+                field::GUEST_DS_SELECTOR,
+                field::GUEST_DS_BASE,
+                field::GUEST_DS_LIMIT,
+                field::GUEST_DS_AR,
+            ),
+            (
+                field::GUEST_FS_SELECTOR,
+                field::GUEST_FS_BASE,
+                field::GUEST_FS_LIMIT,
+                field::GUEST_FS_AR,
+            ),
+            (
+                field::GUEST_GS_SELECTOR,
+                field::GUEST_GS_BASE,
+                field::GUEST_GS_LIMIT,
+                field::GUEST_GS_AR,
+            ),
+        ];
+        for (sel, base, limit, ar) in data {
+            w(sel, layout::DATA_SELECTOR)?;
+            w(base, 0)?;
+            w(limit, 0xffff_ffff)?;
+            w(ar, AR_DATA)?;
+        }
+        w(field::GUEST_CS_SELECTOR, layout::CODE_SELECTOR)?;
+        w(field::GUEST_CS_BASE, 0)?;
+        w(field::GUEST_CS_LIMIT, 0xffff_ffff)?;
+        w(field::GUEST_CS_AR, AR_CODE64)?;
+        w(field::GUEST_LDTR_SELECTOR, 0)?;
+        w(field::GUEST_LDTR_BASE, 0)?;
+        w(field::GUEST_LDTR_LIMIT, 0)?;
+        w(field::GUEST_LDTR_AR, AR_UNUSABLE)?;
+        w(field::GUEST_TR_SELECTOR, 0)?;
+        w(field::GUEST_TR_BASE, 0)?;
+        w(field::GUEST_TR_LIMIT, 0x67)?;
+        w(field::GUEST_TR_AR, AR_TSS64_BUSY)?;
+        w(field::GUEST_GDTR_BASE, layout::GDT_GPA)?;
+        w(field::GUEST_GDTR_LIMIT, (layout::GDT.len() * 8 - 1) as u32)?;
+        w(field::GUEST_IDTR_BASE, 0)?;
+        w(field::GUEST_IDTR_LIMIT, 0)?;
+        w(field::GUEST_DR7, 0x400)?;
+        w(field::GUEST_PENDING_DEBUG, 0)?;
+        w(field::GUEST_INTERRUPTIBILITY, 0)?;
+        w(field::GUEST_ACTIVITY_STATE, 0)?;
+        w(field::GUEST_SYSENTER_CS, 0)?;
+        w(field::GUEST_SYSENTER_ESP, 0)?;
+        w(field::GUEST_SYSENTER_EIP, 0)?;
+        Ok(Self {
+            vmcs,
+            eptp,
+            regs: boot_regs,
+            launched: false,
+            flush_on_entry: true,
+            next_rip: None,
+            reinject: None,
+        })
+    }
+
+    /// The EPT pointer this vCPU runs on.
+    pub fn eptp(&self) -> u64 {
+        self.eptp
+    }
+
+    /// Makes this vCPU's VMCS current, for negative tests that spoil guest
+    /// state on purpose with `super::write`.
+    pub fn load(&self) -> Result<(), VmxError> {
+        self.vmcs
+            .load()
+            .map_err(|e| VmxError::Instruction("VMPTRLD", e))
+    }
+
+    fn enter_once(&mut self) -> Result<VmExit, EntryError> {
+        let setup = |why| EntryError::Setup(why);
+        self.vmcs.load().map_err(|_| setup("VMPTRLD failed"))?;
+        w(field::GUEST_RIP, self.regs.rip).map_err(setup)?;
+        w(field::GUEST_RSP, self.regs.rsp).map_err(setup)?;
+        w(field::GUEST_RFLAGS, self.regs.rflags).map_err(setup)?;
+        if let Some((info, error_code)) = self.reinject.take()
+            && super::read(field::ENTRY_INTERRUPTION_INFO).unwrap_or(0) & (1 << 31) == 0
+        {
+            w(field::ENTRY_INTERRUPTION_INFO, info).map_err(setup)?;
+            w(field::ENTRY_EXCEPTION_ERROR_CODE, error_code).map_err(setup)?;
+        }
+        if core::mem::take(&mut self.flush_on_entry) {
+            super::invept_single_context(self.eptp).map_err(|_| setup("INVEPT failed"))?;
+        }
+        let mut gprs = to_gprs(&self.regs);
+        // SAFETY: the VMCS is current, built by `new` with this CPU's host
+        // state, controls computed from the capability MSRs and an EPT whose
+        // leaves are the VM's own frames (`vm::memory`); `launched` tracks
+        // the VMCS launch state.
+        let entered = unsafe { super::enter(&mut gprs, self.launched) };
+        from_gprs(&gprs, &mut self.regs);
+        if let Entered::Failed(fail) = entered {
+            return Err(EntryError::InvalidState {
+                code: match fail {
+                    vmx::VmFail::Valid(e) => u64::from(e.0),
+                    vmx::VmFail::Invalid => u64::MAX,
+                },
+                reason: Some(match fail {
+                    vmx::VmFail::Valid(e) => e.description(),
+                    vmx::VmFail::Invalid => "VMfailInvalid (no current VMCS)",
+                }),
+            });
+        }
+        let raw = super::raw_exit(&gprs).map_err(|_| setup("VMREAD of the exit fields failed"))?;
+        let why = ExitReason(raw.reason);
+        if why.entry_failed() {
+            return Err(EntryError::InvalidState {
+                code: u64::from(raw.reason),
+                reason: Some(why.name()),
+            });
+        }
+        self.launched = true;
+        self.regs.rip = raw.guest_rip;
+        self.regs.rsp = super::read(field::GUEST_RSP).unwrap_or(self.regs.rsp);
+        self.regs.rflags = super::read(field::GUEST_RFLAGS).unwrap_or(self.regs.rflags);
+        self.next_rip = why
+            .reports_instruction_len()
+            .then(|| raw.guest_rip.wrapping_add(u64::from(raw.instruction_len)));
+        let vectoring = super::read(field::IDT_VECTORING_INFO).unwrap_or(0);
+        if vectoring & (1 << 31) != 0 {
+            let code = super::read(field::IDT_VECTORING_ERROR_CODE).unwrap_or(0);
+            self.reinject = Some((vectoring & !(1 << 12), code));
+        }
+        Ok(vmx::decode_exit(&raw))
+    }
+}
+
+fn to_gprs(r: &GuestRegs) -> Gprs {
+    Gprs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rbp: r.rbp,
+        rsp: r.rsp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+    }
+}
+
+fn from_gprs(g: &Gprs, r: &mut GuestRegs) {
+    r.rax = g.rax;
+    r.rbx = g.rbx;
+    r.rcx = g.rcx;
+    r.rdx = g.rdx;
+    r.rsi = g.rsi;
+    r.rdi = g.rdi;
+    r.rbp = g.rbp;
+    r.r8 = g.r8;
+    r.r9 = g.r9;
+    r.r10 = g.r10;
+    r.r11 = g.r11;
+    r.r12 = g.r12;
+    r.r13 = g.r13;
+    r.r14 = g.r14;
+    r.r15 = g.r15;
+}
+
+impl VirtCpu for VmxVcpu {
+    fn run(&mut self) -> Result<VmExit, EntryError> {
+        self.next_rip = None;
+        self.enter_once()
+    }
+
+    fn regs(&mut self) -> &mut GuestRegs {
+        &mut self.regs
+    }
+
+    fn paging(&self) -> GuestPaging {
+        // A failed load leaves zeros, which the guest walker refuses.
+        let _ = self.vmcs.load();
+        let r = |f| super::read(f).unwrap_or(0);
+        GuestPaging {
+            cr0: r(field::GUEST_CR0),
+            cr3: r(field::GUEST_CR3),
+            cr4: r(field::GUEST_CR4),
+            efer: super::read(field::GUEST_IA32_EFER).unwrap_or(BOOT_CPU_STATE.efer),
+        }
+    }
+
+    fn next_rip(&self) -> Option<u64> {
+        self.next_rip
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.reinject = None;
+        let info = vmx::inject_exception_info(vector, error_code.is_some());
+        // A failure here surfaces as a refused entry on the next run.
+        let _ = self.vmcs.load();
+        let _ = super::write(field::ENTRY_INTERRUPTION_INFO, info);
+        let _ = super::write(field::ENTRY_EXCEPTION_ERROR_CODE, error_code.unwrap_or(0));
+    }
+
+    fn flush_tlb_on_entry(&mut self) {
+        self.flush_on_entry = true;
+    }
+
+    fn guest_efer(&self) -> u64 {
+        let _ = self.vmcs.load();
+        super::read(field::GUEST_IA32_EFER).unwrap_or(BOOT_CPU_STATE.efer)
+    }
+
+    fn set_guest_efer(&mut self, value: u64) -> bool {
+        // Only SCE (0) and NXE (11) may change; LME/LMA stay as booted.
+        const CHANGEABLE: u64 = (1 << 0) | (1 << 11);
+        let now = self.guest_efer();
+        if (value ^ now) & !CHANGEABLE != 0 || value & EFER_LME_LMA != EFER_LME_LMA {
+            return false;
+        }
+        super::write(field::GUEST_IA32_EFER, value).is_ok()
+    }
+}

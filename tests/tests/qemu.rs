@@ -12,6 +12,9 @@ use thermocline_tests::protocol::Report;
 use thermocline_tests::qemu::{Firmware, Machine, detect_accel};
 use thermocline_tests::runner::{Outcome, Run, run, run_until};
 
+/// The platform layer's scenarios (issue 3), sharing the helpers below.
+mod platform;
+
 /// Generous: two QEMUs share two cores in CI, and OVMF boots slowly under TCG.
 const BIOS_TIMEOUT: Duration = Duration::from_secs(90);
 const UEFI_TIMEOUT: Duration = Duration::from_secs(180);

@@ -24,6 +24,8 @@ entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
 fn main(boot_info: &'static mut BootInfo) -> ! {
     kernel::init(boot_info);
+    // The banner lists the CPUs and the timer mode; the host test reads them.
+    kernel::banner::print();
     kernel::println!(
         "[platform] cpus={} timer={}",
         smp::cpu_count(),

@@ -388,6 +388,11 @@ fn steps() -> Vec<Step> {
             run: step_images,
         },
         Step {
+            name: "bochs",
+            what: "VMX scenario kernels on the Bochs CPU bed (tests/bochs)",
+            run: step_bochs,
+        },
+        Step {
             name: "qemu",
             what: "in-QEMU scenario kernels and runner self-tests",
             run: step_qemu,
@@ -439,6 +444,22 @@ fn step_loom(_: &TestContext) -> Result<(), String> {
 
 fn step_images(ctx: &TestContext) -> Result<(), String> {
     build_images(ctx.profile, None, &[Firmware::Bios, Firmware::Uefi]).map(|_| ())
+}
+
+/// The VMX bed (tests/bochs/README.md): installs itself on first use (venv
+/// with the pinned wheel, preload library), then runs its selftest and the
+/// bed's scenario kernels that `images` built.
+fn step_bochs(ctx: &TestContext) -> Result<(), String> {
+    let elf_dir = root()
+        .join("target")
+        .join(KERNEL_TARGET)
+        .join(ctx.profile.dir());
+    run_cmd(
+        Command::new("python3")
+            .current_dir(root())
+            .args(["tests/bochs/bed.py", "suite", "--elf-dir"])
+            .arg(elf_dir),
+    )
 }
 
 fn step_qemu(ctx: &TestContext) -> Result<(), String> {

@@ -77,6 +77,15 @@ pub fn print() -> CpuInfo {
     if let Some(number) = info.unreadable_msr {
         println!("  warning  MSR {number:#x} is advertised but faulted on read");
     }
+    if let Some(boot) = crate::boot_info() {
+        // GDB needs this offset to place the position-independent ELF's
+        // symbols: `symbol-file <elf> -o <offset>` (README, "Debugging with GDB").
+        println!(
+            "  kernel   image offset {:#x}, {} KiB",
+            boot.kernel_image_offset,
+            boot.kernel_len / 1024
+        );
+    }
     match f.backend() {
         Some(Backend::Vmx) => println!("  backend  VMX with EPT"),
         Some(Backend::Svm) => println!("  backend  SVM with NPT"),

@@ -2,17 +2,21 @@
 //! four CPUs, an exception on an application processor, and heap exhaustion.
 //! Included by `tests/qemu.rs` (`mod platform;`) so it shares its helpers.
 
-use super::{BIOS_TIMEOUT, check_passed, machine};
+use super::{BIOS_TIMEOUT, UEFI_TIMEOUT, check_passed, machine};
 use thermocline_tests::qemu::Firmware;
 use thermocline_tests::runner::{Outcome, run};
 
 /// Cases in `kernel/src/bin/test_platform.rs`.
 const PLATFORM_CASES: usize = 8;
 
-fn platform_on(smp: u32) {
-    let mut m = machine("test_platform", Firmware::Bios);
+fn platform_on(smp: u32, firmware: Firmware) {
+    let mut m = machine("test_platform", firmware);
     m.smp = smp;
-    let run = run(&m, BIOS_TIMEOUT);
+    let timeout = match firmware {
+        Firmware::Bios => BIOS_TIMEOUT,
+        Firmware::Uefi => UEFI_TIMEOUT,
+    };
+    let run = run(&m, timeout);
     let report = check_passed(&run).unwrap_or_else(|e| panic!("-smp {smp}: {e}"));
     assert_eq!(report.passed.len(), PLATFORM_CASES, "{run}");
     // Every CPU QEMU was given is online and reported its APIC ID.
@@ -36,19 +40,27 @@ fn platform_on(smp: u32) {
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn platform_smp1() {
-    platform_on(1);
+    platform_on(1, Firmware::Bios);
 }
 
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn platform_smp2() {
-    platform_on(2);
+    platform_on(2, Firmware::Bios);
 }
 
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn platform_smp4() {
-    platform_on(4);
+    platform_on(4, Firmware::Bios);
+}
+
+/// The UEFI memory map and firmware leave different low memory and ACPI
+/// tables: the trampoline and the MADT must work there too.
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn platform_smp4_uefi() {
+    platform_on(4, Firmware::Uefi);
 }
 
 #[test]

@@ -4,8 +4,10 @@
 //! shared `VmExit` so `vm::run_vcpu` handles them as it does for SVM.
 //!
 //! Controls come from the capability MSRs (the TRUE ones when offered):
-//! HLT, I/O (unconditional) and every MSR access exit; CPUID and the VMX
-//! instructions always do; #UD is intercepted so the VM can report
+//! HLT exits, and every port and MSR access through all-ones I/O and MSR
+//! bitmaps; CPUID and the VMX instructions always do; host interrupts exit
+//! (external-interrupt exiting), so a guest that never exits is still
+//! preempted where the CPU has a timer; #UD is intercepted so the VM can report
 //! virtualization instructions. Guest EFER is loaded and saved through the
 //! VMCS. A TLB flush request becomes one INVEPT single-context for the VM's
 //! EPTP before the next entry (required under nested KVM for cleared
@@ -17,13 +19,14 @@
 use hvcore::addr::HostPhysAddr;
 use hvcore::ept::eptp;
 use hvcore::exit::VmExit;
+use hvcore::frame::FrameSize;
 use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
 use hvcore::guest_walk::GuestPaging;
 use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
 
 use super::{Entered, Gprs, Vmcs, VmxError};
-use crate::hw;
 use crate::vm::{EntryError, Extension, GuestRegs, VirtCpu, Vm};
+use crate::{hw, mem};
 
 /// The VMX extension.
 #[derive(Debug)]
@@ -61,6 +64,39 @@ impl Extension for Vmx {
             u16::try_from(vm.id).unwrap_or(u16::MAX),
         )
     }
+}
+
+/// The I/O bitmaps A and B and the MSR bitmap, shared by every vCPU: all
+/// ones, so every port and every MSR access exits (the VM emulates COM1, the
+/// hypercall port and EFER; everything else is reported). Bitmaps rather
+/// than unconditional I/O exiting so a port or MSR can be passed through by
+/// clearing its bit.
+struct Bitmaps {
+    io_a: HostPhysAddr,
+    io_b: HostPhysAddr,
+    msr: HostPhysAddr,
+}
+
+static BITMAPS: spin::Once<Result<Bitmaps, &'static str>> = spin::Once::new();
+
+fn bitmaps() -> Result<&'static Bitmaps, &'static str> {
+    BITMAPS
+        .call_once(|| {
+            let page = || {
+                let frame =
+                    mem::alloc_frame(FrameSize::Size4K).map_err(|_| "no frame for a VMX bitmap")?;
+                // SAFETY: the frame was just handed to us and is kept for good.
+                unsafe { core::ptr::write_bytes(mem::phys::to_virt(frame), 0xff, 4096) };
+                Ok(frame)
+            };
+            Ok(Bitmaps {
+                io_a: page()?,
+                io_b: page()?,
+                msr: page()?,
+            })
+        })
+        .as_ref()
+        .map_err(|e| *e)
 }
 
 fn cap(index: u32) -> u64 {
@@ -116,7 +152,8 @@ impl VmxVcpu {
             cap(msrs.proc),
             ctl::PROC_SECONDARY_CONTROLS
                 | ctl::PROC_HLT_EXITING
-                | ctl::PROC_UNCONDITIONAL_IO_EXITING,
+                | ctl::PROC_USE_IO_BITMAPS
+                | ctl::PROC_USE_MSR_BITMAPS,
             0,
         )
         .map_err(|_| "the primary controls Thermocline needs are not offered")?;
@@ -149,6 +186,10 @@ impl VmxVcpu {
         w(field::EXIT_MSR_LOAD_COUNT, 0)?;
         w(field::ENTRY_MSR_LOAD_COUNT, 0)?;
         w(field::ENTRY_INTERRUPTION_INFO, 0)?;
+        let maps = bitmaps()?;
+        w(field::IO_BITMAP_A, maps.io_a.as_u64())?;
+        w(field::IO_BITMAP_B, maps.io_b.as_u64())?;
+        w(field::MSR_BITMAP, maps.msr.as_u64())?;
         w(field::EPT_POINTER, eptp)?;
         w(field::VPID, vpid.max(1))?;
         w(field::VMCS_LINK_POINTER, u64::MAX)?;

@@ -145,15 +145,19 @@ fn send(dest_apic_id: u32, delivery: Delivery) {
                 .write((u64::from(dest_apic_id) << 32) | u64::from(low));
         }
     } else {
-        // Wait for the previous IPI to leave (delivery status, bit 12).
-        for _ in 0..1_000_000 {
-            if read(reg::ICR_LOW) & (1 << 12) == 0 {
-                break;
+        // Two register writes: with interrupts on, a tick could switch to a
+        // thread that sends its own IPI in between and retarget ours.
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            // Wait for the previous IPI to leave (delivery status, bit 12).
+            for _ in 0..1_000_000 {
+                if read(reg::ICR_LOW) & (1 << 12) == 0 {
+                    break;
+                }
+                core::hint::spin_loop();
             }
-            core::hint::spin_loop();
-        }
-        write(reg::ICR_HIGH, dest_apic_id << 24);
-        write(reg::ICR_LOW, low);
+            write(reg::ICR_HIGH, dest_apic_id << 24);
+            write(reg::ICR_LOW, low);
+        });
     }
 }
 

@@ -64,6 +64,8 @@ use crate::generations::Generations;
 use crate::pte::EntryFormat;
 use crate::sync::{AtomicU64, Ordering};
 use crate::table::{TableMemory, Tables};
+use crate::walk::{Batch, LeafLine};
+use core::marker::PhantomData;
 
 /// Result of [`test_and_clear_young`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,9 +141,35 @@ pub struct PassStats {
     pub flushed: bool,
 }
 
+/// Where an aging walk reports young leaves.
+pub trait YoungSink {
+    /// A young leaf at `level` (any level) whose A was cleared.
+    fn leaf(&mut self, gpa: u64, level: u8, entry: u64);
+    /// Young 4 KiB leaves of one line: bit `k` of `cleared` set means the
+    /// entry at `gpa + k * 4096` (snapshot `old[k]`) was young. The default
+    /// reports each through [`YoungSink::leaf`].
+    #[inline(always)]
+    fn line(&mut self, gpa: u64, cleared: u8, old: &[u64; 8]) {
+        let mut m = cleared;
+        while m != 0 {
+            let k = m.trailing_zeros() as usize;
+            m &= m - 1;
+            self.leaf(gpa + k as u64 * 4096, 1, old[k]);
+        }
+    }
+}
+
+impl<T: FnMut(u64, u8, u64)> YoungSink for T {
+    #[inline(always)]
+    fn leaf(&mut self, gpa: u64, level: u8, entry: u64) {
+        self(gpa, level, entry)
+    }
+}
+
 /// Handles one entry of an aging walk: clears A with the one helper and,
-/// for a leaf, reports it young through `young(gpa, level, entry)`. A
-/// non-leaf entry is cleared before the walk steps into it.
+/// for a leaf, reports it young. A non-leaf entry is cleared before the walk
+/// steps into it. An entry that changed under the pass is handled again
+/// with its new value.
 #[inline(always)]
 fn age_entry<F: EntryFormat>(
     slot: &AtomicU64,
@@ -149,7 +177,7 @@ fn age_entry<F: EntryFormat>(
     level: u8,
     snapshot: u64,
     stats: &mut PassStats,
-    young: &mut impl FnMut(u64, u8, u64),
+    young: &mut impl YoungSink,
 ) {
     let mut old = snapshot;
     loop {
@@ -163,7 +191,7 @@ fn age_entry<F: EntryFormat>(
                 if F::is_leaf(old, level) {
                     stats.young_leaves += 1;
                     stats.young_pages += F::level_size(level) / 4096;
-                    young(gpa, level, old);
+                    young.leaf(gpa, level, old);
                 } else {
                     stats.tables_entered += 1;
                 }
@@ -177,22 +205,74 @@ fn age_entry<F: EntryFormat>(
     }
 }
 
+/// Ages one line of leaf entries (the hot path): the same helper and rules
+/// as [`age_entry`], with the young ones reported together.
+#[inline(always)]
+fn age_line<F: EntryFormat>(
+    line: &LeafLine<'_>,
+    stats: &mut PassStats,
+    young: &mut impl YoungSink,
+) {
+    let mut mask = line.mask;
+    let mut cleared = 0u8;
+    while mask != 0 {
+        let k = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        let old = line.old[k];
+        if !F::is_present(old) {
+            continue;
+        }
+        match test_and_clear_young::<F>(&line.slots[k], old) {
+            ClearYoung::Cleared => cleared |= 1 << k,
+            ClearYoung::WasOld => {}
+            ClearYoung::Changed(now) => {
+                stats.raced += 1;
+                age_entry::<F>(
+                    &line.slots[k],
+                    line.gpa + k as u64 * 4096,
+                    1,
+                    now,
+                    stats,
+                    young,
+                );
+            }
+        }
+    }
+    if cleared != 0 {
+        let n = u64::from(cleared.count_ones());
+        stats.young_leaves += n;
+        stats.young_pages += n;
+        stats.flush_needed = true;
+        young.line(line.gpa, cleared, &line.old);
+    }
+}
+
 /// Ages `[start, end)`: every entry with A set is cleared by the one helper,
-/// skipping cold subtrees and lines, and `young(gpa, level, entry)` is called
-/// for every leaf that was young. Does not flush (see [`age_pass`]).
+/// skipping cold subtrees and lines, and every leaf that was young is
+/// reported to `young` (a closure `FnMut(gpa, level, entry)` will do).
+/// Does not flush (see [`age_pass`]).
 pub fn age_range<F: EntryFormat, M: TableMemory>(
     tables: &Tables<F, M>,
     start: u64,
     end: u64,
-    mut young: impl FnMut(u64, u8, u64),
+    mut young: impl YoungSink,
 ) -> PassStats {
     let mut stats = PassStats::default();
     let mut walk = tables.walk(start, end, 1, F::ACCESSED);
-    while let Some(e) = walk.next() {
-        age_entry::<F>(walk.slot(), e.gpa, e.level, e.old, &mut stats, &mut young);
+    while let Some(item) = walk.next_batch() {
+        match item {
+            Batch::Entry(e) => {
+                age_entry::<F>(walk.slot(), e.gpa, e.level, e.old, &mut stats, &mut young);
+            }
+            Batch::Leaves(run) => {
+                let skipped =
+                    run.for_each_line(|line| age_line::<F>(&line, &mut stats, &mut young));
+                stats.leaf_lines_skipped += skipped;
+            }
+        }
     }
     stats.subtrees_skipped = walk.stats.subtrees_skipped;
-    stats.leaf_lines_skipped = walk.stats.leaf_lines_skipped;
+    stats.leaf_lines_skipped += walk.stats.leaf_lines_skipped;
     stats
 }
 
@@ -212,6 +292,44 @@ pub fn test_young<F: EntryFormat, M: TableMemory>(
     false
 }
 
+/// Young lines stamped together by [`age_pass`].
+const STAMP_BATCH: usize = 64;
+
+/// Stamps young pages into the generations. 4 KiB pages are stamped in
+/// batches of lines: a stamp is a store that usually misses the cache, and
+/// the next locked compare-exchange would wait for it to complete; batched,
+/// the misses overlap.
+struct GenSink<'g, S, F> {
+    gens: &'g mut Generations<S>,
+    lines: [(u64, u8); STAMP_BATCH],
+    n: usize,
+    _f: PhantomData<F>,
+}
+
+impl<S: AsRef<[u8]> + AsMut<[u8]>, F> GenSink<'_, S, F> {
+    fn drain(&mut self) {
+        for &(gpa, mask) in &self.lines[..self.n] {
+            self.gens.stamp_line(gpa, mask);
+        }
+        self.n = 0;
+    }
+}
+
+impl<S: AsRef<[u8]> + AsMut<[u8]>, F: EntryFormat> YoungSink for &mut GenSink<'_, S, F> {
+    fn leaf(&mut self, gpa: u64, level: u8, _entry: u64) {
+        self.gens.stamp(gpa, F::level_size(level));
+    }
+
+    #[inline(always)]
+    fn line(&mut self, gpa: u64, cleared: u8, _old: &[u64; 8]) {
+        self.lines[self.n] = (gpa, cleared);
+        self.n += 1;
+        if self.n == STAMP_BATCH {
+            self.drain();
+        }
+    }
+}
+
 /// One aging pass over the whole guest: starts a generation at `now_ms`,
 /// ages every mapped page (stamping young ones into `gens`), then flushes
 /// once through `flush` if the pass cleared anything and `policy` says so.
@@ -229,9 +347,14 @@ where
     T: TlbFlush,
 {
     let seq = gens.begin_pass(now_ms);
-    let mut stats = age_range(tables, 0, F::space_size(), |gpa, level, _| {
-        gens.stamp(gpa, F::level_size(level))
-    });
+    let mut sink = GenSink::<S, F> {
+        gens,
+        lines: [(0, 0); STAMP_BATCH],
+        n: 0,
+        _f: PhantomData,
+    };
+    let mut stats = age_range(tables, 0, F::space_size(), &mut sink);
+    sink.drain();
     stats.seq = seq;
     if stats.flush_needed && policy == FlushPolicy::OncePerPass {
         flush.flush_guest_tlb();

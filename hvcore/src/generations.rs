@@ -19,11 +19,14 @@
 //! MGLRU advances `min_seq`. Ages are therefore exact up to
 //! `RENORMALISE_KEEP` passes and saturate beyond: a page in the merged
 //! generation is reported as that old, never younger than it is by more
-//! than the merge. Per-generation page counts are kept as pages change
-//! generation, so the histogram costs 255 steps, not a sweep of memory.
+//! than the merge.
 //!
-//! The per-VM state besides the bytes is two arrays of 256 `u64`
-//! (pass timestamps, page counts): 4 KiB per guest, not per page.
+//! Stamping a young page is one byte store, nothing else, because it sits
+//! in the aging pass's inner loop. Per-generation page counts (histogram,
+//! coldest-first) are computed when asked, with one sweep over the bytes
+//! (about 1 ms per 16 GiB of guest), which a reporter does once per report,
+//! not once per pass. The per-VM state besides the bytes is one array of
+//! 256 pass timestamps (2 KiB per guest, not per page).
 
 use crate::addr::GuestPhysAddr;
 
@@ -76,7 +79,8 @@ pub struct Generations<S> {
     max_seq: u64,
     min_seq: u64,
     pass_ms: [u64; 256],
-    pages_by_code: [u64; 256],
+    /// `encode(max_seq)`, cached for the stamping fast path.
+    code: u8,
 }
 
 #[inline(always)]
@@ -89,15 +93,13 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
     /// first generation (seq 1) starting at `now_ms`.
     pub fn new(mut bytes: S, now_ms: u64) -> Self {
         bytes.as_mut().fill(0);
-        let untracked = bytes.as_ref().len() as u64;
         let mut g = Generations {
             bytes,
             max_seq: 1,
             min_seq: 1,
             pass_ms: [0; 256],
-            pages_by_code: [0; 256],
+            code: encode(1),
         };
-        g.pages_by_code[0] = untracked;
         g.pass_ms[1] = now_ms;
         g
     }
@@ -140,6 +142,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
             self.renormalise(self.max_seq + 1 - RENORMALISE_KEEP);
         }
         self.max_seq += 1;
+        self.code = encode(self.max_seq);
         self.pass_ms[(self.max_seq % 256) as usize] = now_ms;
         self.max_seq
     }
@@ -147,7 +150,6 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
     /// Merges every generation older than `new_min` into `new_min`.
     fn renormalise(&mut self, new_min: u64) {
         let target = encode(new_min);
-        let mut moved = 0;
         let (min, bytes) = (self.min_seq, self.bytes.as_mut());
         let base = min % WINDOW;
         for b in bytes.iter_mut() {
@@ -156,12 +158,9 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
             }
             let seq = min + (u64::from(*b - 1) + WINDOW - base) % WINDOW;
             if seq < new_min {
-                self.pages_by_code[usize::from(*b)] -= 1;
                 *b = target;
-                moved += 1;
             }
         }
-        self.pages_by_code[usize::from(target)] += moved;
         self.min_seq = new_min;
     }
 
@@ -173,17 +172,54 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
         let last = usize::try_from(gpa.saturating_add(size).div_ceil(4096))
             .unwrap_or(usize::MAX)
             .min(bytes.len());
-        for b in &mut bytes[first..last] {
-            self.pages_by_code[usize::from(*b)] -= 1;
-            *b = code;
+        bytes[first..last].fill(code);
+    }
+
+    /// Pages per byte code, by one sweep.
+    fn counts(&self) -> [u64; 256] {
+        let mut counts = [0u64; 256];
+        for &b in self.bytes.as_ref() {
+            counts[usize::from(b)] += 1;
         }
-        self.pages_by_code[usize::from(code)] += (last - first) as u64;
+        counts
     }
 
     /// Marks `[gpa, gpa + size)` young in the current pass.
-    #[inline]
+    #[inline(always)]
     pub fn stamp(&mut self, gpa: u64, size: u64) {
-        self.set_range(gpa, size, encode(self.max_seq));
+        if size == 4096 {
+            let code = self.code;
+            if let Some(b) = usize::try_from(gpa / 4096)
+                .ok()
+                .and_then(|i| self.bytes.as_mut().get_mut(i))
+            {
+                *b = code;
+            }
+            return;
+        }
+        self.set_range(gpa, size, self.code);
+    }
+
+    /// Marks young the 4 KiB pages `gpa + k * 4096` for each bit `k` of `mask`.
+    #[inline(always)]
+    pub fn stamp_line(&mut self, gpa: u64, mask: u8) {
+        let code = self.code;
+        let first = usize::try_from(gpa / 4096).unwrap_or(usize::MAX);
+        let bytes = self.bytes.as_mut();
+        if let Some(line) = bytes.get_mut(first..first.saturating_add(8)) {
+            // Branch-free: at mid densities the bits are unpredictable.
+            for (k, b) in line.iter_mut().enumerate() {
+                let sel = 0u8.wrapping_sub((mask >> k) & 1);
+                *b ^= (*b ^ code) & sel;
+            }
+        } else {
+            let mut m = mask;
+            while m != 0 {
+                let k = m.trailing_zeros() as u64;
+                m &= m - 1;
+                self.stamp(gpa + k * 4096, 4096);
+            }
+        }
     }
 
     /// Starts tracking newly mapped pages; their age counts from now.
@@ -222,10 +258,11 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
     }
 
     /// The age histogram, oldest generation first; empty generations are
-    /// left out.
+    /// left out. Sweeps the bytes once.
     pub fn histogram(&self, now_ms: u64) -> impl Iterator<Item = AgeBucket> + '_ {
+        let counts = self.counts();
         (self.min_seq..=self.max_seq).filter_map(move |seq| {
-            let pages = self.pages_by_code[usize::from(encode(seq))];
+            let pages = counts[usize::from(encode(seq))];
             (pages > 0).then(|| AgeBucket {
                 seq,
                 age_gens: self.max_seq - seq,
@@ -236,9 +273,11 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
     }
 
     /// Cold pages, coldest generation first, as runs of consecutive pages of
-    /// one generation (for the reclaimer).
+    /// one generation (for the reclaimer). Sweeps the bytes once, then once
+    /// more per non-empty cold generation.
     pub fn coldest(&self, after: ColdAfter, now_ms: u64) -> ColdIter<'_, S> {
         ColdIter {
+            counts: self.counts(),
             gens: self,
             after,
             now_ms,
@@ -251,6 +290,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
 /// Iterator of [`Generations::coldest`].
 #[derive(Debug)]
 pub struct ColdIter<'g, S> {
+    counts: [u64; 256],
     gens: &'g Generations<S>,
     after: ColdAfter,
     now_ms: u64,
@@ -267,7 +307,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Iterator for ColdIter<'_, S> {
             && self.gens.seq_is_cold(self.seq, self.after, self.now_ms)
         {
             let code = encode(self.seq);
-            if self.gens.pages_by_code[usize::from(code)] > 0
+            if self.counts[usize::from(code)] > 0
                 && let Some(off) = bytes[self.pos..].iter().position(|&b| b == code)
             {
                 let start = self.pos + off;

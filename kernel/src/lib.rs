@@ -32,8 +32,8 @@ pub mod sched;
 pub mod smp;
 pub mod svm;
 pub mod testing;
-pub mod vm;
 pub mod time;
+pub mod vm;
 pub mod vmx;
 
 pub use bootloader_api;

@@ -177,20 +177,74 @@ def setup() -> Path:
 # --------------------------------------------------------------------------
 
 
+class Protocol:
+    """The kernel's console line protocol (kernel/src/testing.rs), parsed as
+    the QEMU runner's `tests/src/protocol.rs` parses it."""
+
+    def __init__(self):
+        self.scenario: tuple[str, int] | None = None
+        self.passed: list[str] = []
+        self.failed: list[str] = []
+        self.panic: str | None = None
+        self.summary: tuple[int, int] | None = None
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip("\r")
+        if line.startswith("[scenario] "):
+            words = line[len("[scenario] "):].split()
+            cases = next((w[len("cases="):] for w in words[1:] if w.startswith("cases=")), "0")
+            self.scenario = (words[0] if words else "", int(cases) if cases.isdigit() else 0)
+        elif line.startswith("[test] "):
+            rest = line[len("[test] "):]
+            if rest.endswith(" ... ok"):
+                self.passed.append(rest[:-len(" ... ok")])
+            elif rest.endswith(" ... FAILED"):
+                self.failed.append(rest[:-len(" ... FAILED")])
+        elif line.startswith("[panic] ") and self.panic is None:
+            self.panic = line[len("[panic] "):]
+        elif line.startswith("[summary] "):
+            words = line.split()
+            p = next((w[len("passed="):] for w in words if w.startswith("passed=")), None)
+            f = next((w[len("failed="):] for w in words if w.startswith("failed=")), None)
+            if p and f and p.isdigit() and f.isdigit():
+                self.summary = (int(p), int(f))
+
+    def all_passed(self) -> bool:
+        if self.scenario is None or self.summary is None:
+            return False
+        cases = self.scenario[1]
+        p, f = self.summary
+        return (not self.failed and f == 0 and p == cases and len(self.passed) == cases
+                and self.panic is None)
+
+    def problem(self) -> str:
+        if self.scenario is None:
+            return "no [scenario] line"
+        if self.summary is None:
+            return "no [summary] line"
+        if self.failed:
+            return f"failed cases: {', '.join(self.failed)}"
+        return f"{len(self.passed)} of {self.scenario[1]} cases reported ok"
+
+
 def judge(kernel: Path, name: str, timeout_s: float, mem_mib: int, tool: Path,
-          quiet: bool) -> bool:
+          quiet: bool, scenario: bool = True) -> bool:
+    """Runs one kernel; a pass needs exit status 33 and, for a scenario
+    kernel, a console whose protocol says every declared case passed."""
     cmd = [str(VENV_PY), str(Path(__file__).resolve()), "worker", "--kernel", str(kernel),
            "--mem-mib", str(mem_mib), "--layout-tool", str(tool)]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     tail: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL_LINES)
+    protocol = Protocol()
 
     def pump_console() -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             tail.append(line)
+            protocol.feed(line)
             if not quiet:
                 print(f"  | {line}", flush=True)
 
@@ -222,8 +276,10 @@ def judge(kernel: Path, name: str, timeout_s: float, mem_mib: int, tool: Path,
 
     if timed_out:
         verdict = f"timeout after {timeout_s:.0f} s"
-    elif status == EXIT_PASS:
+    elif status == EXIT_PASS and (protocol.all_passed() or not scenario):
         verdict = "pass"
+    elif status == EXIT_PASS:
+        verdict = f"fail (exit status 33, but the console protocol disagrees: {protocol.problem()})"
     elif status == EXIT_FAIL:
         verdict = "fail"
     elif status == WORKER_HALTED:
@@ -920,7 +976,8 @@ def suite(elf_dir: Path, timeout_s: float, tool: Path) -> bool:
     if missing:
         print(f"bochs suite: missing kernels in {elf_dir}: {', '.join(missing)}")
         return False
-    results = [("selftest", judge(selftest_kernel(), "selftest", timeout_s, 128, tool, True))]
+    results = [("selftest", judge(selftest_kernel(), "selftest", timeout_s, 128, tool, True,
+                                  scenario=False))]
     for name in names:
         results.append((name, judge(elf_dir / name, name, timeout_s, 256, tool, True)))
     failed = [n for n, ok in results if not ok]
@@ -943,6 +1000,8 @@ def main() -> int:
     run.add_argument("--timeout-s", type=float, default=120.0)
     run.add_argument("--mem-mib", type=int, default=256)
     run.add_argument("--quiet", action="store_true", help="print the console only on failure")
+    run.add_argument("--no-protocol", action="store_true",
+                     help="judge by the exit status only (kernels that are not test scenarios)")
     st = sub.add_parser("selftest", help="build and run tests/bochs/selftest")
     st.add_argument("--timeout-s", type=float, default=60.0)
     st.add_argument("--quiet", action="store_true")
@@ -978,10 +1037,10 @@ def main() -> int:
     if args.cmd == "suite":
         return 0 if suite(args.elf_dir, args.timeout_s, tool) else 1
     if args.cmd == "selftest":
-        kernel, name, mem = selftest_kernel(), "selftest", 128
-    else:
-        kernel, name, mem = args.kernel, args.name or args.kernel.name, args.mem_mib
-    return 0 if judge(kernel, name, args.timeout_s, mem, tool, args.quiet) else 1
+        return 0 if judge(selftest_kernel(), "selftest", args.timeout_s, 128, tool, args.quiet,
+                          scenario=False) else 1
+    return 0 if judge(args.kernel, args.name or args.kernel.name, args.timeout_s, args.mem_mib,
+                      tool, args.quiet, scenario=not args.no_protocol) else 1
 
 
 if __name__ == "__main__":

@@ -112,8 +112,13 @@ fn log_memory(boot_info: &BootInfo) {
     }
 }
 
-/// What the hypervisor does when it has nothing (yet) to run: halt this CPU.
+/// Where the boot path ends: the boot thread blocks for good and the
+/// scheduler keeps every CPU running its threads.
 pub fn idle() -> ! {
-    log::info!("nothing to run: halting (quit QEMU with Ctrl-A X)");
-    hw::halt_forever()
+    log::info!("boot path done: the CPUs keep running their threads (quit QEMU with Ctrl-A X)");
+    // Block the boot thread for good: the boot CPU goes on running its other
+    // threads (guest vCPUs, the aging thread) and halts in its idle thread.
+    loop {
+        sched::park();
+    }
 }

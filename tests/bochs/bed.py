@@ -144,7 +144,7 @@ def build_preload() -> None:
 def cargo_build_bin(package: str, extra: list[str]) -> Path:
     """Builds one binary with cargo and returns its path (honours CARGO_TARGET_DIR)."""
     out = subprocess.run(
-        ["cargo", "build", "--quiet", "-p", package, "--message-format=json-render-diagnostics",
+        [os.environ.get("CARGO", "cargo"), "build", "--quiet", "-p", package, "--message-format=json-render-diagnostics",
          *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -231,6 +231,9 @@ def judge(kernel: Path, name: str, timeout_s: float, mem_mib: int, tool: Path,
           quiet: bool, scenario: bool = True) -> bool:
     """Runs one kernel; a pass needs exit status 33 and, for a scenario
     kernel, a console whose protocol says every declared case passed."""
+    if not kernel.is_file():
+        print(f"bochs {name}: crash (no kernel ELF at {kernel})", flush=True)
+        return False
     cmd = [str(VENV_PY), str(Path(__file__).resolve()), "worker", "--kernel", str(kernel),
            "--mem-mib", str(mem_mib), "--layout-tool", str(tool)]
     started = time.monotonic()
@@ -1021,7 +1024,7 @@ def main() -> int:
     if args.cmd == "worker":
         try:
             return worker(args)
-        except (ValueError, RuntimeError, subprocess.CalledProcessError) as e:
+        except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:
             log(f"cannot start the guest: {e}")
             return WORKER_SETUP_ERROR
     tool = setup()

@@ -15,6 +15,7 @@
 //! Everything builds in the default `target/`; the loom tests use
 //! `target/loom` (different RUSTFLAGS would otherwise rebuild everything).
 
+mod guests;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ RUN OPTIONS:
     --mem SIZE        Guest memory in QEMU syntax, e.g. 512M, 2G (default 256M)
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
-    --guest NAME      Guest to run (not available yet: arrives with guest support)
+    --guest NAME      Guest to run: hello (default), pattern, checksum, evil
     -- ARGS...        Extra arguments passed to QEMU unchanged
 
 TEST OPTIONS:
@@ -179,6 +180,8 @@ fn build_images(
     only: Option<&str>,
     firmwares: &[Firmware],
 ) -> Result<PathBuf, String> {
+    // The kernel embeds the guests (kernel/build.rs): build them first.
+    guests::build(&root(), cargo(), run_cmd)?;
     let mut build = cargo();
     build.args(["build", "-p", "kernel", "--target", KERNEL_TARGET]);
     match only {
@@ -286,11 +289,11 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let o = parse_run(args)?;
-    if let Some(guest) = &o.guest {
-        return Err(format!(
-            "--guest {guest}: running guests is not available yet in this build"
-        ));
-    }
+    let guest = o.guest.as_deref().unwrap_or(guests::DEFAULT);
+    guests::check_name(guest)?;
+    // SAFETY: xtask is single-threaded; the variable reaches the kernel
+    // build (read with `option_env!` in kernel/src/vm/mod.rs).
+    unsafe { std::env::set_var("THERMOCLINE_GUEST", guest) };
     setup::toolchain()?;
     setup::qemu(o.firmware == Firmware::Uefi)?;
     let image_dir = build_images(o.profile, Some("thermocline"), &[o.firmware])?;
@@ -413,6 +416,8 @@ fn step_clippy_kernel(_: &TestContext) -> Result<(), String> {
         "clippy",
         "-p",
         "kernel",
+        "-p",
+        "guests",
         "--target",
         KERNEL_TARGET,
         "--lib",

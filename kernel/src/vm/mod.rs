@@ -438,6 +438,70 @@ impl<F: EntryFormat> Vm<F> {
     }
 }
 
+/// The guest `cargo xtask run --guest NAME` chose (the build-time variable
+/// `THERMOCLINE_GUEST`); `hello` when none was.
+pub const SELECTED_GUEST: &str = match option_env!("THERMOCLINE_GUEST") {
+    Some(name) => name,
+    None => "hello",
+};
+
+/// RAM of the VM that [`run_selected_guest`] starts.
+const SELECTED_RAM_BYTES: u64 = 64 << 20;
+
+/// Runs [`SELECTED_GUEST`] the way `cargo xtask run` shows it: on a vCPU
+/// thread pinned to the last CPU, waiting until it stops. `evil` runs each
+/// of its scenarios that ends by itself, one VM each.
+pub fn run_selected_guest() {
+    let Some(image) = images::by_name(SELECTED_GUEST) else {
+        crate::println!("vm: no guest called {SELECTED_GUEST}");
+        return;
+    };
+    match backend() {
+        Some(Backend::Svm) => {}
+        Some(Backend::Vmx) => {
+            crate::println!(
+                "vm: guests from `cargo xtask run` use the SVM backend; this CPU has VMX"
+            );
+            return;
+        }
+        None => {
+            crate::println!("vm: no usable virtualization extension: no guest runs");
+            return;
+        }
+    }
+    let boot_args: Vec<u64> = if image.name == "evil" {
+        vec![1, 2 | ((256 << 30) << 8), 3, 4, 5, 6, 8]
+    } else {
+        vec![0]
+    };
+    let cpu = crate::smp::cpu_count() - 1;
+    for boot_arg in boot_args {
+        let config = VmConfig {
+            name: image.name,
+            image: image.bytes,
+            ram_bytes: SELECTED_RAM_BYTES,
+            huge_pages: true,
+            boot_arg,
+        };
+        let vm = match Vm::<hvcore::npt::Npt>::new(config, None) {
+            Ok(vm) => vm,
+            Err(why) => {
+                crate::println!("vm {}: not created: {why}", image.name);
+                return;
+            }
+        };
+        crate::println!(
+            "vm {}: starting on CPU {cpu} ({} MiB RAM, boot argument {boot_arg:#x})",
+            vm.name(),
+            SELECTED_RAM_BYTES >> 20
+        );
+        crate::sched::spawn_on(cpu, "vcpu", move || {
+            run_on_this_cpu::<Svm>(&vm);
+        })
+        .join();
+    }
+}
+
 /// Creates a vCPU for `vm` on this CPU and runs it until the VM stops.
 /// Returns the reason, which is also printed and kept in the VM.
 pub fn run_on_this_cpu<E: Extension>(vm: &Vm<E::Format>) -> StopReason {

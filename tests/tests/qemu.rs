@@ -14,6 +14,8 @@ use thermocline_tests::runner::{Outcome, Run, run, run_until};
 
 /// The platform layer's scenarios (issue 3), sharing the helpers below.
 mod platform;
+/// The SVM backend's scenarios (issue 5).
+mod svm;
 
 /// Generous: two QEMUs share two cores in CI, and OVMF boots slowly under TCG.
 const BIOS_TIMEOUT: Duration = Duration::from_secs(90);

@@ -1,0 +1,88 @@
+//! The SVM backend's scenarios (issue 5), booted in QEMU TCG with
+//! `-cpu max` (SVM with nested paging): `test_svm` (hello, fault-in, exact
+//! NPT A/D bits, isolation, bad VMCB refused), `test_svm_evil` (every evil
+//! guest scenario, on one and two CPUs), `test_svm_smp` (one VM per CPU at
+//! once, on two and four CPUs). Included by `tests/qemu.rs` (`mod svm;`).
+//!
+//! Under KVM (`-cpu host`) these run only where the host offers nested SVM;
+//! the scenarios themselves check that the backend is SVM.
+
+use super::{BIOS_TIMEOUT, check_passed, machine};
+use thermocline_tests::qemu::Firmware;
+use thermocline_tests::runner::run;
+
+fn expect_pass_on(kernel: &str, smp: u32, cases: usize) -> thermocline_tests::runner::Run {
+    let mut m = machine(kernel, Firmware::Bios);
+    m.smp = smp;
+    let run = run(&m, BIOS_TIMEOUT);
+    let report = check_passed(&run).unwrap_or_else(|e| panic!("{kernel} -smp {smp}: {e}"));
+    assert_eq!(report.passed.len(), cases, "{run}");
+    run
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn svm_guests_run_with_nested_paging() {
+    let run = expect_pass_on("test_svm", 2, 7);
+    // The guest's own words reach the console with its VM's name.
+    assert!(
+        run.saw("[vm hello] hello from a Thermocline guest"),
+        "{run}"
+    );
+    assert!(
+        run.saw("A/D check: 5 intervals compared, 0 mismatched pages"),
+        "{run}"
+    );
+    assert!(run.saw("all inside RAM and on the VM's"), "{run}");
+    assert!(
+        run.saw(
+            "refused as expected: the CPU refused the guest state (exit code 0xffffffff): EFER.SVME"
+        ),
+        "{run}"
+    );
+}
+
+fn evil_on(smp: u32) {
+    let run = expect_pass_on("test_svm_evil", smp, 8);
+    // One line per misbehaviour, naming the VM, what and where.
+    for line in [
+        "vm evil: guest read outside its RAM at GPA 0x801000 (RIP ",
+        "vm evil: guest wrote outside its RAM at GPA 0x4000000000 (RIP ",
+        "vm evil: guest read unemulated port 0x60 (1 bytes) at RIP ",
+        "vm evil: guest read unknown MSR 0xdead0000 at RIP ",
+        "vm evil: guest executed VMRUN (SVM instruction) at RIP ",
+        "vm evil: guest executed VMXON (VMX instruction) at RIP ",
+        "vm evil: guest triple-faulted (shutdown) at RIP ",
+        "vm evil: bad hypercall 0x1234 (args ",
+        "vm evil: stopped by the host: VM stopped",
+        "vm hello: guest exited with code 0x0",
+    ] {
+        assert!(run.saw(line), "missing `{line}` (-smp {smp}): {run}");
+    }
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn svm_evil_guests_are_survived_smp1() {
+    evil_on(1);
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn svm_evil_guests_are_survived_smp2() {
+    evil_on(2);
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn svm_vms_on_every_cpu_at_once_smp2() {
+    let run = expect_pass_on("test_svm_smp", 2, 1);
+    assert!(run.saw("[svm_smp] 2 VMs ran, at most 2 at once"), "{run}");
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn svm_vms_on_every_cpu_at_once_smp4() {
+    let run = expect_pass_on("test_svm_smp", 4, 1);
+    assert!(run.saw("[svm_smp] 4 VMs ran, at most 4 at once"), "{run}");
+}

@@ -25,6 +25,7 @@ pub mod hypercall;
 pub mod insn;
 pub mod npt;
 pub mod pte;
+pub mod reclaim;
 pub mod store;
 pub mod svm;
 pub mod sync;

@@ -1,0 +1,683 @@
+//! The page reclaimer: takes cold guest pages away from a VM and brings
+//! them back, byte for byte, when the guest touches them again.
+//!
+//! Key types: [`Reclaimer`] (one per VM: page states, the
+//! [`crate::store::PageStore`], the [`crate::feedback::Feedback`] loop),
+//! [`GuestFrames`] (how it reads, writes, takes and frees host frames; the
+//! kernel implements it), [`ReclaimTarget`], [`PageState`].
+//! Neighbours: [`crate::generations`] yields the coldest pages first,
+//! [`crate::table::Mapper`] unmaps and maps, [`crate::flush::TlbFlush`]
+//! flushes, [`crate::report`] prints [`ReclaimStats`].
+//!
+//! # Page states
+//! ```text
+//!            reclaim: swap entry -> 0            flush, then read frame
+//! Resident ------------------------------> InFlight --------------------+
+//!    ^  ^        (A set in the swapped value:   |  zero       -> Zero      |
+//!    |  |         remap at once, "rescued")      |  compresses -> Compressed|
+//!    |  +---------------------------------------+  otherwise  -> Stored    |
+//!    |            store full: remap frame             (raw)                 |
+//!    +----------------- fault-in: zeros / decompress, then map -------------+
+//! ```
+//! A resident page may also keep a *clean copy* in the store (after a
+//! fault-in, with [`ReclaimConfig::keep_clean_copies`]): if it is
+//! reclaimed again and was not written meanwhile, its frame is dropped
+//! without reading or compressing it.
+//!
+//! # The ordering that makes a lost write impossible
+//! For each page of a batch, with the VM's writer lock held:
+//! 1. **Unmap with one atomic exchange.** [`crate::table::Mapper::unmap`]
+//!    replaces the leaf by a non-present entry with a single `swap(0)` and
+//!    returns the final value, A and D included. From that instant the
+//!    CPU can no longer set A or D in that entry: a page walk finds it
+//!    not present and raises a nested page fault instead. A write whose D
+//!    update happened before the exchange is in the returned D bit; the
+//!    write's data went to the frame.
+//! 2. **One TLB flush for the batch** ([`crate::flush::TlbFlush`]). Until it
+//!    completes, a vCPU holding a translation cached *with D set* may still
+//!    write the frame without touching the entry. A cached translation with
+//!    D clear cannot be used to write: the CPU must set D first (Intel SDM
+//!    "Accessed and Dirty Flags for EPT"; AMD APM "Nested Paging": D is set
+//!    with a locked update of the entry in memory), finds the entry not
+//!    present, and faults. After the flush no vCPU has any translation to
+//!    the frame.
+//! 3. **Only then is the frame read**: zero check, compression, store, and
+//!    the frame is freed. Every write to the page completed before this
+//!    read (it went through a translation the flush removed) or has not
+//!    happened: it faults, and the fault path waits for the writer lock,
+//!    which the reclaimer holds until the page is in its final state, then
+//!    restores the page and lets the write proceed on the restored frame.
+//!
+//! **Clean drops** use the D bit: if the exchanged value has D clear and
+//! the store holds a clean copy (the page was restored from it and mapped
+//! with D clear), no write reached the frame since: a write through the
+//! entry would have set D before the exchange (it is in the returned
+//! value), and no translation with D set can exist without D set in the
+//! entry first (the CPU caches D only after setting it in memory; only the
+//! exchange clears D, the aging helper clears only A). So the frame equals
+//! the copy and is freed unread. Reading D from a plain load *before* the
+//! exchange would be wrong: a write may set D between the load and the
+//! exchange. The loom models in `tests/loom_reclaim.rs` show both.
+//!
+//! An entry whose exchanged value has A set was accessed since the last
+//! aging pass: the page is not cold any more and is mapped back at once
+//! ("rescued"; the same frame, so stale TLB entries are harmless). If D was
+//! set, its clean copy is dropped first, because the remapped entry starts
+//! with D clear.
+//!
+//! # Locks
+//! Every method takes `&mut self` and the VM's [`crate::table::Mapper`]:
+//! the caller holds the VM's writer lock across a whole batch, the flush
+//! included. The flush must therefore not wait for a vCPU to *re-enter* the
+//! guest: it completes once every vCPU has been outside guest mode after
+//! the request (a vCPU spinning on the writer lock in its fault path
+//! qualifies), which is how the SVM and VMX backends implement it.
+//!
+//! # Huge pages
+//! A huge leaf is split (same frames, same A/D) before one of its 4 KiB
+//! parts is reclaimed; [`GuestFrames::free_frame`] then receives 4 KiB
+//! parts of a huge host frame.
+
+extern crate alloc;
+
+use crate::addr::{GuestPhysAddr, HostPhysAddr};
+use crate::feedback::{Feedback, FeedbackConfig};
+use crate::flush::TlbFlush;
+use crate::generations::{ColdAfter, Generations};
+use crate::pte::{EntryFormat, Perms};
+use crate::store::{PAGE_BYTES, PageStore, StoreError, StoreStats, StoredKind};
+use crate::table::{MapError, Mapper, PageSize, TableAlloc, TableMemory, Tables};
+use alloc::collections::{BTreeMap, BTreeSet};
+
+/// Pages unmapped under one TLB flush.
+pub const BATCH_PAGES: usize = 64;
+
+/// How the reclaimer reaches host frames. The kernel implements it over
+/// its frame allocator and its map of physical memory.
+pub trait GuestFrames {
+    /// A free 4 KiB frame for a page coming back, or `None` when memory is
+    /// exhausted (the VM is then paused: see the kernel's overcommit docs).
+    fn alloc_frame(&mut self) -> Option<HostPhysAddr>;
+    /// Takes back a 4 KiB frame (possibly part of a huge frame) no
+    /// translation reaches any more.
+    fn free_frame(&mut self, frame: HostPhysAddr);
+    /// Copies the frame out.
+    fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]);
+    /// Fills the frame.
+    fn write_frame(&mut self, frame: HostPhysAddr, data: &[u8; PAGE_BYTES]);
+}
+
+/// Where a guest page is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageState {
+    /// Mapped (or never touched): not the reclaimer's business.
+    Resident,
+    /// Unmapped, its frame not yet inspected (only seen under the lock
+    /// when keeping the page failed).
+    InFlight,
+    /// Reclaimed, known to be all zeros.
+    Zero,
+    /// Reclaimed, kept compressed.
+    Compressed,
+    /// Reclaimed, kept uncompressed (it did not compress well).
+    Stored,
+}
+
+/// What to reclaim toward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReclaimTarget {
+    /// Reclaim coldest pages first until at most this many 4 KiB pages are
+    /// resident (pages young in the current pass are never taken).
+    ResidentLimit {
+        /// Resident pages allowed.
+        pages: u64,
+    },
+    /// Reclaim everything colder than this.
+    ColderThan(ColdAfter),
+    /// Reclaim everything colder than the feedback loop's threshold.
+    Adaptive,
+}
+
+/// Settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReclaimConfig {
+    /// Keep a restored page's store entry as a clean copy (see the module
+    /// docs), trading store bytes for cheap re-reclaim.
+    pub keep_clean_copies: bool,
+    /// The refault feedback loop.
+    pub feedback: FeedbackConfig,
+}
+
+impl Default for ReclaimConfig {
+    fn default() -> Self {
+        ReclaimConfig {
+            keep_clean_copies: true,
+            feedback: FeedbackConfig::default(),
+        }
+    }
+}
+
+/// Counters of one VM's reclaimer (totals since it started, except where
+/// said).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimStats {
+    /// Pages reclaimed now (not resident, kept in the store).
+    pub reclaimed_pages: u64,
+    /// Pages ever reclaimed.
+    pub reclaimed_total: u64,
+    /// Frames given back to the host.
+    pub frames_freed: u64,
+    /// Frames taken for fault-ins.
+    pub frames_taken: u64,
+    /// Pages found accessed at unmap time and mapped back.
+    pub rescued: u64,
+    /// Pages dropped unread because D was clear and a clean copy existed.
+    pub clean_drops: u64,
+    /// Reclaimed pages brought back by a fault.
+    pub refaults: u64,
+    /// Huge leaves split before reclaim.
+    pub huge_splits: u64,
+    /// Pages kept resident because the store had no memory.
+    pub store_full: u64,
+    /// TLB flushes asked for.
+    pub flushes: u64,
+}
+
+/// What one call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Candidates looked at.
+    pub candidates: u64,
+    /// Pages reclaimed.
+    pub reclaimed: u64,
+    /// Of those, zero pages.
+    pub zero: u64,
+    /// Of those, compressed.
+    pub compressed: u64,
+    /// Of those, stored raw.
+    pub raw: u64,
+    /// Pages rescued (accessed since the last pass).
+    pub rescued: u64,
+    /// Candidates not mapped (nothing to do).
+    pub not_mapped: u64,
+}
+
+impl BatchStats {
+    fn add(&mut self, o: BatchStats) {
+        self.candidates += o.candidates;
+        self.reclaimed += o.reclaimed;
+        self.zero += o.zero;
+        self.compressed += o.compressed;
+        self.raw += o.raw;
+        self.rescued += o.rescued;
+        self.not_mapped += o.not_mapped;
+    }
+}
+
+/// What a fault-in did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultIn {
+    /// The page was never reclaimed: the caller's first-touch path applies.
+    NotReclaimed,
+    /// The page is back (mapped 4 KiB); retry the access.
+    Restored(PageState),
+}
+
+/// Why a fault-in failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultError {
+    /// No free frame: the VM must wait for memory (overcommit).
+    NoFrame,
+    /// The store lost or corrupted the page: the VM cannot continue
+    /// correctly and must be stopped with this error.
+    Store(StoreError),
+    /// Mapping the restored page failed (table pages exhausted).
+    Map(MapError),
+}
+
+impl core::fmt::Display for FaultError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FaultError::NoFrame => write!(f, "no free host frame to bring the page back"),
+            FaultError::Store(e) => write!(f, "{e}"),
+            FaultError::Map(e) => write!(f, "mapping the restored page failed: {e:?}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    perms: Perms,
+    /// The generation the page was last young in, when reclaimed.
+    young_seq: u64,
+    /// The pass during which it was reclaimed.
+    reclaimed_seq: u64,
+    /// The frame still holding the contents (in flight), if any.
+    frame: Option<HostPhysAddr>,
+    kind: Option<StoredKind>,
+}
+
+/// One VM's reclaimer. See the module docs.
+#[derive(Debug)]
+pub struct Reclaimer {
+    config: ReclaimConfig,
+    records: BTreeMap<u64, Record>,
+    clean_copies: BTreeSet<u64>,
+    store: PageStore,
+    feedback: Feedback,
+    stats: ReclaimStats,
+}
+
+fn state_of(kind: StoredKind) -> PageState {
+    match kind {
+        StoredKind::Zero => PageState::Zero,
+        StoredKind::Compressed => PageState::Compressed,
+        StoredKind::Raw => PageState::Stored,
+    }
+}
+
+impl Reclaimer {
+    /// A reclaimer with nothing reclaimed, at `now_ms`.
+    pub fn new(config: ReclaimConfig, now_ms: u64) -> Self {
+        Reclaimer {
+            config,
+            records: BTreeMap::new(),
+            clean_copies: BTreeSet::new(),
+            store: PageStore::new(),
+            feedback: Feedback::new(config.feedback, now_ms),
+            stats: ReclaimStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReclaimStats {
+        self.stats
+    }
+
+    /// What the store holds (reclaimed pages and clean copies).
+    pub fn store_stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    /// Resident pages with a clean copy in the store.
+    pub fn clean_copies(&self) -> u64 {
+        self.clean_copies.len() as u64
+    }
+
+    /// The feedback loop.
+    pub fn feedback(&self) -> &Feedback {
+        &self.feedback
+    }
+
+    /// The feedback loop, to end a pass with ([`Feedback::end_pass`]).
+    pub fn feedback_mut(&mut self) -> &mut Feedback {
+        &mut self.feedback
+    }
+
+    /// Where the page holding `gpa` is.
+    pub fn state(&self, gpa: GuestPhysAddr) -> PageState {
+        match self.records.get(&gpa.page_number()) {
+            None => PageState::Resident,
+            Some(Record { frame: Some(_), .. }) => PageState::InFlight,
+            Some(Record { kind: Some(k), .. }) => state_of(*k),
+            Some(_) => PageState::InFlight,
+        }
+    }
+
+    /// Damages the stored copy of the page holding `gpa`: fault injection
+    /// for tests of the corrupt-store path.
+    #[doc(hidden)]
+    pub fn corrupt_for_test(&mut self, gpa: GuestPhysAddr) -> bool {
+        self.store.corrupt_for_test(gpa.page_number())
+    }
+
+    /// Drops every clean copy (memory pressure): their pages stay resident
+    /// and are compressed again if reclaimed. Returns how many went.
+    pub fn drop_clean_copies(&mut self) -> u64 {
+        let n = self.clean_copies.len() as u64;
+        while let Some(gfn) = self.clean_copies.pop_first() {
+            self.store.remove(gfn);
+        }
+        n
+    }
+
+    /// Reclaims the 4 KiB pages at `gpas` (page-aligned guest-physical
+    /// addresses), in batches of [`BATCH_PAGES`] under one flush each, in
+    /// the order of the module docs. The caller holds the VM's writer lock.
+    pub fn reclaim_pages<F, M, A, G, T, S>(
+        &mut self,
+        tables: &Tables<F, M>,
+        mapper: &mut Mapper<A>,
+        frames: &mut G,
+        flush: &mut T,
+        gens: &mut Generations<S>,
+        gpas: &[u64],
+    ) -> BatchStats
+    where
+        F: EntryFormat,
+        M: TableMemory,
+        A: TableAlloc,
+        G: GuestFrames,
+        T: TlbFlush,
+        S: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let mut total = BatchStats::default();
+        for chunk in gpas.chunks(BATCH_PAGES) {
+            total.add(self.reclaim_batch(tables, mapper, frames, flush, gens, chunk));
+        }
+        total
+    }
+
+    fn reclaim_batch<F, M, A, G, T, S>(
+        &mut self,
+        tables: &Tables<F, M>,
+        mapper: &mut Mapper<A>,
+        frames: &mut G,
+        flush: &mut T,
+        gens: &mut Generations<S>,
+        gpas: &[u64],
+    ) -> BatchStats
+    where
+        F: EntryFormat,
+        M: TableMemory,
+        A: TableAlloc,
+        G: GuestFrames,
+        T: TlbFlush,
+        S: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let mut b = BatchStats::default();
+        // (gfn, frame, exchanged entry) of the pages now in flight.
+        let mut in_flight: [(u64, HostPhysAddr, u64); BATCH_PAGES] =
+            [(0, HostPhysAddr::new(0), 0); BATCH_PAGES];
+        let mut n = 0;
+        for &gpa in gpas.iter().take(BATCH_PAGES) {
+            b.candidates += 1;
+            let gpa = gpa & !0xfff;
+            let gfn = gpa / 4096;
+            if self.records.contains_key(&gfn) {
+                continue;
+            }
+            // Split huge leaves down to 4 KiB first.
+            while let Some(t) = tables.translate(GuestPhysAddr::new(gpa)) {
+                if t.level == 1
+                    || mapper
+                        .split(tables, GuestPhysAddr::new(gpa), t.level)
+                        .is_err()
+                {
+                    break;
+                }
+                self.stats.huge_splits += 1;
+            }
+            if tables
+                .translate(GuestPhysAddr::new(gpa))
+                .is_none_or(|t| t.level != 1)
+            {
+                b.not_mapped += 1;
+                gens.note_unmapped(GuestPhysAddr::new(gpa), 4096);
+                continue;
+            }
+            // Step 1: the one atomic exchange (swap to non-present).
+            let mut old = None;
+            if mapper
+                .unmap(tables, GuestPhysAddr::new(gpa), 4096, |_, _, e| {
+                    old = Some(e)
+                })
+                .is_err()
+            {
+                continue;
+            }
+            let Some(old) = old.filter(|&e| F::is_present(e)) else {
+                b.not_mapped += 1;
+                continue;
+            };
+            let frame = F::addr(old);
+            let perms = F::perms(old);
+            if old & F::DIRTY != 0 && self.clean_copies.remove(&gfn) {
+                self.store.remove(gfn);
+            }
+            if old & F::ACCESSED != 0
+                && mapper
+                    .map(
+                        tables,
+                        GuestPhysAddr::new(gpa),
+                        frame,
+                        4096,
+                        perms,
+                        PageSize::Size4K,
+                    )
+                    .is_ok()
+            {
+                // Accessed since the last pass: not cold. Same frame, so a
+                // stale translation still points at the right bytes.
+                b.rescued += 1;
+                self.stats.rescued += 1;
+                gens.stamp(gpa, 4096);
+                continue;
+            }
+            let young_seq = gens
+                .seq_of(GuestPhysAddr::new(gpa))
+                .unwrap_or(gens.max_seq());
+            gens.note_unmapped(GuestPhysAddr::new(gpa), 4096);
+            self.records.insert(
+                gfn,
+                Record {
+                    perms,
+                    young_seq,
+                    reclaimed_seq: gens.max_seq(),
+                    frame: Some(frame),
+                    kind: None,
+                },
+            );
+            in_flight[n] = (gfn, frame, old);
+            n += 1;
+        }
+        if n == 0 {
+            return b;
+        }
+        // Step 2: one flush for the whole batch.
+        flush.flush_guest_tlb();
+        self.stats.flushes += 1;
+        mapper.tlb_flushed(tables);
+        // Step 3: only now look at the frames.
+        let mut page = [0u8; PAGE_BYTES];
+        for &(gfn, frame, old) in &in_flight[..n] {
+            let clean = old & F::DIRTY == 0 && self.clean_copies.remove(&gfn);
+            let kind = if clean {
+                self.stats.clean_drops += 1;
+                self.store.kind(gfn)
+            } else {
+                frames.read_frame(frame, &mut page);
+                self.store.put(gfn, &page).ok()
+            };
+            let Some(kind) = kind else {
+                // The store is full: put the frame back (its contents are
+                // intact: nobody can have written it since the flush).
+                self.stats.store_full += 1;
+                self.restore_in_flight(tables, mapper, gens, gfn);
+                continue;
+            };
+            frames.free_frame(frame);
+            self.stats.frames_freed += 1;
+            self.stats.reclaimed_pages += 1;
+            self.stats.reclaimed_total += 1;
+            b.reclaimed += 1;
+            match kind {
+                StoredKind::Zero => b.zero += 1,
+                StoredKind::Compressed => b.compressed += 1,
+                StoredKind::Raw => b.raw += 1,
+            }
+            if let Some(r) = self.records.get_mut(&gfn) {
+                r.frame = None;
+                r.kind = Some(kind);
+            }
+        }
+        b
+    }
+
+    /// Maps an in-flight page's own frame back (nothing was copied).
+    fn restore_in_flight<F, M, A, S>(
+        &mut self,
+        tables: &Tables<F, M>,
+        mapper: &mut Mapper<A>,
+        gens: &mut Generations<S>,
+        gfn: u64,
+    ) -> bool
+    where
+        F: EntryFormat,
+        M: TableMemory,
+        A: TableAlloc,
+        S: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let Some(&Record {
+            perms,
+            frame: Some(frame),
+            ..
+        }) = self.records.get(&gfn)
+        else {
+            return false;
+        };
+        let gpa = GuestPhysAddr::new(gfn * 4096);
+        if mapper
+            .map(tables, gpa, frame, 4096, perms, PageSize::Size4K)
+            .is_err()
+        {
+            // Stays in flight; the fault path retries the mapping.
+            return false;
+        }
+        self.records.remove(&gfn);
+        gens.note_mapped(gpa, 4096);
+        true
+    }
+
+    /// Picks cold pages coldest first from `gens` and reclaims them toward
+    /// `target`, at most `max_pages` of them.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the reclaimer's collaborators, all needed"
+    )]
+    pub fn reclaim_toward<F, M, A, G, T, S>(
+        &mut self,
+        tables: &Tables<F, M>,
+        mapper: &mut Mapper<A>,
+        frames: &mut G,
+        flush: &mut T,
+        gens: &mut Generations<S>,
+        target: ReclaimTarget,
+        now_ms: u64,
+        max_pages: u64,
+    ) -> BatchStats
+    where
+        F: EntryFormat,
+        M: TableMemory,
+        A: TableAlloc,
+        G: GuestFrames,
+        T: TlbFlush,
+        S: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let mut total = BatchStats::default();
+        let after = match target {
+            ReclaimTarget::ResidentLimit { .. } => ColdAfter::Gens(1),
+            ReclaimTarget::ColderThan(a) => a,
+            ReclaimTarget::Adaptive => ColdAfter::Gens(self.feedback.threshold_gens()),
+        };
+        let mut batch = [0u64; BATCH_PAGES];
+        loop {
+            let resident: u64 = gens.histogram(now_ms).map(|b| b.pages).sum();
+            let want = match target {
+                ReclaimTarget::ResidentLimit { pages } => resident.saturating_sub(pages),
+                _ => u64::MAX,
+            }
+            .min(max_pages.saturating_sub(total.reclaimed));
+            if want == 0 {
+                break;
+            }
+            let cap = usize::try_from(want)
+                .unwrap_or(BATCH_PAGES)
+                .min(BATCH_PAGES);
+            let mut n = 0;
+            'fill: for run in gens.coldest(after, now_ms) {
+                for i in 0..run.pages {
+                    if n == cap {
+                        break 'fill;
+                    }
+                    batch[n] = run.gpa.as_u64() + i * 4096;
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            let b = self.reclaim_batch(tables, mapper, frames, flush, gens, &batch[..n]);
+            total.add(b);
+            if b.reclaimed == 0 && b.rescued == 0 && b.not_mapped == 0 {
+                break; // no progress possible (store full, or all in flight)
+            }
+        }
+        total
+    }
+
+    /// Brings back a reclaimed page on a nested page fault at `gpa`: a frame
+    /// is taken, filled (zeros, decompressed or copied) and only then mapped
+    /// (4 KiB, the page's old rights), so the guest never sees a partly
+    /// filled page. The caller holds the VM's writer lock.
+    pub fn fault_in<F, M, A, G, S>(
+        &mut self,
+        tables: &Tables<F, M>,
+        mapper: &mut Mapper<A>,
+        frames: &mut G,
+        gens: &mut Generations<S>,
+        gpa: GuestPhysAddr,
+        now_ms: u64,
+    ) -> Result<FaultIn, FaultError>
+    where
+        F: EntryFormat,
+        M: TableMemory,
+        A: TableAlloc,
+        G: GuestFrames,
+        S: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let gfn = gpa.page_number();
+        let Some(&rec) = self.records.get(&gfn) else {
+            return Ok(FaultIn::NotReclaimed);
+        };
+        let page_gpa = GuestPhysAddr::new(gfn * 4096);
+        if rec.frame.is_some() {
+            return if self.restore_in_flight(tables, mapper, gens, gfn) {
+                Ok(FaultIn::Restored(PageState::InFlight))
+            } else {
+                Err(FaultError::Map(MapError::OutOfMemory))
+            };
+        }
+        let frame = frames.alloc_frame().ok_or(FaultError::NoFrame)?;
+        let mut page = [0u8; PAGE_BYTES];
+        let kind = match self.store.get(gfn, &mut page) {
+            Ok(k) => k,
+            Err(e) => {
+                frames.free_frame(frame);
+                return Err(FaultError::Store(e));
+            }
+        };
+        frames.write_frame(frame, &page);
+        if let Err(e) = mapper.map(tables, page_gpa, frame, 4096, rec.perms, PageSize::Size4K) {
+            frames.free_frame(frame);
+            return Err(FaultError::Map(e));
+        }
+        self.records.remove(&gfn);
+        if self.config.keep_clean_copies {
+            self.clean_copies.insert(gfn);
+        } else {
+            self.store.remove(gfn);
+        }
+        self.stats.frames_taken += 1;
+        self.stats.refaults += 1;
+        self.stats.reclaimed_pages -= 1;
+        let max = gens.max_seq();
+        self.feedback.refault(
+            now_ms,
+            max.saturating_sub(rec.reclaimed_seq),
+            max.saturating_sub(rec.young_seq),
+        );
+        gens.note_mapped(page_gpa, 4096);
+        Ok(FaultIn::Restored(state_of(kind)))
+    }
+}

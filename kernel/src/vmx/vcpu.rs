@@ -119,6 +119,8 @@ const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
 #[derive(Debug)]
 pub struct VmxVcpu {
     vmcs: Vmcs,
+    /// The CPU that created it: the VMCS holds that CPU's host state.
+    cpu: usize,
     eptp: u64,
     regs: GuestRegs,
     launched: bool,
@@ -281,6 +283,7 @@ impl VmxVcpu {
         w(field::GUEST_SYSENTER_EIP, 0)?;
         Ok(Self {
             vmcs,
+            cpu: crate::smp::cpu_index(),
             eptp,
             regs: boot_regs,
             launched: false,
@@ -296,7 +299,8 @@ impl VmxVcpu {
     }
 
     /// Makes this vCPU's VMCS current, for negative tests that spoil guest
-    /// state on purpose with `super::write`.
+    /// state on purpose with `super::write` (single-threaded tests only:
+    /// another vCPU on this CPU may load its own VMCS at any time).
     pub fn load(&self) -> Result<(), VmxError> {
         self.vmcs
             .load()
@@ -400,10 +404,23 @@ fn from_gprs(g: &Gprs, r: &mut GuestRegs) {
     r.r15 = g.r15;
 }
 
+/// Runs `f` with interrupts off: between a VMPTRLD and the last VMREAD or
+/// VMWRITE that relies on it, no other thread may run on this CPU and load
+/// another VMCS. A host interrupt that arrives while the guest runs exits
+/// it (external-interrupt exiting) and is taken when `f` returns.
+fn with_vmcs<R>(f: impl FnOnce() -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(f)
+}
+
 impl VirtCpu for VmxVcpu {
     fn run(&mut self) -> Result<VmExit, EntryError> {
         self.next_rip = None;
-        self.enter_once()
+        if crate::smp::cpu_index() != self.cpu {
+            return Err(EntryError::Setup(
+                "a VMX vCPU runs only on the CPU that created it (its VMCS holds that CPU's host state)",
+            ));
+        }
+        with_vmcs(|| self.enter_once())
     }
 
     fn regs(&mut self) -> &mut GuestRegs {
@@ -411,15 +428,17 @@ impl VirtCpu for VmxVcpu {
     }
 
     fn paging(&self) -> GuestPaging {
-        // A failed load leaves zeros, which the guest walker refuses.
-        let _ = self.vmcs.load();
-        let r = |f| super::read(f).unwrap_or(0);
-        GuestPaging {
-            cr0: r(field::GUEST_CR0),
-            cr3: r(field::GUEST_CR3),
-            cr4: r(field::GUEST_CR4),
-            efer: super::read(field::GUEST_IA32_EFER).unwrap_or(BOOT_CPU_STATE.efer),
-        }
+        with_vmcs(|| {
+            // A failed load leaves zeros, which the guest walker refuses.
+            let _ = self.vmcs.load();
+            let r = |f| super::read(f).unwrap_or(0);
+            GuestPaging {
+                cr0: r(field::GUEST_CR0),
+                cr3: r(field::GUEST_CR3),
+                cr4: r(field::GUEST_CR4),
+                efer: super::read(field::GUEST_IA32_EFER).unwrap_or(BOOT_CPU_STATE.efer),
+            }
+        })
     }
 
     fn next_rip(&self) -> Option<u64> {
@@ -429,10 +448,12 @@ impl VirtCpu for VmxVcpu {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         self.reinject = None;
         let info = vmx::inject_exception_info(vector, error_code.is_some());
-        // A failure here surfaces as a refused entry on the next run.
-        let _ = self.vmcs.load();
-        let _ = super::write(field::ENTRY_INTERRUPTION_INFO, info);
-        let _ = super::write(field::ENTRY_EXCEPTION_ERROR_CODE, error_code.unwrap_or(0));
+        with_vmcs(|| {
+            // A failure here surfaces as a refused entry on the next run.
+            let _ = self.vmcs.load();
+            let _ = super::write(field::ENTRY_INTERRUPTION_INFO, info);
+            let _ = super::write(field::ENTRY_EXCEPTION_ERROR_CODE, error_code.unwrap_or(0));
+        });
     }
 
     fn flush_tlb_on_entry(&mut self) {
@@ -440,8 +461,10 @@ impl VirtCpu for VmxVcpu {
     }
 
     fn guest_efer(&self) -> u64 {
-        let _ = self.vmcs.load();
-        super::read(field::GUEST_IA32_EFER).unwrap_or(BOOT_CPU_STATE.efer)
+        with_vmcs(|| {
+            let _ = self.vmcs.load();
+            super::read(field::GUEST_IA32_EFER).unwrap_or(BOOT_CPU_STATE.efer)
+        })
     }
 
     fn set_guest_efer(&mut self, value: u64) -> bool {
@@ -451,6 +474,8 @@ impl VirtCpu for VmxVcpu {
         if (value ^ now) & !CHANGEABLE != 0 || value & EFER_LME_LMA != EFER_LME_LMA {
             return false;
         }
-        super::write(field::GUEST_IA32_EFER, value).is_ok()
+        with_vmcs(|| {
+            self.vmcs.load().is_ok() && super::write(field::GUEST_IA32_EFER, value).is_ok()
+        })
     }
 }

@@ -12,9 +12,12 @@
 //! - are woken from another CPU by pushing them onto their CPU's queue and
 //!   sending that CPU a reschedule IPI ([`RESCHED_VECTOR`]).
 //!
-//! Each CPU's boot context becomes its idle thread: it halts until an
-//! interrupt when nothing is ready (spins in cooperative mode, where no
-//! interrupt would come).
+//! An AP's boot context becomes its idle thread; the boot CPU's becomes the
+//! thread `boot` and the CPU gets a separate idle thread. Idle threads halt
+//! until an interrupt when nothing is ready (spin in cooperative mode, where
+//! no interrupt would come). A canary at the bottom of every thread stack is
+//! checked at each switch away from the thread: an overflow panics, naming
+//! the thread.
 //!
 //! Context switch: [`switch_stacks`] saves the callee-saved registers on the
 //! old stack, stores its stack pointer in the old thread, and loads the new
@@ -43,6 +46,8 @@ use x86_64::instructions::interrupts;
 pub const RESCHED_VECTOR: u8 = 0xF0;
 /// Stack size of a spawned thread.
 pub const STACK_BYTES: usize = 64 * 1024;
+/// Written at the bottom of every thread stack; found changed = overflow.
+const STACK_CANARY: u64 = 0x57AC_CA4A_2D0F_F10E;
 
 const READY: u8 = 0;
 const RUNNING: u8 = 1;
@@ -64,6 +69,8 @@ pub struct Thread {
     /// The thread's stack (None for a CPU's boot context); kept alive, never
     /// read, until the thread is dropped.
     _stack: Option<Box<[u8]>>,
+    /// Address of the canary word at the bottom of `_stack` (0: none).
+    canary_at: u64,
     entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     done: AtomicBool,
     joiner: IrqSpinLock<Option<Arc<Thread>>>,
@@ -208,6 +215,7 @@ pub fn init_this_cpu(becomes_idle: bool) {
         token: AtomicBool::new(false),
         rsp: UnsafeCell::new(0),
         _stack: None,
+        canary_at: 0,
         entry: UnsafeCell::new(None),
         done: AtomicBool::new(false),
         joiner: IrqSpinLock::new(None),
@@ -299,6 +307,12 @@ pub fn spawn_on(cpu: usize, name: &'static str, f: impl FnOnce() + Send + 'stati
 /// A thread whose first switch-in enters `thread_start` and runs `entry`.
 fn new_thread(id: u64, name: &'static str, cpu: usize, entry: Box<dyn FnOnce() + Send>) -> Thread {
     let mut stack = alloc::vec![0u8; STACK_BYTES].into_boxed_slice();
+    // A thread that overflows its stack runs into this word first; the
+    // scheduler checks it at every switch away from the thread.
+    let canary_at = (stack.as_mut_ptr() as u64).next_multiple_of(8);
+    // SAFETY: the word lies inside the new stack, which nothing else
+    // references, and is 8-byte aligned.
+    unsafe { (canary_at as *mut u64).write(STACK_CANARY) };
     // Initial frame, popped by `switch_stacks`: r15 r14 r13 r12 rbx rbp, then
     // the return address `thread_trampoline`. After that `ret` the stack
     // pointer is `top` (16-byte aligned), so the trampoline's `call` enters
@@ -319,6 +333,7 @@ fn new_thread(id: u64, name: &'static str, cpu: usize, entry: Box<dyn FnOnce() +
         state: AtomicU8::new(READY),
         token: AtomicBool::new(false),
         rsp: UnsafeCell::new(frame_at),
+        canary_at,
         _stack: Some(stack),
         entry: UnsafeCell::new(Some(entry)),
         done: AtomicBool::new(false),
@@ -400,6 +415,16 @@ fn schedule(reason: Reason) {
     };
     let idle = rq.idle.clone().unwrap_or_else(|| prev.clone());
     let prev_is_idle = Arc::ptr_eq(&prev, &idle);
+    if prev.canary_at != 0 {
+        // SAFETY: `canary_at` is inside `prev`'s stack, which `prev` (alive:
+        // it is current) owns.
+        let canary = unsafe { (prev.canary_at as *const u64).read_volatile() };
+        if canary != STACK_CANARY {
+            let (name, id, cpu) = (prev.name, prev.id, prev.cpu);
+            drop(rq);
+            panic!("thread {name} (id {id}, cpu{cpu}) overflowed its {STACK_BYTES}-byte stack");
+        }
+    }
     match reason {
         Reason::Yield | Reason::Preempt => {
             if rq.ready.is_empty() {

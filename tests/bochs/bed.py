@@ -13,7 +13,8 @@ Commands (all idempotent; `run` and `selftest` set the bed up first):
   bed.py setup                      venv + pinned wheel, preload.so, layout tool
   bed.py run --kernel ELF [...]     run one kernel, judge its console
   bed.py selftest                   build and run tests/bochs/selftest
-  bed.py suite --elf-dir DIR        selftest, then the bed's scenarios from DIR
+  bed.py suite --elf-dir DIR        unit tests (test_bed.py), selftest, then the
+                                    bed's scenarios from DIR
                                     (the kernel's target/x86_64-unknown-none/<profile>)
   bed.py emulate --kernel ELF       no judge: behave like QEMU with -serial stdio
                                     and isa-debug-exit (console on stdout, exit
@@ -979,8 +980,14 @@ def suite(elf_dir: Path, timeout_s: float, tool: Path) -> bool:
     if missing:
         print(f"bochs suite: missing kernels in {elf_dir}: {', '.join(missing)}")
         return False
-    results = [("selftest", judge(selftest_kernel(), "selftest", timeout_s, 128, tool, True,
-                                  scenario=False))]
+    unit = subprocess.run([sys.executable, str(HERE / "test_bed.py")], capture_output=True,
+                          text=True)
+    if unit.returncode != 0:
+        print(unit.stdout + unit.stderr)
+    print(f"bochs unit tests: {'pass' if unit.returncode == 0 else 'fail'}", flush=True)
+    results = [("unit tests", unit.returncode == 0)]
+    results.append(("selftest", judge(selftest_kernel(), "selftest", timeout_s, 128, tool, True,
+                                      scenario=False)))
     for name in names:
         results.append((name, judge(elf_dir / name, name, timeout_s, 256, tool, True)))
     failed = [n for n, ok in results if not ok]

@@ -133,6 +133,9 @@ pub struct PassStats {
     pub subtrees_skipped: u64,
     /// 8-entry leaf lines skipped without a young entry.
     pub leaf_lines_skipped: u64,
+    /// Leaf entries read (the pages the pass looked at; the rest of the
+    /// guest was skipped with its parent's A bit clear).
+    pub leaf_entries_read: u64,
     /// Entries that changed under the pass and were handled again.
     pub raced: u64,
     /// Whether the pass cleared something, so translations must be flushed.
@@ -262,9 +265,11 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
     while let Some(item) = walk.next_batch() {
         match item {
             Batch::Entry(e) => {
+                stats.leaf_entries_read += u64::from(e.level == 1);
                 age_entry::<F>(walk.slot(), e.gpa, e.level, e.old, &mut stats, &mut young);
             }
             Batch::Leaves(run) => {
+                stats.leaf_entries_read += run.slots.len() as u64;
                 let skipped =
                     run.for_each_line(|line| age_line::<F>(&line, &mut stats, &mut young));
                 stats.leaf_lines_skipped += skipped;

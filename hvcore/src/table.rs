@@ -3,7 +3,7 @@
 //! * [`TableMemory`]: how the core reaches a table page from its host
 //!   physical address. The kernel implements it over its map of physical
 //!   memory (the only `unsafe` involved lives there); host tests and
-//!   benchmarks use [`crate::arena::HostArena`].
+//!   benchmarks use `arena::HostArena` (feature `std`).
 //! * [`TableAlloc`]: where table pages come from and go back to (the
 //!   kernel's frame allocator).
 //! * [`Table`]: the layout of one 4 KiB table page, with compile-time checks.

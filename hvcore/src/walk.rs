@@ -3,8 +3,8 @@
 //!
 //! Modelled on Linux KVM's `tdp_iter` (`arch/x86/kvm/mmu/tdp_iter.c`): the
 //! iterator sits on one entry at a time and moves with three small steps,
-//! [`Walk::try_step_down`], [`Walk::try_step_side`] and
-//! [`Walk::try_step_up`]. For each entry it yields a *snapshot* (`old`), the
+//! `try_step_down`, `try_step_side` and
+//! `try_step_up`. For each entry it yields a *snapshot* (`old`), the
 //! value it read; handlers decide from the snapshot and change the entry only
 //! with atomic operations that check or preserve it (see [`crate::age`]).
 //! Before stepping down into the table an entry points to, the entry is

@@ -64,6 +64,11 @@ fn young_pages_exactly<F: EntryFormat>() {
         panic!("no access since the last pass")
     });
     assert_eq!((idle.young_pages, idle.tables_entered), (0, 0));
+    assert_eq!(idle.leaf_entries_read, 0, "every leaf table skipped");
+    assert!(
+        stats.leaf_entries_read <= 4 * 512,
+        "only the four touched 2 MiB regions were read: {stats:?}"
+    );
     assert!(!test_young(&tables, 0, GUEST));
     assert!(cpu.access(&tables, 77 * 4096, false));
     assert!(test_young(&tables, 0, GUEST));

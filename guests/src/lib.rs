@@ -198,6 +198,24 @@ pub fn write_u64(gpa: u64, v: u64) {
     unsafe { core::ptr::write_volatile(gpa as *mut u64, v) }
 }
 
+/// Guests have no heap. `hvcore` (shared for the ABI constants) links the
+/// `alloc` crate for the hypervisor's page store, which makes every binary
+/// that uses it name a global allocator; this one refuses every request, so
+/// an allocation in a guest fails loudly instead of corrupting memory.
+struct NoHeap;
+
+// SAFETY: returning null is always a valid answer of `alloc` (it reports
+// exhaustion); `dealloc` is never reached because nothing is ever allocated.
+unsafe impl core::alloc::GlobalAlloc for NoHeap {
+    unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
+}
+
+#[global_allocator]
+static NO_HEAP: NoHeap = NoHeap;
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("guest panic: {info}");

@@ -427,7 +427,8 @@ mod tests {
     #[test]
     fn entry_checks_name_the_bad_field() {
         assert_eq!(entry_state_problem(&good_entry()), None);
-        let cases: [(fn(&mut EntryState), &str); 8] = [
+        type Spoiler = fn(&mut EntryState);
+        let cases: [(Spoiler, &str); 8] = [
             (|s| s.efer &= !EFER_SVME, "SVME"),
             (|s| s.efer |= 1 << 3, "reserved EFER"),
             (|s| s.cr0 = (s.cr0 & !CR0_CD) | CR0_NW, "CR0.NW"),

@@ -194,7 +194,7 @@ fn ad_hook(vm: &Vm<Npt>, e: &GuestEvent) {
             .for_each_leaf(0, Npt::space_size(), |gpa, _, entry| {
                 let accessed = entry & Npt::ACCESSED != 0;
                 let in_report = gpa >= first_pfn * 4096 && gpa < (first_pfn + page_count) * 4096;
-                if accessed && !in_report && (gpa < 4096 || gpa >= layout::DATA_START_GPA) {
+                if accessed && !in_report && !(4096..layout::DATA_START_GPA).contains(&gpa) {
                     wrong += 1;
                 }
             });
@@ -241,7 +241,8 @@ fn isolation() {
 fn bad_vmcb_refused() {
     Svm::enable_on_this_cpu().expect("SVM");
     let vm = Vm::<Npt>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
-    let spoilers: [(&str, fn(&mut SvmVcpu)); 3] = [
+    type Spoiler = fn(&mut SvmVcpu);
+    let spoilers: [(&str, Spoiler); 3] = [
         ("SVME", |v| {
             let efer = v.vmcb_mut().get(vmcb::EFER);
             v.vmcb_mut().set(vmcb::EFER, efer & !hvcore::svm::EFER_SVME);

@@ -7,14 +7,15 @@
 //! without a timer can run is survived as `docs/guests.md` promises; a VMCS
 //! with bad guest state is refused with the reason named.
 //!
-//! Not here, because the bed has no time source and one CPU: the `pattern`
-//! guest (its intervals are measured in host time, which does not advance)
-//! and `evil` scenario 7 (an endless loop needs a timer to preempt it).
+//! The `pattern` guest checks exact EPT A/D per interval, with the A/D
+//! flags cleared and INVEPT between intervals (its host time is the kernel's
+//! virtual clock here: the TSC is frozen). Not here: `evil` scenario 7 (an
+//! endless loop needs a timer to preempt it; the bed has none).
 #![no_std]
 #![no_main]
 
 use bootloader_api::{BootInfo, entry_point};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::addr::GuestPhysAddr;
 use hvcore::cpu_features::Backend;
 use hvcore::ept::Ept;
@@ -23,7 +24,9 @@ use hvcore::guest_layout as layout;
 use hvcore::pte::EntryFormat;
 use hvcore::vmx::field;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, EntryError, Extension, StopReason, VirtCpu, Vm, VmConfig, images};
+use kernel::vm::{
+    self, EntryError, Extension, GuestEvent, StopReason, VirtCpu, Vm, VmConfig, images,
+};
 use kernel::vmx::vcpu::Vmx;
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -53,8 +56,12 @@ static SCENARIO: Scenario = Scenario {
             run: fault_in_2m,
         },
         TestCase {
-            name: "ept_ad_bits_match_the_pages_touched",
+            name: "ept_ad_bits_after_checksum",
             run: ad_bits,
+        },
+        TestCase {
+            name: "ept_ad_bits_match_the_pages_pattern_touched",
+            run: ad_exact,
         },
         TestCase {
             name: "no_gpa_reaches_a_foreign_frame",
@@ -170,6 +177,73 @@ fn ad_bits() {
         });
     kernel::println!("EPT A/D: {data} data leaves, {wrong} wrong");
     assert_eq!(data, data_pages(ram));
+    assert_eq!(wrong, 0);
+}
+
+/// Intervals compared by [`ad_hook`], and pages whose A/D disagreed.
+static AD_INTERVALS: AtomicU64 = AtomicU64::new(0);
+static AD_WRONG: AtomicU64 = AtomicU64::new(0);
+
+/// At each `REPORT_TOUCHED` (the guest waits in the exit): the EPT A and D
+/// flags of the data region must be set on exactly the pages the guest says
+/// it touched (it writes every page it touches), and nothing outside RAM may
+/// be accessed. Then clear them all; the VM asks for a TLB flush after the
+/// hook, which the VMX vCPU turns into INVEPT single-context, so the next
+/// interval's accesses set them again.
+fn ad_hook(vm: &Vm<Ept>, e: &GuestEvent) {
+    let GuestEvent::Touched {
+        interval,
+        first_pfn,
+        page_count,
+        bitmap,
+    } = e
+    else {
+        return;
+    };
+    // Interval 0 began before any clear: only later ones are exact.
+    if *interval > 0 {
+        let mut wrong = 0u64;
+        for i in 0..*page_count {
+            let touched = bitmap[(i / 64) as usize] & (1 << (i % 64)) != 0;
+            let gpa = GuestPhysAddr::new((first_pfn + i) * 4096);
+            let (a, d) = vm.memory.accessed_dirty(gpa).unwrap_or((false, false));
+            if (a, d) != (touched, touched) {
+                if wrong < 4 {
+                    kernel::println!(
+                        "A/D mismatch: interval {interval} GPA {:#x}: touched {touched}, A {a}, D {d}",
+                        gpa.as_u64()
+                    );
+                }
+                wrong += 1;
+            }
+        }
+        vm.memory
+            .tables()
+            .for_each_leaf(0, Ept::space_size(), |gpa, _, entry| {
+                wrong += u64::from(entry & Ept::ACCESSED != 0 && gpa >= vm.memory.ram_bytes());
+            });
+        AD_INTERVALS.fetch_add(1, Ordering::Relaxed);
+        AD_WRONG.fetch_add(wrong, Ordering::Relaxed);
+    }
+    vm.memory.clear_accessed_dirty();
+}
+
+/// The `pattern` guest (its time is the kernel's virtual clock on this
+/// bed): 6 intervals of 1 ms, 48 hot pages, so the hot set moves once.
+fn ad_exact() {
+    let arg = 6 | (1 << 16) | (48 << 32);
+    let vm = Vm::<Ept>::new(
+        config(images::PATTERN, 12 * MIB, false, arg),
+        Some(&ad_hook),
+    )
+    .expect("VM");
+    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    let intervals = AD_INTERVALS.load(Ordering::Relaxed);
+    let wrong = AD_WRONG.load(Ordering::Relaxed);
+    kernel::println!(
+        "EPT A/D vs the pattern guest: {intervals} intervals compared, {wrong} pages wrong"
+    );
+    assert_eq!(intervals, 5);
     assert_eq!(wrong, 0);
 }
 

@@ -1048,6 +1048,68 @@ mod tests {
         );
     }
 
+    /// IA32_VMX_* as the Bochs bed's CPU model reports them (printed by
+    /// the bed's selftest kernel, `tests/bochs/selftest`).
+    mod bed {
+        pub const BASIC: u64 = 0x00d8_1000_0000_002b;
+        pub const PINBASED: u64 = 0x0000_007f_0000_0016;
+        pub const PROCBASED: u64 = 0xfff9_fffe_0401_e172;
+        pub const PROCBASED2: u64 = 0x0255_7cff_0000_0000;
+        pub const TRUE_PROCBASED: u64 = 0xfff9_fffe_0400_6172;
+        pub const TRUE_EXIT: u64 = 0x407f_ffff_0003_6dfb;
+        pub const TRUE_ENTRY: u64 = 0x0000_ffff_0000_11fb;
+        pub const CR0_FIXED0: u64 = 0x8000_0021;
+        pub const CR4_FIXED0: u64 = 0x2000;
+        pub const CR4_FIXED1: u64 = 0x0037_2fff;
+        pub const EPT_VPID_CAP: u64 = 0x0000_0f01_0673_4141;
+    }
+
+    #[test]
+    fn the_bed_cpu_accepts_thermocline_controls() {
+        assert_eq!(
+            ControlMsrs::from_basic(bed::BASIC).proc,
+            msr::TRUE_PROCBASED_CTLS
+        );
+        let pin = adjust_controls(bed::PINBASED, ctl::PIN_EXTERNAL_INTERRUPT_EXITING, 0);
+        assert_eq!(pin, Ok(0x17));
+        let wanted = ctl::PROC_SECONDARY_CONTROLS
+            | ctl::PROC_HLT_EXITING
+            | ctl::PROC_USE_IO_BITMAPS
+            | ctl::PROC_USE_MSR_BITMAPS;
+        let with_true = adjust_controls(bed::TRUE_PROCBASED, wanted, 0).expect("offered");
+        let without = adjust_controls(bed::PROCBASED, wanted, 0).expect("offered");
+        // CR3-load/store exiting (bits 15, 16) are default-1: only the TRUE
+        // MSR lets the hypervisor leave them off.
+        const CR3_EXITING: u32 = (1 << 15) | (1 << 16);
+        assert_eq!(with_true & CR3_EXITING, 0);
+        assert_eq!(without & CR3_EXITING, CR3_EXITING);
+        assert_eq!(with_true & wanted, wanted);
+        let proc2 = ctl::PROC2_ENABLE_EPT | ctl::PROC2_ENABLE_VPID | ctl::PROC2_UNRESTRICTED_GUEST;
+        assert_eq!(adjust_controls(bed::PROCBASED2, proc2, 0), Ok(proc2));
+        let exit = ctl::EXIT_HOST_ADDRESS_SPACE_SIZE | ctl::EXIT_SAVE_EFER | ctl::EXIT_LOAD_EFER;
+        assert_eq!(
+            adjust_controls(bed::TRUE_EXIT, exit, 0).map(|v| v & exit),
+            Ok(exit)
+        );
+        let entry = ctl::ENTRY_IA32E_MODE_GUEST | ctl::ENTRY_LOAD_EFER;
+        assert_eq!(
+            adjust_controls(bed::TRUE_ENTRY, entry, 0).map(|v| v & entry),
+            Ok(entry)
+        );
+        // The guest CR4 must carry VMXE; the host CR0 gains NE.
+        assert_eq!(apply_fixed(0x620, bed::CR4_FIXED0, bed::CR4_FIXED1), 0x2620);
+        assert_eq!(
+            apply_fixed(0x8001_0011, bed::CR0_FIXED0, u64::MAX),
+            0x8001_0031
+        );
+        let needed = ept_cap::WALK_LENGTH_4
+            | ept_cap::MEMORY_TYPE_WB
+            | ept_cap::ACCESSED_DIRTY
+            | ept_cap::INVEPT
+            | ept_cap::INVEPT_SINGLE_CONTEXT;
+        assert_eq!(bed::EPT_VPID_CAP & needed, needed);
+    }
+
     #[test]
     fn decodes_ept_violations() {
         // A read of an unmapped page, as the Bochs bed reports it (measured).

@@ -334,6 +334,10 @@ fn vmx(c: &mut Checks, phys_offset: u64) {
         return;
     }
 
+    // The capability MSRs, for golden data in host tests (hvcore::vmx).
+    for msr in 0x480..=0x491u32 {
+        say!("selftest: vmx msr {msr:#x} = {:#018x}", rdmsr(msr));
+    }
     let ctls2 = rdmsr(IA32_VMX_PROCBASED_CTLS2) >> 32;
     let ept = ctls2 & (1 << 1) != 0;
     let vpid = ctls2 & (1 << 5) != 0;

@@ -288,8 +288,12 @@ void _ZN12logfunctions6fatal1EPKcz(void *self, const char *fmt, ...)
 /* void logfunctions::info(const char *fmt, ...) */
 void _ZN12logfunctions4infoEPKcz(void *self, const char *fmt, ...)
 {
+	static int wanted = -1;
 	(void)self;
-	if (!getenv("BED_BOCHS_INFO"))
+	/* Bochs logs at info level often; look at the environment once. */
+	if (wanted < 0)
+		wanted = getenv("BED_BOCHS_INFO") != NULL;
+	if (!wanted)
 		return;
 	va_list ap;
 	va_start(ap, fmt);

@@ -194,6 +194,13 @@ pub enum VmExit {
     /// A virtualization instruction that exits by itself (SVM instructions
     /// under SVM, VMX instructions under VMX).
     VirtInstruction(VirtInsn),
+    /// XSETBV: the guest wants to change an extended control register.
+    Xsetbv {
+        /// Which XCR (ECX).
+        xcr: u32,
+        /// EDX:EAX.
+        value: u64,
+    },
     /// Anything else: the raw vendor code and qualifications, for the report.
     Unknown {
         /// Vendor exit code / basic exit reason.

@@ -46,6 +46,8 @@ pub mod code {
     pub const CLGI: u64 = 0x85;
     /// SKINIT.
     pub const SKINIT: u64 = 0x86;
+    /// XSETBV.
+    pub const XSETBV: u64 = 0x8d;
     /// Nested page fault.
     pub const NPF: u64 = 0x400;
     /// VMRUN refused the VMCB (invalid guest state). QEMU stores it as
@@ -95,6 +97,8 @@ pub mod intercept {
         pub const CLGI: u32 = 1 << 5;
         /// SKINIT.
         pub const SKINIT: u32 = 1 << 6;
+        /// XSETBV.
+        pub const XSETBV: u32 = 1 << 13;
     }
 }
 
@@ -380,6 +384,10 @@ pub fn decode_exit(s: &ExitState) -> VmExit {
         code::CLGI => VmExit::VirtInstruction(VirtInsn::Clgi),
         code::SKINIT => VmExit::VirtInstruction(VirtInsn::Skinit),
         code::INVLPGA => VmExit::VirtInstruction(VirtInsn::Invlpga),
+        code::XSETBV => VmExit::Xsetbv {
+            xcr: s.rcx as u32,
+            value: (s.rdx << 32) | (s.rax & 0xffff_ffff),
+        },
         c if (code::EXCP_BASE..code::EXCP_BASE + 32).contains(&c) => {
             let vector = (c - code::EXCP_BASE) as u8;
             VmExit::Exception {
@@ -527,6 +535,13 @@ mod tests {
         assert_eq!(
             exit(code::VMRUN, 0, 0),
             VmExit::VirtInstruction(VirtInsn::Vmrun)
+        );
+        assert_eq!(
+            exit(code::XSETBV, 0, 0),
+            VmExit::Xsetbv {
+                xcr: 0xc000_0080,
+                value: 0x1_0000_0d01
+            }
         );
         assert_eq!(
             exit(0x8b, 1, 2),

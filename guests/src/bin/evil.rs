@@ -16,6 +16,9 @@
 //! | 6 | triple fault | VM stopped (shutdown) |
 //! | 7 | endless loop, no exits, interrupts off | runs until the host stops it |
 //! | 8 | bad hypercall numbers/arguments | errors returned; exit 0 |
+//! | 9 | leave a secret in XMM0 | exit 0 |
+//! | 10 | read XMM0 | exit code = its low 64 bits: 0 unless another VM's state leaked |
+//! | 11 | set CR4.OSXSAVE, XSETBV | #GP for the CR4 write, #UD (or #GP) for XSETBV; exit 0 |
 //!
 //! Scenarios that should continue exit with 0 when the guest saw what the
 //! documentation promises and with 1 (after printing why) when it did not.
@@ -224,6 +227,60 @@ fn bad_hypercalls(boot: &BootInfo) -> u64 {
     u64::from(bad != 0)
 }
 
+/// What scenario 9 leaves in XMM0 for scenario 10 (in another VM) to miss.
+const SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
+
+fn xmm_secret() -> u64 {
+    // SAFETY: MOVQ xmm0, rax (66 48 0F 6E C0); SSE is on (CR4.OSFXSR) and
+    // the guest target never uses XMM registers itself.
+    unsafe {
+        asm!(".byte 0x66, 0x48, 0x0f, 0x6e, 0xc0", in("rax") SECRET, options(nomem, nostack))
+    };
+    0
+}
+
+fn xsetbv() -> u64 {
+    load_idt(0xfff);
+    // XSETBV needs CR4.OSXSAVE; the hypervisor refuses to set it (#GP),
+    // and XSETBV itself then raises #UD, or #GP where it exits.
+    EVIL_SKIP_LEN.store(4, Ordering::SeqCst);
+    // SAFETY: MOV rax, cr4 / BTS / MOV cr4, rax: the MOV to CR4 (0F 22 E0,
+    // 3 bytes, plus the 1-byte skip fudge below) is refused with #GP, which
+    // the handler skips.
+    unsafe {
+        asm!(
+            "mov rax, cr4",
+            "bts rax, 18",
+            ".byte 0x0f, 0x22, 0xe0, 0x90",
+            out("rax") _,
+            options(nomem, nostack)
+        );
+    }
+    EVIL_SKIP_LEN.store(3, Ordering::SeqCst);
+    // SAFETY: XSETBV (0F 01 D1) with XCR0 = x87|SSE|AVX: refused with #UD
+    // or #GP, which the handlers skip.
+    unsafe {
+        asm!(".byte 0x0f, 0x01, 0xd1", in("ecx") 0u32, in("eax") 7u32, in("edx") 0u32, options(nostack));
+    }
+    let (gps, uds) = (
+        EVIL_GP_COUNT.load(Ordering::SeqCst),
+        EVIL_UD_COUNT.load(Ordering::SeqCst),
+    );
+    if gps + uds != 2 || gps < 1 {
+        println!("evil: {gps} #GP and {uds} #UD for a refused CR4.OSXSAVE and XSETBV");
+        return 1;
+    }
+    0
+}
+
+fn read_xmm0() -> u64 {
+    let v: u64;
+    // SAFETY: MOVQ rax, xmm0 (66 48 0F 7E C0): reads a register only.
+    unsafe { asm!(".byte 0x66, 0x48, 0x0f, 0x7e, 0xc0", out("rax") v, options(nomem, nostack)) };
+    println!("evil: xmm0 holds {v:#x} at start");
+    v
+}
+
 fn main(boot: BootInfo) -> u64 {
     let scenario = boot.arg & 0xff;
     println!("evil: scenario {scenario}");
@@ -260,6 +317,9 @@ fn main(boot: BootInfo) -> u64 {
             core::hint::spin_loop();
         },
         8 => bad_hypercalls(&boot),
+        9 => xmm_secret(),
+        10 => read_xmm0(),
+        11 => xsetbv(),
         _ => {
             println!("evil: unknown scenario {scenario}");
             1

@@ -57,6 +57,10 @@ static SCENARIO: Scenario = Scenario {
             run: bad_hypercalls,
         },
         TestCase {
+            name: "xmm_state_stays_in_its_vm",
+            run: fpu_isolation,
+        },
+        TestCase {
             name: "endless_loop_is_preempted_while_another_vm_runs",
             run: endless_loop,
         },
@@ -142,6 +146,18 @@ fn bad_hypercalls() {
     let vm = evil(8, 0);
     assert_eq!(run(&vm), StopReason::Exited(0));
     assert_eq!(reports(&vm), 6);
+}
+
+fn fpu_isolation() {
+    let writer = evil(9, 0);
+    assert_eq!(run(&writer), StopReason::Exited(0));
+    // Same CPU, next VM: XMM0 must be its own (zero), not the secret.
+    let reader = evil(10, 0);
+    assert_eq!(
+        run(&reader),
+        StopReason::Exited(0),
+        "XMM0 leaked between VMs"
+    );
 }
 
 fn endless_loop() {

@@ -23,6 +23,7 @@ pub mod vmcb;
 use crate::hw;
 use crate::mem::{self, phys};
 use crate::vm::{EntryError, GuestRegs, VirtCpu};
+use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hvcore::addr::HostPhysAddr;
 use hvcore::exit::VmExit;
@@ -101,6 +102,7 @@ pub fn enable_on_this_cpu() -> Result<(), &'static str> {
     };
     // SAFETY: the frame is ours; the CPU owns it from the WRMSR below on.
     unsafe { phys::zero(hsave, 4096) };
+    enable_fxsr();
     // SAFETY: CPUID says SVM exists, so EFER.SVME may be set and
     // VM_HSAVE_PA exists; the save area is a page-aligned frame we own for
     // good (it is never freed while SVM is on).
@@ -159,7 +161,48 @@ fn next_asid() -> Result<u32, &'static str> {
 
 unsafe extern "sysv64" {
     /// Runs the guest once: see the assembly below.
-    fn thermocline_svm_run(regs: *mut GuestRegs, guest_vmcb: u64, host_state: u64);
+    fn thermocline_svm_run(
+        regs: *mut GuestRegs,
+        guest_vmcb: u64,
+        host_state: u64,
+        fpu: *mut FpuState,
+    );
+}
+
+/// A vCPU's x87/SSE register file in the FXSAVE format. VMRUN does not
+/// switch it, so without this one VM would see another's XMM registers.
+/// The kernel itself never uses the FPU (soft-float target), so only guest
+/// state lives in the registers and the host has nothing to save.
+#[derive(Debug)]
+#[repr(C, align(16))]
+pub struct FpuState([u8; 512]);
+
+impl FpuState {
+    /// The state after FNINIT with SSE defaults: FCW 0x37F, MXCSR 0x1F80.
+    fn reset() -> Self {
+        let mut area = [0u8; 512];
+        area[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        area[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        Self(area)
+    }
+}
+
+const CR4_OSFXSR: u64 = 1 << 9;
+
+/// Sets CR4.OSFXSR so FXSAVE/FXRSTOR include the XMM registers.
+fn enable_fxsr() {
+    let cr4: u64;
+    // SAFETY: reading CR4 at CPL 0 has no side effect.
+    unsafe {
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags))
+    };
+    if cr4 & CR4_OSFXSR == 0 {
+        // SAFETY: OSFXSR only lets FXSAVE/FXRSTOR and SSE instructions
+        // use the XMM state; the kernel executes no SSE instruction.
+        unsafe {
+            core::arch::asm!("mov cr4, {}", in(reg) cr4 | CR4_OSFXSR, options(nomem, nostack, preserves_flags));
+        }
+    }
 }
 
 // VMRUN with the host/guest state switch around it.
@@ -167,7 +210,7 @@ unsafe extern "sysv64" {
 // 1. CLGI: no interrupt, NMI or SMI until STGI, so nothing runs on this CPU
 //    with the guest's FS/GS/TR loaded.
 // 2. VMSAVE the host's FS, GS, TR, LDTR, KernelGsBase, syscall MSRs; VMLOAD
-//    the guest's.
+//    the guest's; FXRSTOR the guest's x87/SSE registers (FXSAVE after).
 // 3. STI: with V_INTR_MASKING, RFLAGS.IF at VMRUN decides whether physical
 //    interrupts exit the guest; GIF=0 keeps them pending until step 6.
 // 4. Load the guest GPRs (RAX, RSP, RIP, RFLAGS live in the VMCB), VMRUN.
@@ -187,10 +230,12 @@ core::arch::global_asm!(
         push r14
         push r15
         pushfq
+        push rcx
         push rdx
         push rsi
         push rdi
         clgi
+        fxrstor64 [rcx]
         mov rax, rdx
         vmsave rax
         mov rax, rsi
@@ -229,12 +274,14 @@ core::arch::global_asm!(
         pop rax
         mov [rdi + 40], rax
         cli
+        mov rax, [rsp + 24]
+        fxsave64 [rax]
         mov rax, [rsp + 8]
         vmsave rax
         mov rax, [rsp + 16]
         vmload rax
         stgi
-        add rsp, 24
+        add rsp, 32
         popfq
         pop r15
         pop r14
@@ -273,6 +320,7 @@ const INTERCEPTED_EXCEPTIONS: u32 = 1 << 6;
 pub struct SvmVcpu {
     vmcb: Vmcb,
     regs: GuestRegs,
+    fpu: Box<FpuState>,
     nrip: bool,
     flush_on_entry: bool,
     /// An event whose delivery an exit interrupted (EXITINTINFO), to inject
@@ -311,7 +359,8 @@ impl SvmVcpu {
                     | m2::VMSAVE
                     | m2::STGI
                     | m2::CLGI
-                    | m2::SKINIT,
+                    | m2::SKINIT
+                    | m2::XSETBV,
             );
         }
         v.set(vmcb::IOPM_BASE_PA, maps.iopm.as_u64());
@@ -367,6 +416,7 @@ impl SvmVcpu {
         Ok(Self {
             vmcb: v,
             regs: boot_regs,
+            fpu: Box::new(FpuState::reset()),
             nrip: HAS_NRIP.load(Ordering::Acquire) != 0,
             flush_on_entry: true,
             reinject: None,
@@ -428,8 +478,11 @@ impl VirtCpu for SvmVcpu {
         // 2. `host_state` is this CPU's host-state page and SVM is enabled
         //    on this CPU (HSAVE set); the stub restores every callee-saved
         //    register, RSP and RFLAGS, and the host FS/GS/TR state.
-        // 3. `regs` is a valid, exclusive GuestRegs for the stub's stores.
-        unsafe { thermocline_svm_run(&mut self.regs, v.pa().as_u64(), host_state) };
+        // 3. `regs` is a valid, exclusive GuestRegs for the stub's stores;
+        //    `fpu` a 16-byte aligned FXSAVE area holding a state FXSAVE
+        //    wrote (or the valid reset state), and CR4.OSFXSR is set on
+        //    every CPU where SVM is enabled.
+        unsafe { thermocline_svm_run(&mut self.regs, v.pa().as_u64(), host_state, &mut *self.fpu) };
         self.regs.rax = v.get(vmcb::RAX);
         self.regs.rsp = v.get(vmcb::RSP);
         self.regs.rip = v.get(vmcb::RIP);

@@ -21,6 +21,7 @@
 //! | port nobody emulates | IN reads all ones, OUT dropped, reported, continues |
 //! | unknown MSR, EFER.SVME | #GP injected, reported, continues |
 //! | VMX/SVM instruction | #UD injected, reported, continues |
+//! | XSETBV (extended state is not offered) | #GP injected, reported, continues |
 //! | triple fault | reported, VM stopped |
 //! | HLT | VM stopped (no virtual interrupt source exists) |
 //! | never exits | preempted by host interrupts; stopped on request |
@@ -633,6 +634,13 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, exit: VmExi
             vcpu.inject_exception(6, None);
             Next::Resume
         }
+        VmExit::Xsetbv { xcr, value } => {
+            vm.report(format_args!(
+                "guest wrote {value:#x} to XCR{xcr} at RIP {rip:#x}: extended state is not offered, #GP injected, VM continues"
+            ));
+            vcpu.inject_exception(13, Some(0));
+            Next::Resume
+        }
         VmExit::Unknown { .. } => Next::Stop(StopReason::Unhandled { exit, rip }),
     }
 }
@@ -684,17 +692,23 @@ fn cpuid(regs: &mut GuestRegs) {
                 edx: word(8),
             }
         }
-        0x4000_0001..=0x4000_00ff | 0x8000_000a => crate::hw::CpuidResult::default(),
+        // Hypervisor leaves, SVM features, XSAVE state components.
+        0x4000_0001..=0x4000_00ff | 0x8000_000a | 0xd => crate::hw::CpuidResult::default(),
         _ => crate::hw::cpuid(leaf, subleaf),
     };
     match leaf {
         1 => {
             r.ecx &= !hvcore::cpu_features::CPUID1_ECX_VMX;
             r.ecx |= hvcore::cpu_features::CPUID1_ECX_HYPERVISOR;
+            // No XSAVE, OSXSAVE, AVX: XCR0 is not switched per VM (XSETBV
+            // is refused), so only the FXSAVE state is offered.
+            r.ecx &= !((1 << 26) | (1 << 27) | (1 << 28));
             // Initial APIC id 0: one vCPU per VM.
             r.ebx &= 0x00ff_ffff;
         }
         0x8000_0001 => r.ecx &= !hvcore::cpu_features::CPUID_EXT1_ECX_SVM,
+        // AVX2 and the AVX-512 family need XSAVE state.
+        7 if subleaf == 0 => r.ebx &= !((1 << 5) | 0xdc23_0000),
         _ => {}
     }
     regs.rax = u64::from(r.eax);

@@ -43,7 +43,7 @@ fn svm_guests_run_with_nested_paging() {
 }
 
 fn evil_on(smp: u32) {
-    let run = expect_pass_on("test_svm_evil", smp, 8);
+    let run = expect_pass_on("test_svm_evil", smp, 9);
     // One line per misbehaviour, naming the VM, what and where.
     for line in [
         "vm evil: guest read outside its RAM at GPA 0x801000 (RIP ",

@@ -416,6 +416,13 @@ impl Reclaimer {
                 gens.note_unmapped(GuestPhysAddr::new(gpa), 4096);
                 continue;
             }
+            // Deliberately broken twin (`--cfg hvcore_broken_reclaim_dbit`,
+            // for the loom models only): A and D taken from a snapshot read
+            // before the exchange instead of from the exchanged value.
+            #[cfg(hvcore_broken_reclaim_dbit)]
+            let before = tables.translate(GuestPhysAddr::new(gpa)).map_or(0, |t| {
+                (if t.accessed { F::ACCESSED } else { 0 }) | (if t.dirty { F::DIRTY } else { 0 })
+            });
             // Step 1: the one atomic exchange (swap to non-present).
             let mut old = None;
             if mapper
@@ -430,6 +437,8 @@ impl Reclaimer {
                 b.not_mapped += 1;
                 continue;
             };
+            #[cfg(hvcore_broken_reclaim_dbit)]
+            let old = (old & !(F::ACCESSED | F::DIRTY)) | before;
             let frame = F::addr(old);
             let perms = F::perms(old);
             if old & F::DIRTY != 0 && self.clean_copies.remove(&gfn) {
@@ -474,13 +483,39 @@ impl Reclaimer {
         if n == 0 {
             return b;
         }
+        // Deliberately broken twin (`--cfg hvcore_broken_reclaim_order`,
+        // for the loom models only): the frames are read before the flush.
+        #[cfg(hvcore_broken_reclaim_order)]
+        self.inspect(tables, mapper, frames, gens, &in_flight[..n], &mut b);
         // Step 2: one flush for the whole batch.
         flush.flush_guest_tlb();
         self.stats.flushes += 1;
         mapper.tlb_flushed(tables);
         // Step 3: only now look at the frames.
+        #[cfg(not(hvcore_broken_reclaim_order))]
+        self.inspect(tables, mapper, frames, gens, &in_flight[..n], &mut b);
+        b
+    }
+
+    /// Step 3 of a batch: reads each in-flight frame (or drops it when D
+    /// was clear and a clean copy exists), stores it and frees the frame.
+    fn inspect<F, M, A, G, S>(
+        &mut self,
+        tables: &Tables<F, M>,
+        mapper: &mut Mapper<A>,
+        frames: &mut G,
+        gens: &mut Generations<S>,
+        in_flight: &[(u64, HostPhysAddr, u64)],
+        b: &mut BatchStats,
+    ) where
+        F: EntryFormat,
+        M: TableMemory,
+        A: TableAlloc,
+        G: GuestFrames,
+        S: AsRef<[u8]> + AsMut<[u8]>,
+    {
         let mut page = [0u8; PAGE_BYTES];
-        for &(gfn, frame, old) in &in_flight[..n] {
+        for &(gfn, frame, old) in in_flight {
             let clean = old & F::DIRTY == 0 && self.clean_copies.remove(&gfn);
             let kind = if clean {
                 self.stats.clean_drops += 1;
@@ -511,7 +546,6 @@ impl Reclaimer {
                 r.kind = Some(kind);
             }
         }
-        b
     }
 
     /// Maps an in-flight page's own frame back (nothing was copied).

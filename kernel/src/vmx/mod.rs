@@ -141,7 +141,16 @@ pub fn enable_on_this_cpu() -> Result<(), VmxError> {
         asm!("mov cr0, {}", in(reg) cr0, options(nomem, nostack, preserves_flags));
         asm!("mov cr4, {}", in(reg) cr4, options(nomem, nostack, preserves_flags));
     }
-    let region = region()?;
+    // CR4.VMXE is the "VMX is on" flag of this function: clear it again
+    // if VMXON does not happen, so a later call retries instead of
+    // reporting success (VMX instructions outside VMX operation raise #UD).
+    let undo_vmxe = || {
+        // SAFETY: clears only CR4.VMXE, set above; nothing uses VMX yet.
+        unsafe {
+            asm!("mov cr4, {}", in(reg) read_cr4() & !CR4_VMXE, options(nomem, nostack, preserves_flags))
+        };
+    };
+    let region = region().inspect_err(|_| undo_vmxe())?;
     let rflags: u64;
     // SAFETY: the region is a 4-KiB aligned frame this CPU owns for as long
     // as it stays in VMX operation (never freed), holding the VMCS revision
@@ -152,7 +161,10 @@ pub fn enable_on_this_cpu() -> Result<(), VmxError> {
     match VmOutcome::from_rflags(rflags) {
         VmOutcome::Succeed => Ok(()),
         // There is no current VMCS to hold an error number yet.
-        _ => Err(VmxError::Instruction("VMXON", VmFail::Invalid)),
+        _ => {
+            undo_vmxe();
+            Err(VmxError::Instruction("VMXON", VmFail::Invalid))
+        }
     }
 }
 

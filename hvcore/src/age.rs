@@ -47,13 +47,27 @@
 //! bits. Writers that set A in software set it on ancestors afterwards
 //! ([`crate::table`] rule 4), and new non-leaf entries start with A set.
 //!
+//! Clearing first is not enough on its own: the CPU sets A top-down, one
+//! locked write per level, so a walk can set the parent's A *before* the
+//! pass clears it and the leaf's A *after* the pass has read the leaf. The
+//! leaf is then young under a parent whose A is clear, and a pass that
+//! trusted the parent would skip it forever. So the helper, when it clears
+//! a non-leaf A, sets a rescan mark in the same compare-exchange (a bit the
+//! CPU ignores: [`EntryFormat::RESCAN`], EPT bit 11, NPT bit 9); the next
+//! pass scans a marked table even if its A is still clear, clearing the
+//! mark. A subtree is skipped only after one full pass found it untouched.
+//! The cost is one extra scan of each table that was active in the previous
+//! pass. `loom_access_during_pass_is_seen_by_this_or_next_pass` finds the
+//! lost access when the mark is disabled; the host test
+//! `*_walk_straddling_a_pass_is_not_lost` replays that interleaving.
+//!
 //! Guarantee: every access the guest makes between the end of pass N (its
 //! TLB flush) and the start of pass N+1 makes the page young in pass N+1.
-//! Accesses made *during* a pass are seen by this pass or a later one, with
-//! one exception shared by every A-bit scheme: an access that hits a TLB or
-//! paging-structure cache entry set up before the pass cleared the bits sets
-//! nothing, and is recorded only if the page is touched again after the
-//! flush.
+//! Accesses made *during* a pass are seen by this pass or the next one
+//! (including walks that straddle the pass), with one exception shared by
+//! every A-bit scheme: an access that hits a TLB or paging-structure cache
+//! entry set up before the pass cleared the bits sets nothing, and is
+//! recorded only if the page is touched again after the flush.
 //!
 //! # Flush
 //! A pass that cleared any A bit asks its [`TlbFlush`] for one flush at the
@@ -70,8 +84,12 @@ use core::marker::PhantomData;
 /// Result of [`test_and_clear_young`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClearYoung {
-    /// A was set in the examined entry and is now clear in it.
+    /// A was set in the examined entry and is now clear in it (a non-leaf
+    /// entry is also marked [`EntryFormat::RESCAN`]).
     Cleared,
+    /// A non-leaf entry with A clear but marked for one more scan: the mark
+    /// is cleared and the walk must scan its table.
+    Rescan,
     /// A was already clear (the snapshot or a concurrent pass): not young.
     WasOld,
     /// The entry no longer holds what was examined (unmapped, remapped,
@@ -79,39 +97,64 @@ pub enum ClearYoung {
     Changed(u64),
 }
 
-/// The one aging helper: test-and-clear the accessed bit of the entry in
-/// `slot`, whose value the caller read as `snapshot`, without ever losing a
-/// concurrently set D bit or clearing A in an entry other than the one
-/// examined. See the module docs for why this is a compare-exchange.
+/// What the pass writes over an entry it examined at `level`: a leaf loses
+/// A; a non-leaf with A set loses A and gains the rescan mark; a non-leaf
+/// with only the mark loses the mark.
 #[inline(always)]
-pub fn test_and_clear_young<F: EntryFormat>(slot: &AtomicU64, snapshot: u64) -> ClearYoung {
+fn aged<F: EntryFormat>(old: u64, level: u8) -> u64 {
+    if !F::is_present(old) {
+        old
+    } else if F::is_leaf(old, level) {
+        old & !F::ACCESSED
+    } else if old & F::ACCESSED != 0 {
+        (old & !F::ACCESSED) | F::RESCAN
+    } else {
+        old & !F::RESCAN
+    }
+}
+
+/// The one aging helper: test-and-clear the accessed bit of the entry at
+/// `level` in `slot`, whose value the caller read as `snapshot`, without
+/// ever losing a concurrently set D bit or writing to an entry other than
+/// the one examined. See the module docs for why this is a
+/// compare-exchange, and for the rescan mark it keeps in non-leaf entries.
+#[inline(always)]
+pub fn test_and_clear_young<F: EntryFormat>(
+    slot: &AtomicU64,
+    snapshot: u64,
+    level: u8,
+) -> ClearYoung {
     #[cfg(hvcore_broken_aging)]
     {
         // Deliberately broken (a non-atomic read-modify-write), compiled only
         // with `--cfg hvcore_broken_aging` to show the loom models catch it.
         let _ = snapshot;
         let v = slot.load(Ordering::Acquire);
-        if v & F::ACCESSED == 0 {
+        let new = aged::<F>(v, level);
+        if new == v {
             return ClearYoung::WasOld;
         }
-        slot.store(v & !F::ACCESSED, Ordering::Release);
-        return ClearYoung::Cleared;
+        slot.store(new, Ordering::Release);
+        return if v & F::ACCESSED != 0 {
+            ClearYoung::Cleared
+        } else {
+            ClearYoung::Rescan
+        };
     }
     #[cfg(not(hvcore_broken_aging))]
     {
         let mut old = snapshot;
         loop {
-            if old & F::ACCESSED == 0 {
+            let new = aged::<F>(old, level);
+            if new == old {
                 return ClearYoung::WasOld;
             }
-            match slot.compare_exchange(
-                old,
-                old & !F::ACCESSED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return ClearYoung::Cleared,
-                Err(now) if (now ^ old) & !(F::ACCESSED | F::DIRTY) == 0 => old = now,
+            match slot.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if old & F::ACCESSED != 0 => return ClearYoung::Cleared,
+                Ok(_) => return ClearYoung::Rescan,
+                // Only bits that move under us without changing what the
+                // entry maps: retry on the new value.
+                Err(now) if (now ^ old) & !(F::ACCESSED | F::DIRTY | F::RESCAN) == 0 => old = now,
                 Err(now) => return ClearYoung::Changed(now),
             }
         }
@@ -129,6 +172,9 @@ pub struct PassStats {
     pub young_pages: u64,
     /// Non-leaf entries whose A was cleared (and whose tables were scanned).
     pub tables_entered: u64,
+    /// Non-leaf entries with A clear scanned once more because the previous
+    /// pass cleared their A (the rescan mark).
+    pub tables_rescanned: u64,
     /// Tables skipped because their parent's A was clear.
     pub subtrees_skipped: u64,
     /// 8-entry leaf lines skipped without a young entry.
@@ -187,8 +233,12 @@ fn age_entry<F: EntryFormat>(
         if !F::is_present(old) {
             return;
         }
-        match test_and_clear_young::<F>(slot, old) {
+        match test_and_clear_young::<F>(slot, old, level) {
             ClearYoung::WasOld => return,
+            ClearYoung::Rescan => {
+                stats.tables_rescanned += 1;
+                return;
+            }
             ClearYoung::Cleared => {
                 stats.flush_needed = true;
                 if F::is_leaf(old, level) {
@@ -225,9 +275,9 @@ fn age_line<F: EntryFormat>(
         if !F::is_present(old) {
             continue;
         }
-        match test_and_clear_young::<F>(&line.slots[k], old) {
+        match test_and_clear_young::<F>(&line.slots[k], old, 1) {
             ClearYoung::Cleared => cleared |= 1 << k,
-            ClearYoung::WasOld => {}
+            ClearYoung::WasOld | ClearYoung::Rescan => {}
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
                 age_entry::<F>(
@@ -261,7 +311,7 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
     mut young: impl YoungSink,
 ) -> PassStats {
     let mut stats = PassStats::default();
-    let mut walk = tables.walk(start, end, 1, F::ACCESSED);
+    let mut walk = tables.walk(start, end, 1, F::ACCESSED | F::RESCAN);
     while let Some(item) = walk.next_batch() {
         match item {
             Batch::Entry(e) => {
@@ -288,7 +338,7 @@ pub fn test_young<F: EntryFormat, M: TableMemory>(
     start: u64,
     end: u64,
 ) -> bool {
-    let mut walk = tables.walk(start, end, 1, F::ACCESSED);
+    let mut walk = tables.walk(start, end, 1, F::ACCESSED | F::RESCAN);
     while let Some(e) = walk.next() {
         if F::is_present(e.old) && F::is_leaf(e.old, e.level) {
             return true;

@@ -32,6 +32,8 @@ impl EntryFormat for Ept {
     const NAME: &'static str = "EPT";
     const ACCESSED: u64 = 1 << 8;
     const DIRTY: u64 = 1 << 9;
+    /// Bit 11: ignored by the CPU in every EPT paging-structure entry.
+    const RESCAN: u64 = 1 << 11;
 
     #[inline(always)]
     fn is_present(entry: u64) -> bool {

@@ -30,6 +30,8 @@ impl EntryFormat for Npt {
     const NAME: &'static str = "NPT";
     const ACCESSED: u64 = 1 << 5;
     const DIRTY: u64 = 1 << 6;
+    /// Bit 9: available to software (AVL) at every level.
+    const RESCAN: u64 = 1 << 9;
 
     #[inline(always)]
     fn is_present(entry: u64) -> bool {

@@ -84,6 +84,10 @@ pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
     const ACCESSED: u64;
     /// The dirty bit (leaf entries only).
     const DIRTY: u64;
+    /// A bit the CPU ignores in non-leaf entries, used by the aging pass to
+    /// mark a non-leaf entry whose A it cleared: the next pass scans that
+    /// table again even if A stays clear (see [`crate::age`]).
+    const RESCAN: u64;
     /// The large-page bit ("PS"): the entry at level 2 or 3 is a leaf.
     const LARGE: u64 = 1 << 7;
     /// Bits holding the frame or table address (51:12).
@@ -150,6 +154,7 @@ impl EntryFormat for TinyFormat {
     const INDEX_BITS: u32 = 1;
     const ACCESSED: u64 = crate::npt::Npt::ACCESSED;
     const DIRTY: u64 = crate::npt::Npt::DIRTY;
+    const RESCAN: u64 = crate::npt::Npt::RESCAN;
 
     fn is_present(entry: u64) -> bool {
         crate::npt::Npt::is_present(entry)

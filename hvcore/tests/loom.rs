@@ -252,6 +252,31 @@ fn loom_aging_vs_split() {
     });
 }
 
+/// The CPU touches a page while a pass runs (no TLB here: every access
+/// walks, setting A top-down one level at a time). The access must be
+/// reported by that pass or the next one, even when the walk straddles the
+/// pass (parent A set before the pass cleared it, leaf A after the pass read
+/// the leaf): that is what the rescan mark on cleared parents is for. With
+/// the mark disabled (the non-leaf case of `aged` reduced to clearing A),
+/// loom finds the lost access.
+#[test]
+fn loom_access_during_pass_is_seen_by_this_or_next_pass() {
+    model(|| {
+        let (tables, _m, _mem) = setup(false);
+        // Page 0 was touched before the pass, so the pass enters the table.
+        cpu_access(&tables, 0, false);
+        let t2 = tables.clone();
+        let cpu = thread::spawn(move || cpu_access(&t2, 4096, false));
+        let (_, during) = age(&tables);
+        cpu.join().unwrap();
+        let (_, after) = age(&tables);
+        assert!(
+            during.iter().chain(&after).any(|&(gpa, _, _)| gpa == 4096),
+            "an access made during a pass was lost"
+        );
+    });
+}
+
 /// A writer unlinks a table (unmap of its whole range), flushes and tries to
 /// free it while a pass walks through it. The page may be freed only when
 /// the walker is gone: no walker reaches a freed page, no write lands in

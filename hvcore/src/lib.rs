@@ -26,6 +26,7 @@ pub mod insn;
 pub mod npt;
 pub mod pte;
 pub mod reclaim;
+pub mod report;
 pub mod store;
 pub mod svm;
 pub mod sync;

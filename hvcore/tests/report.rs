@@ -1,0 +1,182 @@
+//! The report format: every record survives format -> parse unchanged
+//! (property test), prefixes and unknown fields are tolerated, malformed
+//! lines are errors (never panics), and the generation helpers build the
+//! cells and ranges the heatmap and the range lines show.
+
+#![cfg(not(loom))]
+
+use hvcore::addr::GuestPhysAddr;
+use hvcore::generations::Generations;
+use hvcore::report::*;
+use proptest::prelude::*;
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z0-9_.-]{1,12}"
+}
+
+fn ranges() -> impl Strategy<Value = Vec<(u64, u64)>> {
+    proptest::collection::vec((0..1u64 << 40, 0..1u64 << 30), 0..6)
+        .prop_map(|v| v.into_iter().map(|(a, l)| (a, a + l)).collect())
+}
+
+fn record() -> impl Strategy<Value = Record> {
+    let n = any::<u64>();
+    prop_oneof![
+        (name(), n, n, n, n, n, n).prop_map(|(vm, n, t_ms, scanned, young, skipped, dur_us)| {
+            Record::Pass(PassLine {
+                vm,
+                n,
+                t_ms,
+                scanned,
+                young,
+                skipped,
+                dur_us,
+            })
+        }),
+        (name(), n, n, proptest::collection::vec((n, n, n), 0..8)).prop_map(|(vm, n, t_ms, b)| {
+            Record::Hist(HistLine {
+                vm,
+                n,
+                t_ms,
+                buckets: b
+                    .into_iter()
+                    .map(|(seq, age_ms, pages)| HistBucket { seq, age_ms, pages })
+                    .collect(),
+            })
+        }),
+        (
+            name(),
+            n,
+            n,
+            n,
+            1..4096u64,
+            proptest::collection::vec(proptest::option::of(0..300u64), 0..200)
+        )
+            .prop_map(|(vm, n, t_ms, base, cell_kb, cells)| {
+                Record::Map(MapLine {
+                    vm,
+                    n,
+                    t_ms,
+                    base,
+                    cell_kb,
+                    cells,
+                })
+            }),
+        (name(), n, n, ranges(), ranges()).prop_map(|(vm, n, t_ms, hot, cold)| Record::Ranges(
+            RangesLine {
+                vm,
+                n,
+                t_ms,
+                hot,
+                cold
+            }
+        )),
+        (name(), proptest::collection::vec(0..u64::MAX / 1000, 14)).prop_map(|(vm, v)| {
+            Record::Reclaim(ReclaimLine {
+                vm,
+                n: v[0],
+                t_ms: v[1],
+                resident: v[2],
+                reclaimed: v[3],
+                zero: v[4],
+                compressed: v[5],
+                raw: v[6],
+                cbytes: v[7],
+                ratio_milli: v[8],
+                refaults: v[9],
+                threshold_gens: v[10],
+                threshold_ms: v[11],
+                freed: v[12],
+            })
+        }),
+        (name(), n, 0..3u8, name()).prop_map(|(vm, t_ms, w, detail)| {
+            let what = [EventKind::Paused, EventKind::Resumed, EventKind::Stopped][usize::from(w)];
+            Record::Event(EventLine {
+                vm,
+                t_ms,
+                what,
+                detail,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_record_round_trips(r in record(), prefix in prop_oneof![Just(""), Just("[ 1.5 INFO] "), Just("vm0: ")]) {
+        let line = format!("{prefix}{r}");
+        prop_assert!(!line.contains('\n'));
+        prop_assert_eq!(parse_line(&line), Some(Ok(r)));
+    }
+
+    #[test]
+    fn arbitrary_lines_never_panic(s in "\\PC{0,120}") {
+        let _ = parse_line(&s);
+        let _ = parse_line(&format!("TCR {s}"));
+        let _ = parse_line(&format!("TCR map vm=a n=1 t_ms=2 base=0 cell_kb=4 ages={s}"));
+    }
+}
+
+#[test]
+fn documented_examples_parse() {
+    let lines = [
+        "TCR pass vm=pattern n=12 t_ms=1200 scanned=16384 young=1024 skipped=30 dur_us=85",
+        "TCR hist vm=pattern n=12 t_ms=1200 gens=3:1100:15000,11:100:360,12:0:1024",
+        "TCR map vm=pattern n=12 t_ms=1200 base=0x0 cell_kb=64 ages=0x16,9,-x4,0",
+        "TCR ranges vm=pattern n=12 t_ms=1200 hot=0x0-0x400000 cold=0x400000-0x4000000",
+        "TCR reclaim vm=pattern n=12 t_ms=1200 resident=1384 reclaimed=15000 zero=9000 compressed=5000 raw=1000 cbytes=2100000 ratio=2.921 refaults=3 threshold_gens=4 threshold_ms=400 freed=15000",
+        "TCR event vm=pattern t_ms=1300 what=paused detail=no_free_frame_for_fault_at_0x1234000",
+    ];
+    for l in lines {
+        assert!(matches!(parse_line(l), Some(Ok(_))), "{l}");
+    }
+    let Some(Ok(Record::Map(m))) = parse_line(lines[2]) else {
+        unreachable!()
+    };
+    assert_eq!(m.cells.len(), 16 + 1 + 4 + 1);
+    assert_eq!(m.cells[16], Some(9));
+    assert_eq!(m.cells[17], None);
+    let Some(Ok(Record::Reclaim(r))) = parse_line(lines[4]) else {
+        unreachable!()
+    };
+    assert_eq!(r.ratio_milli, 2921);
+    // Unknown fields are ignored; missing ones are errors.
+    assert!(matches!(
+        parse_line(&format!("{} future=1", lines[0])),
+        Some(Ok(_))
+    ));
+    assert_eq!(
+        parse_line("TCR pass vm=a n=1 t_ms=2 scanned=3 young=4 skipped=5"),
+        Some(Err(ParseError::Missing("dur_us")))
+    );
+    assert_eq!(
+        parse_line("TCR nope x=1"),
+        Some(Err(ParseError::UnknownKind("nope".into())))
+    );
+    assert_eq!(parse_line("xTCR pass"), None);
+    assert_eq!(parse_line("no record here"), None);
+    assert!(matches!(
+        parse_line("TCR map vm=a n=1 t_ms=2 base=0 cell_kb=4 ages=1x99999999999"),
+        Some(Err(ParseError::Bad("ages")))
+    ));
+}
+
+#[test]
+fn cells_and_ranges_from_generations() {
+    // 64 pages: 0..16 young every pass, 16..32 young once, 48..64 unmapped.
+    let mut g = Generations::new(vec![0u8; 64], 0);
+    g.note_mapped(GuestPhysAddr::new(0), 48 * 4096);
+    for pass in 1..=5u64 {
+        g.begin_pass(pass * 100);
+        g.stamp(0, 16 * 4096);
+        if pass == 1 {
+            g.stamp(16 * 4096, 16 * 4096);
+        }
+    }
+    assert_eq!(map_cells(&g, 16), vec![Some(0), Some(4), Some(5), None]);
+    assert_eq!(ranges_where(&g, |age| age == 0), vec![(0, 16 * 4096)]);
+    assert_eq!(
+        ranges_where(&g, |age| age >= 4),
+        vec![(16 * 4096, 48 * 4096)]
+    );
+}

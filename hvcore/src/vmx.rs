@@ -654,6 +654,8 @@ pub mod reason {
     pub const PREEMPTION_TIMER: u16 = 52;
     /// INVVPID.
     pub const INVVPID: u16 = 53;
+    /// XSETBV.
+    pub const XSETBV: u16 = 55;
     /// VMFUNC.
     pub const VMFUNC: u16 = 59;
 }
@@ -678,6 +680,7 @@ impl ExitReason {
                         | reason::WRMSR
                         | reason::INVEPT
                         | reason::INVVPID
+                        | reason::XSETBV
                         | reason::VMFUNC
             )
     }
@@ -805,6 +808,10 @@ pub fn decode_exit(raw: &RawExit) -> VmExit {
         },
         reason::WRMSR => VmExit::MsrWrite {
             msr: raw.rcx as u32,
+            value: (raw.rdx << 32) | (raw.rax & 0xffff_ffff),
+        },
+        reason::XSETBV => VmExit::Xsetbv {
+            xcr: raw.rcx as u32,
             value: (raw.rdx << 32) | (raw.rax & 0xffff_ffff),
         },
         reason::EPT_VIOLATION => {
@@ -1035,6 +1042,15 @@ mod tests {
     fn instruction_lengths_and_injection() {
         assert!(ExitReason(18).reports_instruction_len());
         assert!(ExitReason(30).reports_instruction_len());
+        assert!(ExitReason(55).reports_instruction_len());
+        let xsetbv = RawExit {
+            reason: 55,
+            rcx: 0,
+            rax: 7,
+            rdx: 0,
+            ..RawExit::default()
+        };
+        assert_eq!(decode_exit(&xsetbv), VmExit::Xsetbv { xcr: 0, value: 7 });
         assert!(
             !ExitReason(48).reports_instruction_len(),
             "EPT violations re-execute"

@@ -344,6 +344,14 @@ impl VmxVcpu {
         let raw = super::raw_exit(&gprs).map_err(|_| setup("VMREAD of the exit fields failed"))?;
         let why = ExitReason(raw.reason);
         if why.entry_failed() {
+            // The qualification says more for MSR-loading failures (which
+            // entry) and is 0 or a VMCS-link reason for guest state.
+            log::warn!(
+                "VM entry failed: exit reason {:#x} ({}), qualification {:#x}",
+                raw.reason,
+                why.name(),
+                raw.qualification
+            );
             return Err(EntryError::InvalidState {
                 code: u64::from(raw.reason),
                 reason: Some(why.name()),

@@ -194,6 +194,11 @@ pub enum VmExit {
     /// A virtualization instruction that exits by itself (SVM instructions
     /// under SVM, VMX instructions under VMX).
     VirtInstruction(VirtInsn),
+    /// MOV to a control register the hypervisor intercepts (CR4).
+    CrWrite {
+        /// Which control register.
+        cr: u8,
+    },
     /// XSETBV: the guest wants to change an extended control register.
     Xsetbv {
         /// Which XCR (ECX).

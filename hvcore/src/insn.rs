@@ -30,6 +30,14 @@ pub enum Insn {
     Vmcall,
     /// IN/OUT with an immediate or DX port (E4-E7, EC-EF).
     PortIo,
+    /// MOV to a control register from a general-purpose register
+    /// (0F 22 /r): `gpr` in the SDM's numbering (0 = RAX ... 15 = R15).
+    MovToCr {
+        /// Control register number.
+        cr: u8,
+        /// Source register number.
+        gpr: u8,
+    },
     /// A VMX or SVM instruction.
     Virt(VirtInsn),
 }
@@ -92,7 +100,9 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
         i += 1;
     }
     // REX directly before the opcode.
-    if matches!(bytes.get(i), Some(0x40..=0x4f)) {
+    let mut rex = 0u8;
+    if let Some(&b @ 0x40..=0x4f) = bytes.get(i) {
+        rex = b;
         i += 1;
     }
     let op = *bytes.get(i)?;
@@ -107,6 +117,14 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
                 0xa2 => done(Insn::Cpuid, i + 2),
                 0x32 => done(Insn::Rdmsr, i + 2),
                 0x30 => done(Insn::Wrmsr, i + 2),
+                0x22 => {
+                    // MOV CRn, r64: always a register operand (mod is
+                    // ignored); REX.R extends the CR, REX.B the register.
+                    let modrm = *bytes.get(i + 2)?;
+                    let cr = ((modrm >> 3) & 7) | ((rex & 0x4) << 1);
+                    let gpr = (modrm & 7) | ((rex & 0x1) << 3);
+                    done(Insn::MovToCr { cr, gpr }, i + 3)
+                }
                 0x01 => {
                     let modrm = *bytes.get(i + 2)?;
                     let insn = match modrm {
@@ -211,6 +229,28 @@ mod tests {
             Some((Insn::Virt(VirtInsn::Vmxon), 4))
         );
         assert_eq!(d(&[0xf3, 0x0f, 0xc7, 0x80, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn mov_to_control_registers() {
+        // mov cr4, rax; mov cr4, r9; mov cr0, rbx; mov cr8, rax (REX.R).
+        assert_eq!(
+            d(&[0x0f, 0x22, 0xe0]),
+            Some((Insn::MovToCr { cr: 4, gpr: 0 }, 3))
+        );
+        assert_eq!(
+            d(&[0x41, 0x0f, 0x22, 0xe1]),
+            Some((Insn::MovToCr { cr: 4, gpr: 9 }, 4))
+        );
+        assert_eq!(
+            d(&[0x0f, 0x22, 0xc3]),
+            Some((Insn::MovToCr { cr: 0, gpr: 3 }, 3))
+        );
+        assert_eq!(
+            d(&[0x44, 0x0f, 0x22, 0xc0]),
+            Some((Insn::MovToCr { cr: 8, gpr: 0 }, 4))
+        );
+        assert_eq!(d(&[0x0f, 0x22]), None);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::exit::{AccessKind, IoAccess, IoDir, NestedFault, VirtInsn, VmExit, pu
 pub mod code {
     /// First exception intercept (vector 0); vector n is `EXCP_BASE + n`.
     pub const EXCP_BASE: u64 = 0x40;
+    /// MOV to CR0; CRn is `WRITE_CR0 + n`.
+    pub const WRITE_CR0: u64 = 0x10;
     /// Physical interrupt.
     pub const INTR: u64 = 0x60;
     /// Physical NMI.
@@ -242,6 +244,22 @@ pub const fn event_inject_exception(vector: u8, error_code: Option<u32>) -> u64 
     v
 }
 
+/// CR4 bits a guest may change: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE,
+/// PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, SMEP, SMAP. Not offered:
+/// OSXSAVE (XCR0 is not switched per VM), PCIDE, LA57, and the rest.
+pub const CR4_GUEST_WRITABLE: u64 = 0x7ff | (1 << 16) | (1 << 20) | (1 << 21);
+
+/// The CR4 a guest's `MOV CR4` may install, or why it raises #GP.
+pub fn cr4_write(new: u64, long_mode: bool) -> Result<u64, &'static str> {
+    if new & !CR4_GUEST_WRITABLE != 0 {
+        return Err("sets a CR4 bit that is reserved or not offered (OSXSAVE, PCIDE, LA57...)");
+    }
+    if long_mode && new & (1 << 5) == 0 {
+        return Err("clears CR4.PAE in long mode");
+    }
+    Ok(new)
+}
+
 /// The guest-state fields VMRUN checks for consistency.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryState {
@@ -384,6 +402,9 @@ pub fn decode_exit(s: &ExitState) -> VmExit {
         code::CLGI => VmExit::VirtInstruction(VirtInsn::Clgi),
         code::SKINIT => VmExit::VirtInstruction(VirtInsn::Skinit),
         code::INVLPGA => VmExit::VirtInstruction(VirtInsn::Invlpga),
+        c if (code::WRITE_CR0..code::WRITE_CR0 + 16).contains(&c) => VmExit::CrWrite {
+            cr: (c - code::WRITE_CR0) as u8,
+        },
         code::XSETBV => VmExit::Xsetbv {
             xcr: s.rcx as u32,
             value: (s.rdx << 32) | (s.rax & 0xffff_ffff),
@@ -452,6 +473,24 @@ mod tests {
             let msg = entry_state_problem(&s).expect("must be refused");
             assert!(msg.contains(needle), "{msg} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn cr4_writes_keep_to_the_offered_bits() {
+        let boot = (1 << 5) | (1 << 9) | (1 << 10);
+        assert_eq!(cr4_write(boot | (1 << 7), true), Ok(boot | (1 << 7)));
+        assert!(
+            cr4_write(boot | (1 << 18), true)
+                .unwrap_err()
+                .contains("OSXSAVE")
+        );
+        assert!(cr4_write(boot | (1 << 12), true).is_err());
+        assert!(
+            cr4_write(boot & !(1 << 5), true)
+                .unwrap_err()
+                .contains("PAE")
+        );
+        assert_eq!(cr4_write(0, false), Ok(0));
     }
 
     #[test]
@@ -536,6 +575,7 @@ mod tests {
             exit(code::VMRUN, 0, 0),
             VmExit::VirtInstruction(VirtInsn::Vmrun)
         );
+        assert_eq!(exit(code::WRITE_CR0 + 4, 0, 0), VmExit::CrWrite { cr: 4 });
         assert_eq!(
             exit(code::XSETBV, 0, 0),
             VmExit::Xsetbv {

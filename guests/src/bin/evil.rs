@@ -18,7 +18,7 @@
 //! | 8 | bad hypercall numbers/arguments | errors returned; exit 0 |
 //! | 9 | leave a secret in XMM0 | exit 0 |
 //! | 10 | read XMM0 | exit code = its low 64 bits: 0 unless another VM's state leaked |
-//! | 11 | set CR4.OSXSAVE, XSETBV | #GP for the CR4 write, #UD (or #GP) for XSETBV; exit 0 |
+//! | 11 | set CR4.PGE (allowed), then CR4.OSXSAVE, XSETBV | #GP for OSXSAVE, #UD (or #GP) for XSETBV; exit 0 |
 //!
 //! Scenarios that should continue exit with 0 when the guest saw what the
 //! documentation promises and with 1 (after printing why) when it did not.
@@ -241,6 +241,16 @@ fn xmm_secret() -> u64 {
 
 fn xsetbv() -> u64 {
     load_idt(0xfff);
+    // An offered CR4 bit (PGE) goes through the emulated MOV.
+    let cr4: u64;
+    // SAFETY: sets CR4.PGE of this guest, which only affects its TLB.
+    unsafe {
+        asm!("mov {t}, cr4", "bts {t}, 7", "mov cr4, {t}", "mov {t}, cr4", t = out(reg) cr4, options(nomem, nostack));
+    }
+    if cr4 & (1 << 7) == 0 {
+        println!("evil: CR4.PGE did not stick: {cr4:#x}");
+        return 1;
+    }
     // XSETBV needs CR4.OSXSAVE; the hypervisor refuses to set it (#GP),
     // and XSETBV itself then raises #UD, or #GP where it exits.
     EVIL_SKIP_LEN.store(4, Ordering::SeqCst);

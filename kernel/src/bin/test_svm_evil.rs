@@ -61,6 +61,10 @@ static SCENARIO: Scenario = Scenario {
             run: fpu_isolation,
         },
         TestCase {
+            name: "osxsave_and_xsetbv_are_refused",
+            run: xsave_refused,
+        },
+        TestCase {
             name: "endless_loop_is_preempted_while_another_vm_runs",
             run: endless_loop,
         },
@@ -158,6 +162,12 @@ fn fpu_isolation() {
         StopReason::Exited(0),
         "XMM0 leaked between VMs"
     );
+}
+
+fn xsave_refused() {
+    let vm = evil(11, 0);
+    assert_eq!(run(&vm), StopReason::Exited(0));
+    assert!(reports(&vm) >= 2, "CR4 write and XSETBV (#UD) reported");
 }
 
 fn endless_loop() {

@@ -337,6 +337,9 @@ impl SvmVcpu {
         let asid = next_asid()?;
         let mut v = Vmcb::new().ok_or("no frame for a VMCB")?;
         v.set(vmcb::INTERCEPT_EXCEPTIONS, INTERCEPTED_EXCEPTIONS);
+        // CR4 writes, to keep OSXSAVE off: QEMU's model ignores the XSETBV
+        // intercept, so refusing OSXSAVE is what keeps XCR0 the host's.
+        v.set(vmcb::INTERCEPT_CR, 1 << (16 + 4));
         {
             use intercept::misc1 as m1;
             use intercept::misc2 as m2;
@@ -539,6 +542,11 @@ impl VirtCpu for SvmVcpu {
 
     fn flush_tlb_on_entry(&mut self) {
         self.flush_on_entry = true;
+    }
+
+    fn set_guest_cr4(&mut self, value: u64) -> bool {
+        self.vmcb.set(vmcb::CR4, value);
+        true
     }
 
     fn guest_efer(&self) -> u64 {

@@ -21,7 +21,7 @@
 //! | port nobody emulates | IN reads all ones, OUT dropped, reported, continues |
 //! | unknown MSR, EFER.SVME | #GP injected, reported, continues |
 //! | VMX/SVM instruction | #UD injected, reported, continues |
-//! | XSETBV (extended state is not offered) | #GP injected, reported, continues |
+//! | XSETBV, CR4.OSXSAVE (extended state is not offered) | #GP injected, reported, continues |
 //! | triple fault | reported, VM stopped |
 //! | HLT | VM stopped (no virtual interrupt source exists) |
 //! | never exits | preempted by host interrupts; stopped on request |
@@ -94,6 +94,32 @@ pub struct GuestRegs {
     pub rflags: u64,
 }
 
+impl GuestRegs {
+    /// General-purpose register `n` in the SDM's numbering (0 = RAX,
+    /// 1 = RCX, 2 = RDX, 3 = RBX, 4 = RSP, 5 = RBP, 6 = RSI, 7 = RDI,
+    /// 8-15 = R8-R15), as instruction encodings name them.
+    pub fn gpr(&self, n: u8) -> u64 {
+        match n & 15 {
+            0 => self.rax,
+            1 => self.rcx,
+            2 => self.rdx,
+            3 => self.rbx,
+            4 => self.rsp,
+            5 => self.rbp,
+            6 => self.rsi,
+            7 => self.rdi,
+            8 => self.r8,
+            9 => self.r9,
+            10 => self.r10,
+            11 => self.r11,
+            12 => self.r12,
+            13 => self.r13,
+            14 => self.r14,
+            _ => self.r15,
+        }
+    }
+}
+
 /// Why a vCPU could not enter the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryError {
@@ -139,6 +165,11 @@ pub trait VirtCpu {
     fn guest_efer(&self) -> u64;
     /// A guest write to EFER; `false` refuses it (the caller injects #GP).
     fn set_guest_efer(&mut self, value: u64) -> bool;
+    /// Installs a guest CR4 the handler has checked; `false` when this
+    /// vendor does not take CR4 writes through exits.
+    fn set_guest_cr4(&mut self, _value: u64) -> bool {
+        false
+    }
 }
 
 /// One virtualization extension, chosen once at boot.
@@ -634,6 +665,7 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, exit: VmExi
             vcpu.inject_exception(6, None);
             Next::Resume
         }
+        VmExit::CrWrite { cr } => cr_write(vm, vcpu, cr),
         VmExit::Xsetbv { xcr, value } => {
             vm.report(format_args!(
                 "guest wrote {value:#x} to XCR{xcr} at RIP {rip:#x}: extended state is not offered, #GP injected, VM continues"
@@ -643,6 +675,50 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, exit: VmExi
         }
         VmExit::Unknown { .. } => Next::Stop(StopReason::Unhandled { exit, rip }),
     }
+}
+
+/// MOV to CR4 (the only control register intercepted): decode the source
+/// register, keep to the offered bits (`hvcore::svm::cr4_write`), flush the
+/// guest's TLB as the architecture does on CR4 changes.
+fn cr_write<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, cr: u8) -> Next {
+    let rip = vcpu.regs().rip;
+    let mut bytes = [0u8; insn::MAX_INSN_LEN];
+    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let Some(insn::Decoded {
+        insn: Insn::MovToCr { cr: got, gpr },
+        len,
+    }) = insn::decode(&bytes[..n])
+    else {
+        return Next::Stop(StopReason::Undecodable { rip });
+    };
+    if got != cr || cr != 4 {
+        return Next::Stop(StopReason::Unhandled {
+            exit: VmExit::CrWrite { cr },
+            rip,
+        });
+    }
+    let value = vcpu.regs().gpr(gpr);
+    let long_mode = vcpu.guest_efer() & (1 << 10) != 0;
+    match hvcore::svm::cr4_write(value, long_mode) {
+        Ok(cr4) if vcpu.set_guest_cr4(cr4) => {
+            vcpu.flush_tlb_on_entry();
+            let r = vcpu.regs();
+            r.rip = r.rip.wrapping_add(len as u64);
+        }
+        Ok(_) => {
+            return Next::Stop(StopReason::Unhandled {
+                exit: VmExit::CrWrite { cr },
+                rip,
+            });
+        }
+        Err(why) => {
+            vm.report(format_args!(
+                "guest wrote {value:#x} to CR4 at RIP {rip:#x}: {why}, #GP injected, VM continues"
+            ));
+            vcpu.inject_exception(13, Some(0));
+        }
+    }
+    Next::Resume
 }
 
 fn report_virt<F: EntryFormat>(vm: &Vm<F>, v: VirtInsn, rip: u64) {

@@ -43,7 +43,7 @@ fn svm_guests_run_with_nested_paging() {
 }
 
 fn evil_on(smp: u32) {
-    let run = expect_pass_on("test_svm_evil", smp, 9);
+    let run = expect_pass_on("test_svm_evil", smp, 10);
     // One line per misbehaviour, naming the VM, what and where.
     for line in [
         "vm evil: guest read outside its RAM at GPA 0x801000 (RIP ",
@@ -54,6 +54,7 @@ fn evil_on(smp: u32) {
         "vm evil: guest executed VMXON (VMX instruction) at RIP ",
         "vm evil: guest triple-faulted (shutdown) at RIP ",
         "vm evil: bad hypercall 0x1234 (args ",
+        "vm evil: guest wrote 0x406a0 to CR4 at RIP ",
         "vm evil: stopped by the host: VM stopped",
         "vm hello: guest exited with code 0x0",
     ] {

@@ -51,6 +51,7 @@ TEST OPTIONS:
     --list            List the steps and exit
     --step NAME       Run only this step (repeatable)
     --release         Build kernel images with the release profile
+    --keep-going      Run every step even after one fails; list failures at the end
 
 ENVIRONMENT:
     THERMOCLINE_ACCEL=tcg|kvm   Force the accelerator
@@ -486,9 +487,11 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     let all = steps();
     let mut selected: Vec<&str> = Vec::new();
     let mut profile = Profile::Debug;
+    let mut keep_going = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
+            "--keep-going" => keep_going = true,
             "--list" => {
                 for s in &all {
                     println!("{:<14} {}", s.name, s.what);
@@ -518,6 +521,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
         .filter(|s| selected.is_empty() || selected.contains(&s.name))
         .collect();
     let start = Instant::now();
+    let mut failed = Vec::new();
     for (i, step) in run.iter().enumerate() {
         println!(
             "\n==> [{}/{}] {}: {} (at {:.0} s)",
@@ -527,9 +531,26 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
             step.what,
             start.elapsed().as_secs_f64()
         );
-        (step.run)(&ctx).map_err(|e| format!("step `{}` failed: {e}", step.name))?;
+        if let Err(e) = (step.run)(&ctx) {
+            let e = format!("step `{}` failed: {e}", step.name);
+            if !keep_going {
+                return Err(e);
+            }
+            eprintln!("xtask: {e}; going on (--keep-going)");
+            failed.push(step.name);
+        }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} steps failed: {} (after {:.0} s)",
+            failed.len(),
+            run.len(),
+            failed.join(", "),
+            start.elapsed().as_secs_f64()
+        ))
+    }
 }
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {

@@ -16,6 +16,7 @@
 //! `target/loom` (different RUSTFLAGS would otherwise rebuild everything).
 
 mod guests;
+mod report;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,10 @@ COMMANDS:
               host tests, loom models, in-QEMU scenarios
     bench     Run the host benchmarks (cargo bench -p hvcore)
     images    Build the kernel ELFs and their BIOS and UEFI disk images
+    report LOG
+              Summarise the aging/reclaim report (TCR lines) of a console log
+    heatmap LOG -o FILE.png [--vm NAME]
+              Draw guest-physical memory against time, coloured by age
     help      Print this help
 
 RUN OPTIONS:
@@ -69,6 +74,8 @@ fn main() -> ExitCode {
         "test" => cmd_test(rest),
         "bench" => cmd_bench(rest),
         "images" => cmd_images(rest),
+        "report" => report::cmd_report(rest),
+        "heatmap" => report::cmd_heatmap(rest),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

@@ -618,12 +618,17 @@ impl<A: TableAlloc> Mapper<A> {
                 flags |= v & (F::ACCESSED | F::DIRTY);
             }
             let leaf = F::make_leaf(HostPhysAddr::new(base), level, perms);
-            if walk
-                .slot()
-                .compare_exchange(e.old, leaf | flags, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+            // The CPU (A) and aging passes (A, rescan mark) change the table
+            // entry under us without changing the table it points to: retry.
+            let mut old = e.old;
+            while let Err(now) =
+                walk.slot()
+                    .compare_exchange(old, leaf | flags, Ordering::AcqRel, Ordering::Acquire)
             {
-                return Err(MapError::NotCollapsible(gpa));
+                if (now ^ old) & !(F::ACCESSED | F::DIRTY | F::RESCAN) != 0 {
+                    return Err(MapError::NotCollapsible(gpa));
+                }
+                old = now;
             }
             let slot = walk.slot();
             drop(walk);

@@ -252,6 +252,39 @@ fn loom_aging_vs_split() {
     });
 }
 
+/// A writer collapses a table of two young leaves (one dirty) into a huge
+/// leaf while a pass ages them: the D bit survives the collapse, and the
+/// accesses are either reported by the pass or still recorded in the new
+/// leaf.
+#[test]
+fn loom_aging_vs_collapse() {
+    model(|| {
+        let (tables, mut m, _mem) = setup(false);
+        cpu_access(&tables, 0, false);
+        cpu_access(&tables, 4096, true);
+        let t2 = tables.clone();
+        let writer = thread::spawn(move || {
+            m.collapse(&t2, GuestPhysAddr::new(0), 2).unwrap();
+            m
+        });
+        let (_, young) = age(&tables);
+        let _m = writer.join().unwrap();
+        let (root, leaf) = leaf_entry(&tables, 0);
+        assert!(
+            T::is_leaf(root, 2) && root == leaf,
+            "collapsed into one huge leaf"
+        );
+        assert!(
+            leaf & T::DIRTY != 0,
+            "the D bit was lost in the collapse: {leaf:#x}"
+        );
+        assert!(
+            !young.is_empty() || leaf & T::ACCESSED != 0,
+            "accesses lost"
+        );
+    });
+}
+
 /// The CPU touches a page while a pass runs (no TLB here: every access
 /// walks, setting A top-down one level at a time). The access must be
 /// reported by that pass or the next one, even when the walk straddles the

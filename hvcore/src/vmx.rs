@@ -634,6 +634,8 @@ pub mod reason {
     pub const VMXOFF: u16 = 26;
     /// VMXON.
     pub const VMXON: u16 = 27;
+    /// Control-register access.
+    pub const CR_ACCESS: u16 = 28;
     /// I/O instruction.
     pub const IO_INSTRUCTION: u16 = 30;
     /// RDMSR.
@@ -675,6 +677,7 @@ impl ExitReason {
                 self.basic(),
                 reason::CPUID | reason::HLT | reason::VMCALL | reason::VMCLEAR
                     ..=reason::VMXON
+                        | reason::CR_ACCESS
                         | reason::IO_INSTRUCTION
                         | reason::RDMSR
                         | reason::WRMSR
@@ -699,6 +702,7 @@ impl ExitReason {
             reason::CPUID => "CPUID",
             reason::HLT => "HLT",
             reason::VMCALL => "VMCALL",
+            reason::CR_ACCESS => "control-register access",
             reason::IO_INSTRUCTION => "I/O instruction",
             reason::RDMSR => "RDMSR",
             reason::WRMSR => "WRMSR",
@@ -809,6 +813,11 @@ pub fn decode_exit(raw: &RawExit) -> VmExit {
         reason::WRMSR => VmExit::MsrWrite {
             msr: raw.rcx as u32,
             value: (raw.rdx << 32) | (raw.rax & 0xffff_ffff),
+        },
+        // Qualification bits 3:0 the register, 5:4 the access type (0: MOV
+        // to CR; MOV from CR, CLTS and LMSW have no neutral meaning yet).
+        reason::CR_ACCESS if (q >> 4) & 3 == 0 => VmExit::CrWrite {
+            cr: (q & 0xf) as u8,
         },
         reason::XSETBV => VmExit::Xsetbv {
             xcr: raw.rcx as u32,
@@ -1043,6 +1052,22 @@ mod tests {
         assert!(ExitReason(18).reports_instruction_len());
         assert!(ExitReason(30).reports_instruction_len());
         assert!(ExitReason(55).reports_instruction_len());
+        // MOV CR4, RAX: CR 4, access type 0, register 0 in bits 11:8.
+        let mov_cr4 = RawExit {
+            reason: 28,
+            qualification: 4,
+            ..RawExit::default()
+        };
+        assert_eq!(decode_exit(&mov_cr4), VmExit::CrWrite { cr: 4 });
+        let lmsw = RawExit {
+            reason: 28,
+            qualification: (3 << 4),
+            ..RawExit::default()
+        };
+        assert!(matches!(
+            decode_exit(&lmsw),
+            VmExit::Unknown { code: 28, .. }
+        ));
         let xsetbv = RawExit {
             reason: 55,
             rcx: 0,

@@ -941,6 +941,9 @@ def load_kernel(ram: GuestRam, elf: Elf, kernel_bytes: bytes, config: dict, layo
     st.xcr0 = 1
     st.pat = 0x0007040600070406
     st.mxcsr = 0x1F80
+    # The State default is 0, and Bochs then refuses every FXRSTOR (#GP,
+    # "corrupted MXCSR"); real CPUs with DAZ report 0xFFFF.
+    st.mxcsr_mask = 0xFFFF
     st.fpcw = 0x37F
     st.apic_base = 0xFEE00900  # xAPIC enabled, bootstrap processor
     st.cs = segment(bochscpu, 0x08, 0xA09B)  # 64-bit code, DPL 0, accessed

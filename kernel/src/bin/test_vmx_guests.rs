@@ -4,7 +4,8 @@
 //! and 2 MiB); the `checksum` guest sees its data intact and every data page
 //! ends accessed and dirty in the EPT, untouched RAM stays unbacked; no GPA
 //! reaches a frame the VM does not own; every `evil` scenario that one CPU
-//! without a timer can run is survived as `docs/guests.md` promises; a VMCS
+//! without a timer can run is survived as `docs/guests.md` promises (CR4
+//! writes checked, x87/SSE state kept per vCPU); a VMCS
 //! with bad guest state is refused with the reason named.
 //!
 //! The `pattern` guest checks exact EPT A/D per interval, with the A/D
@@ -70,6 +71,10 @@ static SCENARIO: Scenario = Scenario {
         TestCase {
             name: "evil_guests_are_survived",
             run: evil,
+        },
+        TestCase {
+            name: "xmm_state_does_not_leak_between_vms",
+            run: xmm_state_does_not_leak,
         },
         TestCase {
             name: "bad_guest_state_is_refused",
@@ -291,7 +296,7 @@ fn evil() {
             _ => |r| *r == StopReason::Exited(0),
         }
     };
-    for scenario in [1u64, 2, 3, 4, 5, 6, 8] {
+    for scenario in [1u64, 2, 3, 4, 5, 6, 8, 11] {
         let vm = Vm::<Ept>::new(config(images::EVIL, ram, true, scenario), None).expect("VM");
         let reason = vm::run_on_this_cpu::<Vmx>(&vm);
         kernel::println!("evil {scenario}: {reason}");
@@ -300,6 +305,18 @@ fn evil() {
             "evil scenario {scenario}: {reason}"
         );
     }
+}
+
+/// `evil` 9 leaves a secret in XMM0 and exits; `evil` 10, in another VM on
+/// the same CPU, exits with the low half of its XMM0: 0 unless the first
+/// VM's x87/SSE state leaked through.
+fn xmm_state_does_not_leak() {
+    let run = |scenario| {
+        let vm = Vm::<Ept>::new(config(images::EVIL, 8 * MIB, true, scenario), None).expect("VM");
+        vm::run_on_this_cpu::<Vmx>(&vm)
+    };
+    assert_eq!(run(9), StopReason::Exited(0), "the writer");
+    assert_eq!(run(10), StopReason::Exited(0), "the reader saw no secret");
 }
 
 fn bad_state_refused() {

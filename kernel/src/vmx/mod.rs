@@ -32,6 +32,9 @@ use hvcore::vmx::{
 
 use crate::{hw, mem};
 
+/// CR4.OSFXSR.
+const CR4_OSFXSR: u64 = 1 << 9;
+
 /// Why VMX could not be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmxError {
@@ -129,14 +132,18 @@ pub fn enable_on_this_cpu() -> Result<(), VmxError> {
         FeatureControlPlan::Write(value) => unsafe { wrmsr(msr::FEATURE_CONTROL, value) },
     }
     let cr0 = vmx::apply_fixed(read_cr0(), cap(msr::CR0_FIXED0), cap(msr::CR0_FIXED1));
+    // CR4.OSFXSR too: the vCPUs switch the guests' x87/SSE state with
+    // FXSAVE/FXRSTOR, which cover the XMM registers only with it.
     let cr4 = vmx::apply_fixed(
-        read_cr4() | CR4_VMXE,
+        read_cr4() | CR4_VMXE | CR4_OSFXSR,
         cap(msr::CR4_FIXED0),
         cap(msr::CR4_FIXED1),
     );
     // SAFETY: the fixed bits only add CR0.NE/PE/PG (already set in long
-    // mode, NE changes x87 error reporting, which the kernel does not use)
-    // and CR4.VMXE, which enables the VMX instructions.
+    // mode, NE changes x87 error reporting, which the kernel does not use),
+    // CR4.VMXE, which enables the VMX instructions, and CR4.OSFXSR, which
+    // lets FXSAVE/FXRSTOR and SSE use the XMM state (the kernel is
+    // soft-float and executes no SSE instruction).
     unsafe {
         asm!("mov cr0, {}", in(reg) cr0, options(nomem, nostack, preserves_flags));
         asm!("mov cr4, {}", in(reg) cr4, options(nomem, nostack, preserves_flags));

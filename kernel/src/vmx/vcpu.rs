@@ -16,12 +16,15 @@
 //! Neighbours: `super` (the instructions), `crate::vm` (the trait and the
 //! exit handlers), `hvcore::vmx` (fields, controls, exit decoding).
 
+use core::arch::asm;
+
 use hvcore::addr::HostPhysAddr;
 use hvcore::ept::eptp;
 use hvcore::exit::VmExit;
 use hvcore::frame::FrameSize;
 use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
 use hvcore::guest_walk::GuestPaging;
+use hvcore::svm::CR4_GUEST_WRITABLE;
 use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
 
 use super::{Entered, Gprs, Vmcs, VmxError};
@@ -115,6 +118,21 @@ const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 const IA32_EFER: u32 = 0xc000_0080;
 const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
 
+/// An FXSAVE area (Intel SDM vol. 1, "FXSAVE": 512 bytes, 16-byte aligned).
+#[derive(Debug)]
+#[repr(C, align(16))]
+struct FxArea([u8; 512]);
+
+impl FxArea {
+    /// The x87/SSE state after reset: FCW 0x37F, MXCSR 0x1F80, all else 0.
+    fn reset() -> Self {
+        let mut area = [0u8; 512];
+        area[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        area[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        Self(area)
+    }
+}
+
 /// One VMX vCPU: its VMCS and the registers the VMCS does not hold.
 #[derive(Debug)]
 pub struct VmxVcpu {
@@ -126,6 +144,9 @@ pub struct VmxVcpu {
     launched: bool,
     flush_on_entry: bool,
     next_rip: Option<u64>,
+    /// The guest's x87/SSE registers: VM entry and exit do not switch
+    /// them, so without this one VM would read another's XMM registers.
+    fpu: FxArea,
     /// An event whose delivery the exit interrupted (IDT-vectoring info),
     /// with its error code, to deliver again at the next entry.
     reinject: Option<(u32, u32)>,
@@ -215,7 +236,13 @@ impl VmxVcpu {
         w(field::GUEST_CR3, BOOT_CPU_STATE.cr3)?;
         w(field::GUEST_CR4, cr4)?;
         w(field::CR0_GUEST_HOST_MASK, 0)?;
-        w(field::CR4_GUEST_HOST_MASK, vmx::CR4_VMXE)?;
+        // The host owns every CR4 bit a guest may not change (VMXE among
+        // them): a MOV to CR4 that would change one exits, and `vm` checks
+        // it as it does for SVM (`set_guest_cr4`).
+        w(
+            field::CR4_GUEST_HOST_MASK,
+            !CR4_GUEST_WRITABLE | vmx::CR4_VMXE,
+        )?;
         w(field::CR4_READ_SHADOW, BOOT_CPU_STATE.cr4)?;
         w(field::GUEST_IA32_EFER, BOOT_CPU_STATE.efer)?;
         w(field::GUEST_IA32_PAT, DEFAULT_PAT)?;
@@ -289,6 +316,7 @@ impl VmxVcpu {
             launched: false,
             flush_on_entry: true,
             next_rip: None,
+            fpu: FxArea::reset(),
             reinject: None,
         })
     }
@@ -323,11 +351,19 @@ impl VmxVcpu {
             super::invept_single_context(self.eptp).map_err(|_| setup("INVEPT failed"))?;
         }
         let mut gprs = to_gprs(&self.regs);
+        // SAFETY: the area is 16-byte aligned and holds a state FXSAVE wrote
+        // (or the reset state); the kernel is soft-float, so the x87/SSE
+        // registers hold nothing of the host's until the FXSAVE below, and
+        // interrupts are off (`with_vmcs`).
+        unsafe { asm!("fxrstor64 [{}]", in(reg) self.fpu.0.as_ptr(), options(nostack, readonly)) };
         // SAFETY: the VMCS is current, built by `new` with this CPU's host
         // state, controls computed from the capability MSRs and an EPT whose
         // leaves are the VM's own frames (`vm::memory`); `launched` tracks
         // the VMCS launch state.
         let entered = unsafe { super::enter(&mut gprs, self.launched) };
+        // SAFETY: as above; keeps the guest's x87/SSE state with this vCPU,
+        // so no other VM on this CPU ever sees it.
+        unsafe { asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack)) };
         from_gprs(&gprs, &mut self.regs);
         if let Entered::Failed(fail) = entered {
             return Err(EntryError::InvalidState {
@@ -466,6 +502,17 @@ impl VirtCpu for VmxVcpu {
 
     fn flush_tlb_on_entry(&mut self) {
         self.flush_on_entry = true;
+    }
+
+    fn set_guest_cr4(&mut self, value: u64) -> bool {
+        // The guest reads `value` (the shadow); the CPU runs with VMXE and
+        // the other fixed bits added.
+        let cr4 = vmx::apply_fixed(value, cap(msr::CR4_FIXED0), cap(msr::CR4_FIXED1));
+        with_vmcs(|| {
+            self.vmcs.load().is_ok()
+                && super::write(field::GUEST_CR4, cr4).is_ok()
+                && super::write(field::CR4_READ_SHADOW, value).is_ok()
+        })
     }
 
     fn guest_efer(&self) -> u64 {

@@ -60,6 +60,10 @@ static SCENARIO: Scenario = Scenario {
             name: "bad_vmcb_state_is_refused",
             run: bad_vmcb_refused,
         },
+        TestCase {
+            name: "dropping_a_vm_returns_every_frame",
+            run: teardown_returns_frames,
+        },
     ],
 };
 
@@ -266,4 +270,28 @@ fn bad_vmcb_refused() {
     }
     // The same VM still runs with a good VMCB afterwards.
     assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+}
+
+fn checksum_once(huge_pages: bool) -> u64 {
+    let vm = Vm::<Npt>::new(config(images::CHECKSUM, 16 * MIB, huge_pages, 1), None).expect("VM");
+    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+    vm.memory.resident().0
+}
+
+fn teardown_returns_frames() {
+    // Warm up: the heap grows to what a VM's bookkeeping needs and keeps it.
+    checksum_once(false);
+    checksum_once(true);
+    for huge_pages in [false, true] {
+        let before = kernel::mem::frame_stats().free_frames;
+        let resident = checksum_once(huge_pages);
+        let after = kernel::mem::frame_stats().free_frames;
+        kernel::println!(
+            "teardown (huge pages {huge_pages}): {resident} guest frames used, free frames {before} -> {after}"
+        );
+        assert_eq!(
+            after, before,
+            "guest frames, tables and the VMCB all come back"
+        );
+    }
 }

@@ -372,11 +372,11 @@ impl<F: EntryFormat> GuestPhysRead for GuestMemory<F> {
 impl<F: EntryFormat> Drop for GuestMemory<F> {
     fn drop(&mut self) {
         let w = self.writer.get_mut();
-        let ram = self.ram_bytes;
+        // The whole space, so every table below the root is unlinked too.
         let _ = w.mapper.unmap(
             &self.tables,
             GuestPhysAddr::new(0),
-            ram.next_multiple_of(PAGE_SIZE_2M),
+            F::space_size(),
             |_, _, _| {},
         );
         for f in w.frames.values() {

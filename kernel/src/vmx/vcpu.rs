@@ -148,8 +148,9 @@ pub struct VmxVcpu {
     /// them, so without this one VM would read another's XMM registers.
     fpu: FxArea,
     /// An event whose delivery the exit interrupted (IDT-vectoring info),
-    /// with its error code, to deliver again at the next entry.
-    reinject: Option<(u32, u32)>,
+    /// with its error code and instruction length, to deliver again at the
+    /// next entry.
+    reinject: Option<(u32, u32, u32)>,
 }
 
 fn w<F: vmx::VmcsField>(f: F, value: F::Value) -> Result<(), &'static str> {
@@ -341,11 +342,14 @@ impl VmxVcpu {
         w(field::GUEST_RIP, self.regs.rip).map_err(setup)?;
         w(field::GUEST_RSP, self.regs.rsp).map_err(setup)?;
         w(field::GUEST_RFLAGS, self.regs.rflags).map_err(setup)?;
-        if let Some((info, error_code)) = self.reinject.take()
+        if let Some((info, error_code, len)) = self.reinject.take()
             && super::read(field::ENTRY_INTERRUPTION_INFO).unwrap_or(0) & (1 << 31) == 0
         {
             w(field::ENTRY_INTERRUPTION_INFO, info).map_err(setup)?;
             w(field::ENTRY_EXCEPTION_ERROR_CODE, error_code).map_err(setup)?;
+            // Software interrupts and exceptions (INT n, INT3, INTO) are
+            // delivered again with their instruction length.
+            w(field::ENTRY_INSTRUCTION_LEN, len).map_err(setup)?;
         }
         if core::mem::take(&mut self.flush_on_entry) {
             super::invept_single_context(self.eptp).map_err(|_| setup("INVEPT failed"))?;
@@ -403,7 +407,7 @@ impl VmxVcpu {
         let vectoring = super::read(field::IDT_VECTORING_INFO).unwrap_or(0);
         if vectoring & (1 << 31) != 0 {
             let code = super::read(field::IDT_VECTORING_ERROR_CODE).unwrap_or(0);
-            self.reinject = Some((vectoring & !(1 << 12), code));
+            self.reinject = Some((vectoring & !(1 << 12), code, raw.instruction_len));
         }
         Ok(vmx::decode_exit(&raw))
     }

@@ -18,6 +18,7 @@
 //! | 8 | bad hypercall numbers/arguments | errors returned; exit 0 |
 //! | 9 | leave a secret in XMM0 | exit 0 |
 //! | 10 | read XMM0 | exit code = its low 64 bits: 0 unless another VM's state leaked |
+//! | 12 | read 8 bytes at the address (bits 8-63) | exit code = the value read, or VM stopped outside RAM |
 //! | 11 | set CR4.PGE (allowed), then CR4.OSXSAVE, XSETBV | #GP for OSXSAVE, #UD (or #GP) for XSETBV; exit 0 |
 //!
 //! Scenarios that should continue exit with 0 when the guest saw what the
@@ -330,6 +331,7 @@ fn main(boot: BootInfo) -> u64 {
         9 => xmm_secret(),
         10 => read_xmm0(),
         11 => xsetbv(),
+        12 => guests::read_u64(boot.arg >> 8),
         _ => {
             println!("evil: unknown scenario {scenario}");
             1

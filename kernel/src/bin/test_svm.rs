@@ -16,6 +16,7 @@ use hvcore::cpu_features::Backend;
 use hvcore::guest_layout as layout;
 use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
+use hvcore::table::TableMemory;
 use kernel::svm::{SvmVcpu, vmcb};
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{
@@ -55,6 +56,10 @@ static SCENARIO: Scenario = Scenario {
         TestCase {
             name: "no_gpa_reaches_a_foreign_frame",
             run: isolation,
+        },
+        TestCase {
+            name: "host_frame_addresses_reach_only_guest_ram",
+            run: host_frames_unreachable,
         },
         TestCase {
             name: "bad_vmcb_state_is_refused",
@@ -239,6 +244,39 @@ fn isolation() {
             report.frames
         );
         assert!(report.pages >= data_pages(ram));
+    }
+}
+
+/// A guest that names a host frame's address as a GPA reaches its own RAM
+/// (or nothing), never the host frame: here the frame is the VM's own NPT
+/// root, whose first entry is non-zero while the guest runs.
+fn host_frames_unreachable() {
+    use hvcore::guest_walk::GuestPhysRead;
+    let ram = 128 * MIB;
+    let mut vm = Vm::<Npt>::new(config(images::EVIL, ram, true, 0), None).expect("VM");
+    let root = vm.memory.tables().root().as_u64();
+    vm.config.boot_arg = 12 | (root << 8);
+    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    let host_entry = vm
+        .memory
+        .tables()
+        .mem()
+        .table(vm.memory.tables().root())
+        .expect("root")[0]
+        .load(Ordering::Relaxed);
+    assert_ne!(host_entry, 0, "the root maps the guest's low memory");
+    kernel::println!("host-frame probe: GPA {root:#x} (this VM's NPT root) gave {reason}");
+    match reason {
+        StopReason::Exited(value) => {
+            let mut own = [0u8; 8];
+            vm.memory
+                .read(GuestPhysAddr::new(root), &mut own)
+                .expect("inside RAM");
+            assert_eq!(value, u64::from_le_bytes(own), "the guest read its own RAM");
+            assert_ne!(value, host_entry, "the guest read the host's table entry");
+        }
+        StopReason::OutsideRam { gpa, .. } => assert_eq!(gpa, root),
+        other => panic!("unexpected stop: {other:?}"),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod feedback;
 pub mod flush;
 pub mod frame;
 pub mod generations;
+pub mod guest_cpu;
 pub mod guest_layout;
 pub mod guest_walk;
 pub mod hypercall;

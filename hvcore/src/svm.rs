@@ -202,6 +202,17 @@ pub mod tlb_control {
     pub const FLUSH_GUEST: u8 = 3;
 }
 
+/// The TLB control for the next VMRUN: a requested flush (after an aging
+/// pass, a table change, or a vCPU's first run) flushes this guest's ASID
+/// where the CPU can, else the whole TLB; never nothing.
+pub const fn tlb_control_for(flush_requested: bool, flush_by_asid: bool) -> u8 {
+    match (flush_requested, flush_by_asid) {
+        (false, _) => tlb_control::NOTHING,
+        (true, true) => tlb_control::FLUSH_GUEST,
+        (true, false) => tlb_control::FLUSH_ALL,
+    }
+}
+
 /// EFER.SVME.
 pub const EFER_SVME: u64 = 1 << 12;
 /// MSR VM_HSAVE_PA: the host save area.
@@ -491,6 +502,15 @@ mod tests {
                 .contains("PAE")
         );
         assert_eq!(cr4_write(0, false), Ok(0));
+    }
+
+    #[test]
+    fn a_requested_flush_always_flushes() {
+        for by_asid in [false, true] {
+            assert_ne!(tlb_control_for(true, by_asid), tlb_control::NOTHING);
+            assert_eq!(tlb_control_for(false, by_asid), tlb_control::NOTHING);
+        }
+        assert_eq!(tlb_control_for(true, true), tlb_control::FLUSH_GUEST);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
 use hvcore::guest_walk::GuestPaging;
 use hvcore::svm::{
     self, EFER_SVME, EntryState, ExitState, IOPM_BYTES, MSR_EFER, MSR_VM_HSAVE_PA, MSRPM_BYTES,
-    intercept, tlb_control,
+    intercept,
 };
 use spin::Once;
 use vmcb::{Segment, Vmcb};
@@ -56,6 +56,7 @@ static NEXT_ASID: AtomicU32 = AtomicU32::new(1);
 /// The CPU's ASID count and NRIP save support, read when SVM is enabled.
 static ASID_LIMIT: AtomicU32 = AtomicU32::new(0);
 static HAS_NRIP: AtomicU32 = AtomicU32::new(0);
+static HAS_FLUSH_BY_ASID: AtomicU32 = AtomicU32::new(0);
 
 fn apic_id() -> usize {
     (hw::cpuid(1, 0).ebx >> 24) as usize
@@ -93,6 +94,7 @@ pub fn enable_on_this_cpu() -> Result<(), &'static str> {
     }
     ASID_LIMIT.store(features.asids, Ordering::Release);
     HAS_NRIP.store(u32::from(features.nrip_save), Ordering::Release);
+    HAS_FLUSH_BY_ASID.store(u32::from(features.flush_by_asid), Ordering::Release);
     permission_maps()?;
     let hsave =
         mem::alloc_frame(FrameSize::Size4K).map_err(|_| "no frame for the host save area")?;
@@ -468,11 +470,7 @@ impl VirtCpu for SvmVcpu {
         let flush = core::mem::take(&mut self.flush_on_entry);
         v.set(
             vmcb::TLB_CONTROL,
-            if flush {
-                tlb_control::FLUSH_ALL
-            } else {
-                tlb_control::NOTHING
-            },
+            svm::tlb_control_for(flush, HAS_FLUSH_BY_ASID.load(Ordering::Relaxed) != 0),
         );
         // SAFETY:
         // 1. The VMCB is a zeroed-then-initialised page we own, with valid

@@ -43,6 +43,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hvcore::addr::GuestPhysAddr;
 use hvcore::cpu_features::Backend;
 use hvcore::exit::{AccessKind, IoAccess, IoDir, VirtInsn, VmExit};
+use hvcore::flush::TlbFlush;
+use hvcore::guest_cpu;
 use hvcore::guest_layout as layout;
 use hvcore::guest_walk::{self, GuestPaging, GuestPhysRead};
 use hvcore::hypercall::{self, Hypercall, HypercallError, HypercallRegs};
@@ -534,6 +536,15 @@ pub fn run_selected_guest() {
     }
 }
 
+/// The aging pass's flush (`hvcore::flush`): every vCPU of the VM flushes
+/// the guest's translations before its next entry (SVM: TLB control on
+/// VMRUN; VMX: INVEPT).
+impl<F: EntryFormat> TlbFlush for &Vm<F> {
+    fn flush_guest_tlb(&mut self) {
+        self.request_tlb_flush();
+    }
+}
+
 /// Creates a vCPU for `vm` on this CPU and runs it until the VM stops.
 /// Returns the reason, which is also printed and kept in the VM.
 pub fn run_on_this_cpu<E: Extension>(vm: &Vm<E::Format>) -> StopReason {
@@ -753,40 +764,22 @@ fn skip<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, expect: Insn) -> N
     }
 }
 
-/// CPUID as the guest sees it: the host's, without VMX/SVM, with the
-/// hypervisor bit and Thermocline's signature at 0x4000_0000.
+/// CPUID as the guest sees it: `hvcore::guest_cpu::guest_view` of the
+/// host's answer.
 fn cpuid(regs: &mut GuestRegs) {
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
-    let mut r = match leaf {
-        0x4000_0000 => {
-            let sig = *b"Thermocline ";
-            let word = |i: usize| u32::from_le_bytes([sig[i], sig[i + 1], sig[i + 2], sig[i + 3]]);
-            crate::hw::CpuidResult {
-                eax: 0x4000_0000,
-                ebx: word(0),
-                ecx: word(4),
-                edx: word(8),
-            }
+    let host = if guest_cpu::uses_host(leaf) {
+        let r = crate::hw::cpuid(leaf, subleaf);
+        guest_cpu::Cpuid {
+            eax: r.eax,
+            ebx: r.ebx,
+            ecx: r.ecx,
+            edx: r.edx,
         }
-        // Hypervisor leaves, SVM features, XSAVE state components.
-        0x4000_0001..=0x4000_00ff | 0x8000_000a | 0xd => crate::hw::CpuidResult::default(),
-        _ => crate::hw::cpuid(leaf, subleaf),
+    } else {
+        guest_cpu::Cpuid::default()
     };
-    match leaf {
-        1 => {
-            r.ecx &= !hvcore::cpu_features::CPUID1_ECX_VMX;
-            r.ecx |= hvcore::cpu_features::CPUID1_ECX_HYPERVISOR;
-            // No XSAVE, OSXSAVE, AVX: XCR0 is not switched per VM (XSETBV
-            // is refused), so only the FXSAVE state is offered.
-            r.ecx &= !((1 << 26) | (1 << 27) | (1 << 28));
-            // Initial APIC id 0: one vCPU per VM.
-            r.ebx &= 0x00ff_ffff;
-        }
-        0x8000_0001 => r.ecx &= !hvcore::cpu_features::CPUID_EXT1_ECX_SVM,
-        // AVX2 and the AVX-512 family need XSAVE state.
-        7 if subleaf == 0 => r.ebx &= !((1 << 5) | 0xdc23_0000),
-        _ => {}
-    }
+    let r = guest_cpu::guest_view(leaf, subleaf, host);
     regs.rax = u64::from(r.eax);
     regs.rbx = u64::from(r.ebx);
     regs.rcx = u64::from(r.ecx);

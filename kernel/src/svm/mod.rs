@@ -16,7 +16,9 @@
 //!
 //! Key types: [`SvmVcpu`] (implements `crate::vm::VirtCpu`), [`vmcb::Vmcb`].
 //! Per-CPU state: the host save area and a host-state page for
-//! VMSAVE/VMLOAD, indexed by local APIC id.
+//! VMSAVE/VMLOAD, indexed by CPU index. The kernel's per-CPU data lives
+//! behind GS, which VMRUN does not switch: the VMSAVE/VMLOAD pair around
+//! it is what keeps a guest's GS from becoming the host's.
 
 pub mod vmcb;
 
@@ -37,7 +39,7 @@ use hvcore::svm::{
 use spin::Once;
 use vmcb::{Segment, Vmcb};
 
-/// Most CPUs (by local APIC id) the per-CPU table holds.
+/// Most CPUs (by CPU index) the per-CPU table holds.
 const MAX_CPUS: usize = 256;
 
 /// Per CPU: physical address of the host save area (0 = SVM off).
@@ -58,8 +60,10 @@ static ASID_LIMIT: AtomicU32 = AtomicU32::new(0);
 static HAS_NRIP: AtomicU32 = AtomicU32::new(0);
 static HAS_FLUSH_BY_ASID: AtomicU32 = AtomicU32::new(0);
 
-fn apic_id() -> usize {
-    (hw::cpuid(1, 0).ebx >> 24) as usize
+/// This CPU's slot in the per-CPU tables (not CPUID: under nested
+/// virtualization every CPUID is an exit to the outer hypervisor).
+fn this_cpu() -> usize {
+    crate::smp::cpu_index()
 }
 
 /// Writes a model-specific register.
@@ -78,9 +82,9 @@ unsafe fn wrmsr(msr: u32, value: u64) {
 /// Why SVM cannot run here, or `Ok` once it is on for the calling CPU
 /// (idempotent). Requires `mem::init`.
 pub fn enable_on_this_cpu() -> Result<(), &'static str> {
-    let cpu = apic_id();
+    let cpu = this_cpu();
     if cpu >= MAX_CPUS {
-        return Err("local APIC id beyond the per-CPU table");
+        return Err("CPU index beyond the per-CPU table");
     }
     if HSAVE[cpu].load(Ordering::Acquire) != 0 {
         return Ok(());
@@ -452,7 +456,7 @@ impl SvmVcpu {
 
 impl VirtCpu for SvmVcpu {
     fn run(&mut self) -> Result<VmExit, EntryError> {
-        let cpu = apic_id();
+        let cpu = this_cpu();
         let host_state = HOST_STATE.get(cpu).map_or(0, |h| h.load(Ordering::Acquire));
         if host_state == 0 {
             return Err(EntryError::Setup("SVM is not enabled on this CPU"));

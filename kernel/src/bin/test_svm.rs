@@ -66,6 +66,14 @@ static SCENARIO: Scenario = Scenario {
             run: bad_vmcb_refused,
         },
         TestCase {
+            name: "more_live_vcpus_than_asids",
+            run: more_vcpus_than_asids,
+        },
+        TestCase {
+            name: "exit_round_trip_benchmark",
+            run: exit_round_trip,
+        },
+        TestCase {
             name: "dropping_a_vm_returns_every_frame",
             run: teardown_returns_frames,
         },
@@ -332,4 +340,49 @@ fn teardown_returns_frames() {
             "guest frames, tables and the VMCB all come back"
         );
     }
+}
+
+/// Prints what one VMMCALL exit and return costs (a benchmark: the figure
+/// is reported, not judged; QEMU TCG is far slower than hardware).
+fn exit_round_trip() {
+    const CALLS: u64 = 20_000;
+    let vm = Vm::<Npt>::new(config(images::HELLO, 8 * MIB, true, CALLS), None).expect("VM");
+    let start_ns = kernel::time::now_ns();
+    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+    let elapsed_ns = kernel::time::now_ns() - start_ns;
+    let hypercalls = vm.stats.hypercalls.load(Ordering::Relaxed);
+    assert_eq!(hypercalls, CALLS + 1, "every VERSION call and the EXIT");
+    kernel::println!(
+        "bench: {hypercalls} hypercalls, {} exits in {} ms: {} ns per exit round trip (VM creation included)",
+        vm.stats.exits.load(Ordering::Relaxed),
+        elapsed_ns / 1_000_000,
+        elapsed_ns / vm.stats.exits.load(Ordering::Relaxed).max(1)
+    );
+}
+
+/// QEMU offers 16 ASIDs: 24 vCPUs alive at once share the last one (and
+/// flush it at every entry); every VM still runs correctly, and ASIDs come
+/// back when vCPUs go.
+fn more_vcpus_than_asids() {
+    use alloc::vec::Vec;
+    let vms: Vec<_> = (0..24)
+        .map(|_| Vm::<Npt>::new(config(images::HELLO, 6 * MIB, true, 0), None).expect("VM"))
+        .collect();
+    let mut vcpus: Vec<_> = vms
+        .iter()
+        .map(|vm| Svm::create_vcpu(vm).expect("vCPU"))
+        .collect();
+    // Run them in reverse order of creation, all alive until the end.
+    for (vm, vcpu) in vms.iter().zip(vcpus.iter_mut()).rev() {
+        let reason = vm::finish(vm, vm::run_vcpu(vm, vcpu));
+        assert_eq!(reason, StopReason::Exited(0));
+    }
+    drop(vcpus);
+    // Every private ASID came back: a new VM still gets one and runs.
+    assert_eq!(
+        vm::run_on_this_cpu::<Svm>(
+            &Vm::<Npt>::new(config(images::HELLO, 6 * MIB, true, 0), None).expect("VM")
+        ),
+        StopReason::Exited(0)
+    );
 }

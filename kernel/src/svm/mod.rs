@@ -53,8 +53,11 @@ struct PermissionMaps {
     msrpm: HostPhysAddr,
 }
 static MAPS: Once<Result<PermissionMaps, &'static str>> = Once::new();
-/// Next ASID to hand out; ASID 0 is the host's.
-static NEXT_ASID: AtomicU32 = AtomicU32::new(1);
+/// ASIDs in use, one bit each (ASID 0 is the host's, bit 0 stays set).
+static ASIDS_USED: spin::Mutex<[u64; MANAGED_ASIDS / 64]> =
+    spin::Mutex::new([1; MANAGED_ASIDS / 64]);
+/// ASIDs handed out one per vCPU; beyond, vCPUs share the last one.
+const MANAGED_ASIDS: usize = 256;
 /// The CPU's ASID count and NRIP save support, read when SVM is enabled.
 static ASID_LIMIT: AtomicU32 = AtomicU32::new(0);
 static HAS_NRIP: AtomicU32 = AtomicU32::new(0);
@@ -153,16 +156,31 @@ fn permission_maps() -> Result<&'static PermissionMaps, &'static str> {
     .map_err(|e| *e)
 }
 
-fn next_asid() -> Result<u32, &'static str> {
-    let limit = ASID_LIMIT.load(Ordering::Acquire);
-    let asid = NEXT_ASID.fetch_add(1, Ordering::AcqRel);
-    // ASIDs are not recycled; each new vCPU's first entry flushes its ASID
-    // anyway, so wrapping around would also be safe, but it is not needed
-    // for the VM counts Thermocline runs.
-    if asid >= limit {
-        return Err("out of ASIDs");
+/// An ASID of its own for a new vCPU, or `(shared, true)` when all are
+/// taken: vCPUs on the shared ASID flush it at every VMRUN, so no stale
+/// translation of another VM can survive into theirs.
+fn alloc_asid() -> Result<(u32, bool), &'static str> {
+    let limit = (ASID_LIMIT.load(Ordering::Acquire) as usize).min(MANAGED_ASIDS);
+    if limit < 2 {
+        return Err("the CPU offers no guest ASID");
     }
-    Ok(asid)
+    let shared = limit - 1;
+    let mut used = ASIDS_USED.lock();
+    for asid in 1..shared {
+        let (word, bit) = (asid / 64, asid % 64);
+        if used[word] & (1 << bit) == 0 {
+            used[word] |= 1 << bit;
+            return Ok((asid as u32, false));
+        }
+    }
+    Ok((shared as u32, true))
+}
+
+fn free_asid(asid: u32) {
+    let asid = asid as usize;
+    if asid != 0 && asid < MANAGED_ASIDS {
+        ASIDS_USED.lock()[asid / 64] &= !(1 << (asid % 64));
+    }
 }
 
 unsafe extern "sysv64" {
@@ -329,6 +347,10 @@ pub struct SvmVcpu {
     fpu: Box<FpuState>,
     nrip: bool,
     flush_on_entry: bool,
+    /// Its ASID.
+    asid: u32,
+    /// On the shared ASID: flush at every entry.
+    flush_always: bool,
     /// An event whose delivery an exit interrupted (EXITINTINFO), to inject
     /// again on the next entry.
     reinject: Option<u64>,
@@ -340,7 +362,7 @@ impl SvmVcpu {
     /// before the first VMRUN only by the CPU; see [`Self::entry_state`].
     pub fn new(npt_root: HostPhysAddr, boot_regs: GuestRegs) -> Result<Self, &'static str> {
         let maps = permission_maps()?;
-        let asid = next_asid()?;
+        let (asid, shared_asid) = alloc_asid()?;
         let mut v = Vmcb::new().ok_or("no frame for a VMCB")?;
         v.set(vmcb::INTERCEPT_EXCEPTIONS, INTERCEPTED_EXCEPTIONS);
         // CR4 writes, to keep OSXSAVE off: QEMU's model ignores the XSETBV
@@ -428,6 +450,8 @@ impl SvmVcpu {
             fpu: Box::new(FpuState::reset()),
             nrip: HAS_NRIP.load(Ordering::Acquire) != 0,
             flush_on_entry: true,
+            asid,
+            flush_always: shared_asid,
             reinject: None,
         })
     }
@@ -454,6 +478,15 @@ impl SvmVcpu {
     }
 }
 
+impl Drop for SvmVcpu {
+    fn drop(&mut self) {
+        // The next owner of the ASID flushes it at its first entry.
+        if !self.flush_always {
+            free_asid(self.asid);
+        }
+    }
+}
+
 impl VirtCpu for SvmVcpu {
     fn run(&mut self) -> Result<VmExit, EntryError> {
         let cpu = this_cpu();
@@ -471,7 +504,7 @@ impl VirtCpu for SvmVcpu {
         {
             v.set(vmcb::EVENT_INJ, event);
         }
-        let flush = core::mem::take(&mut self.flush_on_entry);
+        let flush = core::mem::take(&mut self.flush_on_entry) || self.flush_always;
         v.set(
             vmcb::TLB_CONTROL,
             svm::tlb_control_for(flush, HAS_FLUSH_BY_ASID.load(Ordering::Relaxed) != 0),

@@ -246,7 +246,7 @@ fn sleep_ms_100() {
     if time::has_timer() {
         // Wide tolerance: an emulator on a shared host may stall.
         assert!(
-            slept_ns < 3_000_000_000,
+            slept_ns < 10_000_000_000,
             "slept far too long: {slept_ns} ns"
         );
         // The clock is the TSC scaled by its calibrated frequency.
@@ -283,7 +283,7 @@ fn never_yielding_is_preempted() {
             o.store(true, Ordering::Release);
         }));
     });
-    let deadline = time::now_ns() + 3_000_000_000;
+    let deadline = time::now_ns() + 10_000_000_000;
     while !other_ran.load(Ordering::Acquire) && time::now_ns() < deadline {
         time::sleep_ms(5);
     }
@@ -296,7 +296,7 @@ fn never_yielding_is_preempted() {
     }
     assert!(
         ran_beside_hog,
-        "a thread queued behind a spinning one did not run within 3 s"
+        "a thread queued behind a spinning one did not run within 10 s"
     );
 }
 

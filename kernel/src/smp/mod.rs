@@ -345,8 +345,8 @@ fn start_ap(low: HostPhysAddr, index: usize, apic_id: u32) -> bool {
             }
         }
     }
-    // Give a slow (emulated) CPU up to a second to arrive.
-    let deadline = now() + 1_000_000_000;
+    // Give a slow CPU (an emulator on a loaded host) up to 5 s to arrive.
+    let deadline = now() + 5_000_000_000;
     while now() < deadline {
         if AP_STARTED.load(Ordering::Acquire) {
             return true;

@@ -154,3 +154,22 @@ pub fn qemu(uefi: bool) -> Result<(), String> {
     ]
     .concat())
 }
+
+/// The path of an LLVM tool of the pinned toolchain's `llvm-tools` component.
+///
+/// # Errors
+/// When the component is missing (`toolchain` adds it) or rustc fails.
+pub fn llvm_tool(name: &str) -> Result<PathBuf, String> {
+    let rustlib = sysroot()?.join("lib/rustlib");
+    let entries = std::fs::read_dir(&rustlib).map_err(|e| format!("{}: {e}", rustlib.display()))?;
+    entries
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "{name} not found under {}: rustup component add llvm-tools",
+                rustlib.display()
+            )
+        })
+}

@@ -36,6 +36,7 @@ pub mod images;
 pub mod memory;
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -529,10 +530,7 @@ pub fn run_selected_guest() {
             vm.name(),
             SELECTED_RAM_BYTES >> 20
         );
-        crate::sched::spawn_on(cpu, "vcpu", move || {
-            run_on_this_cpu::<Svm>(&vm);
-        })
-        .join();
+        spawn_on::<Svm>(cpu, Arc::from(vm)).join();
     }
 }
 
@@ -543,6 +541,14 @@ impl<F: EntryFormat> TlbFlush for &Vm<F> {
     fn flush_guest_tlb(&mut self) {
         self.request_tlb_flush();
     }
+}
+
+/// Runs `vm` on a new kernel thread pinned to `cpu` (its vCPU thread);
+/// join the handle to wait until the VM stops.
+pub fn spawn_on<E: Extension>(cpu: usize, vm: Arc<Vm<E::Format>>) -> crate::sched::JoinHandle {
+    crate::sched::spawn_on(cpu, "vcpu", move || {
+        run_on_this_cpu::<E>(&vm);
+    })
 }
 
 /// Creates a vCPU for `vm` on this CPU and runs it until the VM stops.

@@ -164,6 +164,9 @@ pub struct Machine {
     pub gdb: bool,
     /// Further QEMU arguments.
     pub extra: Vec<String>,
+    /// The QEMU program ([`Machine::program`] by default; the runner's own
+    /// tests put a script here).
+    pub qemu: String,
 }
 
 impl Machine {
@@ -177,6 +180,7 @@ impl Machine {
             mem: "256M".into(),
             gdb: false,
             extra: Vec::new(),
+            qemu: Self::program(),
         }
     }
 
@@ -191,7 +195,7 @@ impl Machine {
     /// # Errors
     /// When UEFI firmware is missing or the variable store cannot be copied.
     pub fn command(&self, scratch: &Path) -> Result<Command, String> {
-        let mut cmd = Command::new(Self::program());
+        let mut cmd = Command::new(&self.qemu);
         match self.accel {
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
@@ -229,5 +233,70 @@ impl Machine {
         }
         cmd.args(&self.extra);
         Ok(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(machine: &Machine) -> Vec<String> {
+        let scratch =
+            std::env::temp_dir().join(format!("thermocline-qemu-test-{}", std::process::id()));
+        let cmd = machine.command(&scratch).expect("command");
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_machine_has_exit_device_serial_and_snapshot_disk() {
+        let a = args(&Machine::new("/x/k.bios.img", Firmware::Bios, Accel::Tcg)).join(" ");
+        assert!(a.starts_with("-accel tcg -cpu max -smp 2 -m 256M"), "{a}");
+        assert!(
+            a.contains("-drive format=raw,file=/x/k.bios.img,snapshot=on"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"),
+            "{a}"
+        );
+        assert!(a.contains("-serial stdio -display none -no-reboot"), "{a}");
+        assert!(!a.contains("pflash") && !a.contains("-S"), "{a}");
+    }
+
+    #[test]
+    fn kvm_gdb_and_extra_arguments() {
+        let mut m = Machine::new("k.img", Firmware::Bios, Accel::Kvm);
+        m.gdb = true;
+        m.smp = 4;
+        m.mem = "1G".into();
+        m.extra = vec!["-d".into(), "int".into()];
+        let a = args(&m).join(" ");
+        assert!(a.starts_with("-accel kvm -cpu host -smp 4 -m 1G"), "{a}");
+        assert!(a.ends_with("-s -S -d int"), "{a}");
+    }
+
+    #[test]
+    fn uefi_uses_system_ovmf_and_a_private_vars_copy() {
+        let Ok((code, _)) = ovmf() else {
+            // Without the ovmf package the builder must say how to get it.
+            let m = Machine::new("k.uefi.img", Firmware::Uefi, Accel::Tcg);
+            let err = m.command(Path::new("/nonexistent")).expect_err("no OVMF");
+            assert!(err.contains("apt-get install ovmf"), "{err}");
+            return;
+        };
+        let a = args(&Machine::new("k.uefi.img", Firmware::Uefi, Accel::Tcg)).join(" ");
+        assert!(
+            a.contains(&format!(
+                "if=pflash,format=raw,readonly=on,file={}",
+                code.display()
+            )),
+            "{a}"
+        );
+        assert!(
+            a.contains("OVMF_VARS.fd") && a.contains("thermocline-qemu-test-"),
+            "{a}"
+        );
     }
 }

@@ -195,14 +195,27 @@ fn run_in(
     };
     let mut cmd = match machine.command(scratch) {
         Ok(cmd) => cmd,
-        Err(e) => return not_started(Machine::program(), e),
+        Err(e) => return not_started(machine.qemu.clone(), e),
     };
     let command = format!("{cmd:?}");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = match cmd.spawn() {
+    let mut spawned = cmd.spawn();
+    // ETXTBSY: the program file is still open for writing in a child that
+    // another thread forked and has not exec'd yet (a freshly written
+    // script); it clears within moments.
+    for _ in 0..10 {
+        match &spawned {
+            Err(e) if e.raw_os_error() == Some(26) => {
+                std::thread::sleep(Duration::from_millis(20));
+                spawned = cmd.spawn();
+            }
+            _ => break,
+        }
+    }
+    let mut child = match spawned {
         Ok(child) => KillOnDrop(child),
         Err(e) => {
             return not_started(
@@ -274,5 +287,108 @@ fn run_in(
         console,
         elapsed,
         command,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The runner against fake QEMUs: shell scripts that print a console and
+    //! exit the way QEMU would, so classification, deadlines and reports are
+    //! tested on the host in milliseconds.
+    use super::*;
+    use crate::qemu::{Accel, Firmware};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake_qemu(name: &str, body: &str) -> Machine {
+        let dir =
+            std::env::temp_dir().join(format!("thermocline-fake-qemu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = dir.join(name);
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut machine = Machine::new("unused.img", Firmware::Bios, Accel::Tcg);
+        machine.qemu = script.to_string_lossy().into_owned();
+        machine
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn exit_33_with_complete_protocol_is_a_pass() {
+        let m = fake_qemu(
+            "pass",
+            "printf '[scenario] s cases=1\\r\\n[test] a ... ok\\r\\n[summary] s passed=1 failed=0\\r\\n'; exit 33",
+        );
+        let r = run(&m, 10 * SECOND);
+        assert_eq!(r.outcome, Outcome::Passed, "{r}");
+        assert!(r.report().all_passed(), "{r}");
+        assert_eq!(r.console.len(), 3);
+        assert!(!r.console[0].text.ends_with('\r'));
+    }
+
+    #[test]
+    fn exit_35_is_a_failure() {
+        let m = fake_qemu("fail", "echo '[test] a ... FAILED'; exit 35");
+        let r = run(&m, 10 * SECOND);
+        assert_eq!(r.outcome, Outcome::Failed, "{r}");
+        assert_eq!(r.report().failed, ["a"]);
+    }
+
+    #[test]
+    fn other_status_is_a_crash_with_the_last_40_lines() {
+        // The pause keeps stderr's line after stdout's: the two streams are
+        // read by two threads and ordered by arrival.
+        let m = fake_qemu(
+            "crash",
+            "i=0; while [ $i -lt 50 ]; do echo line$i; i=$((i+1)); done; sleep 0.3; echo qemu: boom >&2; exit 1",
+        );
+        let r = run(&m, 10 * SECOND);
+        assert_eq!(r.outcome, Outcome::Crashed(Some(1)), "{r}");
+        assert_eq!(r.console.len(), 51, "{r}");
+        let text = r.to_string();
+        assert!(text.contains("crashed: QEMU exit status 1"), "{text}");
+        assert!(text.contains("last 40 console lines"), "{text}");
+        assert_eq!(r.tail().lines().count(), TAIL_LINES, "{text}");
+        assert!(
+            text.contains("| qemu: boom"),
+            "stderr is part of the console: {text}"
+        );
+        assert!(
+            text.contains("| line49\n") && !text.contains("| line9\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_hang_times_out_and_is_killed() {
+        let m = fake_qemu("hang", "echo started; exec sleep 60");
+        let start = Instant::now();
+        let r = run(&m, SECOND);
+        assert_eq!(r.outcome, Outcome::TimedOut(SECOND), "{r}");
+        assert!(start.elapsed() < 10 * SECOND, "killed promptly: {r}");
+        assert!(r.saw("started"));
+    }
+
+    #[test]
+    fn run_until_stops_at_the_awaited_line() {
+        let m = fake_qemu(
+            "idle",
+            "echo booting; echo 'Thermocline 0.1.0: banner'; exec sleep 60",
+        );
+        let r = run_until(&m, 10 * SECOND, Some("Thermocline"));
+        assert_eq!(r.outcome, Outcome::Stopped, "{r}");
+        assert!(r.time_to("Thermocline").is_some());
+        assert!(r.time_to("absent").is_none());
+    }
+
+    #[test]
+    fn a_missing_qemu_is_reported_not_started() {
+        let mut m = Machine::new("unused.img", Firmware::Bios, Accel::Tcg);
+        m.qemu = "/nonexistent/qemu-system-x86_64".into();
+        let r = run(&m, SECOND);
+        assert!(
+            matches!(&r.outcome, Outcome::NotStarted(e) if e.contains("apt-get install qemu-system-x86")),
+            "{r}"
+        );
     }
 }

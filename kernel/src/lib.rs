@@ -19,6 +19,7 @@
 
 extern crate alloc;
 
+pub mod aging;
 pub mod banner;
 pub mod console;
 pub mod cpu;
@@ -28,6 +29,7 @@ pub mod interrupts;
 pub mod logger;
 pub mod mem;
 mod panic;
+pub mod reclaim;
 pub mod sched;
 pub mod smp;
 pub mod svm;

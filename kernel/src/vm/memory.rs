@@ -175,6 +175,13 @@ impl<F: EntryFormat> GuestMemory<F> {
         if self.tables.translate(gpa).is_some() {
             return FaultOutcome::AlreadyMapped;
         }
+        // A page the reclaimer took comes back with its contents.
+        let writer = &mut *w;
+        if let Some(outcome) =
+            crate::reclaim::fault_in_hook(&self.tables, &mut writer.mapper, &mut writer.frames, gpa)
+        {
+            return outcome;
+        }
         let big = gpa.align_down(PAGE_SIZE_2M);
         if self.huge_pages
             && big.as_u64() + PAGE_SIZE_2M <= self.ram_bytes
@@ -371,6 +378,7 @@ impl<F: EntryFormat> GuestPhysRead for GuestMemory<F> {
 
 impl<F: EntryFormat> Drop for GuestMemory<F> {
     fn drop(&mut self) {
+        crate::reclaim::unregister(self.tables.root());
         let w = self.writer.get_mut();
         // The whole space, so every table below the root is unlinked too.
         let _ = w.mapper.unmap(

@@ -650,6 +650,10 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, exit: VmExi
                 access: fault.access,
                 rip,
             }),
+            // Overcommit: wait for the reclaimer to free memory.
+            FaultOutcome::OutOfMemory if crate::reclaim::wait_for_memory(vm.name(), fault.gpa) => {
+                Next::Resume
+            }
             FaultOutcome::OutOfMemory => Next::Stop(StopReason::OutOfMemory {
                 gpa: fault.gpa.as_u64(),
             }),

@@ -1,0 +1,328 @@
+//! Kernel glue of the page reclaimer (`hvcore::reclaim`): per-VM memory
+//! management state, host frames for the reclaimer, the hook the nested
+//! page fault path calls, the shootdown that completes a flush, and the
+//! overcommit wait.
+//!
+//! Key types: [`VmMm`] (one VM's generations, reclaimer and pass counters,
+//! behind one spin lock, registered by the VM's table root so the fault
+//! path finds it), [`KernelFrames`] (the reclaimer's `GuestFrames`: the
+//! frame allocator plus the VM's frame map), [`Shootdown`].
+//!
+//! # Locks, and why a vCPU never waits on the aging thread to run
+//! * The VM's writer lock (`vm::memory`, a spin lock): table structure and
+//!   the frame map. Taken by vCPU fault paths and by [`reclaim_vm`].
+//! * The VM's [`VmMm`] lock: generations and the reclaimer. Taken by the
+//!   aging pass (without the writer lock), by [`reclaim_vm`] (inside the
+//!   writer lock) and by the fault path inside the writer lock.
+//!
+//! The order is always writer, then `VmMm`. A vCPU takes neither to run
+//! guest code; its fault path takes the writer lock, and `VmMm` only to
+//! ask whether the page was reclaimed. The aging pass itself is a lockless
+//! walk; it holds `VmMm` only to stamp generations, for one pass. The
+//! reclaimer holds both locks across its flush; the flush waits only for
+//! each CPU to take an interrupt (a vCPU in guest mode exits, one spinning
+//! on the writer lock keeps interrupts on), never for a vCPU to re-enter the
+//! guest, so it cannot deadlock with a fault that waits for the lock.
+//!
+//! Neighbours: `crate::aging` (the thread that drives passes and reclaim),
+//! `crate::vm::memory` (calls [`fault_in_hook`]), `hvcore::{reclaim, store,
+//! feedback, generations, report}`.
+
+use crate::mem::{self, phys};
+use crate::vm::memory::{FaultOutcome, GuestFrame, PhysTables};
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
+use hvcore::flush::TlbFlush;
+use hvcore::frame::FrameSize;
+use hvcore::generations::Generations;
+use hvcore::pte::EntryFormat;
+use hvcore::reclaim::{FaultError, FaultIn, GuestFrames, ReclaimConfig, ReclaimTarget, Reclaimer};
+use hvcore::store::PAGE_BYTES;
+use hvcore::table::{Mapper, Tables};
+
+/// One VM's memory-management state.
+#[derive(Debug)]
+pub struct VmMm {
+    /// The VM's name, for report lines.
+    pub name: &'static str,
+    /// One byte per guest page.
+    pub gens: Generations<Vec<u8>>,
+    /// The reclaimer.
+    pub rec: Reclaimer,
+    /// What to reclaim toward after each pass (`None`: aging only).
+    pub target: Option<ReclaimTarget>,
+}
+
+/// A registered VM: its table root and state.
+type Entry = (u64, Arc<spin::Mutex<VmMm>>);
+
+static REGISTRY: spin::Mutex<Vec<Entry>> = spin::Mutex::new(Vec::new());
+
+/// Frames given back by reclaimers, and taken for fault-ins, host-wide.
+pub static FRAMES_FREED: AtomicU64 = AtomicU64::new(0);
+/// See [`FRAMES_FREED`].
+pub static FRAMES_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Registers the VM whose tables have root `root` with `ram_bytes` of RAM;
+/// every page already mapped starts in the current generation.
+pub fn register<F: EntryFormat>(
+    name: &'static str,
+    tables: &Tables<F, PhysTables>,
+    ram_bytes: u64,
+    target: Option<ReclaimTarget>,
+) -> Arc<spin::Mutex<VmMm>> {
+    let now = now_ms();
+    let mut gens = Generations::new(alloc::vec![0u8; (ram_bytes / 4096) as usize], now);
+    tables.for_each_leaf(0, ram_bytes, |gpa, level, _| {
+        gens.note_mapped(GuestPhysAddr::new(gpa), F::level_size(level));
+    });
+    let mm = Arc::new(spin::Mutex::new(VmMm {
+        name,
+        gens,
+        rec: Reclaimer::new(ReclaimConfig::default(), now),
+        target,
+    }));
+    REGISTRY.lock().push((tables.root().as_u64(), mm.clone()));
+    mm
+}
+
+/// Forgets the VM with table root `root` (before its memory goes).
+pub fn unregister(root: HostPhysAddr) {
+    REGISTRY.lock().retain(|(r, _)| *r != root.as_u64());
+}
+
+fn lookup(root: HostPhysAddr) -> Option<Arc<spin::Mutex<VmMm>>> {
+    REGISTRY
+        .lock()
+        .iter()
+        .find(|(r, _)| *r == root.as_u64())
+        .map(|(_, mm)| mm.clone())
+}
+
+/// Milliseconds since boot.
+pub fn now_ms() -> u64 {
+    crate::time::now_ns() / 1_000_000
+}
+
+/// The reclaimer's host frames: the frame allocator, and the VM's frame
+/// map (guest-physical start -> frame) kept exact as pages go and come.
+#[derive(Debug)]
+pub struct KernelFrames<'a> {
+    frames: &'a mut BTreeMap<u64, GuestFrame>,
+    /// Host start -> guest start, built lazily for frees.
+    by_host: Option<BTreeMap<u64, u64>>,
+}
+
+impl<'a> KernelFrames<'a> {
+    /// Frames of the VM whose frame map is `frames`.
+    pub fn new(frames: &'a mut BTreeMap<u64, GuestFrame>) -> Self {
+        KernelFrames {
+            frames,
+            by_host: None,
+        }
+    }
+
+    /// Records that `gpa` is now backed by the 4 KiB `frame`.
+    pub fn note_mapped(&mut self, gpa: u64, frame: HostPhysAddr) {
+        self.frames.insert(
+            gpa,
+            GuestFrame {
+                hpa: frame,
+                size: FrameSize::Size4K,
+            },
+        );
+        if let Some(m) = &mut self.by_host {
+            m.insert(frame.as_u64(), gpa);
+        }
+    }
+
+    fn owner(&mut self, hpa: u64) -> Option<(u64, u64, GuestFrame)> {
+        let frames = &*self.frames;
+        let by_host = self
+            .by_host
+            .get_or_insert_with(|| frames.iter().map(|(&g, f)| (f.hpa.as_u64(), g)).collect());
+        let (&start, &gpa) = by_host.range(..=hpa).next_back()?;
+        let f = *self.frames.get(&gpa)?;
+        let bytes = match f.size {
+            FrameSize::Size4K => 4096,
+            FrameSize::Size2M => 2 << 20,
+        };
+        (hpa < start + bytes).then_some((start, gpa, f))
+    }
+}
+
+impl GuestFrames for KernelFrames<'_> {
+    fn alloc_frame(&mut self) -> Option<HostPhysAddr> {
+        let f = mem::alloc_frame(FrameSize::Size4K).ok()?;
+        FRAMES_TAKEN.fetch_add(1, Ordering::Relaxed);
+        Some(f)
+    }
+
+    fn free_frame(&mut self, frame: HostPhysAddr) {
+        let hpa = frame.as_u64();
+        let Some((start, gpa, f)) = self.owner(hpa) else {
+            // A frame taken for a fault-in that failed before mapping.
+            if mem::free_frame(frame, FrameSize::Size4K).is_ok() {
+                FRAMES_FREED.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        if f.size == FrameSize::Size2M {
+            // The huge frame's leaf was split: split the allocation too,
+            // and the frame map with it.
+            if let Err(e) = mem::split_frame_2m(f.hpa) {
+                log::error!("reclaim: 2 MiB frame {:?} not split: {e}", f.hpa);
+                return;
+            }
+            for i in 0..512u64 {
+                self.note_mapped(gpa + i * 4096, HostPhysAddr::new(start + i * 4096));
+            }
+        }
+        let page_gpa = gpa + (hpa - start);
+        self.frames.remove(&page_gpa);
+        if let Some(m) = &mut self.by_host {
+            m.remove(&hpa);
+        }
+        match mem::free_frame(frame, FrameSize::Size4K) {
+            Ok(()) => {
+                FRAMES_FREED.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => log::error!("reclaim: frame {frame:?} not freed: {e}"),
+        }
+    }
+
+    fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]) {
+        // SAFETY: `frame` is a 4 KiB guest frame the reclaimer took out of
+        // the tables and flushed from every TLB (hvcore::reclaim's order):
+        // it is RAM in the physical-memory mapping, nobody writes it now,
+        // and the copy stays within the page.
+        unsafe {
+            core::ptr::copy_nonoverlapping(phys::to_virt(frame), out.as_mut_ptr(), PAGE_BYTES);
+        }
+    }
+
+    fn write_frame(&mut self, frame: HostPhysAddr, data: &[u8; PAGE_BYTES]) {
+        // SAFETY: `frame` was just allocated for this fault-in and is not
+        // mapped anywhere yet; the copy stays within the page.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), phys::to_virt(frame), PAGE_BYTES);
+        }
+    }
+}
+
+/// The flush the reclaimer needs: every vCPU of the VM drops its cached
+/// translations before it touches guest memory again. The VM's flush
+/// request makes each vCPU flush at its next entry; the cross-CPU call
+/// returns once every CPU took the interrupt, which forces a vCPU in guest
+/// mode out of it, so when `flush_guest_tlb` returns no vCPU runs with the
+/// old translations.
+pub struct Shootdown<'a> {
+    /// Asks the VM's vCPUs to flush at their next entry.
+    pub request: &'a dyn Fn(),
+}
+
+impl core::fmt::Debug for Shootdown<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Shootdown")
+    }
+}
+
+impl TlbFlush for Shootdown<'_> {
+    fn flush_guest_tlb(&mut self) {
+        (self.request)();
+        crate::smp::run_on_all(&|| {});
+    }
+}
+
+/// Called by the nested page fault path with the VM's writer lock held,
+/// before it backs a page: brings back a page the reclaimer took. `None`:
+/// not a reclaimed page (or the VM is not managed), the normal path goes on.
+pub fn fault_in_hook<F: EntryFormat>(
+    tables: &Tables<F, PhysTables>,
+    mapper: &mut Mapper<crate::vm::memory::FrameTables>,
+    frames: &mut BTreeMap<u64, GuestFrame>,
+    gpa: GuestPhysAddr,
+) -> Option<FaultOutcome> {
+    let mm = lookup(tables.root())?;
+    let mut mm = mm.lock();
+    let VmMm {
+        gens, rec, name, ..
+    } = &mut *mm;
+    let mut kf = KernelFrames::new(frames);
+    match rec.fault_in(tables, mapper, &mut kf, gens, gpa, now_ms()) {
+        Ok(FaultIn::NotReclaimed) => None,
+        Ok(FaultIn::Restored(_)) => {
+            let page = gpa.align_down(4096);
+            if let Some(t) = tables.translate(page) {
+                kf.note_mapped(page.as_u64(), t.hpa);
+            }
+            Some(FaultOutcome::Mapped(FrameSize::Size4K))
+        }
+        Err(FaultError::NoFrame) => Some(FaultOutcome::OutOfMemory),
+        Err(e) => {
+            crate::println!(
+                "vm {name}: page at GPA {:#x} cannot be brought back: {e}",
+                gpa.as_u64()
+            );
+            Some(FaultOutcome::OutOfMemory)
+        }
+    }
+}
+
+/// Free frames below which reclaim is driven by host memory pressure.
+pub const LOW_FREE_FRAMES: u64 = 256;
+
+/// Longest a VM stays paused for memory before it is stopped.
+pub const PAUSE_LIMIT_MS: u64 = 20_000;
+
+/// The overcommit wait: a fault of VM `name` at `gpa` found no free frame.
+/// Prints the pause (once), waits until frames are free again (the aging
+/// thread reclaims under pressure meanwhile), prints the resume and returns
+/// true; false at once when no VM is managed (nothing would free memory),
+/// or if memory did not come back within [`PAUSE_LIMIT_MS`].
+pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr) -> bool {
+    if REGISTRY.lock().is_empty() {
+        return false; // no reclaimer runs: nothing will free memory
+    }
+    let t0 = now_ms();
+    let free = mem::frame_stats().free_frames;
+    crate::println!(
+        "vm {name}: paused: no free host frame for the fault at GPA {:#x} ({free} frames free); waiting for memory",
+        gpa.as_u64()
+    );
+    crate::println!(
+        "{}",
+        hvcore::report::Record::Event(hvcore::report::EventLine {
+            vm: name.into(),
+            t_ms: t0,
+            what: hvcore::report::EventKind::Paused,
+            detail: alloc::format!("no_free_frame_for_fault_at_{:#x}", gpa.as_u64()),
+        })
+    );
+    loop {
+        let free = mem::frame_stats().free_frames;
+        if free > 64 {
+            crate::println!(
+                "vm {name}: resumed: {free} frames free after {} ms",
+                now_ms() - t0
+            );
+            crate::println!(
+                "{}",
+                hvcore::report::Record::Event(hvcore::report::EventLine {
+                    vm: name.into(),
+                    t_ms: now_ms(),
+                    what: hvcore::report::EventKind::Resumed,
+                    detail: "memory_freed".into(),
+                })
+            );
+            return true;
+        }
+        if now_ms() - t0 > PAUSE_LIMIT_MS {
+            return false;
+        }
+        crate::sched::sleep_until(crate::time::now_ns() + 5_000_000);
+    }
+}

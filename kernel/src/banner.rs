@@ -95,5 +95,6 @@ pub fn print() -> CpuInfo {
     }
     println!("  cpus     {}", crate::smp::Describe);
     println!("  timer    {}", crate::time::Describe);
+    println!("{}", crate::aging::banner_line());
     info
 }

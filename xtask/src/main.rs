@@ -50,6 +50,12 @@ RUN OPTIONS:
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
     --guest NAME      Guest to run: hello (default), pattern, checksum, evil
+    --age-interval-ms N
+                      Time between aging passes (default 1000); the report
+                      (docs/report-format.md) is printed live
+    --reclaim-target SIZE|adaptive|off
+                      Reclaim each VM down to SIZE resident (e.g. 16M), or
+                      what the refault feedback allows; default off
     -- ARGS...        Extra arguments passed to QEMU unchanged
 
 TEST OPTIONS:
@@ -273,6 +279,8 @@ struct RunOptions {
     gdb: bool,
     profile: Profile,
     guest: Option<String>,
+    /// `--age-interval-ms`, `--reclaim-target`: carried into the image.
+    aging: Vec<(&'static str, String)>,
     qemu_args: Vec<String>,
 }
 
@@ -284,6 +292,7 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
         gdb: false,
         profile: Profile::Debug,
         guest: None,
+        aging: Vec::new(),
         qemu_args: Vec::new(),
     };
     let mut it = args.iter();
@@ -308,6 +317,12 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--gdb" => o.gdb = true,
             "--release" => o.profile = Profile::Release,
             "--guest" => o.guest = Some(value("--guest")?),
+            "--age-interval-ms" => o
+                .aging
+                .push(("THERMOCLINE_AGE_INTERVAL_MS", value("--age-interval-ms")?)),
+            "--reclaim-target" => o
+                .aging
+                .push(("THERMOCLINE_RECLAIM_TARGET", value("--reclaim-target")?)),
             "--" => {
                 o.qemu_args.extend(it.by_ref().cloned());
             }
@@ -328,6 +343,10 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     // SAFETY: xtask is single-threaded; the variable reaches the kernel
     // build (read with `option_env!` in kernel/src/vm/mod.rs).
     unsafe { std::env::set_var("THERMOCLINE_GUEST", guest) };
+    for (var, v) in &o.aging {
+        // SAFETY: as above; read with `option_env!` in kernel/src/aging.
+        unsafe { std::env::set_var(var, v) };
+    }
     setup::toolchain()?;
     setup::qemu(o.firmware == Firmware::Uefi)?;
     let image_dir = build_images(o.profile, Some("thermocline"), &[o.firmware])?;

@@ -24,7 +24,7 @@ use hvcore::age::{PassStats, age_pass};
 use hvcore::flush::{FlushPolicy, TlbFlush};
 use hvcore::generations::ColdAfter;
 use hvcore::npt::Npt;
-use hvcore::reclaim::{BatchStats, ReclaimTarget};
+use hvcore::reclaim::{BATCH_PAGES, BatchStats, ReclaimTarget};
 use hvcore::report::{self, Record};
 
 /// How the aging thread runs.
@@ -188,27 +188,44 @@ pub fn reclaim_line(mm: &VmMm, n: u64, interval_ms: u64) -> Record {
     })
 }
 
-/// Reclaims from `m` toward `target` (at most `max_pages`), holding the
-/// VM's writer lock, then its `VmMm` lock.
+/// Reclaims from `m` toward `target` (at most `max_pages`), one batch of
+/// `hvcore::reclaim::BATCH_PAGES` at a time: each batch holds the VM's
+/// writer lock, then its `VmMm` lock, and lets go before the next, so a
+/// vCPU's fault waits for one batch at most.
 pub fn reclaim_vm(m: &Managed, target: ReclaimTarget, max_pages: u64) -> BatchStats {
     let vm = m.vm;
-    vm.memory.with_writer(|mapper, frames| {
-        let mut mm = m.mm.lock();
-        let VmMm { gens, rec, .. } = &mut *mm;
-        let mut kf = reclaim::KernelFrames::new(frames);
-        let request = || vm.request_tlb_flush();
-        let mut flush = Shootdown { request: &request };
-        rec.reclaim_toward(
-            vm.memory.tables(),
-            mapper,
-            &mut kf,
-            &mut flush,
-            gens,
-            target,
-            reclaim::now_ms(),
-            max_pages,
-        )
-    })
+    let mut total = BatchStats::default();
+    while total.reclaimed < max_pages {
+        let batch = (max_pages - total.reclaimed).min(BATCH_PAGES as u64);
+        let b = vm.memory.with_writer(|mapper, frames| {
+            let mut mm = m.mm.lock();
+            let VmMm { gens, rec, .. } = &mut *mm;
+            let mut kf = reclaim::KernelFrames::new(frames);
+            let request = || vm.request_tlb_flush();
+            let mut flush = Shootdown { request: &request };
+            rec.reclaim_toward(
+                vm.memory.tables(),
+                mapper,
+                &mut kf,
+                &mut flush,
+                gens,
+                target,
+                reclaim::now_ms(),
+                batch,
+            )
+        });
+        total.candidates += b.candidates;
+        total.reclaimed += b.reclaimed;
+        total.zero += b.zero;
+        total.compressed += b.compressed;
+        total.raw += b.raw;
+        total.rescued += b.rescued;
+        total.not_mapped += b.not_mapped;
+        if b.reclaimed < batch {
+            break; // nothing (more) colder than the target
+        }
+    }
+    total
 }
 
 /// Set by [`stop`]; the thread ends at its next wake-up.
@@ -246,10 +263,12 @@ pub fn run(vms: Vec<Managed>, config: AgingConfig) {
         if crate::mem::frame_stats().free_frames < reclaim::LOW_FREE_FRAMES {
             pressure(&vms);
         }
+        // A pass that overran its interval still sleeps a little, so the
+        // CPU it shares with vCPUs (one-CPU machines) is not monopolised.
         next += config.interval_ms * 1_000_000;
         let now = crate::time::now_ns();
-        if next < now {
-            next = now;
+        if next < now + 1_000_000 {
+            next = now + 1_000_000;
         }
         crate::sched::sleep_until(next);
     }
@@ -280,4 +299,99 @@ fn pressure(vms: &[Managed]) {
             break;
         }
     }
+}
+
+/// Parses a decimal number with an optional `K`, `M` or `G` suffix (powers
+/// of 1024), in const context; `None` when malformed.
+const fn parse_size(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut n: u64 = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        n = match n.checked_mul(10) {
+            Some(v) => v + (b[i] - b'0') as u64,
+            None => return None,
+        };
+        i += 1;
+    }
+    if i == 0 {
+        return None;
+    }
+    let shift = if i == b.len() {
+        0
+    } else if i + 1 == b.len() {
+        match b[i] {
+            b'K' | b'k' => 10,
+            b'M' | b'm' => 20,
+            b'G' | b'g' => 30,
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    n.checked_mul(1 << shift)
+}
+
+/// `cargo xtask run --age-interval-ms N` (build-time variable
+/// `THERMOCLINE_AGE_INTERVAL_MS`); 1000 when unset or malformed.
+pub const AGE_INTERVAL_MS: u64 = match option_env!("THERMOCLINE_AGE_INTERVAL_MS") {
+    Some(s) => match parse_size(s) {
+        Some(n) if n > 0 => n,
+        _ => 1000,
+    },
+    None => 1000,
+};
+
+/// `cargo xtask run --reclaim-target SIZE` (build-time variable
+/// `THERMOCLINE_RECLAIM_TARGET`): each VM's resident-memory limit in bytes,
+/// or `adaptive` (everything colder than the feedback loop's threshold);
+/// `None` (unset or `off`): aging only.
+pub const RECLAIM_TARGET_BYTES: Option<u64> = match option_env!("THERMOCLINE_RECLAIM_TARGET") {
+    Some(s) => parse_size(s),
+    None => None,
+};
+
+/// Whether the run reclaims adaptively (`--reclaim-target adaptive`).
+pub const RECLAIM_ADAPTIVE: bool = matches!(
+    option_env!("THERMOCLINE_RECLAIM_TARGET"),
+    Some(s) if s.len() == 8 && s.as_bytes()[0] == b'a'
+);
+
+/// The reclaim target of this run, from the build-time configuration.
+pub fn configured_target() -> Option<ReclaimTarget> {
+    if RECLAIM_ADAPTIVE {
+        return Some(ReclaimTarget::Adaptive);
+    }
+    RECLAIM_TARGET_BYTES.map(|b| ReclaimTarget::ResidentLimit { pages: b / 4096 })
+}
+
+/// The banner line describing the run's aging and reclaim configuration.
+pub fn banner_line() -> alloc::string::String {
+    let target = match configured_target() {
+        Some(ReclaimTarget::ResidentLimit { pages }) => {
+            alloc::format!("resident limit {} KiB per VM", pages * 4)
+        }
+        Some(ReclaimTarget::Adaptive) => "adaptive (refaults under 0.2 %/min)".into(),
+        Some(ReclaimTarget::ColderThan(_)) | None => "off (aging only)".into(),
+    };
+    alloc::format!("  aging    interval {AGE_INTERVAL_MS} ms, reclaim {target}")
+}
+
+/// Runs `vm` (the guest `cargo xtask run` chose) on CPU `cpu` with the
+/// aging thread on CPU 0 and the configured reclaim target, until it stops.
+pub fn run_selected(vm: alloc::boxed::Box<Vm<Npt>>, cpu: usize) {
+    let vm: &'static Vm<Npt> = alloc::boxed::Box::leak(vm);
+    let m = Managed::new(vm, configured_target());
+    let vcpu = crate::sched::spawn_on(cpu, "vcpu", move || {
+        crate::vm::run_on_this_cpu::<crate::vm::Svm>(vm);
+    });
+    let config = AgingConfig {
+        interval_ms: AGE_INTERVAL_MS,
+        ..AgingConfig::default()
+    };
+    let ms = alloc::vec![m];
+    let ager = crate::sched::spawn_on(0, "aging", move || run(ms, config));
+    vcpu.join();
+    stop();
+    ager.join();
 }

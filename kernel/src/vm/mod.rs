@@ -530,7 +530,9 @@ pub fn run_selected_guest() {
             vm.name(),
             SELECTED_RAM_BYTES >> 20
         );
-        spawn_on::<Svm>(cpu, Arc::from(vm)).join();
+        // The aging thread reports on the guest while it runs, and
+        // reclaims toward `cargo xtask run --reclaim-target`.
+        crate::aging::run_selected(vm, cpu);
     }
 }
 

@@ -42,35 +42,36 @@ use x86_64::structures::DescriptorTablePointer;
 #[repr(C)]
 #[derive(Clone, Debug, Default)]
 pub struct InterruptFrame {
-    /// General-purpose registers, in the order isr_common pushes them (reversed).
+    /// Saved R15 (the general-purpose registers follow in the reverse of the
+    /// order isr_common pushes them).
     pub r15: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved R14.
     pub r14: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved R13.
     pub r13: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved R12.
     pub r12: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved R11.
     pub r11: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved R10.
     pub r10: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved R9.
     pub r9: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved R8.
     pub r8: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved RBP.
     pub rbp: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved RDI.
     pub rdi: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved RSI.
     pub rsi: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved RDX.
     pub rdx: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved RCX.
     pub rcx: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved RBX.
     pub rbx: u64,
-    #[expect(missing_docs, reason = "register names are self-explanatory")]
+    /// Saved RAX.
     pub rax: u64,
     /// The vector number (0-255).
     pub vector: u64,

@@ -137,7 +137,7 @@ use crate::generations::Generations;
 use crate::pte::EntryFormat;
 use crate::sync::{AtomicU64, Ordering};
 use crate::table::{TableMemory, Tables};
-use crate::walk::{Batch, LeafLine};
+use crate::walk::{Batch, CHUNK, LeafChunk};
 use core::marker::PhantomData;
 
 /// Result of [`test_and_clear_young`].
@@ -253,11 +253,17 @@ pub struct PassStats {
 pub trait YoungSink {
     /// A young leaf at `level` (any level) whose A was cleared.
     fn leaf(&mut self, gpa: u64, level: u8, entry: u64);
-    /// Young 4 KiB leaves of one line: bit `k` of `cleared` set means the
-    /// entry at `gpa + k * 4096` (snapshot `old[k]`) was young. The default
-    /// reports each through [`YoungSink::leaf`].
+    /// A hint: the 4 KiB leaves of `[gpa, gpa + size)` are about to be
+    /// scanned (a sink that writes per-page state can prefetch it).
     #[inline(always)]
-    fn line(&mut self, gpa: u64, cleared: u8, old: &[u64; 8]) {
+    fn scanning(&mut self, gpa: u64, size: u64) {
+        let _ = (gpa, size);
+    }
+    /// Young 4 KiB leaves of one chunk of a leaf table: bit `k` of
+    /// `cleared` set means the entry at `gpa + k * 4096` (snapshot `old[k]`)
+    /// was young. The default reports each through [`YoungSink::leaf`].
+    #[inline(always)]
+    fn chunk(&mut self, gpa: u64, cleared: u32, old: &[u64; CHUNK]) {
         let mut m = cleared;
         while m != 0 {
             let k = m.trailing_zeros() as usize;
@@ -266,6 +272,8 @@ pub trait YoungSink {
         }
     }
 }
+
+const _: () = assert!(CHUNK <= 32, "YoungSink::chunk takes a 32-bit mask");
 
 impl<T: FnMut(u64, u8, u64)> YoungSink for T {
     #[inline(always)]
@@ -317,36 +325,40 @@ fn age_entry<F: EntryFormat>(
     }
 }
 
-/// Ages one line of leaf entries (the hot path): the same helper and rules
-/// as [`age_entry`], with the young ones reported together.
+/// Ages one chunk of leaf entries (the hot path): the same helper and rules
+/// as [`age_entry`], with the young ones reported together. Each selected
+/// entry is read again right before the helper (an L1 hit: the walk has
+/// just read its line) and that value is the snapshot the helper compares
+/// against; the alternative, keeping the walk's first read, costs a stack
+/// store per entry that every locked instruction then waits for.
 #[inline(always)]
-fn age_line<F: EntryFormat>(
-    line: &LeafLine<'_>,
+fn age_chunk<F: EntryFormat>(
+    chunk: &LeafChunk<'_>,
     stats: &mut PassStats,
     young: &mut impl YoungSink,
 ) {
-    let mut mask = line.mask;
-    let mut cleared = 0u8;
+    let mut mask = chunk.mask;
+    let mut cleared = 0u32;
+    let mut old = [0u64; CHUNK];
     while mask != 0 {
         let k = mask.trailing_zeros() as usize;
         mask &= mask - 1;
-        let old = line.old[k];
-        if !F::is_present(old) {
+        let (Some(slot), Some(o)) = (chunk.slots.get(k), old.get_mut(k)) else {
+            break;
+        };
+        let snapshot = slot.load(Ordering::Acquire);
+        if !F::is_present(snapshot) {
             continue;
         }
-        match test_and_clear_young::<F>(&line.slots[k], old, 1) {
-            ClearYoung::Cleared => cleared |= 1 << k,
+        match test_and_clear_young::<F>(slot, snapshot, 1) {
+            ClearYoung::Cleared => {
+                cleared |= 1 << k;
+                *o = snapshot;
+            }
             ClearYoung::WasOld | ClearYoung::Rescan => {}
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
-                age_entry::<F>(
-                    &line.slots[k],
-                    line.gpa + k as u64 * 4096,
-                    1,
-                    now,
-                    stats,
-                    young,
-                );
+                age_entry::<F>(slot, chunk.gpa + k as u64 * 4096, 1, now, stats, young);
             }
         }
     }
@@ -355,7 +367,7 @@ fn age_line<F: EntryFormat>(
         stats.young_leaves += n;
         stats.young_pages += n;
         stats.flush_needed = true;
-        young.line(line.gpa, cleared, &line.old);
+        young.chunk(chunk.gpa, cleared, &old);
     }
 }
 
@@ -370,7 +382,10 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
     mut young: impl YoungSink,
 ) -> PassStats {
     let mut stats = PassStats::default();
-    let mut walk = tables.walk(start, end, 1, F::ACCESSED | F::RESCAN);
+    let mut walk = tables
+        .walk(start, end, 1, F::ACCESSED | F::RESCAN)
+        .leaf_filter(F::ACCESSED);
+    let mut sparse = true;
     while let Some(item) = walk.next_batch() {
         match item {
             Batch::Entry(e) => {
@@ -379,9 +394,14 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
             }
             Batch::Leaves(run) => {
                 stats.leaf_entries_read += run.slots.len() as u64;
-                let skipped =
-                    run.for_each_line(|line| age_line::<F>(&line, &mut stats, &mut young));
+                young.scanning(run.gpa, run.slots.len() as u64 * 4096);
+                let skipped = run.for_each_chunk(sparse, |chunk| {
+                    age_chunk::<F>(&chunk, &mut stats, &mut young)
+                });
                 stats.leaf_lines_skipped += skipped;
+                // More than 3/4 of the lines skipped (under about 3 % of the
+                // entries young, scattered): expect the next table alike.
+                sparse = skipped * 4 > run.lines() * 3;
             }
         }
     }
@@ -406,24 +426,26 @@ pub fn test_young<F: EntryFormat, M: TableMemory>(
     false
 }
 
-/// Young lines stamped together by [`age_pass`].
+/// Young chunks stamped together by [`age_pass`].
 const STAMP_BATCH: usize = 64;
 
-/// Stamps young pages into the generations. 4 KiB pages are stamped in
-/// batches of lines: a stamp is a store that usually misses the cache, and
-/// the next locked compare-exchange would wait for it to complete; batched,
-/// the misses overlap.
+/// Stamps young pages into the generations. A stamp is a store, and the
+/// next locked compare-exchange waits for every earlier store to complete:
+/// so the bytes of a leaf table are prefetched for writing when its scan
+/// starts ([`YoungSink::scanning`]; a prefetch does not hold up a locked
+/// instruction), and 4 KiB pages are stamped in batches of chunks, so that
+/// the stores that still miss overlap.
 struct GenSink<'g, S, F> {
     gens: &'g mut Generations<S>,
-    lines: [(u64, u8); STAMP_BATCH],
+    chunks: [(u64, u32); STAMP_BATCH],
     n: usize,
     _f: PhantomData<F>,
 }
 
 impl<S: AsRef<[u8]> + AsMut<[u8]>, F> GenSink<'_, S, F> {
     fn drain(&mut self) {
-        for &(gpa, mask) in &self.lines[..self.n] {
-            self.gens.stamp_line(gpa, mask);
+        for &(gpa, mask) in &self.chunks[..self.n] {
+            self.gens.stamp_mask(gpa, mask);
         }
         self.n = 0;
     }
@@ -435,8 +457,13 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, F: EntryFormat> YoungSink for &mut GenSink<'_
     }
 
     #[inline(always)]
-    fn line(&mut self, gpa: u64, cleared: u8, _old: &[u64; 8]) {
-        self.lines[self.n] = (gpa, cleared);
+    fn scanning(&mut self, gpa: u64, size: u64) {
+        self.gens.prefetch(gpa, size);
+    }
+
+    #[inline(always)]
+    fn chunk(&mut self, gpa: u64, cleared: u32, _old: &[u64; CHUNK]) {
+        self.chunks[self.n] = (gpa, cleared);
         self.n += 1;
         if self.n == STAMP_BATCH {
             self.drain();
@@ -463,7 +490,7 @@ where
     let seq = gens.begin_pass(now_ms);
     let mut sink = GenSink::<S, F> {
         gens,
-        lines: [(0, 0); STAMP_BATCH],
+        chunks: [(0, 0); STAMP_BATCH],
         n: 0,
         _f: PhantomData,
     };

@@ -5,6 +5,9 @@
 //! that supplies hardware access through the traits defined here.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+// `core::hint::prefetch_write`: the aging pass prefetches the generation
+// bytes of a leaf table before it stamps them (see `age`).
+#![feature(hint_prefetch)]
 
 pub mod acpi;
 pub mod addr;

@@ -240,3 +240,78 @@ fn ept_walk_straddling_a_pass_is_not_lost() {
 fn npt_walk_straddling_a_pass_is_not_lost() {
     walk_straddling_a_pass_is_not_lost::<Npt>();
 }
+
+/// Ages `[start, end)` (any page boundaries, so runs end in partial chunks)
+/// over tables whose densities differ, so the pass switches between its
+/// sparse and dense chunk scans: exactly the touched pages inside the range
+/// are young, and the next full pass finds exactly the others.
+fn partial_range_and_mixed_densities<F: EntryFormat>(
+    percent_per_table: &[u64],
+    seed: u64,
+    start_page: u64,
+    len_pages: u64,
+) {
+    let arena = HostArena::new(64);
+    let tables = guest::<F>(&arena, PageSize::Size4K);
+    let mut cpu = SimCpu::uncached();
+    // Settle: fresh tables have A set and are scanned twice.
+    age_range(&tables, 0, u64::MAX, |_, _, _| {});
+    age_range(&tables, 0, u64::MAX, |_, _, _| {});
+    let mut rng = seed | 1;
+    let mut touched = Vec::new();
+    for page in 0..GUEST / 4096 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let percent = percent_per_table[(page / 512) as usize % percent_per_table.len()];
+        if rng % 100 < percent {
+            assert!(cpu.access(&tables, page * 4096, page % 3 == 0));
+            touched.push(page);
+        }
+    }
+    let (start, end) = (start_page * 4096, (start_page + len_pages) * 4096);
+    let mut young = Vec::new();
+    let stats = age_range(&tables, start, end, |gpa, level, _| {
+        assert_eq!(level, 1);
+        young.push(gpa / 4096);
+    });
+    let inside: Vec<u64> = touched
+        .iter()
+        .copied()
+        .filter(|p| (start_page..start_page + len_pages).contains(p))
+        .collect();
+    assert_eq!(young, inside);
+    assert_eq!(stats.young_pages, inside.len() as u64);
+    let mut rest = Vec::new();
+    age_range(&tables, 0, u64::MAX, |gpa, _, _| rest.push(gpa / 4096));
+    let outside: Vec<u64> = touched
+        .iter()
+        .copied()
+        .filter(|p| !(start_page..start_page + len_pages).contains(p))
+        .collect();
+    assert_eq!(rest, outside);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+    #[test]
+    fn npt_partial_range_and_mixed_densities(
+        percents in proptest::collection::vec(proptest::sample::select(vec![0u64, 1, 3, 10, 50, 90, 100]), 1..8),
+        seed in proptest::prelude::any::<u64>(),
+        start_page in 0u64..16384,
+        len_pages in 1u64..16384,
+    ) {
+        partial_range_and_mixed_densities::<Npt>(&percents, seed, start_page, len_pages.min(16384 - start_page));
+    }
+
+    #[test]
+    fn ept_partial_range_and_mixed_densities(
+        percents in proptest::collection::vec(proptest::sample::select(vec![0u64, 1, 3, 10, 50, 90, 100]), 1..8),
+        seed in proptest::prelude::any::<u64>(),
+        start_page in 0u64..16384,
+        len_pages in 1u64..16384,
+    ) {
+        partial_range_and_mixed_densities::<Ept>(&percents, seed, start_page, len_pages.min(16384 - start_page));
+    }
+}

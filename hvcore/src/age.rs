@@ -71,62 +71,69 @@
 //!
 //! # Measured
 //! `cargo bench -p hvcore --bench aging` (what `cargo xtask bench` runs) on the
-//! project's 2-core AMD EPYC VM, one thread, tables evicted from every cache
-//! before each pass, NPT format, best of 7 rounds in which the four passes
-//! take turns (the machine was shared with other builds, so single figures
-//! move by about 10 %). ns per 4 KiB guest
-//! page. `ours` = [`age_pass`]; `clear` = the same walk and clears with the
-//! young reports dropped (no generation stamps); `floor` = a plain read of
-//! every leaf entry; `kvm` = a tight loop with an atomic AND on every young
-//! leaf and no skipping (an idealised KVM-style pass: real KVM costs 20-28
-//! ns per page); `skipped` = subtrees skipped through a clear parent A.
+//! project's 2-core AMD EPYC VM, shared with other builds, one thread,
+//! tables evicted from every cache before each pass, NPT format, best of 15
+//! rounds in which the four passes take turns; the second of two full runs
+//! (the other within 0.07 ns except where `docs/aging.md` says). ns per 4 KiB
+//! guest page. `ours` = [`age_pass`]; `clear` = the same walk and clears
+//! with the young reports dropped (no generation stamps); `floor` = a plain
+//! read of every leaf entry; `kvm` = a load of every leaf and an atomic AND
+//! on every young one, no skipping (an idealised KVM-style pass: real KVM
+//! costs 20-28 ns per page); `skipped` = subtrees skipped through a clear
+//! parent A.
 //!
 //! ```text
 //!  guest   pattern  touch |    ours   clear   floor     kvm | ours/flr ours/kvm |     young   skipped
-//!    1Gi clustered     0% |   0.015   0.010   0.399   0.415 |     0.04     0.03 |         0         1
-//!    1Gi clustered     1% |   0.046   0.036   0.415   0.423 |     0.11     0.11 |      1024       510
-//!    1Gi clustered    10% |   0.441   0.367   0.418   0.596 |     1.05     0.74 |     25600       462
-//!    1Gi clustered    50% |   1.733   1.641   0.402   1.371 |     4.31     1.26 |    134656       249
-//!    1Gi clustered   100% |   2.792   2.755   0.408   2.356 |     6.85     1.18 |    262144         0
-//!    1Gi scattered     1% |   0.616   0.456   0.415   0.441 |     1.48     1.40 |      2633         2
-//!    1Gi scattered    10% |   1.517   1.287   0.415   0.942 |     3.65     1.61 |     26007         0
-//!    1Gi scattered    50% |   2.543   2.244   0.404   3.202 |     6.29     0.79 |    130649         0
-//!    4Gi clustered     0% |   0.004   0.003   0.377   0.395 |     0.01     0.01 |         0         1
-//!    4Gi clustered     1% |   0.044   0.036   0.389   0.432 |     0.11     0.10 |      7168      2034
-//!    4Gi clustered    10% |   0.454   0.394   0.392   0.601 |     1.16     0.76 |    112640      1828
-//!    4Gi clustered    50% |   1.708   1.586   0.399   1.334 |     4.28     1.28 |    523264      1026
-//!    4Gi clustered   100% |   2.817   2.729   0.398   2.347 |     7.08     1.20 |   1048576         0
-//!    4Gi scattered     1% |   0.578   0.429   0.392   0.433 |     1.48     1.33 |     10389        10
-//!    4Gi scattered    10% |   1.496   1.268   0.385   0.928 |     3.88     1.61 |    104677         0
-//!    4Gi scattered    50% |   2.525   2.231   0.385   3.252 |     6.56     0.78 |    524683         0
-//!   16Gi clustered     0% |   0.001   0.001   0.386   0.384 |     0.00     0.00 |         0         1
-//!   16Gi clustered     1% |   0.060   0.051   0.376   0.415 |     0.16     0.14 |     48128      8098
-//!   16Gi clustered    10% |   0.417   0.356   0.381   0.570 |     1.09     0.73 |    412672      7386
-//!   16Gi clustered    50% |   1.733   1.618   0.382   1.363 |     4.54     1.27 |   2120192      4051
-//!   16Gi clustered   100% |   2.866   2.757   0.392   2.384 |     7.32     1.20 |   4194304         0
-//!   16Gi scattered     1% |   0.582   0.423   0.381   0.425 |     1.53     1.37 |     41937        42
-//!   16Gi scattered    10% |   1.522   1.285   0.388   0.939 |     3.92     1.62 |    420089         0
-//!   16Gi scattered    50% |   2.611   2.257   0.378   3.227 |     6.90     0.81 |   2098105         0
+//!    1Gi clustered     0% |   0.010   0.006   0.319   0.315 |     0.03     0.03 |         0         1
+//!    1Gi clustered     1% |   0.034   0.026   0.313   0.316 |     0.11     0.11 |      1024       510
+//!    1Gi clustered    10% |   0.298   0.277   0.315   0.502 |     0.95     0.59 |     25600       462
+//!    1Gi clustered    50% |   1.348   1.278   0.298   1.344 |     4.53     1.00 |    134656       249
+//!    1Gi clustered   100% |   2.378   2.253   0.292   2.347 |     8.15     1.01 |    262144         0
+//!    1Gi scattered     1% |   0.474   0.360   0.290   0.370 |     1.64     1.28 |      2633         2
+//!    1Gi scattered    10% |   0.993   0.789   0.295   0.910 |     3.37     1.09 |     26007         0
+//!    1Gi scattered    50% |   1.630   1.419   0.286   3.154 |     5.69     0.52 |    130649         0
+//!    4Gi clustered     0% |   0.003   0.001   0.297   0.291 |     0.01     0.01 |         0         1
+//!    4Gi clustered     1% |   0.034   0.033   0.343   0.364 |     0.10     0.09 |      7168      2034
+//!    4Gi clustered    10% |   0.344   0.333   0.352   0.547 |     0.98     0.63 |    112640      1828
+//!    4Gi clustered    50% |   1.394   1.346   0.358   1.326 |     3.89     1.05 |    523264      1026
+//!    4Gi clustered   100% |   2.361   2.253   0.351   2.345 |     6.73     1.01 |   1048576         0
+//!    4Gi scattered     1% |   0.506   0.392   0.363   0.381 |     1.39     1.33 |     10389        10
+//!    4Gi scattered    10% |   0.983   0.792   0.346   0.912 |     2.84     1.08 |    104677         0
+//!    4Gi scattered    50% |   1.612   1.415   0.344   3.190 |     4.69     0.51 |    524683         0
+//!   16Gi clustered     0% |   0.001   0.001   0.364   0.371 |     0.00     0.00 |         0         1
+//!   16Gi clustered     1% |   0.046   0.045   0.368   0.392 |     0.13     0.12 |     48128      8098
+//!   16Gi clustered    10% |   0.323   0.308   0.366   0.548 |     0.88     0.59 |    412672      7386
+//!   16Gi clustered    50% |   1.443   1.388   0.358   1.342 |     4.04     1.08 |   2120192      4051
+//!   16Gi clustered   100% |   2.380   2.287   0.366   2.375 |     6.51     1.00 |   4194304         0
+//!   16Gi scattered     1% |   0.517   0.410   0.359   0.405 |     1.44     1.27 |     41937        42
+//!   16Gi scattered    10% |   0.994   0.789   0.362   0.916 |     2.74     1.09 |    420089         0
+//!   16Gi scattered    50% |   1.630   1.431   0.376   3.217 |     4.34     0.51 |   2098105         0
 //! ```
 //!
-//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.06 ns per
-//! page (target <= 0.1; 6x under the read floor). 100 % touched: 2.9 ns
-//! (target <= 3.5). Every case is at least 7x under KVM's published 20-28
-//! ns. Missed: flat 1 % is 1.5x the read floor (target 1.3x); the walk and
-//! its clears alone are 1.1x, the rest is the generation stamps (one byte
-//! store per young page, a cache miss each when young pages are scattered).
-//! Against the idealised KVM-style loop we are faster where skipping pays
-//! (sparse or clustered: 0-10 % clustered, 50 % scattered) and 1.2-1.6x
-//! slower where every young page costs a locked instruction in both and we
-//! add the compare-exchange (about 0.3 ns more than `lock and`), the line
-//! bookkeeping and the stamps (scattered 1 % and 10 %, clustered 50 % and
-//! 100 %). The generated inner loop (checked with `objdump -d` on the
-//! benchmark) is `tzcnt`, the snapshot load, one `lock cmpxchg` and a bit
-//! set per young entry: nothing left to shave there. Ways forward, not done: keep the generation in ignored entry bits
-//! (EPT 52-62, NPT 52-58) and stamp it with the same compare-exchange, which
-//! removes the stamp misses; `cmpxchg16b` over two adjacent entries would
-//! halve the locked instructions at high density but needs 128-bit atomics
-//! over the table (not expressible without `unsafe` here).
+//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.046 ns per
+//! page (target <= 0.1). 100 % touched: 2.4 ns (target <= 3.5). Every case
+//! is at least 8x under KVM's published 20-28 ns. Missed: flat 1 % is 1.44x
+//! the read floor (target 1.3x), and the pass is slower than the KVM-style
+//! loop at scattered 1 % (1.3x) and 10 % (1.09x); it ties at clustered
+//! 50-100 % and is faster elsewhere (2x at scattered 50 %, 1.7x at
+//! clustered 10 %, 8x and more where subtrees are skipped). The walk and its clears
+//! alone (`clear`) are 1.13x the floor and under the KVM-style loop or
+//! within 4 % of it in every row; the difference is the
+//! generation stamp of each young page (about 11 ns per young page at 1 %:
+//! its byte is usually alone in its cache line), which the KVM-style loop
+//! does not do. The way to meet both, not done: keep the generation in bits
+//! the CPU ignores in the leaf and write it in the same compare-exchange
+//! (docs/aging.md, "Measured", has the numbers and the design).
+//!
+//! The leaf scan ([`crate::walk::LeafRun::for_each_chunk`]) computes a
+//! chunk's young mask with a shift and a mask per entry and no branch, and
+//! `age_chunk` walks the set bits with `tzcnt`: per young entry one load
+//! (L1), one `lock cmpxchg` and a bit set (checked with `objdump -d` on the
+//! benchmark). A locked instruction costs about 2.3 ns here whether it is
+//! `lock and` or `lock cmpxchg`, so at high density both passes are bound by
+//! it; `cmpxchg16b` over two adjacent entries would halve the locked
+//! instructions but needs 128-bit atomics over the table (not expressible
+//! without `unsafe` here).
 //!
 //! # Flush
 //! A pass that cleared any A bit asks its [`TlbFlush`] for one flush at the

@@ -87,6 +87,7 @@ use crate::generations::{ColdAfter, Generations};
 use crate::pte::{EntryFormat, Perms};
 use crate::store::{PAGE_BYTES, PageStore, StoreError, StoreStats, StoredKind};
 use crate::table::{MapError, Mapper, PageSize, TableAlloc, TableMemory, Tables};
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 
 /// Pages unmapped under one TLB flush.
@@ -266,6 +267,8 @@ pub struct Reclaimer {
     store: PageStore,
     feedback: Feedback,
     stats: ReclaimStats,
+    /// One page of scratch on the heap (kernel stacks are small).
+    page: Box<[u8; PAGE_BYTES]>,
 }
 
 fn state_of(kind: StoredKind) -> PageState {
@@ -286,6 +289,7 @@ impl Reclaimer {
             store: PageStore::new(),
             feedback: Feedback::new(config.feedback, now_ms),
             stats: ReclaimStats::default(),
+            page: Box::new([0; PAGE_BYTES]),
         }
     }
 
@@ -514,15 +518,14 @@ impl Reclaimer {
         G: GuestFrames,
         S: AsRef<[u8]> + AsMut<[u8]>,
     {
-        let mut page = [0u8; PAGE_BYTES];
         for &(gfn, frame, old) in in_flight {
             let clean = old & F::DIRTY == 0 && self.clean_copies.remove(&gfn);
             let kind = if clean {
                 self.stats.clean_drops += 1;
                 self.store.kind(gfn)
             } else {
-                frames.read_frame(frame, &mut page);
-                self.store.put(gfn, &page).ok()
+                frames.read_frame(frame, &mut self.page);
+                self.store.put(gfn, &self.page).ok()
             };
             let Some(kind) = kind else {
                 // The store is full: put the frame back (its contents are
@@ -683,15 +686,14 @@ impl Reclaimer {
             };
         }
         let frame = frames.alloc_frame().ok_or(FaultError::NoFrame)?;
-        let mut page = [0u8; PAGE_BYTES];
-        let kind = match self.store.get(gfn, &mut page) {
+        let kind = match self.store.get(gfn, &mut self.page) {
             Ok(k) => k,
             Err(e) => {
                 frames.free_frame(frame);
                 return Err(FaultError::Store(e));
             }
         };
-        frames.write_frame(frame, &page);
+        frames.write_frame(frame, &self.page);
         if let Err(e) = mapper.map(tables, page_gpa, frame, 4096, rec.perms, PageSize::Size4K) {
             frames.free_frame(frame);
             return Err(FaultError::Map(e));

@@ -31,8 +31,10 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use lz4_flex::block::CompressTable;
 
 /// Bytes in a page.
 pub const PAGE_BYTES: usize = 4096;
@@ -115,10 +117,35 @@ struct Entry {
 
 /// The store of one VM (or of the whole host: keys are whatever the caller
 /// chooses; the reclaimer uses guest page numbers).
-#[derive(Debug, Default)]
+///
+/// The encoder's hash table (8 KiB) and output buffer live on the heap,
+/// made once: kernel thread stacks are small, and a debug build would
+/// otherwise keep several page-sized temporaries on them.
 pub struct PageStore {
     entries: BTreeMap<u64, Entry>,
     stats: StoreStats,
+    scratch: Box<[u8; SCRATCH_BYTES]>,
+    table: Box<CompressTable>,
+}
+
+impl core::fmt::Debug for PageStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageStore")
+            .field("entries", &self.entries.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PageStore {
+    fn default() -> Self {
+        PageStore {
+            entries: BTreeMap::new(),
+            stats: StoreStats::default(),
+            scratch: Box::new([0; SCRATCH_BYTES]),
+            table: Box::new(CompressTable::small()),
+        }
+    }
 }
 
 /// FNV-1a over 64-bit words: cheap, and any flipped bit changes it.
@@ -173,12 +200,13 @@ impl PageStore {
                 checksum: sum,
             }
         } else {
-            let mut scratch = [0u8; SCRATCH_BYTES];
-            let compressed = lz4_flex::block::compress_into(page, &mut scratch)
-                .ok()
-                .filter(|&n| n <= MAX_COMPRESSED_BYTES);
+            let scratch = &mut self.scratch[..];
+            let compressed =
+                lz4_flex::block::compress_into_with_table(page, scratch, &mut self.table)
+                    .ok()
+                    .filter(|&n| n <= MAX_COMPRESSED_BYTES);
             let (kind, bytes): (StoredKind, &[u8]) = match compressed {
-                Some(n) => (StoredKind::Compressed, &scratch[..n]),
+                Some(n) => (StoredKind::Compressed, &self.scratch[..n]),
                 None => (StoredKind::Raw, &page[..]),
             };
             let mut data = Vec::new();

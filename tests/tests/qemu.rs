@@ -12,6 +12,8 @@ use thermocline_tests::protocol::Report;
 use thermocline_tests::qemu::{Firmware, Machine, detect_accel};
 use thermocline_tests::runner::{Outcome, Run, run, run_until};
 
+/// The aging thread and the reclaimer (issue 7).
+mod aging;
 /// The platform layer's scenarios (issue 3), sharing the helpers below.
 mod platform;
 /// The SVM backend's scenarios (issue 5).

@@ -272,6 +272,14 @@ pub fn fault_in_hook<F: EntryFormat>(
     }
 }
 
+/// Whether the reclaimer of the VM with table root `root` holds the page
+/// at `gpa` (not mapped now, contents in its store). The hypervisor's own
+/// reads of guest memory fault such a page back in instead of reading
+/// zeros.
+pub fn is_reclaimed(root: HostPhysAddr, gpa: GuestPhysAddr) -> bool {
+    lookup(root).is_some_and(|mm| mm.lock().rec.state(gpa) != hvcore::reclaim::PageState::Resident)
+}
+
 /// Free frames below which reclaim is driven by host memory pressure.
 pub const LOW_FREE_FRAMES: u64 = 256;
 

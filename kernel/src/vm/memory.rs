@@ -357,6 +357,12 @@ impl<F: EntryFormat> GuestPhysRead for GuestMemory<F> {
         if end > self.ram_bytes {
             return None;
         }
+        // A page the reclaimer took is brought back, not read as zeros.
+        if self.tables.translate(gpa).is_none()
+            && crate::reclaim::is_reclaimed(self.tables.root(), gpa)
+        {
+            let _ = self.fault_in(gpa);
+        }
         match self.tables.translate(gpa) {
             Some(t) => {
                 // SAFETY: `t.hpa..+len` lies in one page of a frame this VM

@@ -1,0 +1,36 @@
+//! The aging thread and the reclaimer with guests on the SVM backend
+//! (issue 7), booted in QEMU TCG with `-cpu max`: scenario `test_aging`
+//! (pattern-guest accuracy with the aging thread on CPU 0 and the guest on
+//! the last CPU; reclaimed frames come back to the host and the guest reads
+//! everything back intact). Included by `tests/qemu.rs` (`mod aging;`).
+
+use super::{BIOS_TIMEOUT, check_passed, machine};
+use thermocline_tests::qemu::Firmware;
+use thermocline_tests::runner::run;
+
+fn aging_on(smp: u32) {
+    let mut m = machine("test_aging", Firmware::Bios);
+    m.smp = smp;
+    let run = run(&m, BIOS_TIMEOUT);
+    let report = check_passed(&run).unwrap_or_else(|e| panic!("test_aging -smp {smp}: {e}"));
+    assert_eq!(report.passed.len(), 2, "{run}");
+    // The figures; the scenario itself asserts at least 99 % each.
+    assert!(run.saw("accuracy: "), "{run}");
+    assert!(run.saw("memory comes back: reclaimed"), "{run}");
+    assert!(
+        run.saw("checksum result: 3072 pages checked, 0 mismatches"),
+        "{run}"
+    );
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn aging_and_reclaim_with_two_cpus() {
+    aging_on(2);
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn aging_and_reclaim_with_three_cpus() {
+    aging_on(3);
+}

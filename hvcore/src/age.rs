@@ -74,56 +74,53 @@
 //! project's 2-core AMD EPYC VM, shared with other builds, one thread,
 //! tables evicted from every cache before each pass, NPT format, best of 15
 //! rounds in which the four passes take turns; the second of two full runs
-//! (the other within 0.07 ns except where `docs/aging.md` says). ns per 4 KiB
-//! guest page. `ours` = [`age_pass`]; `clear` = the same walk and clears
-//! with the young reports dropped (no generation stamps); `floor` = a plain
-//! read of every leaf entry; `kvm` = a load of every leaf and an atomic AND
-//! on every young one, no skipping (an idealised KVM-style pass: real KVM
-//! costs 20-28 ns per page); `skipped` = subtrees skipped through a clear
-//! parent A.
+//! (the other within 0.03 ns but one figure, see `docs/aging.md`). ns per
+//! 4 KiB guest page. `ours` = [`age_pass`]; `clear` = the same walk and
+//! clears with the young reports dropped (no generation stamps); `floor` = a
+//! plain read of every leaf entry; `kvm` = a load of every leaf and an
+//! atomic AND on every young one, no skipping (an idealised KVM-style pass:
+//! real KVM costs 20-28 ns per page); `skipped` = subtrees skipped through a
+//! clear parent A.
 //!
 //! ```text
 //!  guest   pattern  touch |    ours   clear   floor     kvm | ours/flr ours/kvm |     young   skipped
-//!    1Gi clustered     0% |   0.010   0.006   0.319   0.315 |     0.03     0.03 |         0         1
-//!    1Gi clustered     1% |   0.034   0.026   0.313   0.316 |     0.11     0.11 |      1024       510
-//!    1Gi clustered    10% |   0.298   0.277   0.315   0.502 |     0.95     0.59 |     25600       462
-//!    1Gi clustered    50% |   1.348   1.278   0.298   1.344 |     4.53     1.00 |    134656       249
-//!    1Gi clustered   100% |   2.378   2.253   0.292   2.347 |     8.15     1.01 |    262144         0
-//!    1Gi scattered     1% |   0.474   0.360   0.290   0.370 |     1.64     1.28 |      2633         2
-//!    1Gi scattered    10% |   0.993   0.789   0.295   0.910 |     3.37     1.09 |     26007         0
-//!    1Gi scattered    50% |   1.630   1.419   0.286   3.154 |     5.69     0.52 |    130649         0
-//!    4Gi clustered     0% |   0.003   0.001   0.297   0.291 |     0.01     0.01 |         0         1
-//!    4Gi clustered     1% |   0.034   0.033   0.343   0.364 |     0.10     0.09 |      7168      2034
-//!    4Gi clustered    10% |   0.344   0.333   0.352   0.547 |     0.98     0.63 |    112640      1828
-//!    4Gi clustered    50% |   1.394   1.346   0.358   1.326 |     3.89     1.05 |    523264      1026
-//!    4Gi clustered   100% |   2.361   2.253   0.351   2.345 |     6.73     1.01 |   1048576         0
-//!    4Gi scattered     1% |   0.506   0.392   0.363   0.381 |     1.39     1.33 |     10389        10
-//!    4Gi scattered    10% |   0.983   0.792   0.346   0.912 |     2.84     1.08 |    104677         0
-//!    4Gi scattered    50% |   1.612   1.415   0.344   3.190 |     4.69     0.51 |    524683         0
-//!   16Gi clustered     0% |   0.001   0.001   0.364   0.371 |     0.00     0.00 |         0         1
-//!   16Gi clustered     1% |   0.046   0.045   0.368   0.392 |     0.13     0.12 |     48128      8098
-//!   16Gi clustered    10% |   0.323   0.308   0.366   0.548 |     0.88     0.59 |    412672      7386
-//!   16Gi clustered    50% |   1.443   1.388   0.358   1.342 |     4.04     1.08 |   2120192      4051
-//!   16Gi clustered   100% |   2.380   2.287   0.366   2.375 |     6.51     1.00 |   4194304         0
-//!   16Gi scattered     1% |   0.517   0.410   0.359   0.405 |     1.44     1.27 |     41937        42
-//!   16Gi scattered    10% |   0.994   0.789   0.362   0.916 |     2.74     1.09 |    420089         0
-//!   16Gi scattered    50% |   1.630   1.431   0.376   3.217 |     4.34     0.51 |   2098105         0
+//!    1Gi clustered     0% |   0.011   0.010   0.381   0.338 |     0.03     0.03 |         0         1
+//!    1Gi clustered     1% |   0.034   0.033   0.378   0.395 |     0.09     0.09 |      1024       510
+//!    1Gi clustered    10% |   0.326   0.316   0.377   0.572 |     0.87     0.57 |     25600       462
+//!    1Gi clustered    50% |   1.449   1.400   0.383   1.369 |     3.78     1.06 |    134656       249
+//!    1Gi clustered   100% |   2.352   2.269   0.381   2.355 |     6.18     1.00 |    262144         0
+//!    1Gi scattered     1% |   0.449   0.423   0.376   0.411 |     1.19     1.09 |      2633         2
+//!    1Gi scattered    10% |   0.906   0.804   0.385   0.911 |     2.35     0.99 |     26007         0
+//!    1Gi scattered    50% |   1.646   1.429   0.378   3.171 |     4.36     0.52 |    130649         0
+//!    4Gi clustered     0% |   0.004   0.003   0.378   0.383 |     0.01     0.01 |         0         1
+//!    4Gi clustered     1% |   0.034   0.032   0.375   0.403 |     0.09     0.08 |      7168      2034
+//!    4Gi clustered    10% |   0.348   0.335   0.367   0.577 |     0.95     0.60 |    112640      1828
+//!    4Gi clustered    50% |   1.402   1.368   0.376   1.333 |     3.72     1.05 |    523264      1026
+//!    4Gi clustered   100% |   2.336   2.258   0.374   2.348 |     6.24     0.99 |   1048576         0
+//!    4Gi scattered     1% |   0.431   0.409   0.372   0.403 |     1.16     1.07 |     10389        10
+//!    4Gi scattered    10% |   0.892   0.790   0.373   0.924 |     2.39     0.96 |    104677         0
+//!    4Gi scattered    50% |   1.627   1.415   0.373   3.184 |     4.36     0.51 |    524683         0
+//!   16Gi clustered     0% |   0.001   0.001   0.371   0.380 |     0.00     0.00 |         0         1
+//!   16Gi clustered     1% |   0.046   0.044   0.374   0.408 |     0.12     0.11 |     48128      8098
+//!   16Gi clustered    10% |   0.319   0.309   0.374   0.563 |     0.85     0.57 |    412672      7386
+//!   16Gi clustered    50% |   1.457   1.409   0.372   1.362 |     3.92     1.07 |   2120192      4051
+//!   16Gi clustered   100% |   2.359   2.281   0.384   2.372 |     6.15     0.99 |   4194304         0
+//!   16Gi scattered     1% |   0.425   0.410   0.380   0.414 |     1.12     1.03 |     41937        42
+//!   16Gi scattered    10% |   0.895   0.794   0.386   0.930 |     2.32     0.96 |    420089         0
+//!   16Gi scattered    50% |   1.641   1.419   0.378   3.204 |     4.35     0.51 |   2098105         0
 //! ```
 //!
-//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.046 ns per
-//! page (target <= 0.1). 100 % touched: 2.4 ns (target <= 3.5). Every case
-//! is at least 8x under KVM's published 20-28 ns. Missed: flat 1 % is 1.44x
-//! the read floor (target 1.3x), and the pass is slower than the KVM-style
-//! loop at scattered 1 % (1.3x) and 10 % (1.09x); it ties at clustered
-//! 50-100 % and is faster elsewhere (2x at scattered 50 %, 1.7x at
-//! clustered 10 %, 8x and more where subtrees are skipped). The walk and its clears
-//! alone (`clear`) are 1.13x the floor and under the KVM-style loop or
-//! within 4 % of it in every row; the difference is the
-//! generation stamp of each young page (about 11 ns per young page at 1 %:
-//! its byte is usually alone in its cache line), which the KVM-style loop
-//! does not do. The way to meet both, not done: keep the generation in bits
-//! the CPU ignores in the leaf and write it in the same compare-exchange
-//! (docs/aging.md, "Measured", has the numbers and the design).
+//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.045 ns per
+//! page (target <= 0.1). 100 % touched: 2.36 ns (target <= 3.5). Every case
+//! is at least 8x under KVM's published 20-28 ns. Flat 1 %: 1.12-1.17x the
+//! read floor (target 1.3x). Against the KVM-style loop: 0.96x at scattered
+//! 10 %, 0.99x at 100 %, 0.5x at scattered 50 %, far under it where
+//! subtrees are skipped; missed by 3-6 % at scattered 1 % (the generation
+//! stamps, 2 ns per young page, which the KVM-style loop does not do: the
+//! walk and clears alone tie it) and by 5-7 % at clustered 50 % (the pass
+//! skips the cold half of the tables and starts a new prefetch stream at
+//! each young one). `docs/aging.md`, "Measured", has the analysis and the
+//! next steps.
 //!
 //! The leaf scan ([`crate::walk::LeafRun::for_each_chunk`]) computes a
 //! chunk's young mask with a shift and a mask per entry and no branch, and

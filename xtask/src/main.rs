@@ -56,8 +56,6 @@ RUN OPTIONS:
     --reclaim-target SIZE|adaptive|off
                       Reclaim each VM down to SIZE resident (e.g. 16M), or
                       what the refault feedback allows; default off
-                      (experimental: reclaim concurrent with a running
-                      guest has a known host-memory bug, issue 7 notes)
     -- ARGS...        Extra arguments passed to QEMU unchanged
 
 TEST OPTIONS:

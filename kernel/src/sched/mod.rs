@@ -45,7 +45,7 @@ use x86_64::instructions::interrupts;
 /// Vector of the reschedule IPI.
 pub const RESCHED_VECTOR: u8 = 0xF0;
 /// Stack size of a spawned thread.
-pub const STACK_BYTES: usize = 64 * 1024;
+pub const STACK_BYTES: usize = 256 * 1024;
 /// Written at the bottom of every thread stack; found changed = overflow.
 const STACK_CANARY: u64 = 0x57AC_CA4A_2D0F_F10E;
 
@@ -511,9 +511,41 @@ extern "C" fn thread_start() -> ! {
     exit_current()
 }
 
+/// Deepest stack use of any thread that has exited, in bytes.
+static STACK_HIGH_WATER_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Deepest stack use of any thread that has exited so far, in bytes, out of
+/// [`STACK_BYTES`]. Stacks start zeroed, so the depth is the distance from
+/// the top to the lowest non-zero byte above the canary (a thread that
+/// leaves only zeros that deep is under-counted, never over-counted).
+pub fn stack_high_water_bytes() -> usize {
+    STACK_HIGH_WATER_BYTES.load(Ordering::Relaxed)
+}
+
+impl Thread {
+    fn stack_used_bytes(&self) -> usize {
+        let Some(stack) = self._stack.as_deref() else {
+            return 0;
+        };
+        let above_canary = (self.canary_at - stack.as_ptr() as u64) as usize + 8;
+        let untouched = stack[above_canary..]
+            .iter()
+            .take_while(|&&b| b == 0)
+            .count();
+        stack.len() - above_canary - untouched
+    }
+}
+
 /// Ends the current thread.
 fn exit_current() -> ! {
     let me = current();
+    let used = me.stack_used_bytes();
+    if STACK_HIGH_WATER_BYTES.fetch_max(used, Ordering::Relaxed) < used && used > STACK_BYTES / 2 {
+        log::warn!(
+            "sched: thread {} used {used} of its {STACK_BYTES} stack bytes",
+            me.name
+        );
+    }
     me.done.store(true, Ordering::Release);
     let joiner = me.joiner.lock().take();
     drop(me);

@@ -74,7 +74,7 @@
 //! project's 2-core AMD EPYC VM, shared with other builds, one thread,
 //! tables evicted from every cache before each pass, NPT format, best of 15
 //! rounds in which the four passes take turns; the second of two full runs
-//! (the other within 0.03 ns but one figure, see `docs/aging.md`). ns per
+//! (the other within 0.03 ns at 4 and 16 GiB, see `docs/aging.md`). ns per
 //! 4 KiB guest page. `ours` = [`age_pass`]; `clear` = the same walk and
 //! clears with the young reports dropped (no generation stamps); `floor` = a
 //! plain read of every leaf entry; `kvm` = a load of every leaf and an
@@ -84,43 +84,42 @@
 //!
 //! ```text
 //!  guest   pattern  touch |    ours   clear   floor     kvm | ours/flr ours/kvm |     young   skipped
-//!    1Gi clustered     0% |   0.011   0.010   0.381   0.338 |     0.03     0.03 |         0         1
-//!    1Gi clustered     1% |   0.034   0.033   0.378   0.395 |     0.09     0.09 |      1024       510
-//!    1Gi clustered    10% |   0.326   0.316   0.377   0.572 |     0.87     0.57 |     25600       462
-//!    1Gi clustered    50% |   1.449   1.400   0.383   1.369 |     3.78     1.06 |    134656       249
-//!    1Gi clustered   100% |   2.352   2.269   0.381   2.355 |     6.18     1.00 |    262144         0
-//!    1Gi scattered     1% |   0.449   0.423   0.376   0.411 |     1.19     1.09 |      2633         2
-//!    1Gi scattered    10% |   0.906   0.804   0.385   0.911 |     2.35     0.99 |     26007         0
-//!    1Gi scattered    50% |   1.646   1.429   0.378   3.171 |     4.36     0.52 |    130649         0
-//!    4Gi clustered     0% |   0.004   0.003   0.378   0.383 |     0.01     0.01 |         0         1
-//!    4Gi clustered     1% |   0.034   0.032   0.375   0.403 |     0.09     0.08 |      7168      2034
-//!    4Gi clustered    10% |   0.348   0.335   0.367   0.577 |     0.95     0.60 |    112640      1828
-//!    4Gi clustered    50% |   1.402   1.368   0.376   1.333 |     3.72     1.05 |    523264      1026
-//!    4Gi clustered   100% |   2.336   2.258   0.374   2.348 |     6.24     0.99 |   1048576         0
-//!    4Gi scattered     1% |   0.431   0.409   0.372   0.403 |     1.16     1.07 |     10389        10
-//!    4Gi scattered    10% |   0.892   0.790   0.373   0.924 |     2.39     0.96 |    104677         0
-//!    4Gi scattered    50% |   1.627   1.415   0.373   3.184 |     4.36     0.51 |    524683         0
-//!   16Gi clustered     0% |   0.001   0.001   0.371   0.380 |     0.00     0.00 |         0         1
-//!   16Gi clustered     1% |   0.046   0.044   0.374   0.408 |     0.12     0.11 |     48128      8098
-//!   16Gi clustered    10% |   0.319   0.309   0.374   0.563 |     0.85     0.57 |    412672      7386
-//!   16Gi clustered    50% |   1.457   1.409   0.372   1.362 |     3.92     1.07 |   2120192      4051
-//!   16Gi clustered   100% |   2.359   2.281   0.384   2.372 |     6.15     0.99 |   4194304         0
-//!   16Gi scattered     1% |   0.425   0.410   0.380   0.414 |     1.12     1.03 |     41937        42
-//!   16Gi scattered    10% |   0.895   0.794   0.386   0.930 |     2.32     0.96 |    420089         0
-//!   16Gi scattered    50% |   1.641   1.419   0.378   3.204 |     4.35     0.51 |   2098105         0
+//!    1Gi clustered     0% |   0.011   0.007   0.339   0.293 |     0.03     0.04 |         0         1
+//!    1Gi clustered     1% |   0.036   0.030   0.313   0.308 |     0.12     0.12 |      1024       510
+//!    1Gi clustered    10% |   0.300   0.268   0.306   0.509 |     0.98     0.59 |     25600       462
+//!    1Gi clustered    50% |   1.380   1.308   0.353   1.356 |     3.91     1.02 |    134656       249
+//!    1Gi clustered   100% |   2.336   2.271   0.351   2.350 |     6.66     0.99 |    262144         0
+//!    1Gi scattered     1% |   0.422   0.387   0.346   0.380 |     1.22     1.11 |      2633         2
+//!    1Gi scattered    10% |   0.900   0.799   0.345   0.905 |     2.61     0.99 |     26007         0
+//!    1Gi scattered    50% |   1.613   1.432   0.346   3.162 |     4.67     0.51 |    130649         0
+//!    4Gi clustered     0% |   0.003   0.002   0.334   0.331 |     0.01     0.01 |         0         1
+//!    4Gi clustered     1% |   0.033   0.032   0.339   0.360 |     0.10     0.09 |      7168      2034
+//!    4Gi clustered    10% |   0.332   0.317   0.336   0.547 |     0.99     0.61 |    112640      1828
+//!    4Gi clustered    50% |   1.334   1.266   0.333   1.320 |     4.01     1.01 |    523264      1026
+//!    4Gi clustered   100% |   2.319   2.257   0.332   2.343 |     6.99     0.99 |   1048576         0
+//!    4Gi scattered     1% |   0.405   0.380   0.332   0.369 |     1.22     1.10 |     10389        10
+//!    4Gi scattered    10% |   0.882   0.785   0.333   0.928 |     2.65     0.95 |    104677         0
+//!    4Gi scattered    50% |   1.600   1.423   0.331   3.194 |     4.83     0.50 |    524683         0
+//!   16Gi clustered     0% |   0.001   0.001   0.335   0.335 |     0.00     0.00 |         0         1
+//!   16Gi clustered     1% |   0.045   0.044   0.334   0.367 |     0.14     0.12 |     48128      8098
+//!   16Gi clustered    10% |   0.305   0.292   0.334   0.533 |     0.91     0.57 |    412672      7386
+//!   16Gi clustered    50% |   1.353   1.289   0.334   1.347 |     4.05     1.00 |   2120192      4051
+//!   16Gi clustered   100% |   2.342   2.285   0.326   2.369 |     7.18     0.99 |   4194304         0
+//!   16Gi scattered     1% |   0.411   0.385   0.349   0.374 |     1.18     1.10 |     41937        42
+//!   16Gi scattered    10% |   0.886   0.792   0.332   0.924 |     2.67     0.96 |    420089         0
+//!   16Gi scattered    50% |   1.611   1.435   0.341   3.194 |     4.73     0.50 |   2098105         0
 //! ```
 //!
 //! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.045 ns per
-//! page (target <= 0.1). 100 % touched: 2.36 ns (target <= 3.5). Every case
-//! is at least 8x under KVM's published 20-28 ns. Flat 1 %: 1.12-1.17x the
-//! read floor (target 1.3x). Against the KVM-style loop: 0.96x at scattered
-//! 10 %, 0.99x at 100 %, 0.5x at scattered 50 %, far under it where
-//! subtrees are skipped; missed by 3-6 % at scattered 1 % (the generation
-//! stamps, 2 ns per young page, which the KVM-style loop does not do: the
-//! walk and clears alone tie it) and by 5-7 % at clustered 50 % (the pass
-//! skips the cold half of the tables and starts a new prefetch stream at
-//! each young one). `docs/aging.md`, "Measured", has the analysis and the
-//! next steps.
+//! page (target <= 0.1). 100 % touched: 2.34-2.37 ns (target <= 3.5). Every
+//! case is at least 8x under KVM's published 20-28 ns. Flat 1 %: 1.18-1.21x
+//! the read floor (target 1.3x). Against the KVM-style loop: 0.99x at 100 %,
+//! 0.95x at scattered 10 %, 0.5x at scattered 50 %, far under it where
+//! subtrees are skipped, 1.00-1.02x at clustered 50 %; missed at scattered
+//! 1 %, 1.03-1.10x over the day's runs: the walk and clears alone tie it,
+//! the rest is the generation stamp of each young page (about 3 ns), which
+//! the KVM-style loop does not do. `docs/aging.md`, "Measured", has the
+//! analysis and the next step (the generation in ignored entry bits).
 //!
 //! The leaf scan ([`crate::walk::LeafRun::for_each_chunk`]) computes a
 //! chunk's young mask with a shift and a mask per entry and no branch, and

@@ -4,26 +4,37 @@
 //! `docs/report-format.md`, then reclaim toward each VM's target and, when
 //! host memory runs low, from the coldest pages of any VM.
 //!
-//! Key types: [`Managed`] (a VM handed to the thread), [`AgingConfig`].
+//! Key types: [`Managed`] (a VM handed to the thread, of either entry
+//! format: `Managed<Npt>` for SVM, `Managed<Ept>` for VMX; one code path
+//! for both), [`AgingConfig`].
 //! The pass runs while the VM's vCPUs keep running on other CPUs: the
 //! thread is pinned to CPU 0 and vCPUs to the others when there are
 //! several. Locks it takes: see `crate::reclaim` (the VM's `VmMm` lock for
-//! one pass; the writer lock only to reclaim). Without a timer (the Bochs
-//! bed), [`pass`] is called from VM exits instead of a thread.
+//! one pass; the writer lock only to reclaim).
+//!
+//! Without a timer (the Bochs bed: one CPU, cooperative scheduling, a
+//! virtual clock) a thread would never run while a vCPU is in the guest, so
+//! [`on_exits`] installs the same per-VM work ([`tick`]: pass, reclaim,
+//! pressure) as the VM's exit work (`Vm::set_exit_work`): the vCPU runs it
+//! on its own exit path, every `exits_per_pass` exits or when the virtual
+//! clock passed the interval, with no lock held. A guest that never exits
+//! is not aged there; one that exits rarely is aged rarely.
 //!
 //! The flush after an aging pass only *requests* the flush (vCPUs flush at
 //! their next entry): clearing A needs the flush for the *next* accesses to
 //! be seen, not for correctness, so the pass never waits for a vCPU.
 
 use crate::reclaim::{self, Shootdown, VmMm};
-use crate::vm::Vm;
+use crate::vm::{Extension, Vm};
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hvcore::age::{PassStats, age_pass};
 use hvcore::flush::{FlushPolicy, TlbFlush};
 use hvcore::generations::ColdAfter;
 use hvcore::npt::Npt;
+use hvcore::pte::EntryFormat;
 use hvcore::reclaim::{BATCH_PAGES, BatchStats, ReclaimTarget};
 use hvcore::report::{self, Record};
 
@@ -34,7 +45,8 @@ pub struct AgingConfig {
     pub interval_ms: u64,
     /// Print the histogram, map and ranges every this many passes (0: never).
     pub detail_every: u64,
-    /// Print a `pass` line for every pass.
+    /// Print a `pass` line for every pass, and a `reclaim` line for every
+    /// pass that reclaimed (the bed's serial port is slow for thousands).
     pub pass_lines: bool,
     /// Map cell size in 4 KiB pages.
     pub map_cell_pages: u64,
@@ -54,33 +66,34 @@ impl Default for AgingConfig {
     }
 }
 
-/// A VM handed to the aging thread.
+/// A VM handed to the aging thread (or to its exit work), with NPT (SVM,
+/// the default) or EPT (VMX) tables.
 #[derive(Debug, Clone)]
-pub struct Managed {
-    /// The VM (SVM backend).
-    pub vm: &'static Vm<Npt>,
+pub struct Managed<F: EntryFormat = Npt> {
+    /// The VM.
+    pub vm: &'static Vm<F>,
     /// Its state, registered with `crate::reclaim`.
     pub mm: Arc<spin::Mutex<VmMm>>,
 }
 
-impl Managed {
+impl<F: EntryFormat> Managed<F> {
     /// Registers `vm` for aging and, with a target, reclaim.
-    pub fn new(vm: &'static Vm<Npt>, target: Option<ReclaimTarget>) -> Self {
+    pub fn new(vm: &'static Vm<F>, target: Option<ReclaimTarget>) -> Self {
         let mm = reclaim::register(vm.name(), vm.memory.tables(), vm.config.ram_bytes, target);
         Managed { vm, mm }
     }
 }
 
-struct RequestFlush<'a>(&'a Vm<Npt>);
+struct RequestFlush<'a, F: EntryFormat>(&'a Vm<F>);
 
-impl TlbFlush for RequestFlush<'_> {
+impl<F: EntryFormat> TlbFlush for RequestFlush<'_, F> {
     fn flush_guest_tlb(&mut self) {
         self.0.request_tlb_flush();
     }
 }
 
 /// One aging pass over `m`, with its report lines. Returns the pass stats.
-pub fn pass(m: &Managed, config: &AgingConfig) -> PassStats {
+pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
     let t0 = crate::time::now_ns();
     let now = t0 / 1_000_000;
     let mut mm = m.mm.lock();
@@ -192,7 +205,11 @@ pub fn reclaim_line(mm: &VmMm, n: u64, interval_ms: u64) -> Record {
 /// `hvcore::reclaim::BATCH_PAGES` at a time: each batch holds the VM's
 /// writer lock, then its `VmMm` lock, and lets go before the next, so a
 /// vCPU's fault waits for one batch at most.
-pub fn reclaim_vm(m: &Managed, target: ReclaimTarget, max_pages: u64) -> BatchStats {
+pub fn reclaim_vm<F: EntryFormat>(
+    m: &Managed<F>,
+    target: ReclaimTarget,
+    max_pages: u64,
+) -> BatchStats {
     let vm = m.vm;
     let mut total = BatchStats::default();
     while total.reclaimed < max_pages {
@@ -238,7 +255,7 @@ pub fn stop() {
 
 /// The thread body: passes every `config.interval_ms` over `vms` until
 /// every VM stopped (or [`stop`]); then one last reclaim line per VM.
-pub fn run(vms: Vec<Managed>, config: AgingConfig) {
+pub fn run<F: EntryFormat>(vms: Vec<Managed<F>>, config: AgingConfig) {
     STOP.store(false, Ordering::Release);
     let mut next = crate::time::now_ns();
     loop {
@@ -246,17 +263,8 @@ pub fn run(vms: Vec<Managed>, config: AgingConfig) {
             break;
         }
         for m in &vms {
-            if m.vm.stop_reason().is_some() {
-                continue;
-            }
-            let stats = pass(m, &config);
-            let target = m.mm.lock().target;
-            if let Some(target) = target {
-                let b = reclaim_vm(m, target, config.reclaim_max_pages);
-                if b.reclaimed > 0 || stats.seq.is_multiple_of(config.detail_every.max(1)) {
-                    let line = reclaim_line(&m.mm.lock(), stats.seq, config.interval_ms);
-                    crate::println!("{line}");
-                }
+            if m.vm.stop_reason().is_none() {
+                vm_work(m, &config);
             }
         }
         // Host memory pressure: reclaim the coldest pages of any VM.
@@ -273,16 +281,69 @@ pub fn run(vms: Vec<Managed>, config: AgingConfig) {
         crate::sched::sleep_until(next);
     }
     for m in &vms {
-        let mm = m.mm.lock();
-        let n = mm.gens.max_seq();
-        crate::println!("{}", reclaim_line(&mm, n, config.interval_ms));
+        final_line(m, &config);
     }
+}
+
+/// One VM's work per interval: a pass, then reclaim toward its target (a
+/// `reclaim` line when pages went, and with the detail lines).
+fn vm_work<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
+    let stats = pass(m, config);
+    let target = m.mm.lock().target;
+    if let Some(target) = target {
+        let b = reclaim_vm(m, target, config.reclaim_max_pages);
+        if (config.pass_lines && b.reclaimed > 0)
+            || stats.seq.is_multiple_of(config.detail_every.max(1))
+        {
+            let line = reclaim_line(&m.mm.lock(), stats.seq, config.interval_ms);
+            crate::println!("{line}");
+        }
+    }
+    stats
+}
+
+/// The last `reclaim` line of `m`, once it stopped.
+pub fn final_line<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) {
+    let mm = m.mm.lock();
+    let n = mm.gens.max_seq();
+    crate::println!("{}", reclaim_line(&mm, n, config.interval_ms));
+}
+
+/// Exits between two passes of the exit-driven aging (no timer), unless
+/// the virtual clock passed the interval first.
+pub const EXITS_PER_PASS: u64 = 64;
+
+/// Without a timer: installs the work of one aging-thread interval over
+/// `m` (a pass, reclaim toward the target, reclaim under host memory
+/// pressure) as `m.vm`'s exit work. The vCPU runs it after an exit once
+/// `exits_per_pass` exits went by or `config.interval_ms` of the clock
+/// passed since the last pass, whichever is first. Returns false (and
+/// installs nothing) when the VM already has exit work.
+pub fn on_exits<F: EntryFormat>(m: Managed<F>, config: AgingConfig, exits_per_pass: u64) -> bool {
+    let vm = m.vm;
+    let exits = AtomicU64::new(0);
+    let last_ns = AtomicU64::new(crate::time::now_ns());
+    let interval_ns = config.interval_ms.saturating_mul(1_000_000);
+    vm.set_exit_work(Box::new(move || {
+        let n = exits.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::time::now_ns();
+        let due_by_clock = now.saturating_sub(last_ns.load(Ordering::Relaxed)) >= interval_ns;
+        if n < exits_per_pass.max(1) && !due_by_clock {
+            return;
+        }
+        exits.store(0, Ordering::Relaxed);
+        last_ns.store(now, Ordering::Relaxed);
+        vm_work(&m, &config);
+        if crate::mem::frame_stats().free_frames < reclaim::LOW_FREE_FRAMES {
+            pressure(core::slice::from_ref(&m));
+        }
+    }))
 }
 
 /// Reclaims under host memory pressure: from the VM holding the oldest
 /// generation first, pages not young in the last pass.
-fn pressure(vms: &[Managed]) {
-    let mut order: Vec<(u64, &Managed)> = vms
+fn pressure<F: EntryFormat>(vms: &[Managed<F>]) {
+    let mut order: Vec<(u64, &Managed<F>)> = vms
         .iter()
         .filter(|m| m.vm.stop_reason().is_none())
         .map(|m| {
@@ -374,21 +435,41 @@ pub fn banner_line() -> alloc::string::String {
         Some(ReclaimTarget::Adaptive) => "adaptive (refaults under 0.2 %/min)".into(),
         Some(ReclaimTarget::ColderThan(_)) | None => "off (aging only)".into(),
     };
-    alloc::format!("  aging    interval {AGE_INTERVAL_MS} ms, reclaim {target}")
+    // Without a timer no thread runs while a vCPU is in the guest.
+    let driver = if crate::time::has_timer() {
+        "thread on CPU 0"
+    } else {
+        "on VM exits (no timer)"
+    };
+    alloc::format!("  aging    interval {AGE_INTERVAL_MS} ms, {driver}, reclaim {target}")
 }
 
-/// Runs `vm` (the guest `cargo xtask run` chose) on CPU `cpu` with the
-/// aging thread on CPU 0 and the configured reclaim target, until it stops.
-pub fn run_selected(vm: alloc::boxed::Box<Vm<Npt>>, cpu: usize) {
-    let vm: &'static Vm<Npt> = alloc::boxed::Box::leak(vm);
+/// Runs `vm` (the guest `cargo xtask run` chose) on backend `E` with the
+/// configured reclaim target, until it stops: on CPU `cpu` with the aging
+/// thread on CPU 0 where there is a timer; without one (the Bochs bed) on
+/// this CPU, aging on its exits ([`on_exits`]).
+pub fn run_selected<E: Extension>(vm: alloc::boxed::Box<Vm<E::Format>>, cpu: usize) {
+    let vm: &'static Vm<E::Format> = alloc::boxed::Box::leak(vm);
     let m = Managed::new(vm, configured_target());
-    let vcpu = crate::sched::spawn_on(cpu, "vcpu", move || {
-        crate::vm::run_on_this_cpu::<crate::vm::Svm>(vm);
-    });
     let config = AgingConfig {
         interval_ms: AGE_INTERVAL_MS,
         ..AgingConfig::default()
     };
+    if !crate::time::has_timer() {
+        crate::println!(
+            "vm {}: no timer: aging runs on VM exits (every {EXITS_PER_PASS} exits or {} ms of the virtual clock), not on a thread",
+            vm.name(),
+            config.interval_ms
+        );
+        let ok = on_exits(m.clone(), config, EXITS_PER_PASS);
+        debug_assert!(ok, "a new VM has no exit work");
+        crate::vm::run_on_this_cpu::<E>(vm);
+        final_line(&m, &config);
+        return;
+    }
+    let vcpu = crate::sched::spawn_on(cpu, "vcpu", move || {
+        crate::vm::run_on_this_cpu::<E>(vm);
+    });
     let ms = alloc::vec![m];
     let ager = crate::sched::spawn_on(0, "aging", move || run(ms, config));
     vcpu.join();

@@ -370,7 +370,13 @@ pub struct Vm<F: EntryFormat> {
     hook: Option<Hook<F>>,
     stopped: spin::Mutex<Option<StopReason>>,
     checksum: spin::Mutex<Option<(u64, u64)>>,
+    exit_work: spin::Once<ExitWork>,
 }
+
+/// Periodic work a vCPU runs after each exit, with no lock held: the
+/// aging pass and reclaim where no timer lets a thread run them
+/// (`crate::aging::on_exits`).
+pub type ExitWork = Box<dyn Fn() + Send + Sync>;
 
 impl<F: EntryFormat> fmt::Debug for Vm<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -412,6 +418,7 @@ impl<F: EntryFormat> Vm<F> {
             hook,
             stopped: spin::Mutex::new(None),
             checksum: spin::Mutex::new(None),
+            exit_work: spin::Once::new(),
         }))
     }
 
@@ -442,6 +449,17 @@ impl<F: EntryFormat> Vm<F> {
     /// (after an aging pass cleared accessed bits, or the tables changed).
     pub fn request_tlb_flush(&self) {
         self.tlb_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Installs `work`, which every vCPU of the VM runs after each exit it
+    /// handled; false (and `work` dropped) when some is installed already.
+    pub fn set_exit_work(&self, work: ExitWork) -> bool {
+        let mut installed = false;
+        self.exit_work.call_once(|| {
+            installed = true;
+            work
+        });
+        installed
     }
 
     /// Why the VM stopped, once it has.
@@ -528,27 +546,27 @@ pub fn run_selected_guest() {
         );
         // The aging thread reports on the guest while it runs, and
         // reclaims toward `cargo xtask run --reclaim-target`.
-        crate::aging::run_selected(vm, cpu);
+        crate::aging::run_selected::<Svm>(vm, cpu);
     }
 }
 
-/// VMX (EPT) runs of [`run_selected_guest`]. The aging thread and the
-/// reclaimer are wired to NPT VMs only so far (`crate::aging`); on VMX the
-/// guest runs alone and the console says so.
+/// VMX (EPT) runs of [`run_selected_guest`], with the same aging and
+/// reclaim as on SVM (`crate::aging::run_selected`: a thread where there is
+/// a timer, VM exits where there is none).
 fn run_selected_on_vmx(config: VmConfig, cpu: usize) {
     let name = config.name;
     let vm = match Vm::<hvcore::ept::Ept>::new(config, None) {
-        Ok(vm) => Arc::from(vm),
+        Ok(vm) => vm,
         Err(why) => {
             crate::println!("vm {name}: not created: {why}");
             return;
         }
     };
     crate::println!(
-        "vm {name}: starting on CPU {cpu} with VMX/EPT ({} MiB RAM); the aging thread runs with SVM guests only so far",
+        "vm {name}: starting on CPU {cpu} with VMX/EPT ({} MiB RAM)",
         SELECTED_RAM_BYTES >> 20
     );
-    spawn_on::<crate::vmx::vcpu::Vmx>(cpu, vm).join();
+    crate::aging::run_selected::<crate::vmx::vcpu::Vmx>(vm, cpu);
 }
 
 /// The aging pass's flush (`hvcore::flush`): every vCPU of the VM flushes
@@ -615,6 +633,11 @@ pub fn run_vcpu<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> StopRea
         match handle_exit(vm, vcpu, exit) {
             Next::Resume => {}
             Next::Stop(reason) => return reason,
+        }
+        // Before the flush check, so a pass's flush request is seen at
+        // this very entry.
+        if let Some(work) = vm.exit_work.get() {
+            work();
         }
     }
 }

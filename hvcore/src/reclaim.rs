@@ -102,6 +102,13 @@ pub trait GuestFrames {
     /// Takes back a 4 KiB frame (possibly part of a huge frame) no
     /// translation reaches any more.
     fn free_frame(&mut self, frame: HostPhysAddr);
+    /// Takes back the 4 KiB `frame` that backed guest page `gfn` (the
+    /// reclaimer knows both): lets an implementation find its bookkeeping
+    /// by guest address instead of searching by host address.
+    fn free_guest_frame(&mut self, gfn: u64, frame: HostPhysAddr) {
+        let _ = gfn;
+        self.free_frame(frame);
+    }
     /// Copies the frame out.
     fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]);
     /// Fills the frame.
@@ -534,7 +541,7 @@ impl Reclaimer {
                 self.restore_in_flight(tables, mapper, gens, gfn);
                 continue;
             };
-            frames.free_frame(frame);
+            frames.free_guest_frame(gfn, frame);
             self.stats.frames_freed += 1;
             self.stats.reclaimed_pages += 1;
             self.stats.reclaimed_total += 1;

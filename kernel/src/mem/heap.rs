@@ -3,8 +3,8 @@
 //! Why talc: it is a maintained `no_std` allocator (dlmalloc-style with
 //! binning, near-constant time in practice) whose `Source` hook lets the heap
 //! claim any number of disjoint memory spans when it runs out. That is what a
-//! heap growing from physical frames needs: each 2 MiB frame (4 KiB when no
-//! whole block is left and the request is small) becomes a new span through
+//! heap growing from physical frames needs: each frame (4 KiB for a small
+//! request, a whole 2 MiB block for a larger one) becomes a new span through
 //! the mapping of physical memory, with no reserved virtual range to manage.
 //! `linked_list_allocator` only grows a heap contiguously; a buddy allocator
 //! would waste up to half of each odd-sized block.
@@ -49,15 +49,22 @@ unsafe impl Source for FrameSource {
         if need > PAGE_SIZE_2M {
             return Err(());
         }
-        // A whole 2 MiB block when one is free; a 4 KiB frame for a small
-        // request when none is.
-        let (frame, bytes) = match alloc_frame(FrameSize::Size2M) {
-            Ok(f) => (f, PAGE_SIZE_2M),
-            Err(_) if need <= PAGE_SIZE_4K => match alloc_frame(FrameSize::Size4K) {
-                Ok(f) => (f, PAGE_SIZE_4K),
+        // A 4 KiB frame (from a partly used block first) for a small
+        // request; a whole 2 MiB block for a larger one, or for a small one
+        // when no single frame is left. Small requests leave whole blocks
+        // alone: under memory pressure they are the only room for large
+        // requests (`super::GUEST_RESERVE_BLOCKS` keeps guests off them).
+        let small = if need <= PAGE_SIZE_4K {
+            alloc_frame(FrameSize::Size4K).ok()
+        } else {
+            None
+        };
+        let (frame, bytes) = match small {
+            Some(f) => (f, PAGE_SIZE_4K),
+            None => match alloc_frame(FrameSize::Size2M) {
+                Ok(f) => (f, PAGE_SIZE_2M),
                 Err(_) => return Err(()),
             },
-            Err(_) => return Err(()),
         };
         // SAFETY: the frame was just handed out to the heap and nothing else
         // refers to it; the mapping of physical memory covers it.

@@ -134,6 +134,57 @@ pub fn alloc_frame(size: FrameSize) -> Result<HostPhysAddr, FrameError> {
     }
 }
 
+/// Whole 2 MiB blocks guest memory may not break: the kernel heap claims
+/// a whole block for any request over 4 KiB, and guests that took every
+/// block would turn the next such request (the reclaimer's reports, its
+/// indexes) into a heap panic.
+pub const GUEST_RESERVE_BLOCKS: u64 = 2;
+
+/// Free frames guest memory may not take on top of the reserved blocks:
+/// the heap's 4 KiB growth (the reclaimer's store among its users).
+pub const GUEST_RESERVE_FRAMES: u64 = 256;
+
+/// Frames a guest may still take given the pool's free frames and whole
+/// free blocks (4 KiB frames come from partly used blocks first).
+fn guest_available(free: u64, whole_blocks: u64) -> u64 {
+    let floor = GUEST_RESERVE_BLOCKS * 512 + GUEST_RESERVE_FRAMES;
+    let in_partial_blocks = free - whole_blocks * 512;
+    if in_partial_blocks == 0 && whole_blocks <= GUEST_RESERVE_BLOCKS {
+        return 0;
+    }
+    free.saturating_sub(floor)
+}
+
+/// Frames guest memory may still take (see [`alloc_guest_frame`]).
+pub fn guest_free_frames() -> u64 {
+    let s = frame_stats();
+    guest_available(s.free_frames, s.whole_free_blocks)
+}
+
+/// A frame of `size` for guest memory: as [`alloc_frame`], but refused when
+/// it would eat into the heap's reserve ([`GUEST_RESERVE_BLOCKS`],
+/// [`GUEST_RESERVE_FRAMES`]); the faulting VM then waits for reclaim
+/// (`crate::reclaim::wait_for_memory`) instead of the heap panicking later.
+pub fn alloc_guest_frame(size: FrameSize) -> Result<HostPhysAddr, FrameError> {
+    let mut guard = FRAMES.lock();
+    let Some(fa) = guard.as_mut() else {
+        return Err(FrameError::OutOfFrames { size });
+    };
+    let s = fa.stats();
+    let ok = match size {
+        FrameSize::Size4K => guest_available(s.free_frames, s.whole_free_blocks) > 0,
+        FrameSize::Size2M => {
+            s.whole_free_blocks > GUEST_RESERVE_BLOCKS
+                && guest_available(s.free_frames, s.whole_free_blocks) >= 512
+        }
+    };
+    if ok {
+        fa.alloc(size)
+    } else {
+        Err(FrameError::OutOfFrames { size })
+    }
+}
+
 /// Hands out a 2 MiB frame if one is whole, else a 4 KiB frame.
 pub fn alloc_frame_prefer_2m() -> Result<(HostPhysAddr, FrameSize), FrameError> {
     let mut guard = FRAMES.lock();

@@ -141,9 +141,16 @@ impl<'a> KernelFrames<'a> {
 
     fn owner(&mut self, hpa: u64) -> Option<(u64, u64, GuestFrame)> {
         let frames = &*self.frames;
-        let by_host = self
-            .by_host
-            .get_or_insert_with(|| frames.iter().map(|(&g, f)| (f.hpa.as_u64(), g)).collect());
+        let by_host = self.by_host.get_or_insert_with(|| {
+            // Entry by entry: `collect` would sort one buffer of every
+            // mapped frame (160 KiB for 40 MiB resident), an allocation
+            // the heap cannot grow for when guests took every 2 MiB block.
+            let mut m = BTreeMap::new();
+            for (&g, f) in frames {
+                m.insert(f.hpa.as_u64(), g);
+            }
+            m
+        });
         let (&start, &gpa) = by_host.range(..=hpa).next_back()?;
         let f = *self.frames.get(&gpa)?;
         let bytes = match f.size {
@@ -156,7 +163,7 @@ impl<'a> KernelFrames<'a> {
 
 impl GuestFrames for KernelFrames<'_> {
     fn alloc_frame(&mut self) -> Option<HostPhysAddr> {
-        let f = mem::alloc_frame(FrameSize::Size4K).ok()?;
+        let f = mem::alloc_guest_frame(FrameSize::Size4K).ok()?;
         FRAMES_TAKEN.fetch_add(1, Ordering::Relaxed);
         Some(f)
     }
@@ -185,6 +192,29 @@ impl GuestFrames for KernelFrames<'_> {
         self.frames.remove(&page_gpa);
         if let Some(m) = &mut self.by_host {
             m.remove(&hpa);
+        }
+        match mem::free_frame(frame, FrameSize::Size4K) {
+            Ok(()) => {
+                FRAMES_FREED.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => log::error!("reclaim: frame {frame:?} not freed: {e}"),
+        }
+    }
+
+    fn free_guest_frame(&mut self, gfn: u64, frame: HostPhysAddr) {
+        // The common case, a 4 KiB mapping: found by guest address, without
+        // building the host-address index (one per batch, O(resident)).
+        let gpa = gfn * 4096;
+        let exact = self
+            .frames
+            .get(&gpa)
+            .is_some_and(|f| f.size == FrameSize::Size4K && f.hpa == frame);
+        if !exact {
+            return self.free_frame(frame);
+        }
+        self.frames.remove(&gpa);
+        if let Some(m) = &mut self.by_host {
+            m.remove(&frame.as_u64());
         }
         match mem::free_frame(frame, FrameSize::Size4K) {
             Ok(()) => {
@@ -280,8 +310,11 @@ pub fn is_reclaimed(root: HostPhysAddr, gpa: GuestPhysAddr) -> bool {
     lookup(root).is_some_and(|mm| mm.lock().rec.state(gpa) != hvcore::reclaim::PageState::Resident)
 }
 
-/// Free frames below which reclaim is driven by host memory pressure.
-pub const LOW_FREE_FRAMES: u64 = 256;
+/// Free frames below which reclaim is driven by host memory pressure:
+/// above the frames guests may not take (`mem::GUEST_RESERVE_BLOCKS`,
+/// `mem::GUEST_RESERVE_FRAMES`),
+/// else guests would stop at the reserve before pressure is felt.
+pub const LOW_FREE_FRAMES: u64 = mem::GUEST_RESERVE_BLOCKS * 512 + mem::GUEST_RESERVE_FRAMES + 512;
 
 /// Longest a VM stays paused for memory before it is stopped.
 pub const PAUSE_LIMIT_MS: u64 = 20_000;
@@ -311,7 +344,7 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr) -> bool {
         })
     );
     loop {
-        let free = mem::frame_stats().free_frames;
+        let free = mem::guest_free_frames();
         if free > 64 {
             crate::println!(
                 "vm {name}: resumed: {free} frames free after {} ms",

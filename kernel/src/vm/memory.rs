@@ -185,7 +185,7 @@ impl<F: EntryFormat> GuestMemory<F> {
         let big = gpa.align_down(PAGE_SIZE_2M);
         if self.huge_pages
             && big.as_u64() + PAGE_SIZE_2M <= self.ram_bytes
-            && let Ok(frame) = mem::alloc_frame(FrameSize::Size2M)
+            && let Ok(frame) = mem::alloc_guest_frame(FrameSize::Size2M)
         {
             match self.map_zeroed(&mut w, big, frame, FrameSize::Size2M) {
                 Ok(()) => return FaultOutcome::Mapped(FrameSize::Size2M),
@@ -196,7 +196,7 @@ impl<F: EntryFormat> GuestMemory<F> {
                 }
             }
         }
-        let Ok(frame) = mem::alloc_frame(FrameSize::Size4K) else {
+        let Ok(frame) = mem::alloc_guest_frame(FrameSize::Size4K) else {
             return FaultOutcome::OutOfMemory;
         };
         match self.map_zeroed(

@@ -16,6 +16,8 @@ use thermocline_tests::runner::{Outcome, Run, run, run_until};
 mod aging;
 /// The platform layer's scenarios (issue 3), sharing the helpers below.
 mod platform;
+/// A resident-memory limit per VM (issue 7).
+mod resident;
 /// The SVM backend's scenarios (issue 5).
 mod svm;
 

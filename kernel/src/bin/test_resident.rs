@@ -1,0 +1,153 @@
+//! Scenario `resident`: a resident-memory limit per VM
+//! (`ReclaimTarget::ResidentLimit`, issue 7) against two guests on the SVM
+//! backend, the aging thread on CPU 0 and each VM on its own CPU:
+//! * a busy `pattern` guest whose hot set is its whole data region (every
+//!   data page touched in every aging interval): young pages are never
+//!   taken, so it is barely reclaimed although it stays above the limit
+//!   (asserted relative to the sleeper: see the case);
+//! * a `checksum` guest that sleeps (its vCPU waits in the `MARK 1` hook)
+//!   is reclaimed down to the limit, then verifies every word intact.
+//!
+//! Figures printed: each VM's resident pages, pages reclaimed, refaults.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use bootloader_api::{BootInfo, entry_point};
+use core::sync::atomic::{AtomicU64, Ordering};
+use hvcore::guest_layout as layout;
+use hvcore::npt::Npt;
+use hvcore::reclaim::ReclaimTarget;
+use kernel::aging::{self, AgingConfig, Managed};
+use kernel::testing::{Scenario, TestCase, run_scenario};
+use kernel::vm::{self, GuestEvent, StopReason, Svm, Vm, VmConfig, images};
+
+entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info);
+    run_scenario(&SCENARIO)
+}
+
+static SCENARIO: Scenario = Scenario {
+    name: "resident",
+    cases: &[TestCase {
+        name: "busy_guest_kept_sleeping_guest_reclaimed_to_its_limit",
+        run: busy_and_sleeping,
+    }],
+};
+
+const MIB: u64 = 1 << 20;
+/// The resident limit of both VMs, in 4 KiB pages (1 MiB).
+const LIMIT_PAGES: u64 = 256;
+
+fn new_vm(
+    image: images::Image,
+    ram_bytes: u64,
+    boot_arg: u64,
+    hook: Option<vm::Hook<Npt>>,
+) -> &'static Vm<Npt> {
+    let config = VmConfig {
+        name: image.name,
+        image: image.bytes,
+        ram_bytes,
+        huge_pages: false,
+        boot_arg,
+    };
+    Box::leak(Vm::<Npt>::new(config, hook).expect("VM"))
+}
+
+fn resident_pages(m: &Managed) -> u64 {
+    let now = kernel::reclaim::now_ms();
+    m.mm.lock().gens.histogram(now).map(|b| b.pages).sum()
+}
+
+static SLEEPER: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);
+/// The sleeper's resident pages at the end of its sleep (+1, 0 = unset).
+static SLEPT_RESIDENT: AtomicU64 = AtomicU64::new(0);
+
+/// At `MARK 1` (its data written): the guest sleeps 1 s while the aging
+/// thread reclaims it toward the limit.
+fn sleep_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
+    if *e != GuestEvent::Mark(1) {
+        return;
+    }
+    // Sleeps (yields its CPU) rather than spins: the busy guest may share it.
+    kernel::sched::sleep_until(kernel::time::now_ns() + 1_000_000_000);
+    if let Some(m) = SLEEPER.lock().clone() {
+        SLEPT_RESIDENT.store(resident_pages(&m) + 1, Ordering::Release);
+    }
+}
+
+fn busy_and_sleeping() {
+    let busy_ram = 6 * MIB;
+    let busy_pages = (busy_ram - layout::DATA_START_GPA) / 4096;
+    // 20 intervals of 50 ms; the hot set is every data page.
+    let busy_arg = 20 | (50 << 16) | (busy_pages << 32);
+    let busy = new_vm(images::PATTERN, busy_ram, busy_arg, None);
+    let sleeper_ram = 8 * MIB;
+    let sleeper_pages = (sleeper_ram - layout::DATA_START_GPA) / 4096;
+    let sleeper = new_vm(images::CHECKSUM, sleeper_ram, 1, Some(&sleep_hook));
+    let target = Some(ReclaimTarget::ResidentLimit { pages: LIMIT_PAGES });
+    let (mb, ms) = (Managed::new(busy, target), Managed::new(sleeper, target));
+    *SLEEPER.lock() = Some(ms.clone());
+    let n = kernel::smp::cpu_count();
+    let cpu = |i: usize| if n > 1 { 1 + i % (n - 1) } else { 0 };
+    let vb = kernel::sched::spawn_on(cpu(0), "vcpu", move || {
+        vm::run_on_this_cpu::<Svm>(busy);
+    });
+    let vs = kernel::sched::spawn_on(cpu(1), "vcpu", move || {
+        vm::run_on_this_cpu::<Svm>(sleeper);
+    });
+    // 50 ms: a pass spans enough guest time that a busy guest descheduled
+    // by a loaded host (TCG vCPUs are host threads) still shows its pages
+    // young; the sleeper still gets about 20 passes while it sleeps.
+    let config = AgingConfig {
+        interval_ms: 50,
+        detail_every: 10,
+        ..AgingConfig::default()
+    };
+    let all = alloc::vec![mb.clone(), ms.clone()];
+    let ager = kernel::sched::spawn_on(0, "aging", move || aging::run(all, config));
+    vb.join();
+    vs.join();
+    aging::stop();
+    ager.join();
+    *SLEEPER.lock() = None;
+    let (sb, ss) = (mb.mm.lock().rec.stats(), ms.mm.lock().rec.stats());
+    let slept = SLEPT_RESIDENT.load(Ordering::Acquire).saturating_sub(1);
+    kernel::println!(
+        "resident limit {LIMIT_PAGES} pages: busy pattern ({busy_pages} data pages, all hot): {}; resident {} at the end, {} pages reclaimed, {} refaults",
+        busy.stop_reason().expect("stopped"),
+        resident_pages(&mb),
+        sb.reclaimed_total,
+        sb.refaults
+    );
+    kernel::println!(
+        "resident limit {LIMIT_PAGES} pages: sleeping checksum ({sleeper_pages} data pages): resident {slept} after 1 s asleep, {} pages reclaimed, {} refaults; checksum {:?}",
+        ss.reclaimed_total,
+        ss.refaults,
+        sleeper.checksum_result()
+    );
+    assert_eq!(busy.stop_reason(), Some(StopReason::Exited(0)));
+    assert_eq!(sleeper.stop_reason(), Some(StopReason::Exited(0)));
+    assert_eq!(
+        sleeper.checksum_result(),
+        Some((sleeper_pages, 0)),
+        "the sleeper lost nothing"
+    );
+    assert!(
+        slept > 0 && slept <= LIMIT_PAGES,
+        "the sleeper was reclaimed down to its limit"
+    );
+    // Relative, not absolute: a TCG vCPU is a host thread, and on a loaded
+    // host the busy guest does not run for whole passes (measured: 4 pages
+    // reclaimed alone on 2 cores, 213 with two such QEMUs at once, against
+    // about 2150 of the sleeper's).
+    assert!(
+        sb.reclaimed_total * sleeper_pages * 3 < ss.reclaimed_total * busy_pages,
+        "the busy guest was reclaimed under a third as much per data page as the sleeper"
+    );
+}

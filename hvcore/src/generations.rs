@@ -28,7 +28,7 @@
 //! not once per pass. The per-VM state besides the bytes is one array of
 //! 256 pass timestamps (2 KiB per guest, not per page).
 
-use crate::addr::GuestPhysAddr;
+use crate::addr::{GuestPhysAddr, PAGE_SIZE_4K};
 
 /// Generations kept distinct when the window is renormalised.
 pub const RENORMALISE_KEEP: u64 = 191;
@@ -271,6 +271,34 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
         self.decode(*self.bytes.as_ref().get(i)?)
     }
 
+    /// Scores the hot set against ground truth: `touched` is a bitmap of the
+    /// pages from `first_pfn` on (bit `i` of word `i / 64`: page
+    /// `first_pfn + i` was touched), as a guest reports it for one interval;
+    /// a page counts as hot if a pass after `since_seq` found it young.
+    pub fn score_hot_set(
+        &self,
+        first_pfn: u64,
+        page_count: u64,
+        touched: &[u64],
+        since_seq: u64,
+    ) -> HotSetScore {
+        let mut score = HotSetScore::default();
+        for i in 0..page_count {
+            let was_touched = touched
+                .get((i / 64) as usize)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0);
+            let gpa = GuestPhysAddr::new((first_pfn + i) * PAGE_SIZE_4K);
+            let hot = self.seq_of(gpa).is_some_and(|s| s > since_seq);
+            match (was_touched, hot) {
+                (true, true) => score.true_hot += 1,
+                (false, true) => score.false_hot += 1,
+                (true, false) => score.missed += 1,
+                (false, false) => {}
+            }
+        }
+        score
+    }
+
     /// Young within the last `k` passes (`k >= 1`: the current one counts).
     pub fn is_hot(&self, gpa: GuestPhysAddr, k: u64) -> bool {
         self.seq_of(gpa).is_some_and(|s| s + k > self.max_seq)
@@ -320,6 +348,17 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Generations<S> {
     }
 }
 
+/// How a hot set compares with ground truth ([`Generations::score_hot_set`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotSetScore {
+    /// Touched and found hot.
+    pub true_hot: u64,
+    /// Found hot but not touched.
+    pub false_hot: u64,
+    /// Touched but not found hot.
+    pub missed: u64,
+}
+
 /// Iterator of [`Generations::coldest`].
 #[derive(Debug)]
 pub struct ColdIter<'g, S> {
@@ -365,6 +404,27 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Iterator for ColdIter<'_, S> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn score_hot_set_counts_each_outcome() {
+        let mut g = Generations::new(vec![0u8; 64], 0);
+        g.note_mapped(GuestPhysAddr::new(0), 64 * 4096);
+        let seq = g.begin_pass(1); // pages 8..12 young in this pass
+        g.stamp(8 * 4096, 4 * 4096);
+        // Ground truth from pfn 8: pages 8, 9 and 14 touched.
+        let touched = [0b100_0011u64];
+        let score = g.score_hot_set(8, 8, &touched, seq - 1);
+        assert_eq!(
+            score,
+            HotSetScore {
+                true_hot: 2,
+                false_hot: 2,
+                missed: 1
+            }
+        );
+        // Nothing is hot since the pass itself.
+        assert_eq!(g.score_hot_set(8, 8, &touched, seq).true_hot, 0);
+    }
 
     #[test]
     fn spread_bits_is_exact() {

@@ -17,7 +17,6 @@ extern crate alloc;
 use alloc::boxed::Box;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicU64, Ordering};
-use hvcore::addr::GuestPhysAddr;
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
 use hvcore::npt::Npt;
@@ -128,22 +127,13 @@ fn accuracy_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
     if *interval == 0 || prev == 0 {
         return; // the first interval also saw the image being loaded
     }
-    let mm = m.mm.lock();
-    let (mut tp, mut fp, mut fneg) = (0, 0, 0);
-    for i in 0..*page_count {
-        let touched = bitmap[(i / 64) as usize] & (1 << (i % 64)) != 0;
-        let gpa = GuestPhysAddr::new((first_pfn + i) * 4096);
-        let hot = mm.gens.seq_of(gpa).is_some_and(|s| s > prev);
-        match (touched, hot) {
-            (true, true) => tp += 1,
-            (false, true) => fp += 1,
-            (true, false) => fneg += 1,
-            (false, false) => {}
-        }
-    }
-    TRUE_POS.fetch_add(tp, Ordering::Relaxed);
-    FALSE_POS.fetch_add(fp, Ordering::Relaxed);
-    FALSE_NEG.fetch_add(fneg, Ordering::Relaxed);
+    let score =
+        m.mm.lock()
+            .gens
+            .score_hot_set(*first_pfn, *page_count, bitmap, prev);
+    TRUE_POS.fetch_add(score.true_hot, Ordering::Relaxed);
+    FALSE_POS.fetch_add(score.false_hot, Ordering::Relaxed);
+    FALSE_NEG.fetch_add(score.missed, Ordering::Relaxed);
     INTERVALS.fetch_add(1, Ordering::Relaxed);
 }
 

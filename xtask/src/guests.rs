@@ -43,10 +43,10 @@ fn llvm_objcopy() -> Result<PathBuf, String> {
 }
 
 /// Builds every guest (release profile) with `cargo` (a command set up to
-/// run the workspace's cargo in its root) and writes the flat binaries;
-/// returns their directory.
+/// run the workspace's cargo in its root) and writes the flat binaries
+/// under `target` (cargo's target directory); returns their directory.
 pub fn build(
-    root: &Path,
+    target: &Path,
     mut cargo: Command,
     run_cmd: impl Fn(&mut Command) -> Result<(), String>,
 ) -> Result<PathBuf, String> {
@@ -59,8 +59,8 @@ pub fn build(
         "x86_64-unknown-none",
         "--bins",
     ]))?;
-    let elf_dir = root.join("target/x86_64-unknown-none/release");
-    let out_dir = root.join("target/guests");
+    let elf_dir = target.join("x86_64-unknown-none/release");
+    let out_dir = target.join("guests");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let objcopy = llvm_objcopy()?;
     for name in NAMES {

@@ -105,6 +105,17 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace
+/// root, as cargo reads it when run from there) or `target/`. Every path
+/// xtask builds into or reads back from is under it, so two checkouts, or
+/// two engineers with their own target directories, never share outputs.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
 /// The cargo that runs us (the pinned toolchain's), or `cargo`.
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -195,9 +206,15 @@ fn build_images(
     firmwares: &[Firmware],
 ) -> Result<PathBuf, String> {
     // The kernel embeds the guests (kernel/build.rs): build them first.
-    guests::build(&root(), cargo(), run_cmd)?;
+    let guests_dir = guests::build(&target_dir(), cargo(), run_cmd)?;
     let mut build = cargo();
-    build.args(["build", "-p", "kernel", "--target", KERNEL_TARGET]);
+    build.env("THERMOCLINE_GUESTS_DIR", &guests_dir).args([
+        "build",
+        "-p",
+        "kernel",
+        "--target",
+        KERNEL_TARGET,
+    ]);
     match only {
         Some(bin) => build.args(["--bin", bin]),
         None => build.arg("--bins"),
@@ -207,11 +224,8 @@ fn build_images(
     }
     run_cmd(&mut build)?;
 
-    let elf_dir = root()
-        .join("target")
-        .join(KERNEL_TARGET)
-        .join(profile.dir());
-    let image_dir = root().join("target/images").join(profile.dir());
+    let elf_dir = target_dir().join(KERNEL_TARGET).join(profile.dir());
+    let image_dir = target_dir().join("images").join(profile.dir());
     let bins = match only {
         Some(bin) => vec![bin.to_string()],
         None => kernel_bins()?,
@@ -365,12 +379,11 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         Accel::Tcg => "TCG, -cpu max",
     };
     println!("xtask: accelerator {accel}: {}", choice.reason);
-    let scratch = root().join("target/run");
+    let scratch = target_dir().join("run");
     let mut qemu = machine.command(&scratch)?;
     println!("    $ {}", show(&qemu));
     if o.gdb {
-        let elf = root()
-            .join("target")
+        let elf = target_dir()
             .join(KERNEL_TARGET)
             .join(o.profile.dir())
             .join("thermocline");
@@ -508,10 +521,7 @@ fn step_images(ctx: &TestContext) -> Result<(), String> {
 /// with the pinned wheel, preload library), then runs its selftest and the
 /// bed's scenario kernels that `images` built.
 fn step_bochs(ctx: &TestContext) -> Result<(), String> {
-    let elf_dir = root()
-        .join("target")
-        .join(KERNEL_TARGET)
-        .join(ctx.profile.dir());
+    let elf_dir = target_dir().join(KERNEL_TARGET).join(ctx.profile.dir());
     run_cmd(
         Command::new("python3")
             .current_dir(root())
@@ -521,7 +531,7 @@ fn step_bochs(ctx: &TestContext) -> Result<(), String> {
 }
 
 fn step_qemu(ctx: &TestContext) -> Result<(), String> {
-    let images = root().join("target/images").join(ctx.profile.dir());
+    let images = target_dir().join("images").join(ctx.profile.dir());
     let choice = detect_accel();
     println!("    accelerator {:?}: {}", choice.accel, choice.reason);
     run_cmd(cargo().env("THERMOCLINE_IMAGES", &images).args([

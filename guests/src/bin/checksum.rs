@@ -22,29 +22,16 @@ guests::entry!(main);
 
 const PAGE: u64 = 4096;
 
-fn expected(gpa: u64, seed: u64) -> u64 {
-    // splitmix64 finaliser: cheap and every bit depends on the address.
-    let mut z = gpa ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+// The words written, shared with the host benchmark of the reclaimer.
+#[path = "../checksum_data.rs"]
+mod checksum_data;
+use checksum_data::word;
 
 fn seed_of(page: u64, rounds_done: u64) -> u64 {
     if rounds_done > 0 && page.is_multiple_of(3) {
         rounds_done
     } else {
         0
-    }
-}
-
-/// The word at `gpa`: a hash, or zero between the hashed words of sparse
-/// data.
-fn word(gpa: u64, seed: u64, sparse: bool) -> u64 {
-    if sparse && !gpa.is_multiple_of(256) {
-        0
-    } else {
-        expected(gpa, seed)
     }
 }
 

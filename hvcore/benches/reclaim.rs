@@ -157,7 +157,11 @@ fn fill(kind: Contents, page: u64, exe: &[u8], text: &[u8], out: &mut [u8]) {
             // The pattern guest adds to the first word of each data page:
             // once for the cold set, many times for the hot set.
             out.fill(0);
-            let touches = if page.is_multiple_of(16) { 1 + page * 37 } else { 1 };
+            let touches = if page.is_multiple_of(16) {
+                1 + page * 37
+            } else {
+                1
+            };
             out[..8].copy_from_slice(&touches.to_le_bytes());
         }
         Contents::SourceText | Contents::Executable => {

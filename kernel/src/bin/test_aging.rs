@@ -22,6 +22,7 @@ use hvcore::guest_layout as layout;
 use hvcore::npt::Npt;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
+use kernel::testing::aging::{HotSetScorer, reclaim_and_account};
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, GuestEvent, StopReason, Svm, Vm, VmConfig, images};
 
@@ -94,47 +95,12 @@ fn run_with_aging(m: &Managed, config: AgingConfig) -> StopReason {
 }
 
 static ACCURACY: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);
-/// The generation of the pass made at the previous interval boundary.
-static BOUNDARY_SEQ: AtomicU64 = AtomicU64::new(0);
-static TRUE_POS: AtomicU64 = AtomicU64::new(0);
-static FALSE_POS: AtomicU64 = AtomicU64::new(0);
-static FALSE_NEG: AtomicU64 = AtomicU64::new(0);
-static INTERVALS: AtomicU64 = AtomicU64::new(0);
+static SCORER: HotSetScorer = HotSetScorer::new();
 
-/// At each interval boundary (the guest waits in the hypercall): one pass
-/// harvests the interval's accessed bits; a page is hot if a pass since
-/// the previous boundary found it young.
 fn accuracy_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
-    let GuestEvent::Touched {
-        interval,
-        first_pfn,
-        page_count,
-        bitmap,
-    } = e
-    else {
-        return;
-    };
-    let Some(m) = ACCURACY.lock().clone() else {
-        return;
-    };
-    let config = AgingConfig {
-        pass_lines: false,
-        detail_every: 0,
-        ..AgingConfig::default()
-    };
-    let stats = aging::pass(&m, &config);
-    let prev = BOUNDARY_SEQ.swap(stats.seq, Ordering::AcqRel);
-    if *interval == 0 || prev == 0 {
-        return; // the first interval also saw the image being loaded
+    if let Some(m) = ACCURACY.lock().clone() {
+        SCORER.on_event(&m, e);
     }
-    let score =
-        m.mm.lock()
-            .gens
-            .score_hot_set(*first_pfn, *page_count, bitmap, prev);
-    TRUE_POS.fetch_add(score.true_hot, Ordering::Relaxed);
-    FALSE_POS.fetch_add(score.false_hot, Ordering::Relaxed);
-    FALSE_NEG.fetch_add(score.missed, Ordering::Relaxed);
-    INTERVALS.fetch_add(1, Ordering::Relaxed);
 }
 
 fn accuracy() {
@@ -152,24 +118,12 @@ fn accuracy() {
     };
     assert_eq!(run_with_aging(&m, config), StopReason::Exited(0));
     *ACCURACY.lock() = None;
-    let (tp, fp, fneg) = (
-        TRUE_POS.load(Ordering::Relaxed),
-        FALSE_POS.load(Ordering::Relaxed),
-        FALSE_NEG.load(Ordering::Relaxed),
-    );
-    let precision_milli = (tp * 1000).checked_div(tp + fp).unwrap_or(0);
-    let recall_milli = (tp * 1000).checked_div(tp + fneg).unwrap_or(0);
+    let a = SCORER.summary();
     kernel::println!(
-        "accuracy: {} intervals, hot pages {tp} right, {fp} wrongly hot, {fneg} missed: precision {}.{}%, recall {}.{}% (aging on CPU 0, guest on CPU {})",
-        INTERVALS.load(Ordering::Relaxed),
-        precision_milli / 10,
-        precision_milli % 10,
-        recall_milli / 10,
-        recall_milli % 10,
+        "accuracy: {a} (aging on CPU 0, guest on CPU {})",
         vcpu_cpu()
     );
-    assert!(INTERVALS.load(Ordering::Relaxed) >= 10);
-    assert!(precision_milli >= 990 && recall_milli >= 990);
+    assert!(a.meets_bar(10), "{a}");
 }
 
 fn nothing_lost() {
@@ -231,55 +185,17 @@ fn pause_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
 static COMES_BACK: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);
 static CHECKED: AtomicU64 = AtomicU64::new(0);
 
-/// At `MARK 1` (the guest has written all its data and waits): two passes,
-/// then reclaim everything not young in the last pass, and compare the
-/// host's free frames before and after.
+/// At `MARK 1` (the guest has written all its data and waits): everything
+/// not young in the last of two passes is reclaimed, and the host's free
+/// frames are counted around it.
 fn comes_back_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
     if *e != GuestEvent::Mark(1) || CHECKED.load(Ordering::Relaxed) != 0 {
         return;
     }
-    let Some(m) = COMES_BACK.lock().clone() else {
-        return;
-    };
-    let config = AgingConfig {
-        pass_lines: false,
-        detail_every: 0,
-        ..AgingConfig::default()
-    };
-    aging::pass(&m, &config);
-    aging::pass(&m, &config);
-    let free0 = kernel::mem::frame_stats().free_frames;
-    let heap0 = kernel::mem::heap::heap_bytes();
-    let s0 = m.mm.lock().rec.stats();
-    let b = aging::reclaim_vm(&m, ReclaimTarget::ColderThan(ColdAfter::Gens(1)), u64::MAX);
-    let free1 = kernel::mem::frame_stats().free_frames;
-    let heap1 = kernel::mem::heap::heap_bytes();
-    let mm = m.mm.lock();
-    let s1 = mm.rec.stats();
-    let st = mm.rec.store_stats();
-    let freed = s1.frames_freed - s0.frames_freed;
-    let heap_frames = (heap1 - heap0) / 4096;
-    kernel::println!(
-        "memory comes back: reclaimed {} pages ({} zero, {} compressed, {} raw; {} compressed bytes, ratio {}.{:03}); free frames {free0} -> {free1}; frames freed {freed}, store heap grew by {heap_frames} frames, {} huge splits",
-        b.reclaimed,
-        b.zero,
-        b.compressed,
-        b.raw,
-        st.compressed_bytes,
-        st.ratio_milli() / 1000,
-        st.ratio_milli() % 1000,
-        s1.huge_splits - s0.huge_splits
-    );
-    assert!(b.reclaimed > 0);
-    assert_eq!(freed, b.reclaimed);
-    // Splitting a huge page takes one table page each.
-    let splits = s1.huge_splits - s0.huge_splits;
-    assert_eq!(
-        free1 + heap_frames + splits,
-        free0 + freed,
-        "the host got every reclaimed frame back"
-    );
-    CHECKED.store(1, Ordering::Relaxed);
+    if let Some(m) = COMES_BACK.lock().clone() {
+        reclaim_and_account(&m, u64::MAX);
+        CHECKED.store(1, Ordering::Relaxed);
+    }
 }
 
 fn memory_comes_back() {

@@ -18,7 +18,10 @@
 //! panicking (`assert!`); the first failure ends the scenario, since there is
 //! no unwinding.
 //!
-//! Neighbours: `panic` and `interrupts::exceptions` call [`fail_and_exit`].
+//! Neighbours: `panic` and `interrupts::exceptions` call [`fail_and_exit`];
+//! [`aging`] holds the probes the aging scenarios share.
+
+pub mod aging;
 
 use crate::console;
 use crate::hw::{self, ExitCode};

@@ -1,0 +1,192 @@
+//! Probes that aging scenarios share, for either backend: the hot set the
+//! passes found scored against a guest's ground truth, and the host's frame
+//! accounting around one reclaim. The scenarios (`test_aging` on SVM,
+//! `test_vmx_aging` on the Bochs bed, and the benchmarks) differ in where
+//! passes run (a thread, or VM exits); what they measure is written once
+//! here so the two backends are held to the same definition.
+//!
+//! Neighbours: `crate::aging` (passes and reclaim), `hvcore::generations`
+//! (`Generations::score_hot_set`, the one scorer), `crate::vm` (the guest
+//! events the probes run on).
+
+use crate::aging::{self, AgingConfig, Managed};
+use crate::vm::GuestEvent;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use hvcore::generations::ColdAfter;
+use hvcore::pte::EntryFormat;
+use hvcore::reclaim::ReclaimTarget;
+
+/// A pass at an interval boundary: no per-pass line, no detail (the probe
+/// prints its own summary).
+fn quiet() -> AgingConfig {
+    AgingConfig {
+        pass_lines: false,
+        detail_every: 0,
+        ..AgingConfig::default()
+    }
+}
+
+/// Precision and recall of the hot set, accumulated over a guest's
+/// `REPORT_TOUCHED` intervals. A `static` of the scenario; its hook calls
+/// [`HotSetScorer::on_event`].
+#[derive(Debug)]
+pub struct HotSetScorer {
+    /// The generation of the pass made at the previous interval boundary.
+    boundary_seq: AtomicU64,
+    true_pos: AtomicU64,
+    false_pos: AtomicU64,
+    false_neg: AtomicU64,
+    intervals: AtomicU64,
+}
+
+impl Default for HotSetScorer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HotSetScorer {
+    /// No interval scored yet.
+    pub const fn new() -> Self {
+        HotSetScorer {
+            boundary_seq: AtomicU64::new(0),
+            true_pos: AtomicU64::new(0),
+            false_pos: AtomicU64::new(0),
+            false_neg: AtomicU64::new(0),
+            intervals: AtomicU64::new(0),
+        }
+    }
+
+    /// At each interval boundary (the guest waits in `REPORT_TOUCHED`): one
+    /// pass harvests the rest of the interval's accessed bits, then a page
+    /// counts as hot if any pass since the previous boundary found it
+    /// young. The first interval is not scored: it also saw the image being
+    /// loaded. Other events are ignored.
+    pub fn on_event<F: EntryFormat>(&self, m: &Managed<F>, e: &GuestEvent) {
+        let GuestEvent::Touched {
+            interval,
+            first_pfn,
+            page_count,
+            bitmap,
+        } = e
+        else {
+            return;
+        };
+        let stats = aging::pass(m, &quiet());
+        let prev = self.boundary_seq.swap(stats.seq, Ordering::AcqRel);
+        if *interval == 0 || prev == 0 {
+            return;
+        }
+        let score =
+            m.mm.lock()
+                .gens
+                .score_hot_set(*first_pfn, *page_count, bitmap, prev);
+        self.true_pos.fetch_add(score.true_hot, Ordering::Relaxed);
+        self.false_pos.fetch_add(score.false_hot, Ordering::Relaxed);
+        self.false_neg.fetch_add(score.missed, Ordering::Relaxed);
+        self.intervals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures so far.
+    pub fn summary(&self) -> Accuracy {
+        let (tp, fp, fneg) = (
+            self.true_pos.load(Ordering::Relaxed),
+            self.false_pos.load(Ordering::Relaxed),
+            self.false_neg.load(Ordering::Relaxed),
+        );
+        Accuracy {
+            intervals: self.intervals.load(Ordering::Relaxed),
+            true_hot: tp,
+            false_hot: fp,
+            missed: fneg,
+            precision_milli: (tp * 1000).checked_div(tp + fp).unwrap_or(0),
+            recall_milli: (tp * 1000).checked_div(tp + fneg).unwrap_or(0),
+        }
+    }
+}
+
+/// What a [`HotSetScorer`] measured. Displays as
+/// `N intervals, hot pages TP right, FP wrongly hot, FN missed: precision
+/// P%, recall R%`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accuracy {
+    /// Intervals scored.
+    pub intervals: u64,
+    /// Hot in the ground truth and in the hot set.
+    pub true_hot: u64,
+    /// In the hot set, not touched by the guest.
+    pub false_hot: u64,
+    /// Touched by the guest, not in the hot set.
+    pub missed: u64,
+    /// Precision in thousandths (0 when nothing was found hot).
+    pub precision_milli: u64,
+    /// Recall in thousandths (0 when nothing was touched).
+    pub recall_milli: u64,
+}
+
+impl Accuracy {
+    /// The mission's bar: precision and recall of at least 99 % each, over
+    /// at least `min_intervals` scored intervals.
+    pub fn meets_bar(&self, min_intervals: u64) -> bool {
+        self.intervals >= min_intervals && self.precision_milli >= 990 && self.recall_milli >= 990
+    }
+}
+
+impl fmt::Display for Accuracy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} intervals, hot pages {} right, {} wrongly hot, {} missed: precision {}.{}%, recall {}.{}%",
+            self.intervals,
+            self.true_hot,
+            self.false_hot,
+            self.missed,
+            self.precision_milli / 10,
+            self.precision_milli % 10,
+            self.recall_milli / 10,
+            self.recall_milli % 10
+        )
+    }
+}
+
+/// Two passes, then a reclaim of at most `max_pages` pages not young in
+/// the last pass, with the host's free frames counted before and after.
+/// Prints one `memory comes back:` line and checks that every frame the
+/// reclaimer gave back reached the host: the free count rises by the frames
+/// freed, less the store's heap growth and one table page per huge page
+/// split. Panics (fails the case) otherwise.
+pub fn reclaim_and_account<F: EntryFormat>(m: &Managed<F>, max_pages: u64) {
+    aging::pass(m, &quiet());
+    aging::pass(m, &quiet());
+    let free0 = crate::mem::frame_stats().free_frames;
+    let heap0 = crate::mem::heap::heap_bytes();
+    let s0 = m.mm.lock().rec.stats();
+    let b = aging::reclaim_vm(m, ReclaimTarget::ColderThan(ColdAfter::Gens(1)), max_pages);
+    let free1 = crate::mem::frame_stats().free_frames;
+    let heap1 = crate::mem::heap::heap_bytes();
+    let mm = m.mm.lock();
+    let s1 = mm.rec.stats();
+    let st = mm.rec.store_stats();
+    let freed = s1.frames_freed - s0.frames_freed;
+    let heap_frames = (heap1 - heap0) / 4096;
+    let splits = s1.huge_splits - s0.huge_splits;
+    crate::println!(
+        "memory comes back: reclaimed {} pages ({} zero, {} compressed, {} raw; {} compressed bytes, ratio {}.{:03}); free frames {free0} -> {free1}; frames freed {freed}, store heap grew by {heap_frames} frames, {splits} huge splits",
+        b.reclaimed,
+        b.zero,
+        b.compressed,
+        b.raw,
+        st.compressed_bytes,
+        st.ratio_milli() / 1000,
+        st.ratio_milli() % 1000,
+    );
+    assert!(b.reclaimed > 0, "the reclaim found cold pages");
+    assert_eq!(freed, b.reclaimed, "one frame freed per page reclaimed");
+    // Splitting a huge page takes one table page each.
+    assert_eq!(
+        free1 + heap_frames + splits,
+        free0 + freed,
+        "the host got every reclaimed frame back"
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-const GUESTS: [&str; 4] = ["hello", "pattern", "checksum", "evil"];
+const GUESTS: [&str; 5] = ["hello", "pattern", "checksum", "evil", "smp"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -1,6 +1,8 @@
 //! Reading guest memory by guest-virtual address: a software walk of the
 //! guest's own page tables, used to fetch the bytes of an intercepted
-//! instruction at the guest's RIP when the CPU does not say how long it was.
+//! instruction at the guest's RIP when the CPU does not say how long it was,
+//! and to reach the memory operands of emulated string I/O
+//! ([`crate::string_io`]), writes included ([`translate_write`]).
 //!
 //! Follows the AMD APM vol. 2 / Intel SDM vol. 3 "4-Level Paging" (long
 //! mode, 4 KiB, 2 MiB and 1 GiB pages). Legacy 32-bit and PAE paging are
@@ -19,6 +21,13 @@ pub trait GuestPhysRead {
     fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()>;
 }
 
+/// Write access to guest-physical memory that never faults: `None` for an
+/// address outside the guest's RAM (or with no frame to back it).
+pub trait GuestPhysWrite {
+    /// Writes `buf` at `gpa`; the range never crosses a 4 KiB page.
+    fn write(&self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()>;
+}
+
 /// The paging controls a translation needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestPaging {
@@ -33,6 +42,8 @@ pub struct GuestPaging {
 }
 
 const CR0_PG: u64 = 1 << 31;
+const CR0_WP: u64 = 1 << 16;
+const WRITABLE: u64 = 1 << 1;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
 const EFER_LMA: u64 = 1 << 10;
@@ -49,17 +60,40 @@ fn read_u64(mem: &impl GuestPhysRead, gpa: u64) -> Option<u64> {
 /// Translates guest-virtual `va` to a guest-physical address, or `None`
 /// when it is not mapped or the paging mode is not supported.
 pub fn translate(mem: &impl GuestPhysRead, paging: GuestPaging, va: u64) -> Option<GuestPhysAddr> {
+    walk(mem, paging, va, false)
+}
+
+/// [`translate`] for a supervisor write: also `None` when CR0.WP is set
+/// and some level of the walk is read-only (the CPU would raise #PF).
+pub fn translate_write(
+    mem: &impl GuestPhysRead,
+    paging: GuestPaging,
+    va: u64,
+) -> Option<GuestPhysAddr> {
+    walk(mem, paging, va, paging.cr0 & CR0_WP != 0)
+}
+
+fn walk(
+    mem: &impl GuestPhysRead,
+    paging: GuestPaging,
+    va: u64,
+    need_writable: bool,
+) -> Option<GuestPhysAddr> {
     if paging.cr0 & CR0_PG == 0 {
         return Some(GuestPhysAddr::new(va));
     }
     if paging.cr4 & CR4_PAE == 0 || paging.efer & EFER_LMA == 0 || paging.cr4 & CR4_LA57 != 0 {
         return None;
     }
+    // Bits 63:47 must be equal (canonical), else the CPU raises #GP.
+    if ((va as i64) << 16 >> 16) as u64 != va {
+        return None;
+    }
     let mut table = paging.cr3 & ADDR;
     for level in (1..=4u32).rev() {
         let shift = 12 + 9 * (level - 1);
         let entry = read_u64(mem, table + ((va >> shift) & 511) * 8)?;
-        if entry & PRESENT == 0 {
+        if entry & PRESENT == 0 || (need_writable && entry & WRITABLE == 0) {
             return None;
         }
         if level == 1 || (level <= 3 && entry & LARGE != 0) {
@@ -161,5 +195,31 @@ mod tests {
         assert_eq!(translate(&mem, p, 0x1000), None);
         p.cr0 &= !CR0_PG;
         assert_eq!(translate(&mem, p, 0x1234), Some(GuestPhysAddr::new(0x1234)));
+    }
+
+    #[test]
+    fn writes_need_writable_entries_when_wp_is_set() {
+        let mut mem = boot_mem(16 << 20);
+        assert_eq!(
+            translate_write(&mem, paging(), 0x40_0000),
+            Some(GuestPhysAddr::new(0x40_0000))
+        );
+        // Make the 2 MiB page at 4 MiB read-only (PD entry 2).
+        let pde = crate::guest_layout::PD_GPA + 2 * 8;
+        let ro = (0x40_0000u64 | PRESENT | LARGE).to_le_bytes();
+        for (i, b) in ro.iter().enumerate() {
+            mem.0.insert(pde + i as u64, *b);
+        }
+        assert_eq!(translate_write(&mem, paging(), 0x40_0010), None);
+        assert_eq!(
+            translate(&mem, paging(), 0x40_0010),
+            Some(GuestPhysAddr::new(0x40_0010))
+        );
+        let mut p = paging();
+        p.cr0 &= !CR0_WP;
+        assert_eq!(
+            translate_write(&mem, p, 0x40_0010),
+            Some(GuestPhysAddr::new(0x40_0010))
+        );
     }
 }

@@ -16,7 +16,7 @@
 use crate::addr::{GuestPhysAddr, PAGE_SIZE_4K};
 
 /// ABI version returned by [`nr::VERSION`].
-pub const ABI_VERSION: u64 = 1;
+pub const ABI_VERSION: u64 = 2;
 
 /// Hypercall numbers (RAX).
 pub mod nr {
@@ -35,6 +35,17 @@ pub mod nr {
     pub const MARK: u64 = 0x04;
     /// Returns the host's monotonic time in nanoseconds.
     pub const TIME_NS: u64 = 0x05;
+    /// Starts another vCPU of the VM (a paravirtual AP start): RDI = vCPU
+    /// index (1 .. vCPU count), RSI = entry RIP, RDX = stack pointer,
+    /// RCX = argument (the new vCPU's RDI). The vCPU starts in the boot
+    /// vCPU's initial 64-bit state (same page tables) with every other
+    /// register zero.
+    pub const VCPU_START: u64 = 0x06;
+    /// Wakes vCPU RDI from HLT, or makes its next HLT return at once.
+    pub const WAKE: u64 = 0x07;
+    /// Arms this vCPU's one-shot timer: RDI = deadline on the `TIME_NS`
+    /// clock (0 disarms). A HLT returns once the deadline passed.
+    pub const SET_TIMER: u64 = 0x08;
 }
 
 /// Largest page count one `REPORT_TOUCHED` may describe (1 GiB of 4 KiB
@@ -51,6 +62,8 @@ pub enum HypercallError {
     InvalidArgument = 2,
     /// A pointer argument names memory outside the guest's RAM.
     BadAddress = 3,
+    /// The vCPU named is running already.
+    Busy = 4,
 }
 
 impl HypercallError {
@@ -65,6 +78,7 @@ impl HypercallError {
             -1 => Some(Self::UnknownNumber),
             -2 => Some(Self::InvalidArgument),
             -3 => Some(Self::BadAddress),
+            -4 => Some(Self::Busy),
             _ => None,
         }
     }
@@ -75,6 +89,7 @@ impl HypercallError {
             Self::UnknownNumber => "unknown hypercall number",
             Self::InvalidArgument => "invalid argument",
             Self::BadAddress => "address outside guest RAM",
+            Self::Busy => "vCPU already running",
         }
     }
 }
@@ -134,6 +149,39 @@ pub enum Hypercall {
     },
     /// See [`nr::TIME_NS`].
     TimeNs,
+    /// See [`nr::VCPU_START`]; the index is checked against the VM's vCPU
+    /// count, RIP and stack against its RAM. Whether the vCPU runs already
+    /// is for the caller to check.
+    VcpuStart {
+        /// vCPU index, `1 .. vcpus`.
+        index: u32,
+        /// Entry RIP (a guest-physical address inside RAM; the boot tables
+        /// identity-map it).
+        rip: u64,
+        /// Initial RSP (inside RAM or its end).
+        rsp: u64,
+        /// Passed in RDI.
+        arg: u64,
+    },
+    /// See [`nr::WAKE`].
+    Wake {
+        /// vCPU index, `0 .. vcpus`.
+        index: u32,
+    },
+    /// See [`nr::SET_TIMER`].
+    SetTimer {
+        /// Deadline in `TIME_NS` nanoseconds; `None` disarms.
+        deadline_ns: Option<u64>,
+    },
+}
+
+/// What a VM is, for argument checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmShape {
+    /// Guest RAM is `[0, ram_bytes)`.
+    pub ram_bytes: u64,
+    /// The VM may have vCPUs `0 .. vcpus` (vCPU 0 boots).
+    pub vcpus: u32,
 }
 
 /// The registers a hypercall reads.
@@ -153,8 +201,24 @@ pub struct HypercallRegs {
 
 impl Hypercall {
     /// Decodes and validates a call from a guest whose RAM is
-    /// `[0, ram_bytes)`.
+    /// `[0, ram_bytes)` and that has one vCPU.
     pub fn decode(regs: &HypercallRegs, ram_bytes: u64) -> Result<Self, HypercallError> {
+        Self::decode_for(
+            regs,
+            VmShape {
+                ram_bytes,
+                vcpus: 1,
+            },
+        )
+    }
+
+    /// Decodes and validates a call from a guest of shape `vm`.
+    pub fn decode_for(regs: &HypercallRegs, vm: VmShape) -> Result<Self, HypercallError> {
+        let ram_bytes = vm.ram_bytes;
+        let vcpu_index = |raw: u64, first: u32| match u32::try_from(raw) {
+            Ok(i) if i >= first && i < vm.vcpus => Ok(i),
+            _ => Err(HypercallError::InvalidArgument),
+        };
         match regs.rax {
             nr::VERSION => Ok(Self::Version),
             nr::EXIT => Ok(Self::Exit { code: regs.rdi }),
@@ -188,6 +252,27 @@ impl Hypercall {
             }),
             nr::MARK => Ok(Self::Mark { tag: regs.rdi }),
             nr::TIME_NS => Ok(Self::TimeNs),
+            nr::VCPU_START => {
+                let index = vcpu_index(regs.rdi, 1)?;
+                // The entry must hold at least one byte of code; the stack
+                // pointer may be RAM's end (the first push goes below it).
+                let (rip, rsp) = (regs.rsi, regs.rdx);
+                if rip >= ram_bytes || rsp > ram_bytes || rsp < 8 {
+                    return Err(HypercallError::BadAddress);
+                }
+                Ok(Self::VcpuStart {
+                    index,
+                    rip,
+                    rsp,
+                    arg: regs.rcx,
+                })
+            }
+            nr::WAKE => Ok(Self::Wake {
+                index: vcpu_index(regs.rdi, 0)?,
+            }),
+            nr::SET_TIMER => Ok(Self::SetTimer {
+                deadline_ns: (regs.rdi != 0).then_some(regs.rdi),
+            }),
             _ => Err(HypercallError::UnknownNumber),
         }
     }
@@ -215,6 +300,7 @@ mod tests {
             HypercallError::UnknownNumber,
             HypercallError::InvalidArgument,
             HypercallError::BadAddress,
+            HypercallError::Busy,
         ] {
             assert!((e.to_rax() as i64) < 0);
             assert_eq!(HypercallError::from_rax(e.to_rax()), Some(e));
@@ -225,7 +311,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_are_refused() {
-        for n in [6, 0xff, u64::MAX, 1 << 63] {
+        for n in [9, 0xff, u64::MAX, 1 << 63] {
             assert_eq!(
                 Hypercall::decode(&regs(n, 0, 0, 0, 0), RAM),
                 Err(HypercallError::UnknownNumber)
@@ -287,6 +373,75 @@ mod tests {
         assert_eq!(
             Hypercall::decode(&regs(nr::VERSION, 0, 0, 0, 0), RAM),
             Ok(Hypercall::Version)
+        );
+    }
+
+    const SMP: VmShape = VmShape {
+        ram_bytes: RAM,
+        vcpus: 4,
+    };
+
+    #[test]
+    fn vcpu_start_checks_index_entry_and_stack() {
+        let call = |i, rip, rsp| Hypercall::decode_for(&regs(nr::VCPU_START, i, rip, rsp, 7), SMP);
+        assert_eq!(
+            call(3, 0x10_0000, 0x80_0000),
+            Ok(Hypercall::VcpuStart {
+                index: 3,
+                rip: 0x10_0000,
+                rsp: 0x80_0000,
+                arg: 7
+            })
+        );
+        // vCPU 0 is the boot vCPU; 4 is past the count; huge indexes do
+        // not wrap into range.
+        for i in [0, 4, 1 << 32, u64::MAX] {
+            assert_eq!(
+                call(i, 0x10_0000, 0x80_0000),
+                Err(HypercallError::InvalidArgument),
+                "index {i}"
+            );
+        }
+        // Entry or stack outside RAM; the stack may start at RAM's end.
+        for (rip, rsp) in [
+            (RAM, 0x8000),
+            (u64::MAX, 0x8000),
+            (0x10_0000, RAM + 8),
+            (0x10_0000, 0),
+        ] {
+            assert_eq!(
+                call(1, rip, rsp),
+                Err(HypercallError::BadAddress),
+                "rip {rip:#x} rsp {rsp:#x}"
+            );
+        }
+        assert!(call(1, RAM - 1, RAM).is_ok());
+        // A one-vCPU VM starts nothing.
+        assert_eq!(
+            Hypercall::decode(&regs(nr::VCPU_START, 1, 0x10_0000, 0x8000, 0), RAM),
+            Err(HypercallError::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn wake_and_timer_decode() {
+        assert_eq!(
+            Hypercall::decode_for(&regs(nr::WAKE, 0, 0, 0, 0), SMP),
+            Ok(Hypercall::Wake { index: 0 })
+        );
+        assert_eq!(
+            Hypercall::decode_for(&regs(nr::WAKE, 4, 0, 0, 0), SMP),
+            Err(HypercallError::InvalidArgument)
+        );
+        assert_eq!(
+            Hypercall::decode_for(&regs(nr::SET_TIMER, 0, 0, 0, 0), SMP),
+            Ok(Hypercall::SetTimer { deadline_ns: None })
+        );
+        assert_eq!(
+            Hypercall::decode_for(&regs(nr::SET_TIMER, 12345, 0, 0, 0), SMP),
+            Ok(Hypercall::SetTimer {
+                deadline_ns: Some(12345)
+            })
         );
     }
 }

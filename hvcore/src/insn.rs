@@ -40,6 +40,25 @@ pub enum Insn {
     },
     /// A VMX or SVM instruction.
     Virt(VirtInsn),
+    /// INS/OUTS (6C-6F), with or without REP.
+    StringIo(StringIoInsn),
+}
+
+/// The operands of an INS or OUTS instruction, from its opcode and
+/// prefixes (SDM vol. 2, "INS/INSB/INSW/INSD" and "OUTS/OUTSB/OUTSW/OUTSD").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringIoInsn {
+    /// OUTS (memory to port); false: INS (port to memory).
+    pub out: bool,
+    /// Element size: 1, 2 (66 prefix) or 4 bytes (REX.W changes nothing).
+    pub size_bytes: u8,
+    /// REP (F3; F2 acts the same on these instructions).
+    pub rep: bool,
+    /// 67 prefix: ESI/EDI/ECX instead of RSI/RDI/RCX.
+    pub addr32: bool,
+    /// An FS or GS segment override on OUTS (its base is not zero in
+    /// general; the other overrides mean base 0 in 64-bit mode).
+    pub fs_gs: bool,
 }
 
 /// A decoded instruction and its length in bytes.
@@ -90,11 +109,17 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
     let mut i = 0;
     let mut opsize = false;
     let mut rep = false;
+    let mut repne = false;
+    let mut addr32 = false;
+    let mut fs_gs = false;
     while let Some(&b) = bytes.get(i) {
         match b {
             0x66 => opsize = true,
             0xf3 => rep = true,
-            0x67 | 0xf2 | 0xf0 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => {}
+            0xf2 => repne = true,
+            0x67 => addr32 = true,
+            0x64 | 0x65 => fs_gs = true,
+            0xf0 | 0x2e | 0x36 | 0x3e | 0x26 => {}
             _ => break,
         }
         i += 1;
@@ -111,6 +136,20 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
         0xf4 => done(Insn::Hlt, i + 1),
         0xe4..=0xe7 => done(Insn::PortIo, i + 2),
         0xec..=0xef => done(Insn::PortIo, i + 1),
+        0x6c..=0x6f => done(
+            Insn::StringIo(StringIoInsn {
+                out: op >= 0x6e,
+                size_bytes: match (op & 1, opsize) {
+                    (0, _) => 1,
+                    (_, true) => 2,
+                    _ => 4,
+                },
+                rep: rep || repne,
+                addr32,
+                fs_gs,
+            }),
+            i + 1,
+        ),
         0x0f => {
             let op2 = *bytes.get(i + 1)?;
             match op2 {
@@ -309,5 +348,40 @@ mod tests {
             d(&[0x66, 0x0f, 0x38, 0x81, 0x48, 0x10]),
             Some((Insn::Virt(VirtInsn::Invvpid), 6))
         );
+    }
+
+    #[test]
+    fn string_io_operands() {
+        let s = |out, size_bytes, rep, addr32, fs_gs| {
+            Insn::StringIo(StringIoInsn {
+                out,
+                size_bytes,
+                rep,
+                addr32,
+                fs_gs,
+            })
+        };
+        assert_eq!(d(&[0x6e]), Some((s(true, 1, false, false, false), 1)));
+        assert_eq!(d(&[0xf3, 0x6e]), Some((s(true, 1, true, false, false), 2)));
+        assert_eq!(
+            d(&[0xf3, 0x66, 0x6f]),
+            Some((s(true, 2, true, false, false), 3))
+        );
+        // REX.W does not make OUTSD 8 bytes wide.
+        assert_eq!(
+            d(&[0xf3, 0x48, 0x6f]),
+            Some((s(true, 4, true, false, false), 3))
+        );
+        assert_eq!(d(&[0x6c]), Some((s(false, 1, false, false, false), 1)));
+        assert_eq!(
+            d(&[0xf2, 0x67, 0x6d]),
+            Some((s(false, 4, true, true, false), 3))
+        );
+        assert_eq!(
+            d(&[0x65, 0xf3, 0x6e]),
+            Some((s(true, 1, true, false, true), 3))
+        );
+        // Other segment overrides mean base 0 in 64-bit mode.
+        assert_eq!(d(&[0x2e, 0x6e]), Some((s(true, 1, false, false, false), 2)));
     }
 }

@@ -33,6 +33,7 @@ pub mod reclaim;
 pub mod report;
 pub mod store;
 pub mod svm;
+pub mod string_io;
 pub mod sync;
 pub mod table;
 pub mod uart;

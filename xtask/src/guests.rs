@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The guests, in the order `cargo xtask help` lists them.
-pub const NAMES: [&str; 4] = ["hello", "pattern", "checksum", "evil"];
+pub const NAMES: [&str; 5] = ["hello", "pattern", "checksum", "evil", "smp"];
 /// What `cargo xtask run` boots when no `--guest` is given.
 pub const DEFAULT: &str = "hello";
 

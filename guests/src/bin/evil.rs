@@ -20,6 +20,10 @@
 //! | 10 | read XMM0 | exit code = its low 64 bits: 0 unless another VM's state leaked |
 //! | 12 | read 8 bytes at the address (bits 8-63) | exit code = the value read, or VM stopped outside RAM |
 //! | 11 | set CR4.PGE (allowed), then CR4.OSXSAVE, XSETBV | #GP for OSXSAVE, #UD (or #GP) for XSETBV; exit 0 |
+//! | 13 | `rep outsb` from an address the guest's tables do not map (512 GiB) | VM stopped (string I/O, not mapped) |
+//! | 14 | `rep insb` into an address past RAM (mapped, bits 8-63 or RAM + 4 KiB) | VM stopped (string I/O, outside RAM) |
+//! | 15 | `rep outsb` of 100000 bytes to an unemulated port | dropped in batches, registers as the CPU leaves them; exit 0 |
+//! | 16 | `rep outsb` with an FS override | VM stopped (not emulated) |
 //!
 //! Scenarios that should continue exit with 0 when the guest saw what the
 //! documentation promises and with 1 (after printing why) when it did not.
@@ -284,6 +288,26 @@ fn xsetbv() -> u64 {
     0
 }
 
+/// 100000 bytes of the image to port 0x80 in one REP OUTSB: the hypervisor
+/// moves them in batches (the guest re-executes the instruction between),
+/// and the registers end as the CPU leaves them.
+fn long_rep_outsb() -> u64 {
+    const BYTES: u64 = 100_000;
+    let start = guests::guest_layout::IMAGE_GPA;
+    let (rsi, rcx): (u64, u64);
+    // SAFETY: reads BYTES bytes from the image and the RAM after it (all
+    // inside RAM) and writes them to a port nobody emulates.
+    unsafe {
+        asm!("rep outsb", in("dx") 0x80u16, inout("rsi") start => rsi, inout("rcx") BYTES => rcx,
+            options(nostack, readonly));
+    }
+    if rsi != start + BYTES || rcx != 0 {
+        println!("evil: after rep outsb RSI {rsi:#x} RCX {rcx:#x}");
+        return 1;
+    }
+    0
+}
+
 fn read_xmm0() -> u64 {
     let v: u64;
     // SAFETY: MOVQ rax, xmm0 (66 48 0F 7E C0): reads a register only.
@@ -332,6 +356,37 @@ fn main(boot: BootInfo) -> u64 {
         10 => read_xmm0(),
         11 => xsetbv(),
         12 => guests::read_u64(boot.arg >> 8),
+        13 => {
+            // SAFETY: the hypervisor emulates the instruction and stops the
+            // VM at the unmapped source; nothing in this guest is touched.
+            unsafe {
+                asm!("rep outsb", in("dx") 0x3f8u16, in("rsi") 512u64 << 30, in("rcx") 4u64,
+                    options(nostack, readonly));
+            }
+            println!("evil: rep outsb from an unmapped address went on");
+            1
+        }
+        14 => {
+            let gpa = oob_address(&boot);
+            // SAFETY: as above: the destination is outside RAM, the VM stops.
+            unsafe {
+                asm!("rep insb", in("dx") 0x3fdu16, in("rdi") gpa, in("rcx") 4u64,
+                    options(nostack));
+            }
+            println!("evil: rep insb to {gpa:#x} went on");
+            1
+        }
+        15 => long_rep_outsb(),
+        16 => {
+            // SAFETY: FS-relative REP OUTSB of 4 bytes at FS:0x100000 (the
+            // image); the hypervisor refuses to emulate it and stops the VM.
+            unsafe {
+                asm!(".byte 0x64, 0xf3, 0x6e", in("dx") 0x3f8u16, in("rsi") 0x10_0000u64,
+                    in("rcx") 4u64, options(nostack, readonly));
+            }
+            println!("evil: FS-relative rep outsb went on");
+            1
+        }
         _ => {
             println!("evil: unknown scenario {scenario}");
             1

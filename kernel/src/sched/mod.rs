@@ -4,8 +4,9 @@
 //! CPU for its whole life (pinned by [`spawn_on`], or placed round-robin by
 //! [`spawn`]), so a thread never runs on two CPUs and its saved context is
 //! always complete before its own CPU can pick it again. Threads:
-//! - switch when they [`yield_now`], [`park`] (block until [`Thread::unpark`]),
-//!   sleep ([`sleep_until`], `time::sleep_ms`) or end;
+//! - switch when they [`yield_now`], [`park`] (block until [`Thread::unpark`];
+//!   [`park_until`] also wakes at a deadline), sleep ([`sleep_until`],
+//!   `time::sleep_ms`) or end;
 //! - are preempted by the timer tick (`time`) when another thread of the same
 //!   CPU is ready, in timer mode. In cooperative mode (no timer: the Bochs
 //!   bed) only the first list applies;
@@ -122,6 +123,9 @@ impl Thread {
         self.token.store(true, Ordering::Release);
         if self.state.load(Ordering::Acquire) == PARKED {
             self.state.store(READY, Ordering::Release);
+            // A timed park ([`park_until`]) leaves an entry among the
+            // sleepers; left there it would wake a later sleep early.
+            rq.sleepers.retain(|(_, t)| !Arc::ptr_eq(t, self));
             rq.ready.push_back(self.clone());
             drop(rq);
             kick(self.cpu);
@@ -354,6 +358,16 @@ pub fn park() {
     schedule(Reason::Park);
 }
 
+/// [`park`] with a deadline: blocks until [`Thread::unpark`] or until
+/// [`crate::time::now_ns`] reaches `deadline_ns`, whichever comes first.
+/// May return spuriously: loop on the condition.
+pub fn park_until(deadline_ns: u64) {
+    if crate::time::now_ns() >= deadline_ns {
+        return;
+    }
+    schedule(Reason::ParkUntil(deadline_ns));
+}
+
 /// Blocks the current thread until [`crate::time::now_ns`] reaches
 /// `deadline_ns`.
 pub fn sleep_until(deadline_ns: u64) {
@@ -383,6 +397,7 @@ enum Reason {
     Yield,
     Preempt,
     Park,
+    ParkUntil(u64),
     Sleep(u64),
     Exit,
 }
@@ -398,7 +413,8 @@ fn schedule(reason: Reason) {
     while i < rq.sleepers.len() {
         if rq.sleepers[i].0 <= now {
             let (_, t) = rq.sleepers.swap_remove(i);
-            if t.state.load(Ordering::Acquire) == SLEEPING {
+            // PARKED here: a timed park whose deadline passed.
+            if matches!(t.state.load(Ordering::Acquire), SLEEPING | PARKED) {
                 t.state.store(READY, Ordering::Release);
                 rq.ready.push_back(t);
             }
@@ -448,6 +464,17 @@ fn schedule(reason: Reason) {
                 return;
             }
             prev.state.store(PARKED, Ordering::Release);
+        }
+        Reason::ParkUntil(deadline) => {
+            if prev.token.swap(false, Ordering::AcqRel) || prev_is_idle {
+                drop(rq);
+                if irqs_were_enabled {
+                    interrupts::enable();
+                }
+                return;
+            }
+            prev.state.store(PARKED, Ordering::Release);
+            rq.sleepers.push((deadline, prev.clone()));
         }
         Reason::Sleep(deadline) => {
             prev.state.store(SLEEPING, Ordering::Release);

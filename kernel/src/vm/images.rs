@@ -32,8 +32,14 @@ pub const EVIL: Image = Image {
     bytes: include_bytes!(concat!(env!("OUT_DIR"), "/evil.bin")),
 };
 
+/// Several vCPUs: starts, counters, HLT wait and wake, string I/O.
+pub const SMP: Image = Image {
+    name: "smp",
+    bytes: include_bytes!(concat!(env!("OUT_DIR"), "/smp.bin")),
+};
+
 /// Every guest.
-pub const ALL: [Image; 4] = [HELLO, PATTERN, CHECKSUM, EVIL];
+pub const ALL: [Image; 5] = [HELLO, PATTERN, CHECKSUM, EVIL, SMP];
 
 /// The guest called `name`.
 pub fn by_name(name: &str) -> Option<Image> {

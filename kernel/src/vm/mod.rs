@@ -36,23 +36,25 @@ pub mod images;
 pub mod memory;
 
 use alloc::boxed::Box;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use hvcore::addr::GuestPhysAddr;
 use hvcore::cpu_features::Backend;
 use hvcore::exit::{AccessKind, IoAccess, IoDir, VirtInsn, VmExit};
 use hvcore::flush::TlbFlush;
 use hvcore::guest_cpu;
 use hvcore::guest_layout as layout;
-use hvcore::guest_walk::{self, GuestPaging, GuestPhysRead};
-use hvcore::hypercall::{self, Hypercall, HypercallError, HypercallRegs};
+use hvcore::guest_walk::{self, GuestPaging, GuestPhysRead, GuestPhysWrite};
+use hvcore::hypercall::{self, Hypercall, HypercallError, HypercallRegs, VmShape};
 use hvcore::insn::{self, Insn};
 use hvcore::pte::EntryFormat;
+use hvcore::string_io;
 use hvcore::uart::{self, Uart16550};
 use memory::{FaultOutcome, GuestMemory};
+use x86_64::instructions::interrupts;
 
 /// Guest general-purpose registers plus RIP and RFLAGS. The layout is
 /// fixed: the vendors' entry stubs address it by offset.
@@ -185,8 +187,14 @@ pub trait Extension {
     const NAME: &'static str;
     /// Turns the extension on for the calling CPU (idempotent).
     fn enable_on_this_cpu() -> Result<(), &'static str>;
-    /// A vCPU of `vm` in the boot state.
-    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str>;
+    /// A vCPU of `vm` in the boot control state (`hvcore::guest_layout`)
+    /// with registers `regs`.
+    fn create_vcpu_with(vm: &Vm<Self::Format>, regs: GuestRegs)
+    -> Result<Self::Vcpu, &'static str>;
+    /// A vCPU of `vm` in the boot state: the boot vCPU.
+    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str> {
+        Self::create_vcpu_with(vm, vm.boot_regs())
+    }
 }
 
 /// The SVM extension.
@@ -200,8 +208,11 @@ impl Extension for Svm {
     fn enable_on_this_cpu() -> Result<(), &'static str> {
         crate::svm::enable_on_this_cpu()
     }
-    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str> {
-        crate::svm::SvmVcpu::new(vm.memory.tables().root(), vm.boot_regs())
+    fn create_vcpu_with(
+        vm: &Vm<Self::Format>,
+        regs: GuestRegs,
+    ) -> Result<Self::Vcpu, &'static str> {
+        crate::svm::SvmVcpu::new(vm.memory.tables().root(), regs)
     }
 }
 
@@ -256,6 +267,16 @@ pub enum StopReason {
         /// Its RIP.
         rip: u64,
     },
+    /// String I/O whose memory operand the guest cannot reach.
+    StringIo {
+        /// RIP of the INS/OUTS.
+        rip: u64,
+        /// The guest-virtual address of the element (0 when `why` is
+        /// not about an address).
+        va: u64,
+        /// What was wrong.
+        why: &'static str,
+    },
     /// The CPU refused to enter the guest.
     EntryFailed(EntryError),
     /// No frame for guest RAM.
@@ -298,6 +319,9 @@ impl fmt::Display for StopReason {
                     f,
                     "cannot decode the intercepted instruction at RIP {rip:#x}"
                 )
+            }
+            Self::StringIo { rip, va, why } => {
+                write!(f, "string I/O at RIP {rip:#x}: guest address {va:#x} {why}")
             }
             Self::EntryFailed(e) => write!(f, "{e}"),
             Self::OutOfMemory { gpa } => write!(f, "no host frame for guest RAM at GPA {gpa:#x}"),
@@ -347,6 +371,10 @@ pub struct VmStats {
     pub hypercalls: AtomicU64,
     /// Misbehaviours reported.
     pub reports: AtomicU64,
+    /// HLTs that waited for a wake-up or a deadline.
+    pub halts: AtomicU64,
+    /// Elements moved by emulated string I/O.
+    pub string_io_elements: AtomicU64,
 }
 
 /// Lines about one VM's misbehaviour printed before they are only counted.
@@ -371,6 +399,48 @@ pub struct Vm<F: EntryFormat> {
     stopped: spin::Mutex<Option<StopReason>>,
     checksum: spin::Mutex<Option<(u64, u64)>>,
     exit_work: spin::Once<ExitWork>,
+    /// One per vCPU the VM may have; index 0 is the boot vCPU.
+    vcpus: Box<[VcpuSlot]>,
+    /// vCPUs whose run loop has not returned yet.
+    live_vcpus: AtomicU32,
+    /// The first vCPU's reason to stop, and which vCPU: the VM's.
+    first_stop: spin::Mutex<Option<(StopReason, u32)>>,
+    /// The threads of the vCPUs other than the boot vCPU, joined by it.
+    threads: spin::Mutex<Vec<crate::sched::JoinHandle>>,
+    /// This VM as an `Arc`, for vCPU threads (only VMs made by
+    /// [`Vm::new_smp`], which are the only ones that may start vCPUs).
+    this: spin::Once<Weak<Self>>,
+    /// Starts a vCPU thread; set by the boot vCPU for its vendor.
+    spawner: spin::Once<Spawner<F>>,
+}
+
+/// Starts vCPU `index` of the VM on a new thread with `regs`.
+type Spawner<F> = fn(&Arc<Vm<F>>, u32, GuestRegs) -> crate::sched::JoinHandle;
+
+/// Most vCPUs one VM may have.
+pub const MAX_VCPUS: u32 = 64;
+
+const SLOT_FREE: u8 = 0;
+const SLOT_RUNNING: u8 = 1;
+const SLOT_DONE: u8 = 2;
+
+/// One vCPU of a VM, as the other vCPUs and the host see it.
+#[derive(Debug, Default)]
+struct VcpuSlot {
+    /// `SLOT_FREE` until started, `SLOT_RUNNING`, then `SLOT_DONE`.
+    state: AtomicU8,
+    /// The CPU its thread is pinned to.
+    cpu: AtomicUsize,
+    /// A `WAKE` that no HLT consumed yet.
+    wake: AtomicBool,
+    /// The armed `SET_TIMER` deadline (`TIME_NS` clock), 0 when none.
+    deadline_ns: AtomicU64,
+    /// Its thread, to unpark it from HLT.
+    thread: spin::Mutex<Option<Arc<crate::sched::Thread>>>,
+    /// The VM's TLB generation this vCPU last flushed for (each vCPU has
+    /// its own: one shared value would let the first vCPU to see a request
+    /// hide it from the others).
+    seen_generation: AtomicU64,
 }
 
 /// Periodic work a vCPU runs after each exit, with no lock held: the
@@ -388,8 +458,33 @@ impl<F: EntryFormat> fmt::Debug for Vm<F> {
 }
 
 impl<F: EntryFormat> Vm<F> {
-    /// Builds a VM: its memory, the boot tables and the image in it.
+    /// Builds a VM with one vCPU: its memory, the boot tables and the
+    /// image in it.
     pub fn new(config: VmConfig, hook: Option<Hook<F>>) -> Result<Box<Self>, &'static str> {
+        Self::with_vcpus(config, 1, hook)
+    }
+
+    /// Builds a VM that may have up to `vcpus` vCPUs: the boot vCPU runs
+    /// from [`run_on_this_cpu`], the others start when the guest asks
+    /// (`VCPU_START`), each on a thread of its own.
+    pub fn new_smp(
+        config: VmConfig,
+        vcpus: u32,
+        hook: Option<Hook<F>>,
+    ) -> Result<Arc<Self>, &'static str> {
+        let vm: Arc<Self> = Arc::from(Self::with_vcpus(config, vcpus, hook)?);
+        vm.this.call_once(|| Arc::downgrade(&vm));
+        Ok(vm)
+    }
+
+    fn with_vcpus(
+        config: VmConfig,
+        vcpus: u32,
+        hook: Option<Hook<F>>,
+    ) -> Result<Box<Self>, &'static str> {
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err("a VM has 1 to 64 vCPUs");
+        }
         if config.image.is_empty() {
             return Err(
                 "the guest image is empty (build the guests with `cargo xtask build-guests`)",
@@ -419,6 +514,12 @@ impl<F: EntryFormat> Vm<F> {
             stopped: spin::Mutex::new(None),
             checksum: spin::Mutex::new(None),
             exit_work: spin::Once::new(),
+            vcpus: (0..vcpus).map(|_| VcpuSlot::default()).collect(),
+            live_vcpus: AtomicU32::new(0),
+            first_stop: spin::Mutex::new(None),
+            threads: spin::Mutex::new(Vec::new()),
+            this: spin::Once::new(),
+            spawner: spin::Once::new(),
         }))
     }
 
@@ -440,9 +541,73 @@ impl<F: EntryFormat> Vm<F> {
         }
     }
 
-    /// Asks the VM's vCPUs to stop at their next exit.
+    /// How many vCPUs the VM may have.
+    pub fn vcpu_count(&self) -> u32 {
+        self.vcpus.len() as u32
+    }
+
+    /// Asks the VM's vCPUs to stop at their next exit: a vCPU in the guest
+    /// is kicked out of it with an IPI, a halted one is woken.
     pub fn request_stop(&self) {
         self.stop_requested.store(true, Ordering::Release);
+        self.kick_all();
+    }
+
+    /// vCPUs running now (started, run loop not returned).
+    pub fn running_vcpus(&self) -> u32 {
+        self.live_vcpus.load(Ordering::Acquire)
+    }
+
+    /// The TLB generation [`Self::request_tlb_flush`] advances.
+    pub fn tlb_generation(&self) -> u64 {
+        self.tlb_generation.load(Ordering::Acquire)
+    }
+
+    /// For each running vCPU, the TLB generation it last flushed for
+    /// (before its latest entry into the guest).
+    pub fn vcpu_flush_generations(&self) -> Vec<(u32, u64)> {
+        self.vcpus
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state.load(Ordering::Acquire) == SLOT_RUNNING)
+            .map(|(i, s)| (i as u32, s.seen_generation.load(Ordering::Acquire)))
+            .collect()
+    }
+
+    /// Whether the VM is stopping.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Acquire)
+    }
+
+    /// Makes every running vCPU look at the VM's state soon: unparks it
+    /// (HLT) and interrupts its CPU (the guest exits on a physical
+    /// interrupt).
+    fn kick_all(&self) {
+        let me = crate::smp::cpu_index();
+        for slot in self.vcpus.iter() {
+            if slot.state.load(Ordering::Acquire) != SLOT_RUNNING {
+                continue;
+            }
+            if let Some(thread) = slot.thread.lock().clone() {
+                thread.unpark();
+            }
+            let cpu = slot.cpu.load(Ordering::Acquire);
+            if cpu != me && crate::smp::is_online(cpu) {
+                crate::smp::send_ipi(cpu, crate::sched::RESCHED_VECTOR);
+            }
+        }
+    }
+
+    /// Records why vCPU `index` stopped; the first reason is the VM's. Every
+    /// other vCPU leaves at its next exit.
+    fn record_stop(&self, reason: StopReason, index: u32) {
+        {
+            let mut first = self.first_stop.lock();
+            if first.is_none() {
+                *first = Some((reason, index));
+            }
+        }
+        self.request_stop();
     }
 
     /// Asks every vCPU to flush the guest's TLB before its next entry
@@ -586,25 +751,83 @@ pub fn spawn_on<E: Extension>(cpu: usize, vm: Arc<Vm<E::Format>>) -> crate::sche
     })
 }
 
-/// Creates a vCPU for `vm` on this CPU and runs it until the VM stops.
-/// Returns the reason, which is also printed and kept in the VM.
+/// Creates the boot vCPU of `vm` on this CPU and runs it until the VM
+/// stops; with several vCPUs, waits until every vCPU thread has returned.
+/// Returns the VM's reason (the first vCPU's), which is also printed once
+/// and kept in the VM.
 pub fn run_on_this_cpu<E: Extension>(vm: &Vm<E::Format>) -> StopReason {
+    vm.spawner.call_once(|| spawn_vcpu::<E>);
     let reason = match E::enable_on_this_cpu().and_then(|()| E::create_vcpu(vm)) {
-        Ok(mut vcpu) => run_vcpu(vm, &mut vcpu),
+        Ok(mut vcpu) => run_vcpu_as(vm, &mut vcpu, 0),
         Err(why) => StopReason::EntryFailed(EntryError::Setup(why)),
     };
-    finish(vm, reason)
+    vm.record_stop(reason, 0);
+    // No vCPU starts once the VM is stopping (`start_vcpu` checks under
+    // the same lock), so the list only shrinks here.
+    loop {
+        let next = vm.threads.lock().pop();
+        match next {
+            Some(handle) => handle.join(),
+            None => break,
+        }
+    }
+    let (reason, index) = vm.first_stop.lock().unwrap_or((reason, 0));
+    finish_as(vm, reason, index)
 }
 
-/// Records and prints the stop.
+/// The CPU for vCPU `index` of a VM of `vcpus` whose boot vCPU runs on
+/// `boot_cpu`, among `cpus`: spread over the CPUs from the boot vCPU's on,
+/// leaving CPU 0 (the aging thread's) out when the others are enough.
+fn cpu_for_vcpu(index: u32, vcpus: u32, boot_cpu: usize, cpus: usize) -> usize {
+    let first = usize::from(cpus > vcpus as usize);
+    let pool = (cpus - first).max(1);
+    let at = boot_cpu.saturating_sub(first);
+    first + (at + index as usize) % pool
+}
+
+/// A [`Spawner`]: vCPU `index` of `vm` on a thread pinned to its CPU.
+fn spawn_vcpu<E: Extension>(
+    vm: &Arc<Vm<E::Format>>,
+    index: u32,
+    regs: GuestRegs,
+) -> crate::sched::JoinHandle {
+    let boot_cpu = vm.vcpus[0].cpu.load(Ordering::Acquire);
+    let cpu = cpu_for_vcpu(index, vm.vcpu_count(), boot_cpu, crate::smp::cpu_count());
+    vm.vcpus[index as usize].cpu.store(cpu, Ordering::Release);
+    let vm = vm.clone();
+    crate::sched::spawn_on(cpu, "vcpu", move || {
+        let reason = match E::enable_on_this_cpu().and_then(|()| E::create_vcpu_with(&vm, regs)) {
+            Ok(mut vcpu) => run_vcpu_as(&vm, &mut vcpu, index),
+            Err(why) => {
+                vm.live_vcpus.fetch_sub(1, Ordering::AcqRel);
+                vm.vcpus[index as usize]
+                    .state
+                    .store(SLOT_DONE, Ordering::Release);
+                StopReason::EntryFailed(EntryError::Setup(why))
+            }
+        };
+        vm.record_stop(reason, index);
+    })
+}
+
+/// Records and prints the stop of a one-vCPU VM.
 pub fn finish<F: EntryFormat>(vm: &Vm<F>, reason: StopReason) -> StopReason {
+    finish_as(vm, reason, 0)
+}
+
+/// Records and prints the VM's stop, which vCPU `index` caused.
+fn finish_as<F: EntryFormat>(vm: &Vm<F>, reason: StopReason, index: u32) -> StopReason {
     vm.uart.lock().flush(&mut |line: &[u8]| vm.uart_line(line));
     *vm.stopped.lock() = Some(reason);
     let action = match reason {
         StopReason::Exited(0) => "",
         _ => ": VM stopped",
     };
-    crate::println!("vm {}: {reason}{action}", vm.name());
+    if vm.vcpus.len() > 1 {
+        crate::println!("vm {}: vCPU {index}: {reason}{action}", vm.name());
+    } else {
+        crate::println!("vm {}: {reason}{action}", vm.name());
+    }
     reason
 }
 
@@ -613,24 +836,60 @@ enum Next {
     Stop(StopReason),
 }
 
-/// Runs `vcpu` until `vm` stops, handling every exit.
+/// Runs `vcpu` as the boot vCPU of `vm` until it stops, handling every
+/// exit.
 pub fn run_vcpu<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> StopReason {
-    let mut seen_generation = vm.tlb_generation.load(Ordering::Acquire);
+    run_vcpu_as(vm, vcpu, 0)
+}
+
+/// Runs `vcpu` as vCPU `index` of `vm` until it or the VM stops.
+fn run_vcpu_as<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> StopReason {
+    let slot = &vm.vcpus[index as usize];
+    slot.cpu.store(crate::smp::cpu_index(), Ordering::Release);
+    if crate::sched::is_running() {
+        *slot.thread.lock() = Some(crate::sched::current());
+    }
+    if index == 0 {
+        // Other vCPUs count from `start_vcpu` on, before their thread runs,
+        // so a HLT right after VCPU_START still knows they will run.
+        slot.state.store(SLOT_RUNNING, Ordering::Release);
+        vm.live_vcpus.fetch_add(1, Ordering::AcqRel);
+    }
+    let reason = vcpu_loop(vm, vcpu, index);
+    vm.live_vcpus.fetch_sub(1, Ordering::AcqRel);
+    slot.state.store(SLOT_DONE, Ordering::Release);
+    *slot.thread.lock() = None;
+    reason
+}
+
+fn vcpu_loop<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> StopReason {
+    let seen = &vm.vcpus[index as usize].seen_generation;
+    // A new vCPU flushes at its first entry anyway (SVM: a fresh ASID or
+    // the shared one's flush; VMX: INVEPT before the first entry).
+    seen.store(vm.tlb_generation.load(Ordering::Acquire), Ordering::Release);
     loop {
-        if vm.stop_requested.load(Ordering::Acquire) {
+        if vm.stop_requested() {
             return StopReason::Killed;
         }
-        let generation = vm.tlb_generation.load(Ordering::Acquire);
-        if generation != seen_generation {
-            seen_generation = generation;
-            vcpu.flush_tlb_on_entry();
-        }
-        let exit = match vcpu.run() {
+        // From the flush check to VMRUN/VM entry with interrupts off: a
+        // shootdown IPI (`reclaim::Shootdown`) that arrives after the
+        // check stays pending and makes the guest exit at once, so the
+        // shootdown cannot complete while this vCPU enters with stale
+        // translations (see "TLB flushes with several vCPUs").
+        let entered = interrupts::without_interrupts(|| {
+            let generation = vm.tlb_generation.load(Ordering::Acquire);
+            if generation != seen.load(Ordering::Relaxed) {
+                seen.store(generation, Ordering::Release);
+                vcpu.flush_tlb_on_entry();
+            }
+            vcpu.run()
+        });
+        let exit = match entered {
             Ok(exit) => exit,
             Err(e) => return StopReason::EntryFailed(e),
         };
         vm.stats.exits.fetch_add(1, Ordering::Relaxed);
-        match handle_exit(vm, vcpu, exit) {
+        match handle_exit(vm, vcpu, exit, index) {
             Next::Resume => {}
             Next::Stop(reason) => return reason,
         }
@@ -642,7 +901,12 @@ pub fn run_vcpu<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> StopRea
     }
 }
 
-fn handle_exit<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, exit: VmExit) -> Next {
+fn handle_exit<F: EntryFormat, V: VirtCpu>(
+    vm: &Vm<F>,
+    vcpu: &mut V,
+    exit: VmExit,
+    index: u32,
+) -> Next {
     let rip = vcpu.regs().rip;
     match exit {
         VmExit::Cpuid => {
@@ -676,8 +940,8 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, exit: VmExi
             skip(vm, vcpu, Insn::Wrmsr)
         }
         VmExit::Io(io) => port_io(vm, vcpu, io),
-        VmExit::Hlt => Next::Stop(StopReason::Halted { rip }),
-        VmExit::Hypercall => hypercall(vm, vcpu),
+        VmExit::Hlt => halt(vm, vcpu, index),
+        VmExit::Hypercall => hypercall(vm, vcpu, index),
         VmExit::NestedPageFault(fault) => match vm.memory.fault_in(fault.gpa) {
             FaultOutcome::Mapped(_) => {
                 vm.stats.faults_served.fetch_add(1, Ordering::Relaxed);
@@ -837,49 +1101,18 @@ fn cpuid(regs: &mut GuestRegs) {
 }
 
 fn port_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess) -> Next {
-    let rip = vcpu.regs().rip;
     if io.string {
-        vm.report(format_args!(
-            "guest used string I/O on port {:#x} at RIP {rip:#x}: not emulated",
-            io.port
-        ));
-        return Next::Stop(StopReason::Unhandled {
-            exit: VmExit::Io(io),
-            rip,
-        });
+        return string_io(vm, vcpu, io);
     }
-    let mask = match io.size_bytes {
-        1 => 0xff,
-        2 => 0xffff,
-        _ => 0xffff_ffff,
-    };
-    let is_uart = (uart::COM1..uart::COM1 + uart::PORTS).contains(&io.port);
+    let rip = vcpu.regs().rip;
+    let mask = size_mask(io.size_bytes);
     let regs = vcpu.regs();
-    match (io.dir, is_uart) {
-        (IoDir::Out, true) => {
-            let value = regs.rax as u8;
-            vm.uart
-                .lock()
-                .write(io.port - uart::COM1, value, &mut |line: &[u8]| {
-                    vm.uart_line(line)
-                });
-        }
-        (IoDir::In, true) => {
-            let value = u64::from(vm.uart.lock().read(io.port - uart::COM1));
+    match io.dir {
+        IoDir::Out => port_write(vm, io.port, io.size_bytes, regs.rax as u32, rip),
+        IoDir::In => {
+            let value = u64::from(port_read(vm, io.port, io.size_bytes, rip));
             regs.rax = (regs.rax & !mask) | value;
         }
-        (IoDir::In, false) => {
-            regs.rax |= mask;
-            vm.report(format_args!(
-                "guest read unemulated port {:#x} ({} bytes) at RIP {rip:#x}: all ones returned, VM continues",
-                io.port, io.size_bytes
-            ));
-        }
-        (IoDir::Out, false) => vm.report(format_args!(
-            "guest wrote {:#x} to unemulated port {:#x} at RIP {rip:#x}: dropped, VM continues",
-            regs.rax & mask,
-            io.port
-        )),
     }
     match io.next_rip {
         Some(next) => {
@@ -890,7 +1123,259 @@ fn port_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess) -
     }
 }
 
-fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> Next {
+fn size_mask(size_bytes: u8) -> u64 {
+    match size_bytes {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
+fn is_uart(port: u16) -> bool {
+    (uart::COM1..uart::COM1 + uart::PORTS).contains(&port)
+}
+
+/// An OUT of `size_bytes` to `port` (the UART takes the low byte).
+fn port_write<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, value: u32, rip: u64) {
+    if is_uart(port) {
+        vm.uart
+            .lock()
+            .write(port - uart::COM1, value as u8, &mut |line: &[u8]| {
+                vm.uart_line(line)
+            });
+    } else {
+        vm.report(format_args!(
+            "guest wrote {:#x} to unemulated port {port:#x} at RIP {rip:#x}: dropped, VM continues",
+            u64::from(value) & size_mask(size_bytes),
+        ));
+    }
+}
+
+/// An IN of `size_bytes` from `port`: the UART's register, all ones for a
+/// port nobody emulates.
+fn port_read<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, rip: u64) -> u32 {
+    if is_uart(port) {
+        return u32::from(vm.uart.lock().read(port - uart::COM1));
+    }
+    vm.report(format_args!(
+        "guest read unemulated port {port:#x} ({size_bytes} bytes) at RIP {rip:#x}: all ones returned, VM continues"
+    ));
+    size_mask(size_bytes) as u32
+}
+
+/// Elements one exit moves at most; a longer REP resumes the guest on the
+/// same instruction, which exits again (the host stays responsive).
+const STRING_IO_BATCH: u64 = 4096;
+
+/// INS/OUTS (`hvcore::string_io`): decode the instruction to learn the
+/// address size and REP, move the elements through the guest's paging,
+/// step over it when done.
+fn string_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess) -> Next {
+    let rip = vcpu.regs().rip;
+    let mut bytes = [0u8; insn::MAX_INSN_LEN];
+    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let decoded = match insn::decode(&bytes[..n]) {
+        Some(insn::Decoded {
+            insn: Insn::StringIo(s),
+            len,
+        }) if s.out == (io.dir == IoDir::Out) && s.size_bytes == io.size_bytes => (s, len),
+        _ => return Next::Stop(StopReason::Undecodable { rip }),
+    };
+    let (op, len) = decoded;
+    if op.fs_gs {
+        return Next::Stop(StopReason::StringIo {
+            rip,
+            va: 0,
+            why: "is FS/GS-relative: segment overrides are not emulated",
+        });
+    }
+    let paging = vcpu.paging();
+    let r = vcpu.regs();
+    let mut sregs = string_io::Regs {
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rcx: r.rcx,
+        rflags: r.rflags,
+    };
+    let mut ports = VmPorts { vm, rip };
+    let outcome = string_io::run(
+        &op,
+        io.port,
+        &mut sregs,
+        paging,
+        &GuestRam(&vm.memory),
+        &mut ports,
+        STRING_IO_BATCH,
+    );
+    let r = vcpu.regs();
+    (r.rsi, r.rdi, r.rcx) = (sregs.rsi, sregs.rdi, sregs.rcx);
+    match outcome {
+        string_io::Outcome::Done { elements } => {
+            vm.stats
+                .string_io_elements
+                .fetch_add(elements, Ordering::Relaxed);
+            r.rip = rip.wrapping_add(len as u64);
+            Next::Resume
+        }
+        string_io::Outcome::Continue { elements } => {
+            vm.stats
+                .string_io_elements
+                .fetch_add(elements, Ordering::Relaxed);
+            Next::Resume
+        }
+        string_io::Outcome::Fault { va, why, .. } => Next::Stop(StopReason::StringIo {
+            rip,
+            va,
+            why: why.describe(),
+        }),
+    }
+}
+
+/// The port side of emulated string I/O: the same models as IN/OUT.
+struct VmPorts<'a, F: EntryFormat> {
+    vm: &'a Vm<F>,
+    rip: u64,
+}
+
+impl<F: EntryFormat> string_io::Ports for VmPorts<'_, F> {
+    fn read(&mut self, port: u16, size_bytes: u8) -> u32 {
+        port_read(self.vm, port, size_bytes, self.rip)
+    }
+    fn write(&mut self, port: u16, size_bytes: u8, value: u32) {
+        port_write(self.vm, port, size_bytes, value, self.rip);
+    }
+}
+
+/// Guest RAM for the hypervisor's own accesses on the guest's behalf. A
+/// page that is mapped is copied with interrupts off: the reclaimer frees a
+/// frame only after its shootdown, which waits for this CPU to take an
+/// interrupt, so the frame cannot go away mid-copy. A page that is not
+/// mapped is backed (or brought back) first with interrupts on, since that
+/// takes the VM's writer lock, which the reclaimer holds across its
+/// shootdown.
+struct GuestRam<'a, F: EntryFormat>(&'a GuestMemory<F>);
+
+impl<F: EntryFormat> GuestPhysRead for GuestRam<'_, F> {
+    fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
+        let mapped = interrupts::without_interrupts(|| {
+            self.0
+                .tables()
+                .translate(gpa)
+                .map(|_| self.0.read(gpa, &mut *buf))
+        });
+        // Not mapped: never-backed pages read as zeros, reclaimed ones
+        // come back first.
+        mapped.unwrap_or_else(|| self.0.read(gpa, buf))
+    }
+}
+
+impl<F: EntryFormat> GuestPhysWrite for GuestRam<'_, F> {
+    fn write(&self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()> {
+        // A page reclaimed between the fault-in and the copy is faulted
+        // in again; a few rounds make that race practically impossible to
+        // lose, and losing it fails the access, never the host.
+        for _ in 0..4 {
+            let done = interrupts::without_interrupts(|| {
+                self.0
+                    .tables()
+                    .translate(gpa)
+                    .map(|_| self.0.write(gpa, buf).is_ok())
+            });
+            match done {
+                Some(true) => return Some(()),
+                Some(false) => return None,
+                None => match self.0.fault_in(gpa) {
+                    FaultOutcome::Mapped(_) | FaultOutcome::AlreadyMapped => {}
+                    FaultOutcome::OutsideRam | FaultOutcome::OutOfMemory => return None,
+                },
+            }
+        }
+        None
+    }
+}
+
+/// HLT: step over it, then wait (the thread parks) until a `WAKE` from
+/// another vCPU, the armed deadline, or a stop request. With no deadline
+/// and no other vCPU running, nothing can ever wake it: the VM stops.
+fn halt<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Next {
+    if let Next::Stop(reason) = skip(vm, vcpu, Insn::Hlt) {
+        return Next::Stop(reason);
+    }
+    let rip = vcpu.regs().rip;
+    let slot = &vm.vcpus[index as usize];
+    let mut waited = false;
+    loop {
+        if slot.wake.swap(false, Ordering::AcqRel) || vm.stop_requested() {
+            break;
+        }
+        let deadline_ns = slot.deadline_ns.load(Ordering::Acquire);
+        if deadline_ns != 0 && now_ns() >= deadline_ns {
+            // One-shot: it fired.
+            let _ = slot.deadline_ns.compare_exchange(
+                deadline_ns,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            break;
+        }
+        if deadline_ns == 0 && vm.live_vcpus.load(Ordering::Acquire) <= 1 {
+            return Next::Stop(StopReason::Halted { rip });
+        }
+        waited = true;
+        if !crate::sched::is_running() {
+            core::hint::spin_loop();
+        } else if deadline_ns != 0 {
+            crate::sched::park_until(deadline_ns);
+        } else {
+            crate::sched::park();
+        }
+    }
+    if waited {
+        vm.stats.halts.fetch_add(1, Ordering::Relaxed);
+    }
+    Next::Resume
+}
+
+/// `VCPU_START`: claims the slot, then starts the vCPU's thread (refused
+/// once the VM is stopping, under the lock the boot vCPU drains the
+/// threads with).
+fn start_vcpu<F: EntryFormat>(
+    vm: &Vm<F>,
+    index: u32,
+    rip: u64,
+    rsp: u64,
+    arg: u64,
+) -> Result<u64, HypercallError> {
+    let (Some(this), Some(spawn)) = (vm.this.get().and_then(Weak::upgrade), vm.spawner.get())
+    else {
+        return Err(HypercallError::InvalidArgument);
+    };
+    let mut threads = vm.threads.lock();
+    if vm.stop_requested() {
+        return Err(HypercallError::Busy);
+    }
+    let slot = &vm.vcpus[index as usize];
+    if slot
+        .state
+        .compare_exchange(SLOT_FREE, SLOT_RUNNING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(HypercallError::Busy);
+    }
+    vm.live_vcpus.fetch_add(1, Ordering::AcqRel);
+    let regs = GuestRegs {
+        rip,
+        rsp,
+        rdi: arg,
+        rflags: layout::BOOT_CPU_STATE.rflags,
+        ..GuestRegs::default()
+    };
+    threads.push(spawn(&this, index, regs));
+    Ok(0)
+}
+
+fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Next {
     vm.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
     let r = *vcpu.regs();
     let call = HypercallRegs {
@@ -900,10 +1385,38 @@ fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> Next {
         rdx: r.rdx,
         rcx: r.rcx,
     };
-    let result: Result<u64, HypercallError> = match Hypercall::decode(&call, vm.config.ram_bytes) {
+    let shape = VmShape {
+        ram_bytes: vm.config.ram_bytes,
+        vcpus: vm.vcpu_count(),
+    };
+    let result: Result<u64, HypercallError> = match Hypercall::decode_for(&call, shape) {
         Ok(Hypercall::Version) => Ok(hypercall::ABI_VERSION),
         Ok(Hypercall::Exit { code }) => return Next::Stop(StopReason::Exited(code)),
         Ok(Hypercall::TimeNs) => Ok(crate::vm::now_ns()),
+        Ok(Hypercall::VcpuStart {
+            index: target,
+            rip,
+            rsp,
+            arg,
+        }) => start_vcpu(vm, target, rip, rsp, arg),
+        Ok(Hypercall::Wake { index: target }) => {
+            let slot = &vm.vcpus[target as usize];
+            if slot.state.load(Ordering::Acquire) == SLOT_RUNNING {
+                slot.wake.store(true, Ordering::Release);
+                if let Some(thread) = slot.thread.lock().clone() {
+                    thread.unpark();
+                }
+                Ok(0)
+            } else {
+                Err(HypercallError::InvalidArgument)
+            }
+        }
+        Ok(Hypercall::SetTimer { deadline_ns }) => {
+            vm.vcpus[index as usize]
+                .deadline_ns
+                .store(deadline_ns.unwrap_or(0), Ordering::Release);
+            Ok(0)
+        }
         Ok(Hypercall::Mark { tag }) => {
             event(vm, vcpu, &GuestEvent::Mark(tag));
             Ok(0)
@@ -947,20 +1460,20 @@ fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> Next {
             );
             Ok(0)
         }
-        Err(e) => {
-            vm.report(format_args!(
-                "bad hypercall {:#x} (args {:#x} {:#x} {:#x} {:#x}) at RIP {:#x}: {}, error returned, VM continues",
-                r.rax,
-                r.rdi,
-                r.rsi,
-                r.rdx,
-                r.rcx,
-                r.rip,
-                e.name()
-            ));
-            Err(e)
-        }
+        Err(e) => Err(e),
     };
+    if let Err(e) = result {
+        vm.report(format_args!(
+            "bad hypercall {:#x} (args {:#x} {:#x} {:#x} {:#x}) at RIP {:#x}: {}, error returned, VM continues",
+            r.rax,
+            r.rdi,
+            r.rsi,
+            r.rdx,
+            r.rcx,
+            r.rip,
+            e.name()
+        ));
+    }
     vcpu.regs().rax = match result {
         Ok(v) => v,
         Err(e) => e.to_rax(),
@@ -997,6 +1510,8 @@ fn read_guest_words<F: EntryFormat>(
 fn event<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, e: &GuestEvent) {
     if let Some(hook) = vm.hook {
         hook(vm, e);
+        // The hook may have cleared accessed bits: every vCPU flushes.
+        vm.request_tlb_flush();
         vcpu.flush_tlb_on_entry();
     }
 }

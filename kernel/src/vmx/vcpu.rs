@@ -60,10 +60,16 @@ impl Extension for Vmx {
         Ok(())
     }
 
-    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str> {
+    fn create_vcpu_with(
+        vm: &Vm<Self::Format>,
+        regs: GuestRegs,
+    ) -> Result<Self::Vcpu, &'static str> {
+        // One VPID per VM, shared by its vCPUs: they run on one address
+        // space, and a flush request reaches each of them through its own
+        // INVEPT (`crate::vm`, "TLB flushes with several vCPUs").
         VmxVcpu::new(
             vm.memory.tables().root(),
-            vm.boot_regs(),
+            regs,
             u16::try_from(vm.id).unwrap_or(u16::MAX),
         )
     }

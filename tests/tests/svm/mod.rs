@@ -2,7 +2,9 @@
 //! `-cpu max` (SVM with nested paging): `test_svm` (hello, fault-in, exact
 //! NPT A/D bits, isolation, bad VMCB refused), `test_svm_evil` (every evil
 //! guest scenario, on one and two CPUs), `test_svm_smp` (one VM per CPU at
-//! once, on two and four CPUs). Included by `tests/qemu.rs` (`mod svm;`).
+//! once, on two and four CPUs), `test_svm_vcpus` (VMs with several vCPUs:
+//! the `smp` guest, HLT wait and wake, whole-VM stops, string I/O).
+//! Included by `tests/qemu.rs` (`mod svm;`).
 //!
 //! Under KVM (`-cpu host`) these run only where the host offers nested SVM;
 //! the scenarios themselves check that the backend is SVM.
@@ -94,4 +96,33 @@ fn svm_vms_on_every_cpu_at_once_smp4() {
         "{run}"
     );
     assert!(run.saw("[svm_smp] 4 VMs ran, at most "), "{run}");
+}
+
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn svm_vms_with_several_vcpus_smp4() {
+    let run = expect_pass_on("test_svm_vcpus", 4, 8);
+    // The guest's own checks, its string I/O (forward and with DF=1), and
+    // the exact A/D bits of the four vCPUs' regions.
+    for line in [
+        "[vm smp] smp: vCPU 3 prints through rep outsb",
+        "[vm smp] smp: vCPU 3 prints backward through std and rep outsb",
+        "[vm smp] smp: 4 vCPUs, counter 80000, vCPU 1 slept ",
+        " 0 failures",
+        "[svm_vcpus] A/D check: 8 regions x 32 pages, 0 mismatched",
+        "vm smp: bad hypercall 0x6 (args 0x0 ",
+        "vCPU already running, error returned, VM continues",
+        "[svm_vcpus] flush generation ",
+        // Once per VM, naming the vCPU that stopped it.
+        "vm smp: guest halted with nothing to wake it (RIP ",
+        "vm smp: vCPU 1: guest exited with code 0x7: VM stopped",
+        "vm smp: vCPU 1: guest read outside its RAM at GPA 0x4000000000 (RIP ",
+        "vm evil: string I/O at RIP ",
+        "guest address 0x8000000000 not mapped (or read-only) in the guest's page tables: VM stopped",
+        "guest address 0x801000 outside guest RAM: VM stopped",
+        "is FS/GS-relative: segment overrides are not emulated: VM stopped",
+        "vm checksum: checksum result: ",
+    ] {
+        assert!(run.saw(line), "missing `{line}`: {run}");
+    }
 }

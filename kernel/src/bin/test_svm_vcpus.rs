@@ -1,0 +1,329 @@
+//! Scenario `svm_vcpus`: VMs with several vCPUs on the SVM backend (the
+//! `smp` guest, docs/guests.md). A 4-vCPU VM runs its workout to completion
+//! while another VM runs; NPT A/D bits are set on exactly the pages its
+//! vCPUs touched; a TLB flush request (the reclaimer's shootdown) reaches
+//! every vCPU; HLT waits and wakes (deadline, `WAKE`, host stop); EXIT or a
+//! fault on any vCPU stops the whole VM, reported once naming the vCPU; bad
+//! string I/O stops a VM with a clear line. Run with `-smp 4`.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use bootloader_api::{BootInfo, entry_point};
+use core::sync::atomic::Ordering;
+use hvcore::addr::GuestPhysAddr;
+use hvcore::exit::AccessKind;
+use hvcore::flush::TlbFlush;
+use hvcore::npt::Npt;
+use kernel::reclaim::Shootdown;
+use kernel::testing::{Scenario, TestCase, run_scenario};
+use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
+use kernel::{sched, smp, time};
+
+entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info);
+    kernel::println!("[svm_vcpus] cpus={}", smp::cpu_count());
+    run_scenario(&SCENARIO)
+}
+
+static SCENARIO: Scenario = Scenario {
+    name: "svm_vcpus",
+    cases: &[
+        TestCase {
+            name: "four_vcpus_run_while_another_vm_runs",
+            run: four_vcpus_with_another_vm,
+        },
+        TestCase {
+            name: "flush_request_reaches_every_vcpu",
+            run: flush_reaches_every_vcpu,
+        },
+        TestCase {
+            name: "hlt_with_nothing_to_wake_stops_the_vm",
+            run: hlt_without_wakeup,
+        },
+        TestCase {
+            name: "host_stop_wakes_halted_vcpus",
+            run: stop_wakes_halted,
+        },
+        TestCase {
+            name: "exit_on_one_vcpu_stops_all",
+            run: exit_on_secondary,
+        },
+        TestCase {
+            name: "fault_on_one_vcpu_stops_all",
+            run: fault_on_secondary,
+        },
+        TestCase {
+            name: "bad_string_io_stops_the_vm",
+            run: bad_string_io,
+        },
+        TestCase {
+            name: "long_rep_outs_runs_in_batches",
+            run: long_rep_outs,
+        },
+    ],
+};
+
+const MIB: u64 = 1 << 20;
+const RAM: u64 = 16 * MIB;
+/// The `smp` guest's layout (guests/src/bin/smp.rs).
+const REGION_GPA: u64 = 0x50_0000;
+const REGION_BYTES: u64 = 0x2_0000;
+const REGION_PAGES: u64 = REGION_BYTES / 4096;
+const RELEASE_GPA: u64 = 0x40_0000;
+
+fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Npt>> {
+    Vm::new_smp(
+        VmConfig {
+            name: "smp",
+            image: images::SMP.bytes,
+            ram_bytes: RAM,
+            huge_pages: false,
+            boot_arg: mode | (u64::from(vcpus) << 8),
+        },
+        vcpus,
+        None,
+    )
+    .expect("VM")
+}
+
+/// Runs the boot vCPU of `vm` on a thread pinned to `cpu`.
+fn spawn_boot(cpu: usize, vm: &Arc<Vm<Npt>>) -> sched::JoinHandle {
+    let vm = vm.clone();
+    sched::spawn_on(cpu, "vcpu0", move || {
+        vm::run_on_this_cpu::<Svm>(&vm);
+    })
+}
+
+fn four_vcpus_with_another_vm() {
+    let cpus = smp::cpu_count();
+    assert!(cpus >= 2, "run this scenario with -smp 2 or more");
+    let vm = smp_vm(0, 4);
+    // Back the regions of 8 vCPUs (4 unused) before the run and clear every
+    // A/D bit, so the check below sees the guest's touches and nothing else.
+    for page in 0..8 * REGION_PAGES {
+        vm.memory
+            .write(GuestPhysAddr::new(REGION_GPA + page * 4096), &[0])
+            .expect("back the regions");
+    }
+    vm.memory.clear_accessed_dirty();
+    let other = Arc::new(
+        Vm::<Npt>::new(
+            VmConfig {
+                name: "checksum",
+                image: images::CHECKSUM.bytes,
+                ram_bytes: 24 * MIB,
+                huge_pages: true,
+                boot_arg: 2,
+            },
+            None,
+        )
+        .expect("VM"),
+    );
+    let checksum = {
+        let other = other.clone();
+        sched::spawn_on(1, "vcpu-checksum", move || {
+            vm::run_on_this_cpu::<Svm>(&other);
+        })
+    };
+    let start_ns = time::now_ns();
+    spawn_boot(cpus - 1, &vm).join();
+    let elapsed_ms = (time::now_ns() - start_ns) / 1_000_000;
+    checksum.join();
+    assert_eq!(vm.stop_reason(), Some(StopReason::Exited(0)));
+    assert_eq!(vm.running_vcpus(), 0, "every vCPU thread returned");
+    assert_eq!(other.stop_reason(), Some(StopReason::Exited(0)));
+    assert_eq!(other.checksum_result().map(|r| r.1), Some(0));
+    // Exactly the touched pages: 0-7 written (A and D), 8-11 read (A
+    // only), the rest of each region and the unused regions untouched.
+    let mut mismatched = 0;
+    for vcpu in 0..8u64 {
+        for page in 0..REGION_PAGES {
+            let gpa = REGION_GPA + vcpu * REGION_BYTES + page * 4096;
+            let want = match (vcpu < 4, page) {
+                (true, 0..8) => (true, true),
+                (true, 8..12) => (true, false),
+                _ => (false, false),
+            };
+            let got = vm
+                .memory
+                .accessed_dirty(GuestPhysAddr::new(gpa))
+                .expect("backed");
+            if got != want {
+                kernel::println!(
+                    "[svm_vcpus] vCPU {vcpu} page {page} (GPA {gpa:#x}): A/D {got:?}, expected {want:?}"
+                );
+                mismatched += 1;
+            }
+        }
+    }
+    kernel::println!(
+        "[svm_vcpus] A/D check: 8 regions x {REGION_PAGES} pages, {mismatched} mismatched"
+    );
+    assert_eq!(mismatched, 0);
+    let halts = vm.stats.halts.load(Ordering::Relaxed);
+    let elements = vm.stats.string_io_elements.load(Ordering::Relaxed);
+    kernel::println!(
+        "[svm_vcpus] 4 vCPUs done in {elapsed_ms} ms: {halts} HLTs waited, {elements} string I/O elements, {} exits",
+        vm.stats.exits.load(Ordering::Relaxed)
+    );
+    assert!(halts >= 2, "vCPU 1 slept and vCPU 2 waited for WAKE");
+    assert!(
+        elements >= 100,
+        "vCPU 3 printed and read through string I/O"
+    );
+    // The guest's bad VCPU_START/WAKE arguments were reported, not fatal.
+    assert!(vm.stats.reports.load(Ordering::Relaxed) >= 6);
+    vm.memory.check_isolation().expect("isolation");
+}
+
+/// The reclaimer's flush (`Shootdown`: request, then an interrupt on every
+/// CPU) while every vCPU spins in the guest without exits: each vCPU flushes
+/// for the new generation before it runs guest code again.
+fn flush_reaches_every_vcpu() {
+    let cpus = smp::cpu_count();
+    let vm = smp_vm(5, 4);
+    let boot = spawn_boot(cpus - 1, &vm);
+    let deadline = time::now_ns() + 10_000_000_000;
+    while vm.running_vcpus() < 4 {
+        assert!(time::now_ns() < deadline, "the vCPUs did not start");
+        time::sleep_ms(1);
+    }
+    time::sleep_ms(20);
+    let request = || vm.request_tlb_flush();
+    let mut shootdown = Shootdown { request: &request };
+    shootdown.flush_guest_tlb();
+    let target = vm.tlb_generation();
+    // Every vCPU was forced out of the guest by the interrupt and flushes
+    // before it enters again; wait for each to have re-entered.
+    let deadline = time::now_ns() + 5_000_000_000;
+    loop {
+        let seen: Vec<(u32, u64)> = vm.vcpu_flush_generations();
+        assert_eq!(seen.len(), 4, "all four vCPUs still run");
+        if seen.iter().all(|&(_, g)| g == target) {
+            kernel::println!(
+                "[svm_vcpus] flush generation {target} reached vCPUs {:?}",
+                seen.iter().map(|s| s.0).collect::<Vec<_>>()
+            );
+            break;
+        }
+        assert!(
+            time::now_ns() < deadline,
+            "a vCPU never flushed: {seen:?}, target {target}"
+        );
+        time::sleep_ms(1);
+    }
+    vm.memory
+        .write(GuestPhysAddr::new(RELEASE_GPA), &1u64.to_le_bytes())
+        .expect("release");
+    boot.join();
+    assert_eq!(vm.stop_reason(), Some(StopReason::Exited(0)));
+}
+
+fn hlt_without_wakeup() {
+    let vm = smp_vm(1, 1);
+    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
+    assert_eq!(
+        vm.stats.halts.load(Ordering::Relaxed),
+        1,
+        "the deadline HLT waited"
+    );
+}
+
+fn stop_wakes_halted() {
+    let cpus = smp::cpu_count();
+    let vm = smp_vm(2, 2);
+    let boot = spawn_boot(cpus - 1, &vm);
+    let deadline = time::now_ns() + 10_000_000_000;
+    while vm.running_vcpus() < 2 {
+        assert!(time::now_ns() < deadline, "vCPU 1 did not start");
+        time::sleep_ms(1);
+    }
+    time::sleep_ms(100);
+    assert_eq!(vm.stop_reason(), None, "both vCPUs wait in HLT");
+    let exits = vm.stats.exits.load(Ordering::Relaxed);
+    time::sleep_ms(100);
+    assert_eq!(
+        vm.stats.exits.load(Ordering::Relaxed),
+        exits,
+        "a halted vCPU sleeps: no exits while it waits"
+    );
+    vm.request_stop();
+    boot.join();
+    assert_eq!(vm.stop_reason(), Some(StopReason::Killed));
+    assert_eq!(vm.running_vcpus(), 0);
+}
+
+fn exit_on_secondary() {
+    let cpus = smp::cpu_count();
+    let vm = smp_vm(3, 3);
+    spawn_boot(cpus - 1, &vm).join();
+    // vCPU 0 spun without exits: only the IPI got it out of the guest.
+    assert_eq!(vm.stop_reason(), Some(StopReason::Exited(7)));
+    assert_eq!(vm.running_vcpus(), 0);
+}
+
+fn fault_on_secondary() {
+    let cpus = smp::cpu_count();
+    let vm = smp_vm(4, 2);
+    spawn_boot(cpus - 1, &vm).join();
+    match vm.stop_reason() {
+        Some(StopReason::OutsideRam { gpa, access, .. }) => {
+            assert_eq!(gpa, 256 << 30);
+            assert_eq!(access, AccessKind::Read);
+        }
+        other => panic!("expected a stop outside RAM, got {other:?}"),
+    }
+    vm.memory.check_isolation().expect("isolation");
+}
+
+fn evil(scenario: u64, address: u64) -> StopReason {
+    let vm = Vm::<Npt>::new(
+        VmConfig {
+            name: "evil",
+            image: images::EVIL.bytes,
+            ram_bytes: 8 * MIB,
+            huge_pages: true,
+            boot_arg: scenario | (address << 8),
+        },
+        None,
+    )
+    .expect("VM");
+    vm::run_on_this_cpu::<Svm>(&vm)
+}
+
+fn bad_string_io() {
+    match evil(13, 0) {
+        StopReason::StringIo { va, .. } => assert_eq!(va, 512 << 30),
+        other => panic!("scenario 13: {other:?}"),
+    }
+    match evil(14, 0) {
+        StopReason::StringIo { va, .. } => assert_eq!(va, 8 * MIB + 0x1000),
+        other => panic!("scenario 14: {other:?}"),
+    }
+    assert!(matches!(evil(16, 0), StopReason::StringIo { va: 0, .. }));
+}
+
+fn long_rep_outs() {
+    let vm = Vm::<Npt>::new(
+        VmConfig {
+            name: "evil",
+            image: images::EVIL.bytes,
+            ram_bytes: 8 * MIB,
+            huge_pages: true,
+            boot_arg: 15,
+        },
+        None,
+    )
+    .expect("VM");
+    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+    assert_eq!(vm.stats.string_io_elements.load(Ordering::Relaxed), 100_000);
+    // 4096 elements per exit: at least 25 exits for the one instruction.
+    assert!(vm.stats.exits.load(Ordering::Relaxed) >= 25);
+}

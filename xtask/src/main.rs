@@ -5,7 +5,8 @@
 //!   `thermocline_tests::qemu::detect_accel`, which says why).
 //! - `test`: the whole suite as a list of named steps ([`steps`]), ending with
 //!   the in-QEMU scenarios so the output ends with cargo test's summary.
-//! - `bench`: `cargo bench -p hvcore`.
+//! - `bench`: the host benchmarks (`cargo bench -p hvcore`) and, with
+//!   `--guest`, the in-guest ones under QEMU, as one table ([`bench`]).
 //! - `images`: build the kernel ELFs and their BIOS/UEFI images only.
 //!
 //! Before building, [`setup`] checks the pinned toolchain's components and
@@ -15,6 +16,7 @@
 //! Everything builds in the default `target/`; the loom tests use
 //! `target/loom` (different RUSTFLAGS would otherwise rebuild everything).
 
+mod bench;
 mod guests;
 mod report;
 mod setup;
@@ -35,7 +37,9 @@ COMMANDS:
               this terminal (quit QEMU with Ctrl-A X)
     test      Run the whole test suite: rustfmt, clippy (host and kernel),
               host tests, loom models, in-QEMU scenarios
-    bench     Run the host benchmarks (cargo bench -p hvcore)
+    bench     Run the benchmarks and print one table of their figures
+              (docs/benchmarks.md): host (cargo bench -p hvcore), and with
+              --guest the bench kernel in QEMU
     images    Build the kernel ELFs and their BIOS and UEFI disk images
     report LOG
               Summarise the aging/reclaim report (TCR lines) of a console log
@@ -58,6 +62,15 @@ RUN OPTIONS:
                       what the refault feedback allows; default off
     -- ARGS...        Extra arguments passed to QEMU unchanged
 
+BENCH OPTIONS:
+    --guest           Also boot the bench kernel (release) in QEMU, 3 CPUs:
+                      guest throughput with aging+reclaim on against off,
+                      reclaim and fault-in cost, compression ratio
+    --guest-only      Only the bench kernel
+    --quick           Smaller host benches (AGING_BENCH_QUICK,
+                      RECLAIM_BENCH_QUICK)
+    -- ARGS...        Passed to cargo bench (e.g. -- --bench reclaim)
+
 TEST OPTIONS:
     --list            List the steps and exit
     --step NAME       Run only this step (repeatable)
@@ -78,7 +91,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "run" => cmd_run(rest),
         "test" => cmd_test(rest),
-        "bench" => cmd_bench(rest),
+        "bench" => bench::cmd_bench(rest),
         "images" => cmd_images(rest),
         "report" => report::cmd_report(rest),
         "heatmap" => report::cmd_heatmap(rest),
@@ -613,9 +626,4 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
             start.elapsed().as_secs_f64()
         ))
     }
-}
-
-fn cmd_bench(args: &[String]) -> Result<(), String> {
-    setup::toolchain()?;
-    run_cmd(cargo().args(["bench", "-p", "hvcore"]).args(args))
 }

@@ -11,8 +11,18 @@
 //! page tables, the bitmap itself) are not part of the ground truth.
 //!
 //! Boot argument (RSI): bits 0-15 number of intervals (0 = run forever),
-//! bits 16-31 `interval_ms` (0 = 100), bits 32-47 hot pages (0 = 64).
+//! bits 16-31 `interval_ms` (0 = 100), bits 32-47 hot pages (0 = 64),
+//! bit 48 report work (below).
 //! Hot pages are written (one word each), so they are accessed and dirty.
+//!
+//! **Work report** (bit 48, for the throughput benchmark,
+//! `kernel/src/bin/bench_guest.rs`): after each interval's
+//! `REPORT_TOUCHED`, the guest makes a `MARK` whose tag is
+//! [`WORK_MARK`] `|` the hot-page touches made so far, over all intervals
+//! (low 56 bits). A touch is one read-modify-write of a hot page's first
+//! word; the first interval's cold sweep is not counted (the hypervisor
+//! takes rates from the first report on). Without bit 48 the guest makes
+//! no `MARK`, as before.
 #![no_std]
 #![no_main]
 
@@ -25,6 +35,11 @@ const PAGE: u64 = 4096;
 const PHASE_INTERVALS: u64 = 4;
 /// Bitmap capacity: 1 GiB of data pages.
 const MAX_PAGES: usize = 1 << 18;
+/// Bits 63-56 of a work-report `MARK` tag (`'W'`); bits 55-0 hold the count.
+/// Other guests' marks are small tags (1, 2), never in this range.
+const WORK_MARK: u64 = 0x57 << 56;
+/// The count's bits in a work-report tag.
+const WORK_MASK: u64 = (1 << 56) - 1;
 
 static mut TOUCHED: [u64; MAX_PAGES / 64] = [0; MAX_PAGES / 64];
 
@@ -53,6 +68,9 @@ fn main(boot: BootInfo) -> u64 {
         n => n,
     }
     .min(pages);
+    let report_work = boot.arg & (1 << 48) != 0;
+    // Hot-page touches made in the timed loops so far (the work count).
+    let mut work = 0u64;
     println!(
         "pattern: {pages} data pages from pfn {first_pfn:#x}, hot {hot}, interval {interval_ms} ms, intervals {intervals}"
     );
@@ -79,6 +97,7 @@ fn main(boot: BootInfo) -> u64 {
                 touch(page, first_pfn, 1);
             }
             sweeps += 1;
+            work += hot;
             if guests::time_ns() >= end_ns {
                 break;
             }
@@ -96,6 +115,9 @@ fn main(boot: BootInfo) -> u64 {
             return 2;
         }
         bitmap()[..words].fill(0);
+        if report_work {
+            guests::mark(WORK_MARK | (work & WORK_MASK));
+        }
         if interval.is_multiple_of(PHASE_INTERVALS) {
             println!("pattern: interval {interval} sweeps {sweeps}");
         }

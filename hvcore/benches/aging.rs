@@ -9,10 +9,15 @@
 //! generation stamping) and two baselines measured in the same run on the
 //! same tables: the memory-read floor (a plain read of every leaf entry)
 //! and a KVM-style pass (every leaf visited, an atomic clear of each young
-//! one, no subtree skipping). Each figure is the best of `REPS` passes.
+//! one, no subtree skipping). Each figure is the best of `REPS` passes;
+//! `med o/k` is the median over the rounds of ours/kvm within one round.
 //!
 //! Run: `cargo bench -p hvcore --bench aging` (what `cargo xtask bench` runs).
-//! `AGING_BENCH_QUICK=1` stops after the 1 GiB guest.
+//! `AGING_BENCH_QUICK=1` stops after the 1 GiB guest. For experiments,
+//! `AGING_BENCH_ONLY=scattered:1` runs only that pattern and percentage
+//! (the same passes, tables and eviction; full runs are what the docs quote),
+//! and also prints the median over rounds of the ratios within a round;
+//! `AGING_BENCH_REPS=n` changes the number of rounds.
 
 use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
 use hvcore::age::{YoungSink, age_pass, age_range};
@@ -226,12 +231,18 @@ fn kvm_style(tables: &Tables<F, &HostArena>) -> u64 {
 
 fn main() {
     let quick = std::env::var_os("AGING_BENCH_QUICK").is_some();
+    let only = std::env::var("AGING_BENCH_ONLY").ok();
+    let reps = std::env::var("AGING_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(REPS)
+        .max(1);
     let mut evict_buf = vec![0u64; EVICT_BYTES / 8];
     println!(
         "# One aging pass, one thread, cold tables (caches flushed before each pass), 4 KiB pages, NPT format."
     );
     println!(
-        "# ns per 4 KiB guest page, best of {REPS}. ours = age_pass (walk with subtree and line"
+        "# ns per 4 KiB guest page, best of {reps}. ours = age_pass (walk with subtree and line"
     );
     println!(
         "# skipping, compare-exchange clears, generation stamps); clear = the same walk and clears"
@@ -243,7 +254,10 @@ fn main() {
         "# an atomic AND on every young leaf, no skipping. skipped = subtrees skipped (parent A clear)."
     );
     println!(
-        "{:>6} {:>9} {:>6} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} | {:>9} {:>9}",
+        "# med o/k = median over the rounds of ours/kvm within the round (the four passes take turns)."
+    );
+    println!(
+        "{:>6} {:>9} {:>6} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8} | {:>9} {:>9}",
         "guest",
         "pattern",
         "touch",
@@ -253,6 +267,7 @@ fn main() {
         "kvm",
         "ours/flr",
         "ours/kvm",
+        "med o/k",
         "young",
         "skipped"
     );
@@ -283,6 +298,17 @@ fn main() {
                 if pattern == Pattern::Scattered && (percent == 0 || percent == 100) {
                     continue; // identical to clustered
                 }
+                let name = if pattern == Pattern::Clustered {
+                    "clustered"
+                } else {
+                    "scattered"
+                };
+                if only
+                    .as_deref()
+                    .is_some_and(|o| o != format!("{name}:{percent}"))
+                {
+                    continue;
+                }
                 let seed = gib * 1000 + percent;
                 let mut young = 0;
                 let mut skipped = 0;
@@ -290,8 +316,10 @@ fn main() {
                 // load from other processes hits them alike; best of REPS.
                 let mut best = [f64::MAX; 4];
                 let mut kvm_young = 0;
-                for _ in 0..REPS {
-                    for (method, best) in best.iter_mut().enumerate() {
+                let mut rounds = Vec::new();
+                for _ in 0..reps {
+                    let mut round = [0f64; 4];
+                    for (method, (best, round)) in best.iter_mut().zip(&mut round).enumerate() {
                         if method != 2 {
                             touch(&l, pattern, percent, seed);
                         }
@@ -318,8 +346,10 @@ fn main() {
                             }
                             _ => kvm_young = kvm_style(&tables),
                         }
-                        *best = best.min(t.elapsed().as_nanos() as f64);
+                        *round = t.elapsed().as_nanos() as f64;
+                        *best = best.min(*round);
                     }
+                    rounds.push(round);
                 }
                 let [ours, clear_only, floor, kvm] = best;
                 assert_eq!(
@@ -327,14 +357,18 @@ fn main() {
                     "both passes must find the same young pages"
                 );
                 let per = |ns: f64| ns / pages as f64;
+                // The ratio within each round, paired: less sensitive to
+                // load that comes and goes than the ratio of two minima.
+                let median = |f: fn(&[f64; 4]) -> f64| {
+                    let mut v: Vec<f64> = rounds.iter().map(f).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let med_ours_kvm = median(|r| r[0] / r[3]);
                 println!(
-                    "{:>4}Gi {:>9} {:>5}% | {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>8.2} {:>8.2} | {:>9} {:>9}",
+                    "{:>4}Gi {:>9} {:>5}% | {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>8.2} {:>8.2} {:>8.2} | {:>9} {:>9}",
                     gib,
-                    if pattern == Pattern::Clustered {
-                        "clustered"
-                    } else {
-                        "scattered"
-                    },
+                    name,
                     percent,
                     per(ours),
                     per(clear_only),
@@ -342,9 +376,19 @@ fn main() {
                     per(kvm),
                     ours / floor,
                     ours / kvm,
+                    med_ours_kvm,
                     young,
                     skipped
                 );
+                if only.is_some() {
+                    println!(
+                        "{:>26} median per round: ours/kvm {:.3} clear/kvm {:.3} ours/clear {:.3}",
+                        "",
+                        med_ours_kvm,
+                        median(|r| r[1] / r[3]),
+                        median(|r| r[0] / r[1])
+                    );
+                }
             }
         }
     }

@@ -184,6 +184,14 @@ impl Feedback {
 
     /// The smallest threshold whose avoidable refaults fit the budget, over
     /// the refaults of the last `window_ms`.
+    ///
+    /// One sweep of the ring and one selection: `remaining(t)`, the
+    /// refaults with `idle >= t`, only falls as `t` grows, so the smallest
+    /// `t` with `remaining(t) <= k` (`k` the refaults the budget allows) is
+    /// one above the `(k + 1)`-th largest idle distance. It runs on every
+    /// refault, with the VM's reclaim state locked, so it must not be the
+    /// scan per candidate threshold it replaces (`O(RING * max_gens)`: it
+    /// made fault-ins and passes take tens of ms under emulation).
     fn wanted(&self, now_ms: u64, working_set_pages: u64, window_ms: u64) -> u64 {
         // ppm/min * pages * window(min) -> refaults; times 1000 for milli.
         let budget_milli = self
@@ -193,26 +201,24 @@ impl Feedback {
             .saturating_mul(window_ms)
             / 60_000
             / 1_000;
-        let recent = || {
-            (0..self.len)
-                .map(move |i| self.ring[(self.head + RING - 1 - i) % RING])
-                .take_while(move |r| now_ms.saturating_sub(r.at_ms) < window_ms)
-        };
-        let mut t = self.config.min_gens;
-        loop {
-            // Refaults with idle >= t would still happen at threshold t.
-            let remaining = recent().filter(|r| r.idle_gens >= t).count() as u64;
-            if remaining * 1000 <= budget_milli || t >= self.config.max_gens {
-                return t;
+        let allowed = usize::try_from(budget_milli / 1000).unwrap_or(usize::MAX);
+        let mut idle = [0u64; RING];
+        let mut n = 0;
+        for i in 0..self.len {
+            let r = self.ring[(self.head + RING - 1 - i) % RING];
+            if now_ms.saturating_sub(r.at_ms) >= window_ms {
+                break;
             }
-            // Jump to the next idle distance that removes refaults.
-            t = recent()
-                .map(|r| r.idle_gens + 1)
-                .filter(|&d| d > t)
-                .min()
-                .unwrap_or(t + 1)
-                .min(self.config.max_gens);
+            idle[n] = r.idle_gens;
+            n += 1;
         }
+        let (min, max) = (self.config.min_gens, self.config.max_gens);
+        if n <= allowed {
+            return min;
+        }
+        // The (allowed + 1)-th largest idle distance.
+        let (_, &mut kth, _) = idle[..n].select_nth_unstable_by(allowed, |a, b| b.cmp(a));
+        kth.saturating_add(1).clamp(min, max)
     }
 
     /// Called once per aging pass with the working set (pages young within
@@ -344,5 +350,71 @@ mod tests {
         // The working set is all 2000 pages: budget 4 per minute, 120 over
         // the last 30 minutes (the first half is for learning).
         assert!(tail <= 120, "{tail} refaults in 1800 s");
+    }
+
+    /// The rule as first written: try each candidate threshold in turn
+    /// (the specification [`Feedback::wanted`] must match).
+    fn wanted_by_scan(fb: &Feedback, now_ms: u64, ws: u64, window_ms: u64) -> u64 {
+        let budget_milli = fb
+            .config
+            .rate_ppm_per_min
+            .saturating_mul(ws)
+            .saturating_mul(window_ms)
+            / 60_000
+            / 1_000;
+        let recent: Vec<Refault> = (0..fb.len)
+            .map(|i| fb.ring[(fb.head + RING - 1 - i) % RING])
+            .take_while(|r| now_ms.saturating_sub(r.at_ms) < window_ms)
+            .collect();
+        let mut t = fb.config.min_gens;
+        loop {
+            let remaining = recent.iter().filter(|r| r.idle_gens >= t).count() as u64;
+            if remaining * 1000 <= budget_milli || t >= fb.config.max_gens {
+                return t;
+            }
+            t = recent
+                .iter()
+                .map(|r| r.idle_gens + 1)
+                .filter(|&d| d > t)
+                .min()
+                .unwrap_or(t + 1)
+                .min(fb.config.max_gens);
+        }
+    }
+
+    #[test]
+    fn wanted_matches_the_scan_over_thresholds() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..300u64 {
+            let mut fb = Feedback::new(FeedbackConfig::default(), 0);
+            let refaults = next() % 400;
+            let mut now = 0;
+            for _ in 0..refaults {
+                now += next() % 700;
+                // Idle distances around and beyond [min_gens, max_gens].
+                let idle = match next() % 4 {
+                    0 => next() % 4,
+                    1 => next() % 20,
+                    2 => next() % 250,
+                    _ => 170 + next() % 20,
+                };
+                fb.refault(now, 1, idle);
+            }
+            let ws = [1, 100, 5_000, 100_000, 10_000_000][(case % 5) as usize];
+            for window in [1_000, WINDOW_MS] {
+                let at = now + next() % 2_000;
+                assert_eq!(
+                    fb.wanted(at, ws, window),
+                    wanted_by_scan(&fb, at, ws, window),
+                    "case {case}: {refaults} refaults, ws {ws}, window {window}"
+                );
+            }
+        }
     }
 }

@@ -89,6 +89,7 @@ use crate::store::{PAGE_BYTES, PageStore, StoreError, StoreStats, StoredKind};
 use crate::table::{MapError, Mapper, PageSize, TableAlloc, TableMemory, Tables};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
 
 /// Pages unmapped under one TLB flush.
 pub const BATCH_PAGES: usize = 64;
@@ -187,8 +188,30 @@ pub struct ReclaimStats {
     pub huge_splits: u64,
     /// Pages kept resident because the store had no memory.
     pub store_full: u64,
+    /// Pages kept resident because they do not compress and raw copies
+    /// were off ([`Reclaimer::set_store_raw`]).
+    pub kept_incompressible: u64,
     /// TLB flushes asked for.
     pub flushes: u64,
+}
+
+/// Where the reclaimer's time went, in nanoseconds of the clock given to
+/// [`Reclaimer::set_clock`] (all zero without one). For the benchmarks and
+/// the overcommit scenario's timing lines; never used for decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimTimes {
+    /// Choosing candidates: the histogram and the coldest-first sweep of
+    /// the generation bytes, per batch.
+    pub select_ns: u64,
+    /// Unmapping (and splitting, rescuing) the candidates of a batch.
+    pub unmap_ns: u64,
+    /// The batches' TLB flushes.
+    pub flush_ns: u64,
+    /// Reading each frame and putting it in the store (zero check,
+    /// compression, checksum), and freeing its frame.
+    pub store_ns: u64,
+    /// Fault-ins: frame, decompression, mapping.
+    pub fault_in_ns: u64,
 }
 
 /// What one call did.
@@ -208,9 +231,20 @@ pub struct BatchStats {
     pub rescued: u64,
     /// Candidates not mapped (nothing to do).
     pub not_mapped: u64,
+    /// Pages left resident: they do not compress and raw copies were off.
+    pub kept_incompressible: u64,
 }
 
 impl BatchStats {
+    /// Frames the batch gave the host for good: frames freed, less one per
+    /// page kept raw (its 4 KiB copy costs the heap a frame). Compressed
+    /// copies are counted as free: a page goes compressed only when it
+    /// shrinks by a quarter or more, and the sparse and zero pages that
+    /// make up idle memory shrink to a few hundred bytes.
+    pub fn net_frames(&self) -> u64 {
+        self.reclaimed.saturating_sub(self.raw)
+    }
+
     fn add(&mut self, o: BatchStats) {
         self.candidates += o.candidates;
         self.reclaimed += o.reclaimed;
@@ -219,6 +253,122 @@ impl BatchStats {
         self.raw += o.raw;
         self.rescued += o.rescued;
         self.not_mapped += o.not_mapped;
+        self.kept_incompressible += o.kept_incompressible;
+    }
+}
+
+/// Host-wide free-frame watermarks of reclaim driven by host memory
+/// pressure (overcommit): when the free frames fall under `low_frames`,
+/// the coldest pages of any VM are reclaimed until `high_frames` are free
+/// (or nothing more can be freed). The gap between the two makes each
+/// round free a useful amount, so VMs waiting for memory get a run of
+/// faults served instead of one frame each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermarks {
+    /// Reclaim starts below this many free frames.
+    pub low_frames: u64,
+    /// ... and goes on until this many are free.
+    pub high_frames: u64,
+}
+
+impl Watermarks {
+    /// Whether `free_frames` calls for a round of pressure reclaim.
+    pub fn under_pressure(&self, free_frames: u64) -> bool {
+        free_frames < self.low_frames
+    }
+
+    /// Whether a round that is under way has freed enough.
+    pub fn satisfied(&self, free_frames: u64) -> bool {
+        free_frames >= self.high_frames.max(self.low_frames)
+    }
+}
+
+/// What the pressure reclaimer knows of one VM when it picks where the
+/// next batch comes from ([`pick_victim`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VictimCandidate {
+    /// How long ago (ms) the oldest generation holding a resident page
+    /// that was not young in the last pass was young: the age of the VM's
+    /// coldest reclaimable page. `None`: nothing to reclaim (stopped, or
+    /// every page young).
+    pub coldest_age_ms: Option<u64>,
+    /// A recent batch of this VM freed no frame for good
+    /// ([`BatchStats::net_frames`]: all rescued, incompressible or the
+    /// store full): passed over for a while, so a VM whose memory cannot
+    /// shrink does not cost every round a batch of work for nothing.
+    pub barren: bool,
+}
+
+/// The VM the next pressure batch comes from: the one holding the coldest
+/// reclaimable page, so the coldest pages of any VM go first whichever VM
+/// they belong to; ties go to the lower index. `None` when no VM that is
+/// not barren has a reclaimable page.
+pub fn pick_victim(candidates: &[VictimCandidate]) -> Option<usize> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.barren)
+        .filter_map(|(i, c)| c.coldest_age_ms.map(|age| (i, age)))
+        .fold(None, |best: Option<(usize, u64)>, (i, age)| match best {
+            Some((_, b)) if b >= age => best,
+            _ => Some((i, age)),
+        })
+        .map(|(i, _)| i)
+}
+
+/// What one round of pressure reclaim did ([`pressure_round`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PressureRound {
+    /// Batches taken.
+    pub batches: u64,
+    /// Pages reclaimed.
+    pub reclaimed: u64,
+    /// Frames given back for good ([`BatchStats::net_frames`]).
+    pub net_frames: u64,
+    /// The VMs whose batch freed nothing for good in this round (the
+    /// caller passes them over for a while: [`VictimCandidate::barren`]).
+    pub went_barren: Vec<usize>,
+    /// Whether the high watermark was reached (else nothing more could be
+    /// freed: every VM barren or without reclaimable pages).
+    pub satisfied: bool,
+}
+
+/// One round of reclaim driven by host memory pressure over VMs
+/// `0..vms`: until `free_frames()` satisfies `wm`, survey every VM
+/// (`survey(i)`, fresh before each batch: pages age and VMs stop while the
+/// round runs), take one batch from [`pick_victim`]'s choice
+/// (`reclaim(i)`), and pass a VM over for the rest of the round once one of
+/// its batches freed nothing for good. The caller checks
+/// [`Watermarks::under_pressure`] before starting a round.
+pub fn pressure_round(
+    wm: Watermarks,
+    vms: usize,
+    mut free_frames: impl FnMut() -> u64,
+    mut survey: impl FnMut(usize) -> VictimCandidate,
+    mut reclaim: impl FnMut(usize) -> BatchStats,
+) -> PressureRound {
+    let mut round = PressureRound::default();
+    let mut candidates = alloc::vec![VictimCandidate::default(); vms];
+    loop {
+        if wm.satisfied(free_frames()) {
+            round.satisfied = true;
+            return round;
+        }
+        for (i, c) in candidates.iter_mut().enumerate() {
+            let barren = round.went_barren.contains(&i);
+            *c = survey(i);
+            c.barren |= barren;
+        }
+        let Some(victim) = pick_victim(&candidates) else {
+            return round;
+        };
+        let b = reclaim(victim);
+        round.batches += 1;
+        round.reclaimed += b.reclaimed;
+        round.net_frames += b.net_frames();
+        if b.net_frames() == 0 {
+            round.went_barren.push(victim);
+        }
     }
 }
 
@@ -276,6 +426,12 @@ pub struct Reclaimer {
     stats: ReclaimStats,
     /// One page of scratch on the heap (kernel stacks are small).
     page: Box<[u8; PAGE_BYTES]>,
+    /// Whether pages that do not compress are kept raw (else left
+    /// resident).
+    store_raw: bool,
+    /// Nanosecond clock for [`ReclaimTimes`], if one was given.
+    clock: Option<fn() -> u64>,
+    times: ReclaimTimes,
 }
 
 fn state_of(kind: StoredKind) -> PageState {
@@ -297,7 +453,32 @@ impl Reclaimer {
             feedback: Feedback::new(config.feedback, now_ms),
             stats: ReclaimStats::default(),
             page: Box::new([0; PAGE_BYTES]),
+            store_raw: true,
+            clock: None,
+            times: ReclaimTimes::default(),
         }
+    }
+
+    /// Whether pages that do not compress are kept in the store raw (the
+    /// default) or left resident. Pressure-driven reclaim turns raw copies
+    /// off: a raw copy costs the heap a frame for the frame it frees.
+    pub fn set_store_raw(&mut self, raw_ok: bool) {
+        self.store_raw = raw_ok;
+    }
+
+    /// Gives the reclaimer a nanosecond clock: from now on it splits its
+    /// time into [`ReclaimTimes`].
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = Some(clock);
+    }
+
+    /// Where the time went since the clock was set.
+    pub fn times(&self) -> ReclaimTimes {
+        self.times
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.map_or(0, |c| c())
     }
 
     /// Counters.
@@ -397,6 +578,7 @@ impl Reclaimer {
         S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let mut b = BatchStats::default();
+        let t_unmap = self.now_ns();
         // (gfn, frame, exchanged entry) of the pages now in flight.
         let mut in_flight: [(u64, HostPhysAddr, u64); BATCH_PAGES] =
             [(0, HostPhysAddr::new(0), 0); BATCH_PAGES];
@@ -491,6 +673,8 @@ impl Reclaimer {
             in_flight[n] = (gfn, frame, old);
             n += 1;
         }
+        let t_flush = self.now_ns();
+        self.times.unmap_ns += t_flush.saturating_sub(t_unmap);
         if n == 0 {
             return b;
         }
@@ -502,9 +686,12 @@ impl Reclaimer {
         flush.flush_guest_tlb();
         self.stats.flushes += 1;
         mapper.tlb_flushed(tables);
+        let t_store = self.now_ns();
+        self.times.flush_ns += t_store.saturating_sub(t_flush);
         // Step 3: only now look at the frames.
         #[cfg(not(hvcore_broken_reclaim_order))]
         self.inspect(tables, mapper, frames, gens, &in_flight[..n], &mut b);
+        self.times.store_ns += self.now_ns().saturating_sub(t_store);
         b
     }
 
@@ -529,17 +716,27 @@ impl Reclaimer {
             let clean = old & F::DIRTY == 0 && self.clean_copies.remove(&gfn);
             let kind = if clean {
                 self.stats.clean_drops += 1;
-                self.store.kind(gfn)
+                self.store.kind(gfn).ok_or(StoreError::Missing(gfn))
             } else {
                 frames.read_frame(frame, &mut self.page);
-                self.store.put(gfn, &self.page).ok()
+                self.store.put_as(gfn, &self.page, self.store_raw)
             };
-            let Some(kind) = kind else {
-                // The store is full: put the frame back (its contents are
-                // intact: nobody can have written it since the flush).
-                self.stats.store_full += 1;
-                self.restore_in_flight(tables, mapper, gens, gfn);
-                continue;
+            let kind = match kind {
+                Ok(kind) => kind,
+                Err(e) => {
+                    // The store is full, or the page does not compress and
+                    // raw copies are off: put the frame back (its contents
+                    // are intact: nobody can have written it since the
+                    // flush).
+                    if e == StoreError::Incompressible {
+                        self.stats.kept_incompressible += 1;
+                        b.kept_incompressible += 1;
+                    } else {
+                        self.stats.store_full += 1;
+                    }
+                    self.restore_in_flight(tables, mapper, gens, gfn);
+                    continue;
+                }
             };
             frames.free_guest_frame(gfn, frame);
             self.stats.frames_freed += 1;
@@ -626,9 +823,15 @@ impl Reclaimer {
         };
         let mut batch = [0u64; BATCH_PAGES];
         loop {
-            let resident: u64 = gens.histogram(now_ms).map(|b| b.pages).sum();
+            let t_select = self.now_ns();
+            // The histogram is a sweep of every generation byte: only a
+            // resident limit needs it.
             let want = match target {
-                ReclaimTarget::ResidentLimit { pages } => resident.saturating_sub(pages),
+                ReclaimTarget::ResidentLimit { pages } => gens
+                    .histogram(now_ms)
+                    .map(|b| b.pages)
+                    .sum::<u64>()
+                    .saturating_sub(pages),
                 _ => u64::MAX,
             }
             .min(max_pages.saturating_sub(total.reclaimed));
@@ -648,6 +851,7 @@ impl Reclaimer {
                     n += 1;
                 }
             }
+            self.times.select_ns += self.now_ns().saturating_sub(t_select);
             if n == 0 {
                 break;
             }
@@ -665,6 +869,28 @@ impl Reclaimer {
     /// (4 KiB, the page's old rights), so the guest never sees a partly
     /// filled page. The caller holds the VM's writer lock.
     pub fn fault_in<F, M, A, G, S>(
+        &mut self,
+        tables: &Tables<F, M>,
+        mapper: &mut Mapper<A>,
+        frames: &mut G,
+        gens: &mut Generations<S>,
+        gpa: GuestPhysAddr,
+        now_ms: u64,
+    ) -> Result<FaultIn, FaultError>
+    where
+        F: EntryFormat,
+        M: TableMemory,
+        A: TableAlloc,
+        G: GuestFrames,
+        S: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let t0 = self.now_ns();
+        let r = self.fault_in_timed(tables, mapper, frames, gens, gpa, now_ms);
+        self.times.fault_in_ns += self.now_ns().saturating_sub(t0);
+        r
+    }
+
+    fn fault_in_timed<F, M, A, G, S>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,

@@ -64,6 +64,9 @@ pub enum StoreError {
     Corrupt(u64),
     /// The heap could not provide the bytes for a new entry.
     NoMemory,
+    /// The page does not compress and raw copies were not wanted
+    /// ([`PageStore::put_as`]).
+    Incompressible,
 }
 
 impl core::fmt::Display for StoreError {
@@ -72,6 +75,7 @@ impl core::fmt::Display for StoreError {
             StoreError::Missing(k) => write!(f, "page store: no entry for page {k:#x}"),
             StoreError::Corrupt(k) => write!(f, "page store: entry for page {k:#x} is corrupt"),
             StoreError::NoMemory => write!(f, "page store: out of heap memory"),
+            StoreError::Incompressible => write!(f, "page store: page does not compress"),
         }
     }
 }
@@ -191,6 +195,19 @@ impl PageStore {
     /// On [`StoreError::NoMemory`] the store is unchanged except that an
     /// older entry for `key` is gone (it no longer matches the page).
     pub fn put(&mut self, key: u64, page: &[u8; PAGE_BYTES]) -> Result<StoredKind, StoreError> {
+        self.put_as(key, page, true)
+    }
+
+    /// As [`Self::put`], but a page that does not compress is not kept
+    /// when `raw_ok` is false: [`StoreError::Incompressible`] (an older
+    /// entry for `key` is gone all the same). Under host memory pressure
+    /// a raw copy would cost the heap the very frame reclaim frees.
+    pub fn put_as(
+        &mut self,
+        key: u64,
+        page: &[u8; PAGE_BYTES],
+        raw_ok: bool,
+    ) -> Result<StoredKind, StoreError> {
         self.remove(key);
         let sum = checksum(page);
         let entry = if is_zero_page(page) {
@@ -207,7 +224,8 @@ impl PageStore {
                     .filter(|&n| n <= MAX_COMPRESSED_BYTES);
             let (kind, bytes): (StoredKind, &[u8]) = match compressed {
                 Some(n) => (StoredKind::Compressed, &self.scratch[..n]),
-                None => (StoredKind::Raw, &page[..]),
+                None if raw_ok => (StoredKind::Raw, &page[..]),
+                None => return Err(StoreError::Incompressible),
             };
             let mut data = Vec::new();
             data.try_reserve_exact(bytes.len())

@@ -24,7 +24,7 @@
 //! their next entry): clearing A needs the flush for the *next* accesses to
 //! be seen, not for correctness, so the pass never waits for a vCPU.
 
-use crate::reclaim::{self, Shootdown, VmMm};
+use crate::reclaim::{self, Shootdown, VmMm, timing};
 use crate::vm::{Extension, Vm};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -35,7 +35,7 @@ use hvcore::flush::{FlushPolicy, TlbFlush};
 use hvcore::generations::ColdAfter;
 use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
-use hvcore::reclaim::{BATCH_PAGES, BatchStats, ReclaimTarget};
+use hvcore::reclaim::{BATCH_PAGES, BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
 use hvcore::report::{self, Record};
 
 /// How the aging thread runs.
@@ -52,6 +52,9 @@ pub struct AgingConfig {
     pub map_cell_pages: u64,
     /// Most pages reclaimed per VM per pass.
     pub reclaim_max_pages: u64,
+    /// Print the `timing` lines (`crate::reclaim::timing`) and each VM's
+    /// reclaimer times every this many ms, then start them afresh (0: never).
+    pub timing_every_ms: u64,
 }
 
 impl Default for AgingConfig {
@@ -62,6 +65,7 @@ impl Default for AgingConfig {
             pass_lines: true,
             map_cell_pages: 16,
             reclaim_max_pages: 4096,
+            timing_every_ms: 0,
         }
     }
 }
@@ -97,6 +101,7 @@ pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
     let t0 = crate::time::now_ns();
     let now = t0 / 1_000_000;
     let mut mm = m.mm.lock();
+    let t_walk = timing::PASS_LOCK.since(t0);
     let stats = age_pass(
         m.vm.memory.tables(),
         &mut mm.gens,
@@ -104,15 +109,14 @@ pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
         &mut RequestFlush(m.vm),
         FlushPolicy::OncePerPass,
     );
-    let dur_us = (crate::time::now_ns() - t0) / 1000;
-    let resident: u64 = mm.gens.histogram(now).map(|b| b.pages).sum();
-    // Working set for the refault budget: pages young within a minute.
-    let ws: u64 = mm
-        .gens
-        .histogram(now)
-        .filter(|b| b.age_ms < 60_000)
-        .map(|b| b.pages)
-        .sum();
+    let t_post = timing::PASS_WALK.since(t_walk);
+    let dur_us = (t_post - t0) / 1000;
+    // One sweep of the generation bytes for both figures (each histogram
+    // is one): the resident pages, and the working set for the refault
+    // budget (pages young within a minute).
+    let (resident, ws) = mm.gens.histogram(now).fold((0, 0), |(r, w), b| {
+        (r + b.pages, w + if b.age_ms < 60_000 { b.pages } else { 0 })
+    });
     mm.rec.feedback_mut().end_pass(now, ws);
     if config.pass_lines {
         crate::println!(
@@ -131,6 +135,7 @@ pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
     if config.detail_every != 0 && stats.seq.is_multiple_of(config.detail_every) {
         print_detail(&mm, stats.seq, now, config);
     }
+    timing::PASS_POST.since(t_post);
     stats
 }
 
@@ -214,7 +219,10 @@ pub fn reclaim_vm<F: EntryFormat>(
     let mut total = BatchStats::default();
     while total.reclaimed < max_pages {
         let batch = (max_pages - total.reclaimed).min(BATCH_PAGES as u64);
+        let t0 = crate::time::now_ns();
         let b = vm.memory.with_writer(|mapper, frames| {
+            let t_held = timing::RECLAIM_WRITER_WAIT.since(t0);
+            let _held = TimeHeld(t_held);
             let mut mm = m.mm.lock();
             let VmMm { gens, rec, .. } = &mut *mm;
             let mut kf = reclaim::KernelFrames::new(frames);
@@ -231,6 +239,13 @@ pub fn reclaim_vm<F: EntryFormat>(
                 batch,
             )
         });
+        // A vCPU that faulted meanwhile spins on the writer lock, which a
+        // spin lock would hand straight back to this loop: let it through
+        // first (bounded, should it not be scheduled).
+        let t_wait = crate::time::now_ns();
+        while vm.memory.faults_waiting() && crate::time::now_ns() - t_wait < 2_000_000 {
+            core::hint::spin_loop();
+        }
         total.candidates += b.candidates;
         total.reclaimed += b.reclaimed;
         total.zero += b.zero;
@@ -243,6 +258,25 @@ pub fn reclaim_vm<F: EntryFormat>(
         }
     }
     total
+}
+
+/// Adds the time from its start to its drop to `timing::RECLAIM_HELD`
+/// (dropped after the batch's locals, inside the writer lock).
+struct TimeHeld(u64);
+
+impl Drop for TimeHeld {
+    fn drop(&mut self) {
+        timing::RECLAIM_HELD.since(self.0);
+    }
+}
+
+/// Adds the time from its start to its drop to `timing::PRESSURE`.
+struct TimeRound(u64);
+
+impl Drop for TimeRound {
+    fn drop(&mut self) {
+        timing::PRESSURE.since(self.0);
+    }
 }
 
 /// Set by [`stop`]; the thread ends at its next wake-up.
@@ -258,30 +292,74 @@ pub fn stop() {
 pub fn run<F: EntryFormat>(vms: Vec<Managed<F>>, config: AgingConfig) {
     STOP.store(false, Ordering::Release);
     let mut next = crate::time::now_ns();
+    let mut timing_at = next;
+    let mut barren_until_ms = alloc::vec![0u64; vms.len()];
     loop {
+        if config.timing_every_ms != 0
+            && crate::time::now_ns() - timing_at >= config.timing_every_ms * 1_000_000
+        {
+            timing_at = crate::time::now_ns();
+            print_timing(&vms, timing_at / 1_000_000);
+        }
         if STOP.load(Ordering::Acquire) || vms.iter().all(|m| m.vm.stop_reason().is_some()) {
             break;
         }
-        for m in &vms {
-            if m.vm.stop_reason().is_none() {
-                vm_work(m, &config);
+        if crate::time::now_ns() >= next {
+            for m in &vms {
+                if m.vm.stop_reason().is_none() {
+                    vm_work(m, &config);
+                }
+            }
+            // A pass that overran its interval still sleeps a little, so
+            // the CPU it shares with vCPUs (one-CPU machines) is not
+            // monopolised.
+            next += config.interval_ms * 1_000_000;
+            let now = crate::time::now_ns();
+            if next < now + 1_000_000 {
+                next = now + 1_000_000;
             }
         }
-        // Host memory pressure: reclaim the coldest pages of any VM.
-        if crate::mem::frame_stats().free_frames < reclaim::LOW_FREE_FRAMES {
-            pressure(&vms);
+        // Host memory pressure: reclaim the coldest pages of any VM. Looked
+        // at every PRESSURE_CHECK_MS, not only once per interval (1 s by
+        // default), so a VM paused for memory waits for one round, not for
+        // the next pass.
+        if reclaim::WATERMARKS.under_pressure(crate::mem::frame_stats().free_frames) {
+            pressure(&vms, &mut barren_until_ms);
         }
-        // A pass that overran its interval still sleeps a little, so the
-        // CPU it shares with vCPUs (one-CPU machines) is not monopolised.
-        next += config.interval_ms * 1_000_000;
-        let now = crate::time::now_ns();
-        if next < now + 1_000_000 {
-            next = now + 1_000_000;
-        }
-        crate::sched::sleep_until(next);
+        let check = crate::time::now_ns() + PRESSURE_CHECK_MS * 1_000_000;
+        crate::sched::sleep_until(next.min(check));
     }
     for m in &vms {
         final_line(m, &config);
+    }
+}
+
+/// How often the aging thread looks at host memory pressure between passes.
+pub const PRESSURE_CHECK_MS: u64 = 5;
+
+/// How long a VM whose pressure batch freed nothing for good is passed over
+/// (`hvcore::reclaim::VictimCandidate::barren`).
+pub const BARREN_MS: u64 = 500;
+
+/// The `timing` lines of the phases and of each VM's reclaimer, labelled
+/// with the time in ms; the phases start afresh.
+pub fn print_timing<F: EntryFormat>(vms: &[Managed<F>], t_ms: u64) {
+    let label = alloc::format!("t_ms={t_ms}");
+    timing::print(&label);
+    timing::reset();
+    for m in vms {
+        let mm = m.mm.lock();
+        let t = mm.rec.times();
+        crate::println!(
+            "timing {label} vm {}: select_us={} unmap_us={} flush_us={} store_us={} fault_in_us={} free_frames={}",
+            mm.name,
+            t.select_ns / 1000,
+            t.unmap_ns / 1000,
+            t.flush_ns / 1000,
+            t.store_ns / 1000,
+            t.fault_in_ns / 1000,
+            crate::mem::frame_stats().free_frames
+        );
     }
 }
 
@@ -334,31 +412,58 @@ pub fn on_exits<F: EntryFormat>(m: Managed<F>, config: AgingConfig, exits_per_pa
         exits.store(0, Ordering::Relaxed);
         last_ns.store(now, Ordering::Relaxed);
         vm_work(&m, &config);
-        if crate::mem::frame_stats().free_frames < reclaim::LOW_FREE_FRAMES {
-            pressure(core::slice::from_ref(&m));
+        if reclaim::WATERMARKS.under_pressure(crate::mem::frame_stats().free_frames) {
+            pressure(core::slice::from_ref(&m), &mut [0]);
         }
     }))
 }
 
-/// Reclaims under host memory pressure: from the VM holding the oldest
-/// generation first, pages not young in the last pass.
-fn pressure<F: EntryFormat>(vms: &[Managed<F>]) {
-    let mut order: Vec<(u64, &Managed<F>)> = vms
-        .iter()
-        .filter(|m| m.vm.stop_reason().is_none())
-        .map(|m| {
-            let mm = m.mm.lock();
-            let now = reclaim::now_ms();
-            let oldest = mm.gens.histogram(now).next().map_or(0, |b| b.age_ms);
-            (oldest, m)
-        })
-        .collect();
-    order.sort_by_key(|e| core::cmp::Reverse(e.0));
-    for (_, m) in order {
-        reclaim_vm(m, ReclaimTarget::ColderThan(ColdAfter::Gens(1)), 1024);
-        if crate::mem::frame_stats().free_frames >= reclaim::LOW_FREE_FRAMES * 2 {
-            break;
+/// One round of reclaim under host memory pressure
+/// (`hvcore::reclaim::pressure_round`): one batch at a time from the VM
+/// holding the coldest page not young in the last pass, until
+/// `reclaim::WATERMARKS` is satisfied or nothing more can be freed. A VM
+/// whose batch freed no frame for good (all rescued, incompressible) is
+/// passed over for [`BARREN_MS`] (`barren_until_ms`, one entry per VM).
+fn pressure<F: EntryFormat>(vms: &[Managed<F>], barren_until_ms: &mut [u64]) {
+    let t0 = crate::time::now_ns();
+    let _round = TimeRound(t0);
+    let now = reclaim::now_ms();
+    let survey = |i: usize| {
+        let m: &Managed<F> = &vms[i];
+        if m.vm.stop_reason().is_some() {
+            return VictimCandidate::default();
         }
+        let mm = m.mm.lock();
+        let now = reclaim::now_ms();
+        VictimCandidate {
+            coldest_age_ms: mm
+                .gens
+                .histogram(now)
+                .find(|b| b.age_gens >= 1)
+                .map(|b| b.age_ms),
+            barren: barren_until_ms[i] > now,
+        }
+    };
+    let round = pressure_round(
+        reclaim::WATERMARKS,
+        vms.len(),
+        || crate::mem::frame_stats().free_frames,
+        survey,
+        |i| {
+            // No raw copies under pressure: one would cost the heap the
+            // frame its page frees.
+            vms[i].mm.lock().rec.set_store_raw(false);
+            let b = reclaim_vm(
+                &vms[i],
+                ReclaimTarget::ColderThan(ColdAfter::Gens(1)),
+                BATCH_PAGES as u64,
+            );
+            vms[i].mm.lock().rec.set_store_raw(true);
+            b
+        },
+    );
+    for i in round.went_barren {
+        barren_until_ms[i] = now + BARREN_MS;
     }
 }
 

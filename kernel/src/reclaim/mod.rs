@@ -28,6 +28,8 @@
 //! `crate::vm::memory` (calls [`fault_in_hook`]), `hvcore::{reclaim, store,
 //! feedback, generations, report}`.
 
+pub mod timing;
+
 use crate::mem::{self, phys};
 use crate::vm::memory::{FaultOutcome, GuestFrame, PhysTables};
 use alloc::collections::BTreeMap;
@@ -39,7 +41,9 @@ use hvcore::flush::TlbFlush;
 use hvcore::frame::FrameSize;
 use hvcore::generations::Generations;
 use hvcore::pte::EntryFormat;
-use hvcore::reclaim::{FaultError, FaultIn, GuestFrames, ReclaimConfig, ReclaimTarget, Reclaimer};
+use hvcore::reclaim::{
+    FaultError, FaultIn, GuestFrames, ReclaimConfig, ReclaimTarget, Reclaimer, Watermarks,
+};
 use hvcore::store::PAGE_BYTES;
 use hvcore::table::{Mapper, Tables};
 
@@ -79,10 +83,12 @@ pub fn register<F: EntryFormat>(
     tables.for_each_leaf(0, ram_bytes, |gpa, level, _| {
         gens.note_mapped(GuestPhysAddr::new(gpa), F::level_size(level));
     });
+    let mut rec = Reclaimer::new(ReclaimConfig::default(), now);
+    rec.set_clock(crate::time::now_ns);
     let mm = Arc::new(spin::Mutex::new(VmMm {
         name,
         gens,
-        rec: Reclaimer::new(ReclaimConfig::default(), now),
+        rec,
         target,
     }));
     REGISTRY.lock().push((tables.root().as_u64(), mm.clone()));
@@ -163,7 +169,10 @@ impl<'a> KernelFrames<'a> {
 
 impl GuestFrames for KernelFrames<'_> {
     fn alloc_frame(&mut self) -> Option<HostPhysAddr> {
-        let f = mem::alloc_guest_frame(FrameSize::Size4K).ok()?;
+        let t0 = crate::time::now_ns();
+        let f = mem::alloc_guest_frame(FrameSize::Size4K);
+        timing::FRAME_ALLOC.since(t0);
+        let f = f.ok()?;
         FRAMES_TAKEN.fetch_add(1, Ordering::Relaxed);
         Some(f)
     }
@@ -310,29 +319,72 @@ pub fn is_reclaimed(root: HostPhysAddr, gpa: GuestPhysAddr) -> bool {
     lookup(root).is_some_and(|mm| mm.lock().rec.state(gpa) != hvcore::reclaim::PageState::Resident)
 }
 
-/// Free frames below which reclaim is driven by host memory pressure:
-/// above the frames guests may not take (`mem::GUEST_RESERVE_BLOCKS`,
-/// `mem::GUEST_RESERVE_FRAMES`),
-/// else guests would stop at the reserve before pressure is felt.
-pub const LOW_FREE_FRAMES: u64 = mem::GUEST_RESERVE_BLOCKS * 512 + mem::GUEST_RESERVE_FRAMES + 512;
+/// Free frames below which reclaim is driven by host memory pressure, and
+/// up to which it then goes: just above the frames guests may not take
+/// (`mem::GUEST_RESERVE_BLOCKS`, `mem::GUEST_RESERVE_FRAMES`), else guests
+/// would stop at the reserve before pressure is felt. A round leaves the
+/// guests 512 frames (2 MiB) to fault into.
+pub const WATERMARKS: Watermarks = Watermarks {
+    low_frames: GUEST_FLOOR_FRAMES + 256,
+    high_frames: GUEST_FLOOR_FRAMES + 512,
+};
 
-/// Longest a VM stays paused for memory before it is stopped.
-pub const PAUSE_LIMIT_MS: u64 = 20_000;
+/// Free frames guests never take (`mem::alloc_guest_frame`).
+pub const GUEST_FLOOR_FRAMES: u64 = mem::GUEST_RESERVE_BLOCKS * 512 + mem::GUEST_RESERVE_FRAMES;
 
-/// The overcommit wait: a fault of VM `name` at `gpa` found no free frame.
-/// Prints the pause (once), waits until frames are free again (the aging
-/// thread reclaims under pressure meanwhile), prints the resume and returns
-/// true; false at once when no VM is managed (nothing would free memory),
-/// or if memory did not come back within [`PAUSE_LIMIT_MS`].
-pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr) -> bool {
+/// Frames guests must be able to take again before a paused VM resumes:
+/// a run of faults, not one that pauses again at once.
+pub const RESUME_FRAMES: u64 = 64;
+
+/// VMs paused for memory now.
+pub static PAUSED_NOW: AtomicU64 = AtomicU64::new(0);
+/// The tickets of the faults waiting for memory now, in pause order.
+static WAITING: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
+/// Pauses for memory since boot.
+pub static PAUSES: AtomicU64 = AtomicU64::new(0);
+
+/// Pages the pressure reclaimer may try now: resident pages of every
+/// registered VM that were not young in the last pass (whether reclaiming
+/// them frees frames depends on how they compress).
+pub fn cold_pages() -> u64 {
+    let all: Vec<_> = REGISTRY.lock().iter().map(|(_, mm)| mm.clone()).collect();
+    let now = now_ms();
+    all.iter()
+        .map(|mm| {
+            mm.lock()
+                .gens
+                .histogram(now)
+                .filter(|b| b.age_gens >= 1)
+                .map(|b| b.pages)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The overcommit wait: a fault of VM `name` at `gpa` found no free frame
+/// (the reserve of `mem::alloc_guest_frame` reached). Prints the pause
+/// (`vm NAME: paused: no free host frame for GPA 0x... (free F, reserved
+/// K, cold pages R)` and a `TCR event` line), waits while the aging
+/// thread reclaims under pressure, and returns true once
+/// [`RESUME_FRAMES`] frames can be taken again (`vm NAME: resumed after N
+/// ms`); when several VMs wait, the one that paused last resumes first.
+/// There is no time limit: a VM whose memory cannot come back (the
+/// hot sets of the VMs exceed the host) stays paused while the others run,
+/// until memory frees up or `give_up()` (its stop was requested) says to
+/// stop waiting: then false (`vm NAME: stopped while paused for memory`).
+/// False at once when no VM is managed (nothing would ever free memory).
+/// Called without any lock held.
+pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> bool) -> bool {
     if REGISTRY.lock().is_empty() {
         return false; // no reclaimer runs: nothing will free memory
     }
     let t0 = now_ms();
     let free = mem::frame_stats().free_frames;
     crate::println!(
-        "vm {name}: paused: no free host frame for the fault at GPA {:#x} ({free} frames free); waiting for memory",
-        gpa.as_u64()
+        "vm {name}: paused: no free host frame for GPA {:#x} (free {free}, reserved {GUEST_FLOOR_FRAMES}, cold pages {})",
+        gpa.as_u64(),
+        cold_pages()
     );
     crate::println!(
         "{}",
@@ -343,27 +395,46 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr) -> bool {
             detail: alloc::format!("no_free_frame_for_fault_at_{:#x}", gpa.as_u64()),
         })
     );
-    loop {
-        let free = mem::guest_free_frames();
-        if free > 64 {
-            crate::println!(
-                "vm {name}: resumed: {free} frames free after {} ms",
-                now_ms() - t0
-            );
-            crate::println!(
-                "{}",
-                hvcore::report::Record::Event(hvcore::report::EventLine {
-                    vm: name.into(),
-                    t_ms: now_ms(),
-                    what: hvcore::report::EventKind::Resumed,
-                    detail: "memory_freed".into(),
-                })
-            );
-            return true;
+    PAUSES.fetch_add(1, Ordering::Relaxed);
+    PAUSED_NOW.fetch_add(1, Ordering::AcqRel);
+    let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+    WAITING.lock().push(ticket);
+    let resumed = loop {
+        // The VM paused last goes first: when the hot sets exceed the
+        // host, the VM that ran out first (the one whose demand could not
+        // be met) keeps waiting while frames reclaimed from cold memory
+        // let the others run on and finish, instead of every VM taking
+        // turns at too few frames.
+        let newest = WAITING.lock().last() == Some(&ticket);
+        if newest && mem::guest_free_frames() >= RESUME_FRAMES {
+            break true;
         }
-        if now_ms() - t0 > PAUSE_LIMIT_MS {
-            return false;
+        if give_up() {
+            break false;
         }
         crate::sched::sleep_until(crate::time::now_ns() + 5_000_000);
+    };
+    WAITING.lock().retain(|&t| t != ticket);
+    PAUSED_NOW.fetch_sub(1, Ordering::AcqRel);
+    let waited_ms = now_ms() - t0;
+    if resumed {
+        crate::println!("vm {name}: resumed after {waited_ms} ms");
+    } else {
+        crate::println!("vm {name}: stopped while paused for memory ({waited_ms} ms)");
     }
+    let (what, detail) = if resumed {
+        (hvcore::report::EventKind::Resumed, "memory_freed")
+    } else {
+        (hvcore::report::EventKind::Stopped, "stopped_while_paused")
+    };
+    crate::println!(
+        "{}",
+        hvcore::report::Record::Event(hvcore::report::EventLine {
+            vm: name.into(),
+            t_ms: now_ms(),
+            what,
+            detail: detail.into(),
+        })
+    );
+    resumed
 }

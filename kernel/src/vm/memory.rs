@@ -96,6 +96,16 @@ pub enum FaultOutcome {
     OutOfMemory,
 }
 
+/// Adds the time from its start to its drop (with the writer lock still
+/// held) to `reclaim::timing::FAULT_HELD`.
+struct FaultHeld(u64);
+
+impl Drop for FaultHeld {
+    fn drop(&mut self) {
+        crate::reclaim::timing::FAULT_HELD.since(self.0);
+    }
+}
+
 /// Summary of an isolation check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IsolationReport {
@@ -114,6 +124,9 @@ pub struct GuestMemory<F: EntryFormat> {
     huge_pages: bool,
     tables: Tables<F, PhysTables>,
     writer: spin::Mutex<Writer>,
+    /// Faults waiting for the writer lock (the reclaimer lets them in
+    /// between its batches).
+    fault_waiters: core::sync::atomic::AtomicU32,
 }
 
 impl<F: EntryFormat> GuestMemory<F> {
@@ -133,6 +146,7 @@ impl<F: EntryFormat> GuestMemory<F> {
                 mapper,
                 frames: BTreeMap::new(),
             }),
+            fault_waiters: core::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -157,6 +171,13 @@ impl<F: EntryFormat> GuestMemory<F> {
         f(&mut w.mapper, &mut w.frames)
     }
 
+    /// Whether a nested page fault waits for the writer lock now.
+    pub fn faults_waiting(&self) -> bool {
+        self.fault_waiters
+            .load(core::sync::atomic::Ordering::Acquire)
+            != 0
+    }
+
     /// Frames currently mapped, and the bytes they hold.
     pub fn resident(&self) -> (u64, u64) {
         let w = self.writer.lock();
@@ -171,7 +192,13 @@ impl<F: EntryFormat> GuestMemory<F> {
         if gpa.as_u64() >= self.ram_bytes {
             return FaultOutcome::OutsideRam;
         }
+        let t0 = crate::time::now_ns();
+        self.fault_waiters
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
         let mut w = self.writer.lock();
+        self.fault_waiters
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+        let _held = FaultHeld(crate::reclaim::timing::FAULT_WRITER_WAIT.since(t0));
         if self.tables.translate(gpa).is_some() {
             return FaultOutcome::AlreadyMapped;
         }
@@ -196,7 +223,10 @@ impl<F: EntryFormat> GuestMemory<F> {
                 }
             }
         }
-        let Ok(frame) = mem::alloc_guest_frame(FrameSize::Size4K) else {
+        let t_alloc = crate::time::now_ns();
+        let frame = mem::alloc_guest_frame(FrameSize::Size4K);
+        crate::reclaim::timing::FRAME_ALLOC.since(t_alloc);
+        let Ok(frame) = frame else {
             return FaultOutcome::OutOfMemory;
         };
         match self.map_zeroed(

@@ -955,7 +955,11 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
                 rip,
             }),
             // Overcommit: wait for the reclaimer to free memory.
-            FaultOutcome::OutOfMemory if crate::reclaim::wait_for_memory(vm.name(), fault.gpa) => {
+            FaultOutcome::OutOfMemory
+                if crate::reclaim::wait_for_memory(vm.name(), fault.gpa, &|| {
+                    vm.stop_requested()
+                }) =>
+            {
                 Next::Resume
             }
             FaultOutcome::OutOfMemory => Next::Stop(StopReason::OutOfMemory {

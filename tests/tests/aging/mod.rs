@@ -4,6 +4,9 @@
 //! the last CPU; reclaimed frames come back to the host and the guest reads
 //! everything back intact). Included by `tests/qemu.rs` (`mod aging;`).
 
+/// Host memory overcommit: reclaim under host pressure, pause and resume.
+mod overcommit;
+
 use super::{check_passed, machine};
 use std::time::Duration;
 

@@ -15,8 +15,13 @@
 //!   rather than one after the other, exposes both to the same host load:
 //!   under TCG each vCPU is a host thread, and the load of a shared host
 //!   changes from one second to the next by more than the 2 % measured
-//!   here. With fewer than 3 CPUs the two runs are sequential (one CPU for
-//!   the guest, one for the aging thread), and say so.
+//!   here. Two figures: the ratio of the rounds' total rates, and the
+//!   median over every interval of the aged VM's rate over the plain VM's
+//!   in the same interval (robust to a burst of host load in one round).
+//!   Then two control rounds, same CPUs, neither VM aged: the same two
+//!   figures for them are the noise floor. With fewer than 3 CPUs the two
+//!   runs are sequential (one CPU for the guest, one for the aging
+//!   thread), and say so (no medians, no control).
 //! * **checksum**: the `checksum` guest (dense, then sparse data) writes
 //!   its memory and waits in `MARK 1`: two passes, then everything is
 //!   reclaimed (pages/s, TSC cycles/page, compression ratio of the store),
@@ -148,54 +153,71 @@ fn say_where() {
 // ---------------------------------------------------------------------
 // Throughput: pattern guests, aged and not.
 
-/// One VM's work reports: the first and the last (time, count).
+/// One VM's work reports: (time, count) per interval.
 struct Work {
     vm_id: AtomicU64,
-    first_ns: AtomicU64,
-    first_work: AtomicU64,
-    last_ns: AtomicU64,
-    last_work: AtomicU64,
-    reports: AtomicU64,
+    reports: spin::Mutex<Vec<(u64, u64)>>,
 }
 
 impl Work {
     const fn new() -> Self {
         Work {
             vm_id: AtomicU64::new(u64::MAX),
-            first_ns: AtomicU64::new(0),
-            first_work: AtomicU64::new(0),
-            last_ns: AtomicU64::new(0),
-            last_work: AtomicU64::new(0),
-            reports: AtomicU64::new(0),
+            reports: spin::Mutex::new(Vec::new()),
         }
     }
     fn reset(&self, vm_id: u32) {
-        self.reports.store(0, Ordering::Relaxed);
+        self.reports.lock().clear();
         self.vm_id.store(u64::from(vm_id), Ordering::Release);
     }
     fn record(&self, now_ns: u64, work: u64) {
-        if self.reports.load(Ordering::Relaxed) == 0 {
-            self.first_ns.store(now_ns, Ordering::Relaxed);
-            self.first_work.store(work, Ordering::Relaxed);
-        }
-        self.last_ns.store(now_ns, Ordering::Relaxed);
-        self.last_work.store(work, Ordering::Relaxed);
-        self.reports.fetch_add(1, Ordering::Release);
+        self.reports.lock().push((now_ns, work));
     }
-    /// (work done, nanoseconds) between the first and the last report.
-    fn span(&self) -> (u64, u64) {
-        (
-            self.last_work.load(Ordering::Relaxed) - self.first_work.load(Ordering::Relaxed),
-            self.last_ns.load(Ordering::Relaxed) - self.first_ns.load(Ordering::Relaxed),
-        )
+    fn count(&self) -> usize {
+        self.reports.lock().len()
     }
-    /// Work per second, or 0 with fewer than two reports.
+    /// Work per second from the first report to the last, or 0 with fewer
+    /// than two reports.
     fn per_s(&self) -> u64 {
-        let (w, ns) = self.span();
-        (u128::from(w) * 1_000_000_000)
-            .checked_div(u128::from(ns))
-            .unwrap_or(0) as u64
+        let r = self.reports.lock();
+        match (r.first(), r.last()) {
+            (Some(&(t0, w0)), Some(&(t1, w1))) => rate(w1 - w0, t1 - t0),
+            _ => 0,
+        }
     }
+    /// Work per second in each interval after the first report.
+    fn interval_rates(&self) -> Vec<u64> {
+        self.reports
+            .lock()
+            .windows(2)
+            .map(|w| rate(w[1].1 - w[0].1, w[1].0 - w[0].0))
+            .collect()
+    }
+}
+
+/// `work` per second over `ns`; 0 for an empty span.
+fn rate(work: u64, ns: u64) -> u64 {
+    (u128::from(work) * 1_000_000_000)
+        .checked_div(u128::from(ns))
+        .unwrap_or(0) as u64
+}
+
+/// Per interval `k`, `a`'s rate over `b`'s in ten-thousandths: the two VMs
+/// run at once, so interval `k` of each covers about the same host time,
+/// and a burst of host load that slows both cancels out of the pair.
+fn paired_ratios_e4(a: &Work, b: &Work) -> Vec<u64> {
+    a.interval_rates()
+        .iter()
+        .zip(b.interval_rates())
+        .filter(|&(_, rb)| rb != 0)
+        .map(|(&ra, rb)| (u128::from(ra) * 10_000 / u128::from(rb)) as u64)
+        .collect()
+}
+
+/// The median of `v` (sorted in place); 0 when empty.
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 static WORK: [Work; 2] = [Work::new(), Work::new()];
@@ -266,8 +288,7 @@ fn round<E: Extension>(
     assert_eq!(aged.stop_reason(), Some(StopReason::Exited(0)));
     let (a, p) = (WORK[0].per_s(), WORK[1].per_s());
     assert!(
-        WORK[0].reports.load(Ordering::Acquire) >= 2
-            && WORK[1].reports.load(Ordering::Acquire) >= 2,
+        WORK[0].count() >= 2 && WORK[1].count() >= 2,
         "both guests reported their work"
     );
     let mm = m.mm.lock();
@@ -275,10 +296,11 @@ fn round<E: Extension>(
     let now = kernel::reclaim::now_ms();
     let resident: u64 = mm.gens.histogram(now).map(|b| b.pages).sum();
     kernel::println!(
-        "bench: {label}: aged VM on CPU {} {a} work/s, plain VM on CPU {} {p} work/s, ratio {}; aging passes {}, reclaimed {} pages, {} refaults, {} resident at the end",
+        "bench: {label}: aged VM on CPU {} {a} work/s, plain VM on CPU {} {p} work/s, ratio {} (median of intervals {}); aging passes {}, reclaimed {} pages, {} refaults, {} resident at the end",
         cpus.0,
         cpus.1,
         ratio(a, p, 4),
+        ratio(median(&mut paired_ratios_e4(&WORK[0], &WORK[1])), 10_000, 4),
         mm.gens.max_seq(),
         s.reclaimed_total,
         s.refaults,
@@ -321,10 +343,12 @@ fn throughput_on<E: Extension>() {
     };
     let mut sum = (0u64, 0u64);
     let mut ratios_e4 = Vec::new();
+    let mut paired_e4 = Vec::new();
     for (i, &cpus) in rounds.iter().enumerate() {
         let (aged, plain) = (pattern_vm::<E::Format>(), pattern_vm::<E::Format>());
         let label = alloc::format!("round {}", i + 1);
         let (a, p) = round::<E>(aged, plain, cpus, concurrent, &label);
+        paired_e4.extend(paired_ratios_e4(&WORK[0], &WORK[1]));
         sum.0 += a;
         sum.1 += p;
         ratios_e4.push(
@@ -361,18 +385,27 @@ fn throughput_on<E: Extension>() {
     if !concurrent {
         return;
     }
-    // The noise floor: the same two-VM run with neither VM aged. Whatever
-    // this ratio's distance from 1 is, the on/off ratio cannot resolve.
+    let pairs = paired_e4.len();
+    figure(
+        "throughput.ratio_median",
+        ratio(median(&mut paired_e4), 10_000, 4),
+        "on/off",
+        &alloc::format!("median over {pairs} intervals of aged/plain rate in the same interval"),
+    );
+    // The noise floor: the same two rounds with neither VM aged, one VM
+    // standing in for the aged one (on CPU 1, then on CPU 2, as above).
+    // However far this ratio is from 1, the on/off ratio cannot resolve.
     let mut control_e4 = Vec::new();
+    let mut control_paired_e4 = Vec::new();
     let mut control = (0u64, 0u64);
-    for i in 0..2 {
+    for (i, &(c_stand_in, c_other)) in [(1usize, 2usize), (2, 1)].iter().enumerate() {
         let (v1, v2) = (pattern_vm::<E::Format>(), pattern_vm::<E::Format>());
         WORK[0].reset(v1.id);
         WORK[1].reset(v2.id);
-        let h1 = kernel::sched::spawn_on(1, "vcpu", move || {
+        let h1 = kernel::sched::spawn_on(c_stand_in, "vcpu", move || {
             vm::run_on_this_cpu::<E>(v1);
         });
-        let h2 = kernel::sched::spawn_on(2, "vcpu", move || {
+        let h2 = kernel::sched::spawn_on(c_other, "vcpu", move || {
             vm::run_on_this_cpu::<E>(v2);
         });
         h1.join();
@@ -380,10 +413,12 @@ fn throughput_on<E: Extension>() {
         assert_eq!(v1.stop_reason(), Some(StopReason::Exited(0)));
         assert_eq!(v2.stop_reason(), Some(StopReason::Exited(0)));
         let (a, b) = (WORK[0].per_s(), WORK[1].per_s());
+        control_paired_e4.extend(paired_ratios_e4(&WORK[0], &WORK[1]));
         kernel::println!(
-            "bench: control {}: neither VM aged: CPU 1 {a} work/s, CPU 2 {b} work/s, ratio {}",
+            "bench: control {}: neither VM aged: stand-in on CPU {c_stand_in} {a} work/s, other on CPU {c_other} {b} work/s, ratio {} (median of intervals {})",
             i + 1,
-            ratio(a, b, 4)
+            ratio(a, b, 4),
+            ratio(median(&mut paired_ratios_e4(&WORK[0], &WORK[1])), 10_000, 4)
         );
         control.0 += a;
         control.1 += b;
@@ -397,12 +432,19 @@ fn throughput_on<E: Extension>() {
     figure(
         "throughput.control_ratio",
         ratio(control.0, control.1, 4),
-        "cpu1/cpu2",
+        "ratio",
         &alloc::format!(
-            "noise floor: two unaged VMs at once, 2 rounds ranged {} to {}",
+            "noise floor: neither VM aged, same rounds and CPU swap; 2 rounds ranged {} to {}",
             ratio(lo, 10_000, 4),
             ratio(hi, 10_000, 4)
         ),
+    );
+    let pairs = control_paired_e4.len();
+    figure(
+        "throughput.control_median",
+        ratio(median(&mut control_paired_e4), 10_000, 4),
+        "ratio",
+        &alloc::format!("noise floor of ratio_median: {pairs} intervals, neither VM aged"),
     );
 }
 

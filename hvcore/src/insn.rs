@@ -1,7 +1,10 @@
 //! Length decoding of the few instructions the hypervisor intercepts and
 //! must step over itself, for CPUs without NRIP save (QEMU's SVM model, old
 //! AMD parts): CPUID, RDMSR, WRMSR, HLT, VMMCALL/VMCALL, IN/OUT, and the
-//! VMX/SVM instructions named in reports.
+//! VMX/SVM instructions named in reports; and INS/OUTS with their operand
+//! size, address size, REP and segment prefixes, which `string_io`
+//! emulates (the exit information does not give the address size on every
+//! CPU).
 //!
 //! Follows the Intel SDM vol. 2, "Instruction Format" (legacy prefixes, REX,
 //! ModR/M, SIB, displacement) and the opcode tables for the listed

@@ -22,7 +22,7 @@
 //! | 11 | set CR4.PGE (allowed), then CR4.OSXSAVE, XSETBV | #GP for OSXSAVE, #UD (or #GP) for XSETBV; exit 0 |
 //! | 13 | `rep outsb` from an address the guest's tables do not map (512 GiB) | VM stopped (string I/O, not mapped) |
 //! | 14 | `rep insb` into an address past RAM (mapped, bits 8-63 or RAM + 4 KiB) | VM stopped (string I/O, outside RAM) |
-//! | 15 | `rep outsb` of 100000 bytes to an unemulated port | dropped in batches, registers as the CPU leaves them; exit 0 |
+//! | 15 | `rep outsb` of 10000 bytes to an unemulated port | dropped in batches, registers as the CPU leaves them; exit 0 |
 //! | 16 | `rep outsb` with an FS override | VM stopped (not emulated) |
 //!
 //! Scenarios that should continue exit with 0 when the guest saw what the
@@ -288,11 +288,11 @@ fn xsetbv() -> u64 {
     0
 }
 
-/// 100000 bytes of the image to port 0x80 in one REP OUTSB: the hypervisor
+/// 10000 bytes of the image to port 0x80 in one REP OUTSB: the hypervisor
 /// moves them in batches (the guest re-executes the instruction between),
 /// and the registers end as the CPU leaves them.
 fn long_rep_outsb() -> u64 {
-    const BYTES: u64 = 100_000;
+    const BYTES: u64 = 10_000;
     let start = guests::guest_layout::IMAGE_GPA;
     let (rsi, rcx): (u64, u64);
     // SAFETY: reads BYTES bytes from the image and the RAM after it (all

@@ -12,7 +12,56 @@
 //! # What a guest gets (docs/guests.md)
 //! RAM `[0, ram_bytes)` faulted in on first touch, the boot state of
 //! `hvcore::guest_layout`, a 16550 UART at COM1 whose lines are printed as
-//! `[vm NAME] ...`, the hypercalls of docs/hypercalls.md, and nothing else.
+//! `[vm NAME] ...` (IN/OUT and INS/OUTS through `hvcore::string_io`), the
+//! hypercalls of docs/hypercalls.md, and nothing else.
+//!
+//! # Several vCPUs
+//! A VM made by [`Vm::new_smp`] may have up to `vcpus` vCPUs. The boot
+//! vCPU runs from [`run_on_this_cpu`]; the guest starts the others with
+//! `VCPU_START`, each on a kernel thread pinned to a CPU (`spawn_vcpu`,
+//! spread over the CPUs, CPU 0 left to the aging thread when the others
+//! are enough), in the boot control state with a fresh register file. The
+//! VM is one unit: the first vCPU that stops (EXIT, a fault that stops the
+//! VM, a host request) gives the VM its reason (`Vm::record_stop`) and
+//! asks the others to stop: a vCPU in the guest is kicked out with an IPI
+//! (physical interrupts exit the guest), a halted one is unparked. The boot
+//! vCPU's thread joins the others, then reports the stop once, naming the
+//! vCPU. Per-vCPU state the others touch lives in a `VcpuSlot`.
+//!
+//! HLT waits: the thread parks (`sched::park_until`) until a `WAKE`, the
+//! vCPU's `SET_TIMER` deadline or a stop request; with no deadline and no
+//! other vCPU running nothing could end it, and the VM stops. No interrupt
+//! is injected: the guest loops on its own condition.
+//!
+//! # TLB flushes with several vCPUs
+//! Claim: when a flush request has been made ([`Vm::request_tlb_flush`])
+//! and every CPU has then taken an interrupt (`reclaim::Shootdown`, the
+//! reclaimer's flush, does exactly this with `smp::run_on_all`), no vCPU of
+//! the VM runs guest code with a translation cached before the request.
+//! 1. The request advances the VM's generation. Every vCPU keeps its own
+//!    last-flushed generation (`VcpuSlot::seen_generation`); one shared
+//!    value would let the first vCPU that sees a request hide it from the
+//!    rest. A vCPU compares before every entry and, on a change, has the
+//!    entry flush its translations: SVM sets TLB control to flush its ASID
+//!    (an ASID per vCPU, or the shared last one that flushes at every
+//!    entry), VMX does INVEPT single-context for the VM's EPTP (one VPID
+//!    per VM, shared by its vCPUs; INVEPT drops the combined mappings of
+//!    every VPID on that CPU). So each vCPU's own tag is flushed on its own
+//!    CPU, whatever the sharing.
+//! 2. The comparison and VMRUN/VM entry happen with interrupts off. A
+//!    vCPU that compared before the request and has not entered yet holds
+//!    the IPI pending, so the shootdown cannot complete; it enters, the
+//!    pending interrupt makes it exit before any guest instruction, and it
+//!    compares again before the next entry. A vCPU in the guest when the
+//!    IPI comes exits; one parked in HLT or not started yet is not in the
+//!    guest and compares before it enters.
+//! 3. `run_on_all` interrupts every online CPU, and vCPU threads never
+//!    leave the CPU they are pinned to, so every CPU a vCPU of the VM may
+//!    run on is covered.
+//!
+//! Not covered by an emulator (QEMU flushes at every VMRUN): this argument
+//! is checked in QEMU only as far as `test_svm_vcpus` shows each running
+//! vCPU flushing for the new generation after a shootdown.
 //!
 //! # Misbehaviour (one line each, `vm NAME: ...`)
 //! | guest does | hypervisor does |
@@ -23,7 +72,11 @@
 //! | VMX/SVM instruction | #UD injected, reported, continues |
 //! | XSETBV, CR4.OSXSAVE (extended state is not offered) | #GP injected, reported, continues |
 //! | triple fault | reported, VM stopped |
-//! | HLT | VM stopped (no virtual interrupt source exists) |
+//! | HLT with no deadline armed and no other vCPU running | VM stopped (nothing can wake it) |
+//! | HLT otherwise | waits for `WAKE`, its deadline or a stop |
+//! | string I/O on an unmapped, outside-RAM or FS/GS-relative address | reported, VM stopped |
+//! | bad `VCPU_START`/`WAKE`/`SET_TIMER` | error in RAX, reported, continues |
+//! | EXIT or a stopping fault on any vCPU | the whole VM stops, reported once naming the vCPU |
 //! | never exits | preempted by host interrupts; stopped on request |
 //! | bad hypercall | error in RAX, reported, continues |
 //! | undecodable intercepted instruction | reported, VM stopped |
@@ -693,6 +746,10 @@ pub fn run_selected_guest() {
             huge_pages: true,
             boot_arg,
         };
+        if image.name == "smp" {
+            run_selected_smp(config, cpu, backend);
+            continue;
+        }
         if backend == Some(Backend::Vmx) {
             run_selected_on_vmx(config, cpu);
             continue;
@@ -712,6 +769,32 @@ pub fn run_selected_guest() {
         // The aging thread reports on the guest while it runs, and
         // reclaims toward `cargo xtask run --reclaim-target`.
         crate::aging::run_selected::<Svm>(vm, cpu);
+    }
+}
+
+/// vCPUs of the `smp` guest that `cargo xtask run --guest smp` shows.
+const SELECTED_SMP_VCPUS: u32 = 4;
+
+/// `cargo xtask run --guest smp`: the guest with
+/// [`SELECTED_SMP_VCPUS`] vCPUs, its boot vCPU on CPU `cpu` (no aging
+/// thread: the run shows the vCPUs, not the aging report).
+fn run_selected_smp(config: VmConfig, cpu: usize, backend: Option<Backend>) {
+    let name = config.name;
+    let handle = if backend == Some(Backend::Vmx) {
+        Vm::<hvcore::ept::Ept>::new_smp(config, SELECTED_SMP_VCPUS, None)
+            .map(|vm| spawn_on::<crate::vmx::vcpu::Vmx>(cpu, vm))
+    } else {
+        Vm::<hvcore::npt::Npt>::new_smp(config, SELECTED_SMP_VCPUS, None)
+            .map(|vm| spawn_on::<Svm>(cpu, vm))
+    };
+    match handle {
+        Ok(handle) => {
+            crate::println!(
+                "vm {name}: starting with {SELECTED_SMP_VCPUS} vCPUs, the boot vCPU on CPU {cpu}"
+            );
+            handle.join();
+        }
+        Err(why) => crate::println!("vm {name}: not created: {why}"),
     }
 }
 
@@ -1250,22 +1333,50 @@ impl<F: EntryFormat> string_io::Ports for VmPorts<'_, F> {
     }
 }
 
-/// Guest RAM for the hypervisor's own accesses on the guest's behalf. A
-/// page that is mapped is copied with interrupts off: the reclaimer frees a
-/// frame only after its shootdown, which waits for this CPU to take an
-/// interrupt, so the frame cannot go away mid-copy. A page that is not
-/// mapped is backed (or brought back) first with interrupts on, since that
-/// takes the VM's writer lock, which the reclaimer holds across its
-/// shootdown.
+/// Guest RAM for the hypervisor's own accesses on the guest's behalf
+/// (string I/O). A page that is mapped is copied with interrupts off: the
+/// reclaimer unmaps, then shoots down (waiting for this CPU to take an
+/// interrupt), and only then reads and frees the frame, so the frame
+/// cannot go away mid-copy and a write lands before the reclaimer reads.
+/// The leaf gets A (and D for a write) first, as the CPU's own access
+/// would set them: the reclaimer drops a page whose D is clear when it
+/// holds a clean copy, so a write with D left clear would be lost. A page
+/// that is not mapped is backed (or brought back) with interrupts on,
+/// since that takes the VM's writer lock, which the reclaimer holds across
+/// its shootdown.
 struct GuestRam<'a, F: EntryFormat>(&'a GuestMemory<F>);
+
+/// Sets `bits` (A, D) on the leaf that maps `gpa`; false when none does.
+/// A compare-exchange, so an entry the reclaimer just unmapped is never
+/// given bits.
+fn mark_leaf<F: EntryFormat>(mem: &GuestMemory<F>, gpa: GuestPhysAddr, bits: u64) -> bool {
+    let g = gpa.as_u64();
+    let mut walk = mem.tables().walk(g, g.saturating_add(1), 1, 0);
+    while let Some(e) = walk.next() {
+        if !F::is_present(e.old) {
+            return false;
+        }
+        if F::is_leaf(e.old, e.level) {
+            let slot = walk.slot();
+            let mut old = e.old;
+            loop {
+                if !F::is_present(old) || !F::is_leaf(old, e.level) {
+                    return false;
+                }
+                match slot.compare_exchange(old, old | bits, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return true,
+                    Err(now) => old = now,
+                }
+            }
+        }
+    }
+    false
+}
 
 impl<F: EntryFormat> GuestPhysRead for GuestRam<'_, F> {
     fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
         let mapped = interrupts::without_interrupts(|| {
-            self.0
-                .tables()
-                .translate(gpa)
-                .map(|_| self.0.read(gpa, &mut *buf))
+            mark_leaf(self.0, gpa, F::ACCESSED).then(|| self.0.read(gpa, &mut *buf))
         });
         // Not mapped: never-backed pages read as zeros, reclaimed ones
         // come back first.
@@ -1280,10 +1391,8 @@ impl<F: EntryFormat> GuestPhysWrite for GuestRam<'_, F> {
         // lose, and losing it fails the access, never the host.
         for _ in 0..4 {
             let done = interrupts::without_interrupts(|| {
-                self.0
-                    .tables()
-                    .translate(gpa)
-                    .map(|_| self.0.write(gpa, buf).is_ok())
+                mark_leaf(self.0, gpa, F::ACCESSED | F::DIRTY)
+                    .then(|| self.0.write(gpa, buf).is_ok())
             });
             match done {
                 Some(true) => return Some(()),

@@ -1,0 +1,184 @@
+//! Scenario `vmx_vcpus` (the Bochs bed: one CPU, no timer, cooperative
+//! threads): VMs with several vCPUs on the VMX backend, through the same
+//! `vm` code as `test_svm_vcpus` on SVM. The `smp` guest's 4-vCPU workout
+//! runs to completion with every vCPU's thread on the one CPU (they take
+//! turns where a vCPU waits in HLT: no timer preempts a running one), with
+//! EPT A/D bits set on exactly the pages the vCPUs touched; HLT with nothing
+//! to wake it stops the VM; a host stop wakes halted vCPUs; bad string I/O
+//! stops the VM; a long REP OUTSB runs in batches.
+//!
+//! Not here (they need a second CPU or a timer: a vCPU spinning in the
+//! guest without exits never gives the one CPU back): `EXIT` or a fault on
+//! one vCPU while another spins, and the flush-reaches-every-vCPU case.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::sync::Arc;
+use bootloader_api::{BootInfo, entry_point};
+use core::sync::atomic::Ordering;
+use hvcore::addr::GuestPhysAddr;
+use hvcore::cpu_features::Backend;
+use hvcore::ept::Ept;
+use kernel::testing::{Scenario, TestCase, run_scenario};
+use kernel::vm::{self, StopReason, Vm, VmConfig, images};
+use kernel::vmx::vcpu::Vmx;
+use kernel::{sched, time};
+
+entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info);
+    run_scenario(&SCENARIO)
+}
+
+static SCENARIO: Scenario = Scenario {
+    name: "vmx_vcpus",
+    cases: &[
+        TestCase {
+            name: "four_vcpus_take_turns_on_one_cpu",
+            run: four_vcpus,
+        },
+        TestCase {
+            name: "hlt_with_nothing_to_wake_stops_the_vm",
+            run: hlt_without_wakeup,
+        },
+        TestCase {
+            name: "host_stop_wakes_halted_vcpus",
+            run: stop_wakes_halted,
+        },
+        TestCase {
+            name: "bad_string_io_stops_the_vm",
+            run: bad_string_io,
+        },
+        TestCase {
+            name: "long_rep_outs_runs_in_batches",
+            run: long_rep_outs,
+        },
+    ],
+};
+
+const MIB: u64 = 1 << 20;
+/// The `smp` guest's layout (guests/src/bin/smp.rs).
+const REGION_GPA: u64 = 0x50_0000;
+const REGION_BYTES: u64 = 0x2_0000;
+const REGION_PAGES: u64 = REGION_BYTES / 4096;
+
+fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Ept>> {
+    assert_eq!(vm::backend(), Some(Backend::Vmx), "the bed offers VMX");
+    Vm::new_smp(
+        VmConfig {
+            name: "smp",
+            image: images::SMP.bytes,
+            ram_bytes: 16 * MIB,
+            huge_pages: false,
+            boot_arg: mode | (u64::from(vcpus) << 8),
+        },
+        vcpus,
+        None,
+    )
+    .expect("VM")
+}
+
+fn four_vcpus() {
+    let vm = smp_vm(0, 4);
+    for page in 0..8 * REGION_PAGES {
+        vm.memory
+            .write(GuestPhysAddr::new(REGION_GPA + page * 4096), &[0])
+            .expect("back the regions");
+    }
+    vm.memory.clear_accessed_dirty();
+    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    assert_eq!(vm.running_vcpus(), 0);
+    let mut mismatched = 0;
+    for vcpu in 0..8u64 {
+        for page in 0..REGION_PAGES {
+            let gpa = REGION_GPA + vcpu * REGION_BYTES + page * 4096;
+            let want = match (vcpu < 4, page) {
+                (true, 0..8) => (true, true),
+                (true, 8..12) => (true, false),
+                _ => (false, false),
+            };
+            let got = vm
+                .memory
+                .accessed_dirty(GuestPhysAddr::new(gpa))
+                .expect("backed");
+            if got != want {
+                kernel::println!(
+                    "[vmx_vcpus] vCPU {vcpu} page {page}: A/D {got:?}, expected {want:?}"
+                );
+                mismatched += 1;
+            }
+        }
+    }
+    kernel::println!(
+        "[vmx_vcpus] A/D check: 8 regions x {REGION_PAGES} pages, {mismatched} mismatched; {} HLTs waited, {} string I/O elements",
+        vm.stats.halts.load(Ordering::Relaxed),
+        vm.stats.string_io_elements.load(Ordering::Relaxed)
+    );
+    assert_eq!(mismatched, 0);
+    assert!(vm.stats.halts.load(Ordering::Relaxed) >= 2);
+    vm.memory.check_isolation().expect("isolation");
+}
+
+fn hlt_without_wakeup() {
+    let vm = smp_vm(1, 1);
+    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
+    assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
+}
+
+fn stop_wakes_halted() {
+    let vm = smp_vm(2, 2);
+    let boot = {
+        let vm = vm.clone();
+        sched::spawn_on(0, "vcpu0", move || {
+            vm::run_on_this_cpu::<Vmx>(&vm);
+        })
+    };
+    // Cooperative: this thread sleeps, the vCPUs run until both halt.
+    while vm.running_vcpus() < 2 {
+        time::sleep_ms(1);
+    }
+    time::sleep_ms(50);
+    assert_eq!(vm.stop_reason(), None, "both vCPUs wait in HLT");
+    vm.request_stop();
+    boot.join();
+    assert_eq!(vm.stop_reason(), Some(StopReason::Killed));
+}
+
+fn evil(scenario: u64) -> (Arc<Vm<Ept>>, StopReason) {
+    let vm: Arc<Vm<Ept>> = Arc::from(
+        Vm::<Ept>::new(
+            VmConfig {
+                name: "evil",
+                image: images::EVIL.bytes,
+                ram_bytes: 8 * MIB,
+                huge_pages: true,
+                boot_arg: scenario,
+            },
+            None,
+        )
+        .expect("VM"),
+    );
+    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
+    (vm, reason)
+}
+
+fn bad_string_io() {
+    match evil(13).1 {
+        StopReason::StringIo { va, .. } => assert_eq!(va, 512 << 30),
+        other => panic!("scenario 13: {other:?}"),
+    }
+    match evil(14).1 {
+        StopReason::StringIo { va, .. } => assert_eq!(va, 8 * MIB + 0x1000),
+        other => panic!("scenario 14: {other:?}"),
+    }
+    assert!(matches!(evil(16).1, StopReason::StringIo { va: 0, .. }));
+}
+
+fn long_rep_outs() {
+    let (vm, reason) = evil(15);
+    assert_eq!(reason, StopReason::Exited(0));
+    assert_eq!(vm.stats.string_io_elements.load(Ordering::Relaxed), 10_000);
+}

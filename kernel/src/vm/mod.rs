@@ -641,7 +641,9 @@ impl<F: EntryFormat> Vm<F> {
             if slot.state.load(Ordering::Acquire) != SLOT_RUNNING {
                 continue;
             }
-            if let Some(thread) = slot.thread.lock().clone() {
+            // Not under the slot's lock: unpark takes a run-queue lock.
+            let thread = slot.thread.lock().clone();
+            if let Some(thread) = thread {
                 thread.unpark();
             }
             let cpu = slot.cpu.load(Ordering::Acquire);
@@ -1516,7 +1518,9 @@ fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -
             let slot = &vm.vcpus[target as usize];
             if slot.state.load(Ordering::Acquire) == SLOT_RUNNING {
                 slot.wake.store(true, Ordering::Release);
-                if let Some(thread) = slot.thread.lock().clone() {
+                // Not under the slot's lock: unpark takes a run-queue lock.
+                let thread = slot.thread.lock().clone();
+                if let Some(thread) = thread {
                     thread.unpark();
                 }
                 Ok(0)

@@ -91,8 +91,14 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-/// Pages unmapped under one TLB flush.
+/// Pages unmapped under one TLB flush, by default.
 pub const BATCH_PAGES: usize = 64;
+/// The largest batch [`Reclaimer::set_batch_pages`] allows. Each batch
+/// holds the VM's writer lock throughout, so a vCPU's fault may wait for a
+/// whole batch; a larger batch trades that wait for fewer flushes (each
+/// one waits until every CPU took an interrupt: milliseconds under
+/// emulation on a loaded host).
+pub const MAX_BATCH_PAGES: usize = 256;
 
 /// How the reclaimer reaches host frames. The kernel implements it over
 /// its frame allocator and its map of physical memory.
@@ -429,6 +435,11 @@ pub struct Reclaimer {
     /// Whether pages that do not compress are kept raw (else left
     /// resident).
     store_raw: bool,
+    /// Pages per batch (one flush each).
+    batch_pages: usize,
+    /// The pages of the batch in flight: (gfn, frame, exchanged entry);
+    /// on the heap, [`MAX_BATCH_PAGES`] entries would be 6 KiB of stack.
+    in_flight: Vec<(u64, HostPhysAddr, u64)>,
     /// Nanosecond clock for [`ReclaimTimes`], if one was given.
     clock: Option<fn() -> u64>,
     times: ReclaimTimes,
@@ -454,9 +465,22 @@ impl Reclaimer {
             stats: ReclaimStats::default(),
             page: Box::new([0; PAGE_BYTES]),
             store_raw: true,
+            batch_pages: BATCH_PAGES,
+            in_flight: Vec::with_capacity(MAX_BATCH_PAGES),
             clock: None,
             times: ReclaimTimes::default(),
         }
+    }
+
+    /// Pages per batch from now on (one TLB flush each), within
+    /// `1..=MAX_BATCH_PAGES` ([`BATCH_PAGES`] by default).
+    pub fn set_batch_pages(&mut self, pages: usize) {
+        self.batch_pages = pages.clamp(1, MAX_BATCH_PAGES);
+    }
+
+    /// Pages per batch.
+    pub fn batch_pages(&self) -> usize {
+        self.batch_pages
     }
 
     /// Whether pages that do not compress are kept in the store raw (the
@@ -534,7 +558,7 @@ impl Reclaimer {
     }
 
     /// Reclaims the 4 KiB pages at `gpas` (page-aligned guest-physical
-    /// addresses), in batches of [`BATCH_PAGES`] under one flush each, in
+    /// addresses), in batches of [`Self::batch_pages`] under one flush each, in
     /// the order of the module docs. The caller holds the VM's writer lock.
     pub fn reclaim_pages<F, M, A, G, T, S>(
         &mut self,
@@ -554,7 +578,7 @@ impl Reclaimer {
         S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let mut total = BatchStats::default();
-        for chunk in gpas.chunks(BATCH_PAGES) {
+        for chunk in gpas.chunks(self.batch_pages) {
             total.add(self.reclaim_batch(tables, mapper, frames, flush, gens, chunk));
         }
         total
@@ -580,10 +604,9 @@ impl Reclaimer {
         let mut b = BatchStats::default();
         let t_unmap = self.now_ns();
         // (gfn, frame, exchanged entry) of the pages now in flight.
-        let mut in_flight: [(u64, HostPhysAddr, u64); BATCH_PAGES] =
-            [(0, HostPhysAddr::new(0), 0); BATCH_PAGES];
-        let mut n = 0;
-        for &gpa in gpas.iter().take(BATCH_PAGES) {
+        let mut in_flight = core::mem::take(&mut self.in_flight);
+        in_flight.clear();
+        for &gpa in gpas.iter().take(self.batch_pages) {
             b.candidates += 1;
             let gpa = gpa & !0xfff;
             let gfn = gpa / 4096;
@@ -670,18 +693,18 @@ impl Reclaimer {
                     kind: None,
                 },
             );
-            in_flight[n] = (gfn, frame, old);
-            n += 1;
+            in_flight.push((gfn, frame, old));
         }
         let t_flush = self.now_ns();
         self.times.unmap_ns += t_flush.saturating_sub(t_unmap);
-        if n == 0 {
+        if in_flight.is_empty() {
+            self.in_flight = in_flight;
             return b;
         }
         // Deliberately broken twin (`--cfg hvcore_broken_reclaim_order`,
         // for the loom models only): the frames are read before the flush.
         #[cfg(hvcore_broken_reclaim_order)]
-        self.inspect(tables, mapper, frames, gens, &in_flight[..n], &mut b);
+        self.inspect(tables, mapper, frames, gens, &in_flight, &mut b);
         // Step 2: one flush for the whole batch.
         flush.flush_guest_tlb();
         self.stats.flushes += 1;
@@ -690,8 +713,9 @@ impl Reclaimer {
         self.times.flush_ns += t_store.saturating_sub(t_flush);
         // Step 3: only now look at the frames.
         #[cfg(not(hvcore_broken_reclaim_order))]
-        self.inspect(tables, mapper, frames, gens, &in_flight[..n], &mut b);
+        self.inspect(tables, mapper, frames, gens, &in_flight, &mut b);
         self.times.store_ns += self.now_ns().saturating_sub(t_store);
+        self.in_flight = in_flight;
         b
     }
 
@@ -821,7 +845,7 @@ impl Reclaimer {
             ReclaimTarget::ColderThan(a) => a,
             ReclaimTarget::Adaptive => ColdAfter::Gens(self.feedback.threshold_gens()),
         };
-        let mut batch = [0u64; BATCH_PAGES];
+        let mut batch = [0u64; MAX_BATCH_PAGES];
         loop {
             let t_select = self.now_ns();
             // The histogram is a sweep of every generation byte: only a
@@ -839,8 +863,8 @@ impl Reclaimer {
                 break;
             }
             let cap = usize::try_from(want)
-                .unwrap_or(BATCH_PAGES)
-                .min(BATCH_PAGES);
+                .unwrap_or(self.batch_pages)
+                .min(self.batch_pages);
             let mut n = 0;
             'fill: for run in gens.coldest(after, now_ms) {
                 for i in 0..run.pages {

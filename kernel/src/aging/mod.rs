@@ -35,7 +35,7 @@ use hvcore::flush::{FlushPolicy, TlbFlush};
 use hvcore::generations::ColdAfter;
 use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
-use hvcore::reclaim::{BATCH_PAGES, BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
+use hvcore::reclaim::{BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
 use hvcore::report::{self, Record};
 
 /// How the aging thread runs.
@@ -207,7 +207,7 @@ pub fn reclaim_line(mm: &VmMm, n: u64, interval_ms: u64) -> Record {
 }
 
 /// Reclaims from `m` toward `target` (at most `max_pages`), one batch of
-/// `hvcore::reclaim::BATCH_PAGES` at a time: each batch holds the VM's
+/// the reclaimer's `batch_pages` at a time: each batch holds the VM's
 /// writer lock, then its `VmMm` lock, and lets go before the next, so a
 /// vCPU's fault waits for one batch at most.
 pub fn reclaim_vm<F: EntryFormat>(
@@ -217,8 +217,9 @@ pub fn reclaim_vm<F: EntryFormat>(
 ) -> BatchStats {
     let vm = m.vm;
     let mut total = BatchStats::default();
+    let batch_pages = m.mm.lock().rec.batch_pages() as u64;
     while total.reclaimed < max_pages {
-        let batch = (max_pages - total.reclaimed).min(BATCH_PAGES as u64);
+        let batch = (max_pages - total.reclaimed).min(batch_pages);
         let t0 = crate::time::now_ns();
         let b = vm.memory.with_writer(|mapper, frames| {
             let t_held = timing::RECLAIM_WRITER_WAIT.since(t0);
@@ -337,6 +338,12 @@ pub fn run<F: EntryFormat>(vms: Vec<Managed<F>>, config: AgingConfig) {
 /// How often the aging thread looks at host memory pressure between passes.
 pub const PRESSURE_CHECK_MS: u64 = 5;
 
+/// Pages per batch (one TLB flush) of pressure reclaim: each flush waits
+/// for every CPU to take an interrupt, which cost 12-17 ms per flush under
+/// TCG on a loaded host (more than the 64 pages of a default batch took to
+/// unmap and store).
+pub const PRESSURE_BATCH_PAGES: usize = hvcore::reclaim::MAX_BATCH_PAGES;
+
 /// How long a VM whose pressure batch freed nothing for good is passed over
 /// (`hvcore::reclaim::VictimCandidate::barren`).
 pub const BARREN_MS: u64 = 500;
@@ -451,14 +458,23 @@ fn pressure<F: EntryFormat>(vms: &[Managed<F>], barren_until_ms: &mut [u64]) {
         survey,
         |i| {
             // No raw copies under pressure: one would cost the heap the
-            // frame its page frees.
-            vms[i].mm.lock().rec.set_store_raw(false);
+            // frame its page frees. Larger batches: fewer flushes, and the
+            // vCPUs mostly wait for memory anyway.
+            let batch_pages = {
+                let mut mm = vms[i].mm.lock();
+                let before = mm.rec.batch_pages();
+                mm.rec.set_store_raw(false);
+                mm.rec.set_batch_pages(PRESSURE_BATCH_PAGES);
+                before
+            };
             let b = reclaim_vm(
                 &vms[i],
                 ReclaimTarget::ColderThan(ColdAfter::Gens(1)),
-                BATCH_PAGES as u64,
+                PRESSURE_BATCH_PAGES as u64,
             );
-            vms[i].mm.lock().rec.set_store_raw(true);
+            let mut mm = vms[i].mm.lock();
+            mm.rec.set_store_raw(true);
+            mm.rec.set_batch_pages(batch_pages);
             b
         },
     );

@@ -74,52 +74,59 @@
 //! project's 2-core AMD EPYC VM, shared with other builds, one thread,
 //! tables evicted from every cache before each pass, NPT format, best of 15
 //! rounds in which the four passes take turns; the second of two full runs
-//! (the other within 0.03 ns at 4 and 16 GiB, see `docs/aging.md`). ns per
-//! 4 KiB guest page. `ours` = [`age_pass`]; `clear` = the same walk and
-//! clears with the young reports dropped (no generation stamps); `floor` = a
-//! plain read of every leaf entry; `kvm` = a load of every leaf and an
-//! atomic AND on every young one, no skipping (an idealised KVM-style pass:
-//! real KVM costs 20-28 ns per page); `skipped` = subtrees skipped through a
-//! clear parent A.
+//! on 2026-11-25 at 18:25 UTC, load average 7.0-7.3 (the other within
+//! 0.045 ns, the floor 0.06, except one burst of load at 16 GiB clustered
+//! 100 %; see `docs/aging.md`). ns per 4 KiB guest page. `ours` =
+//! [`age_pass`]; `clear` = the same walk and clears with the young reports
+//! dropped (no generation stamps); `floor` = a plain read of every leaf
+//! entry; `kvm` = a load of every leaf and an atomic AND on every young one,
+//! no skipping (an idealised KVM-style pass: real KVM costs 20-28 ns per
+//! page); `med o/k` = the median over the rounds of ours/kvm within a
+//! round; `skipped` = subtrees skipped through a clear parent A.
 //!
 //! ```text
-//!  guest   pattern  touch |    ours   clear   floor     kvm | ours/flr ours/kvm |     young   skipped
-//!    1Gi clustered     0% |   0.011   0.007   0.339   0.293 |     0.03     0.04 |         0         1
-//!    1Gi clustered     1% |   0.036   0.030   0.313   0.308 |     0.12     0.12 |      1024       510
-//!    1Gi clustered    10% |   0.300   0.268   0.306   0.509 |     0.98     0.59 |     25600       462
-//!    1Gi clustered    50% |   1.380   1.308   0.353   1.356 |     3.91     1.02 |    134656       249
-//!    1Gi clustered   100% |   2.336   2.271   0.351   2.350 |     6.66     0.99 |    262144         0
-//!    1Gi scattered     1% |   0.422   0.387   0.346   0.380 |     1.22     1.11 |      2633         2
-//!    1Gi scattered    10% |   0.900   0.799   0.345   0.905 |     2.61     0.99 |     26007         0
-//!    1Gi scattered    50% |   1.613   1.432   0.346   3.162 |     4.67     0.51 |    130649         0
-//!    4Gi clustered     0% |   0.003   0.002   0.334   0.331 |     0.01     0.01 |         0         1
-//!    4Gi clustered     1% |   0.033   0.032   0.339   0.360 |     0.10     0.09 |      7168      2034
-//!    4Gi clustered    10% |   0.332   0.317   0.336   0.547 |     0.99     0.61 |    112640      1828
-//!    4Gi clustered    50% |   1.334   1.266   0.333   1.320 |     4.01     1.01 |    523264      1026
-//!    4Gi clustered   100% |   2.319   2.257   0.332   2.343 |     6.99     0.99 |   1048576         0
-//!    4Gi scattered     1% |   0.405   0.380   0.332   0.369 |     1.22     1.10 |     10389        10
-//!    4Gi scattered    10% |   0.882   0.785   0.333   0.928 |     2.65     0.95 |    104677         0
-//!    4Gi scattered    50% |   1.600   1.423   0.331   3.194 |     4.83     0.50 |    524683         0
-//!   16Gi clustered     0% |   0.001   0.001   0.335   0.335 |     0.00     0.00 |         0         1
-//!   16Gi clustered     1% |   0.045   0.044   0.334   0.367 |     0.14     0.12 |     48128      8098
-//!   16Gi clustered    10% |   0.305   0.292   0.334   0.533 |     0.91     0.57 |    412672      7386
-//!   16Gi clustered    50% |   1.353   1.289   0.334   1.347 |     4.05     1.00 |   2120192      4051
-//!   16Gi clustered   100% |   2.342   2.285   0.326   2.369 |     7.18     0.99 |   4194304         0
-//!   16Gi scattered     1% |   0.411   0.385   0.349   0.374 |     1.18     1.10 |     41937        42
-//!   16Gi scattered    10% |   0.886   0.792   0.332   0.924 |     2.67     0.96 |    420089         0
-//!   16Gi scattered    50% |   1.611   1.435   0.341   3.194 |     4.73     0.50 |   2098105         0
+//!  guest   pattern  touch |    ours   clear   floor     kvm | ours/flr ours/kvm  med o/k |     young   skipped
+//!    1Gi clustered     0% |   0.011   0.011   0.343   0.353 |     0.03     0.03     0.04 |         0         1
+//!    1Gi clustered     1% |   0.041   0.035   0.352   0.367 |     0.12     0.11     0.12 |      1024       510
+//!    1Gi clustered    10% |   0.324   0.311   0.349   0.548 |     0.93     0.59     0.60 |     25600       462
+//!    1Gi clustered    50% |   1.377   1.314   0.347   1.371 |     3.97     1.00     1.01 |    134656       249
+//!    1Gi clustered   100% |   2.344   2.282   0.358   2.364 |     6.54     0.99     0.99 |    262144         0
+//!    1Gi scattered     1% |   0.427   0.393   0.357   0.393 |     1.20     1.09     1.08 |      2633         2
+//!    1Gi scattered    10% |   0.909   0.804   0.343   0.991 |     2.65     0.92     0.91 |     26007         0
+//!    1Gi scattered    50% |   1.639   1.434   0.339   3.272 |     4.84     0.50     0.50 |    130649         0
+//!    4Gi clustered     0% |   0.004   0.003   0.325   0.342 |     0.01     0.01     0.01 |         0         1
+//!    4Gi clustered     1% |   0.035   0.033   0.322   0.353 |     0.11     0.10     0.09 |      7168      2034
+//!    4Gi clustered    10% |   0.336   0.316   0.318   0.546 |     1.06     0.62     0.58 |    112640      1828
+//!    4Gi clustered    50% |   1.350   1.335   0.317   1.332 |     4.25     1.01     1.03 |    523264      1026
+//!    4Gi clustered   100% |   2.317   2.264   0.325   2.357 |     7.13     0.98     0.98 |   1048576         0
+//!    4Gi scattered     1% |   0.405   0.377   0.315   0.374 |     1.29     1.08     1.09 |     10389        10
+//!    4Gi scattered    10% |   0.886   0.783   0.315   0.993 |     2.81     0.89     0.89 |    104677         0
+//!    4Gi scattered    50% |   1.615   1.416   0.315   3.296 |     5.13     0.49     0.49 |    524683         0
+//!   16Gi clustered     0% |   0.001   0.001   0.349   0.369 |     0.00     0.00     0.00 |         0         1
+//!   16Gi clustered     1% |   0.046   0.044   0.353   0.400 |     0.13     0.11     0.11 |     48128      8098
+//!   16Gi clustered    10% |   0.311   0.294   0.350   0.554 |     0.89     0.56     0.53 |    412672      7386
+//!   16Gi clustered    50% |   1.417   1.322   0.355   1.362 |     3.99     1.04     1.06 |   2120192      4051
+//!   16Gi clustered   100% |   2.347   2.283   0.352   2.375 |     6.66     0.99     0.99 |   4194304         0
+//!   16Gi scattered     1% |   0.430   0.403   0.356   0.402 |     1.21     1.07     1.08 |     41937        42
+//!   16Gi scattered    10% |   0.901   0.796   0.350   1.002 |     2.57     0.90     0.88 |    420089         0
+//!   16Gi scattered    50% |   1.646   1.450   0.362   3.370 |     4.55     0.49     0.49 |   2098105         0
 //! ```
 //!
-//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.045 ns per
-//! page (target <= 0.1). 100 % touched: 2.34-2.37 ns (target <= 3.5). Every
-//! case is at least 8x under KVM's published 20-28 ns. Flat 1 %: 1.18-1.21x
-//! the read floor (target 1.3x). Against the KVM-style loop: 0.99x at 100 %,
-//! 0.95x at scattered 10 %, 0.5x at scattered 50 %, far under it where
-//! subtrees are skipped, 1.00-1.02x at clustered 50 %; missed at scattered
-//! 1 %, 1.03-1.10x over the day's runs: the walk and clears alone tie it,
-//! the rest is the generation stamp of each young page (about 3 ns), which
-//! the KVM-style loop does not do. `docs/aging.md`, "Measured", has the
-//! analysis and the next step (the generation in ignored entry bits).
+//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.046 ns per
+//! page (target <= 0.1). 100 % touched: 2.35-2.38 ns (target <= 3.5). Every
+//! case is at least 8x under KVM's published 20-28 ns. Flat 1 %: 1.17-1.21x
+//! the read floor (target 1.3x; the floor moves most with the load, and
+//! runs where it read 0.20-0.29 put this at 1.4-1.9x). Against the
+//! KVM-style loop: 0.98-0.99x at 100 %, 0.89-0.93x at scattered 10 %, 0.5x
+//! at scattered 50 %, far under it where subtrees are skipped, 1.00-1.04x
+//! at clustered 50 %; missed at scattered 1 %, 1.06-1.09x (median per round
+//! 1.08-1.15): the walk and clears alone are 1.00-1.04x, the rest is the
+//! generation stamp of each young page (about 3 ns), which the KVM-style
+//! loop does not do. `docs/aging.md`, "Measured", lists what was tried to
+//! close that gap (stamp schedules that touch only the lines needed, later
+//! prefetches, a two-phase leaf scan, next-table prefetches: all measured
+//! slower or no better) and the next step (the generation in ignored entry
+//! bits).
 //!
 //! The leaf scan ([`crate::walk::LeafRun::for_each_chunk`]) computes a
 //! chunk's young mask with a shift and a mask per entry and no branch, and

@@ -53,7 +53,8 @@ RUN OPTIONS:
     --mem SIZE        Guest memory in QEMU syntax, e.g. 512M, 2G (default 256M)
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
-    --guest NAME      Guest to run: hello (default), pattern, checksum, evil
+    --guest NAME      Guest to run: hello (default), pattern, checksum, evil,
+                      smp (4 vCPUs)
     --age-interval-ms N
                       Time between aging passes (default 1000); the report
                       (docs/report-format.md) is printed live

@@ -373,7 +373,9 @@ pub fn cold_pages() -> u64 {
 /// hot sets of the VMs exceed the host) stays paused while the others run,
 /// until memory frees up or `give_up()` (its stop was requested) says to
 /// stop waiting: then false (`vm NAME: stopped while paused for memory`).
-/// False at once when no VM is managed (nothing would ever free memory).
+/// False at once when no VM is managed, or without a timer (the Bochs bed:
+/// reclaim runs on the waiting vCPU's own exits): nothing would ever free
+/// memory.
 /// Called without any lock held.
 pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> bool) -> bool {
     if REGISTRY.lock().is_empty() {
@@ -395,6 +397,23 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> boo
             detail: alloc::format!("no_free_frame_for_fault_at_{:#x}", gpa.as_u64()),
         })
     );
+    if !crate::time::has_timer() {
+        // Cooperative scheduling (the Bochs bed): the reclaim runs on this
+        // very vCPU's exits, so nothing could free memory while it waits.
+        crate::println!(
+            "vm {name}: stopped while paused for memory (0 ms): no timer, nothing reclaims while this vCPU waits"
+        );
+        crate::println!(
+            "{}",
+            hvcore::report::Record::Event(hvcore::report::EventLine {
+                vm: name.into(),
+                t_ms: now_ms(),
+                what: hvcore::report::EventKind::Stopped,
+                detail: "no_timer_to_reclaim".into(),
+            })
+        );
+        return false;
+    }
     PAUSES.fetch_add(1, Ordering::Relaxed);
     PAUSED_NOW.fetch_add(1, Ordering::AcqRel);
     let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);

@@ -144,6 +144,8 @@ fn all_finish() {
     let host = host_bytes();
     let free0 = kernel::mem::frame_stats().free_frames;
     let pauses0 = reclaim::PAUSES.load(Ordering::Relaxed);
+    let freed0 = reclaim::FRAMES_FREED.load(Ordering::Relaxed);
+    let taken0 = reclaim::FRAMES_TAKEN.load(Ordering::Relaxed);
     kernel::reclaim::timing::reset();
     let vms: Vec<_> = names.iter().map(|&n| new_vm(n, ram, 1 | SPARSE)).collect();
     let ms: Vec<Managed> = vms.iter().map(|&vm| Managed::new(vm, None)).collect();
@@ -201,6 +203,24 @@ fn all_finish() {
     assert!(
         reclaimed >= written - free0,
         "host pressure drove reclaim: {reclaimed} pages reclaimed for {written} written on {free0} free frames"
+    );
+    // Every frame the reclaimers count as freed went back to the frame
+    // allocator, and every fault-in took one from it.
+    let (mut freed, mut taken) = (0, 0);
+    for m in &ms {
+        let s = m.mm.lock().rec.stats();
+        freed += s.frames_freed;
+        taken += s.frames_taken;
+    }
+    assert_eq!(
+        reclaim::FRAMES_FREED.load(Ordering::Relaxed) - freed0,
+        freed,
+        "frames given back to the allocator"
+    );
+    assert_eq!(
+        reclaim::FRAMES_TAKEN.load(Ordering::Relaxed) - taken0,
+        taken,
+        "frames taken from the allocator for fault-ins"
     );
     for m in &ms {
         let mm = m.mm.lock();

@@ -1,7 +1,10 @@
 //! `smp`: a VM with several vCPUs (docs/guests.md, docs/hypercalls.md).
 //!
 //! Boot argument (RSI): bits 0-7 the mode, bits 8-15 the vCPU count N
-//! (0 means 4; the VM must have been made with at least N vCPUs).
+//! (0 means 4; the VM must have been made with at least N vCPUs), bits
+//! 16-31 (mode 0) milliseconds vCPU 0 sleeps (HLT + deadline) after the
+//! others finished and before it checks their work, so the host can
+//! reclaim the pages in between.
 //!
 //! | mode | what the vCPUs do | expected outcome |
 //! |---|---|---|
@@ -136,10 +139,15 @@ fn count() {
 fn sleeper() {
     let deadline = guests::time_ns() + 2_000_000;
     guests::hypercall(nr::SET_TIMER, deadline, 0, 0, 0);
+    // At least one HLT: when the host was slow (a refault) and the deadline
+    // has passed already, it returns at once.
     let mut rounds = 0;
-    while guests::time_ns() < deadline {
+    loop {
         halt();
         rounds += 1;
+        if guests::time_ns() >= deadline {
+            break;
+        }
     }
     SLEPT.store(rounds, Ordering::SeqCst);
     WAKE_FLAG.store(1, Ordering::SeqCst);
@@ -302,7 +310,9 @@ fn main(boot: BootInfo) -> u64 {
     MODE.store(mode, Ordering::SeqCst);
     match mode {
         1 => {
-            guests::hypercall(nr::SET_TIMER, guests::time_ns() + 1_000_000, 0, 0, 0);
+            // 50 ms: far more than the two exits between here and the HLT
+            // take, so the HLT does wait.
+            guests::hypercall(nr::SET_TIMER, guests::time_ns() + 50_000_000, 0, 0, 0);
             halt();
             println!("smp: woke from a HLT with a deadline");
             // Nothing can wake this one: the VM stops.
@@ -369,6 +379,12 @@ fn main(boot: BootInfo) -> u64 {
         guests::hypercall(nr::SET_TIMER, guests::time_ns() + 1_000_000, 0, 0, 0);
         halt();
         naps += 1;
+    }
+    let settle_ns = ((boot.arg >> 16) & 0xffff) * 1_000_000;
+    let settled = guests::time_ns() + settle_ns;
+    guests::hypercall(nr::SET_TIMER, settled, 0, 0, 0);
+    while guests::time_ns() < settled {
+        halt();
     }
     let counter = COUNTER.load(Ordering::SeqCst);
     if counter != n * INCREMENTS {

@@ -692,11 +692,16 @@ impl<F: EntryFormat> Vm<F> {
         *self.checksum.lock()
     }
 
-    /// Prints one line about the guest's misbehaviour (rate-limited).
-    fn report(&self, args: fmt::Arguments<'_>) {
+    /// Prints one line about the guest's misbehaviour on vCPU `index`
+    /// (rate-limited); the vCPU is named when the VM has several.
+    fn report_from(&self, index: u32, args: fmt::Arguments<'_>) {
         let n = self.stats.reports.fetch_add(1, Ordering::Relaxed);
         if n < REPORT_LINES_MAX {
-            crate::println!("vm {}: {args}", self.name());
+            if self.vcpus.len() > 1 {
+                crate::println!("vm {}: vCPU {index}: {args}", self.name());
+            } else {
+                crate::println!("vm {}: {args}", self.name());
+            }
         } else if n == REPORT_LINES_MAX {
             crate::println!(
                 "vm {}: more misbehaviour, counted but not printed",
@@ -1005,7 +1010,7 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
                 r.rax = v & 0xffff_ffff;
                 r.rdx = v >> 32;
             } else {
-                vm.report(format_args!(
+                vm.report_from(index, format_args!(
                     "guest read unknown MSR {msr:#x} at RIP {rip:#x}: #GP injected, VM continues"
                 ));
                 vcpu.inject_exception(13, Some(0));
@@ -1016,7 +1021,7 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
         VmExit::MsrWrite { msr, value } => {
             let ok = msr == hvcore::svm::MSR_EFER && vcpu.set_guest_efer(value);
             if !ok {
-                vm.report(format_args!(
+                vm.report_from(index, format_args!(
                     "guest wrote {value:#x} to MSR {msr:#x} at RIP {rip:#x}: refused, #GP injected, VM continues"
                 ));
                 vcpu.inject_exception(13, Some(0));
@@ -1024,7 +1029,7 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
             }
             skip(vm, vcpu, Insn::Wrmsr)
         }
-        VmExit::Io(io) => port_io(vm, vcpu, io),
+        VmExit::Io(io) => port_io(vm, vcpu, io, index),
         VmExit::Hlt => halt(vm, vcpu, index),
         VmExit::Hypercall => hypercall(vm, vcpu, index),
         VmExit::NestedPageFault(fault) => match vm.memory.fault_in(fault.gpa) {
@@ -1061,8 +1066,8 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
                 Some(insn::Decoded {
                     insn: Insn::Virt(v),
                     ..
-                }) => report_virt(vm, v, rip),
-                _ => vm.report(format_args!(
+                }) => report_virt(vm, v, rip, index),
+                _ => vm.report_from(index, format_args!(
                     "guest executed an invalid opcode {:02x?} at RIP {rip:#x}: #UD injected, VM continues",
                     &bytes[..n.min(4)]
                 )),
@@ -1075,13 +1080,13 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
             Next::Resume
         }
         VmExit::VirtInstruction(v) => {
-            report_virt(vm, v, rip);
+            report_virt(vm, v, rip, index);
             vcpu.inject_exception(6, None);
             Next::Resume
         }
-        VmExit::CrWrite { cr } => cr_write(vm, vcpu, cr),
+        VmExit::CrWrite { cr } => cr_write(vm, vcpu, cr, index),
         VmExit::Xsetbv { xcr, value } => {
-            vm.report(format_args!(
+            vm.report_from(index, format_args!(
                 "guest wrote {value:#x} to XCR{xcr} at RIP {rip:#x}: extended state is not offered, #GP injected, VM continues"
             ));
             vcpu.inject_exception(13, Some(0));
@@ -1094,7 +1099,7 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
 /// MOV to CR4 (the only control register intercepted): decode the source
 /// register, keep to the offered bits (`hvcore::svm::cr4_write`), flush the
 /// guest's TLB as the architecture does on CR4 changes.
-fn cr_write<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, cr: u8) -> Next {
+fn cr_write<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, cr: u8, index: u32) -> Next {
     let rip = vcpu.regs().rip;
     let mut bytes = [0u8; insn::MAX_INSN_LEN];
     let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
@@ -1126,7 +1131,7 @@ fn cr_write<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, cr: u8) -> Nex
             });
         }
         Err(why) => {
-            vm.report(format_args!(
+            vm.report_from(index, format_args!(
                 "guest wrote {value:#x} to CR4 at RIP {rip:#x}: {why}, #GP injected, VM continues"
             ));
             vcpu.inject_exception(13, Some(0));
@@ -1135,12 +1140,15 @@ fn cr_write<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, cr: u8) -> Nex
     Next::Resume
 }
 
-fn report_virt<F: EntryFormat>(vm: &Vm<F>, v: VirtInsn, rip: u64) {
-    vm.report(format_args!(
-        "guest executed {} ({} instruction) at RIP {rip:#x}: #UD injected, VM continues",
-        v.name(),
-        v.family()
-    ));
+fn report_virt<F: EntryFormat>(vm: &Vm<F>, v: VirtInsn, rip: u64, index: u32) {
+    vm.report_from(
+        index,
+        format_args!(
+            "guest executed {} ({} instruction) at RIP {rip:#x}: #UD injected, VM continues",
+            v.name(),
+            v.family()
+        ),
+    );
 }
 
 /// Steps over the intercepted instruction: NRIP when the CPU gives it,
@@ -1189,17 +1197,17 @@ fn cpuid(regs: &mut GuestRegs) {
     regs.rdx = u64::from(r.edx);
 }
 
-fn port_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess) -> Next {
+fn port_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess, index: u32) -> Next {
     if io.string {
-        return string_io(vm, vcpu, io);
+        return string_io(vm, vcpu, io, index);
     }
     let rip = vcpu.regs().rip;
     let mask = size_mask(io.size_bytes);
     let regs = vcpu.regs();
     match io.dir {
-        IoDir::Out => port_write(vm, io.port, io.size_bytes, regs.rax as u32, rip),
+        IoDir::Out => port_write(vm, io.port, io.size_bytes, regs.rax as u32, rip, index),
         IoDir::In => {
-            let value = u64::from(port_read(vm, io.port, io.size_bytes, rip));
+            let value = u64::from(port_read(vm, io.port, io.size_bytes, rip, index));
             regs.rax = (regs.rax & !mask) | value;
         }
     }
@@ -1225,7 +1233,14 @@ fn is_uart(port: u16) -> bool {
 }
 
 /// An OUT of `size_bytes` to `port` (the UART takes the low byte).
-fn port_write<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, value: u32, rip: u64) {
+fn port_write<F: EntryFormat>(
+    vm: &Vm<F>,
+    port: u16,
+    size_bytes: u8,
+    value: u32,
+    rip: u64,
+    index: u32,
+) {
     if is_uart(port) {
         vm.uart
             .lock()
@@ -1233,7 +1248,7 @@ fn port_write<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, value: u32,
                 vm.uart_line(line)
             });
     } else {
-        vm.report(format_args!(
+        vm.report_from(index, format_args!(
             "guest wrote {:#x} to unemulated port {port:#x} at RIP {rip:#x}: dropped, VM continues",
             u64::from(value) & size_mask(size_bytes),
         ));
@@ -1242,11 +1257,11 @@ fn port_write<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, value: u32,
 
 /// An IN of `size_bytes` from `port`: the UART's register, all ones for a
 /// port nobody emulates.
-fn port_read<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, rip: u64) -> u32 {
+fn port_read<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, rip: u64, index: u32) -> u32 {
     if is_uart(port) {
         return u32::from(vm.uart.lock().read(port - uart::COM1));
     }
-    vm.report(format_args!(
+    vm.report_from(index, format_args!(
         "guest read unemulated port {port:#x} ({size_bytes} bytes) at RIP {rip:#x}: all ones returned, VM continues"
     ));
     size_mask(size_bytes) as u32
@@ -1259,7 +1274,12 @@ const STRING_IO_BATCH: u64 = 4096;
 /// INS/OUTS (`hvcore::string_io`): decode the instruction to learn the
 /// address size and REP, move the elements through the guest's paging,
 /// step over it when done.
-fn string_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess) -> Next {
+fn string_io<F: EntryFormat, V: VirtCpu>(
+    vm: &Vm<F>,
+    vcpu: &mut V,
+    io: IoAccess,
+    index: u32,
+) -> Next {
     let rip = vcpu.regs().rip;
     let mut bytes = [0u8; insn::MAX_INSN_LEN];
     let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
@@ -1286,7 +1306,7 @@ fn string_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess)
         rcx: r.rcx,
         rflags: r.rflags,
     };
-    let mut ports = VmPorts { vm, rip };
+    let mut ports = VmPorts { vm, rip, index };
     let outcome = string_io::run(
         &op,
         io.port,
@@ -1324,14 +1344,15 @@ fn string_io<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, io: IoAccess)
 struct VmPorts<'a, F: EntryFormat> {
     vm: &'a Vm<F>,
     rip: u64,
+    index: u32,
 }
 
 impl<F: EntryFormat> string_io::Ports for VmPorts<'_, F> {
     fn read(&mut self, port: u16, size_bytes: u8) -> u32 {
-        port_read(self.vm, port, size_bytes, self.rip)
+        port_read(self.vm, port, size_bytes, self.rip, self.index)
     }
     fn write(&mut self, port: u16, size_bytes: u8, value: u32) {
-        port_write(self.vm, port, size_bytes, value, self.rip);
+        port_write(self.vm, port, size_bytes, value, self.rip, self.index);
     }
 }
 
@@ -1580,7 +1601,7 @@ fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        vm.report(format_args!(
+        vm.report_from(index, format_args!(
             "bad hypercall {:#x} (args {:#x} {:#x} {:#x} {:#x}) at RIP {:#x}: {}, error returned, VM continues",
             r.rax,
             r.rdi,

@@ -110,7 +110,7 @@ fn svm_vms_with_several_vcpus_smp4() {
         "[vm smp] smp: 4 vCPUs, counter 80000, vCPU 1 slept ",
         " 0 failures",
         "[svm_vcpus] A/D check: 8 regions x 32 pages, 0 mismatched",
-        "vm smp: bad hypercall 0x6 (args 0x0 ",
+        "vm smp: vCPU 0: bad hypercall 0x6 (args 0x0 ",
         "vCPU already running, error returned, VM continues",
         "[svm_vcpus] flush generation ",
         "[svm_vcpus] resident limit 24 pages under 4 vCPUs: guest exited with code 0x0; ",

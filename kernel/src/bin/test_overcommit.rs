@@ -22,16 +22,16 @@
 
 extern crate alloc;
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::Ordering;
-use hvcore::guest_layout as layout;
-use hvcore::npt::Npt;
-use kernel::aging::{self, AgingConfig, Managed};
+use kernel::aging::{self, Managed};
 use kernel::reclaim;
+use kernel::testing::overcommit::{
+    MIB, data_pages, host_bytes, new_vm, over_host_bytes, print_vm, spawn_aging, spawn_vcpu,
+};
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::StopReason;
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -48,95 +48,8 @@ static SCENARIO: Scenario = Scenario {
     }],
 };
 
-const MIB: u64 = 1 << 20;
 /// The checksum guest's sparse-data flag (docs/guests.md).
 const SPARSE: u64 = 1 << 32;
-
-fn new_vm(name: &'static str, ram_bytes: u64, boot_arg: u64) -> &'static Vm<Npt> {
-    let config = VmConfig {
-        name,
-        image: images::CHECKSUM.bytes,
-        ram_bytes,
-        huge_pages: false,
-        boot_arg,
-    };
-    Box::leak(Vm::<Npt>::new(config, None).expect("VM"))
-}
-
-/// Bytes of RAM the frame allocator manages: the host, as guests see it.
-fn host_bytes() -> u64 {
-    kernel::mem::frame_stats().managed_frames * 4096
-}
-
-/// RAM of a VM that alone is larger than the host.
-fn over_host_bytes() -> u64 {
-    (host_bytes() + 8 * MIB).next_multiple_of(2 * MIB)
-}
-
-fn data_pages(ram: u64) -> u64 {
-    (ram - layout::DATA_START_GPA) / 4096
-}
-
-fn aging_config() -> AgingConfig {
-    AgingConfig {
-        interval_ms: 10,
-        // Thousands of pass lines would slow the emulated serial port;
-        // the final `TCR reclaim` lines and the events show the reclaim.
-        pass_lines: false,
-        detail_every: 0,
-        timing_every_ms: 5000,
-        ..AgingConfig::default()
-    }
-}
-
-/// The vCPU CPU of the `i`-th VM: CPU 0 stays with the aging thread when
-/// there are others (the reclaim that unpauses the VMs must not wait for
-/// a time slice).
-fn vcpu_cpu(i: usize) -> usize {
-    let n = kernel::smp::cpu_count();
-    if n > 1 { 1 + i % (n - 1) } else { 0 }
-}
-
-fn spawn_vcpu(i: usize, vm: &'static Vm<Npt>) -> kernel::sched::JoinHandle {
-    kernel::sched::spawn_on(vcpu_cpu(i), "vcpu", move || {
-        vm::run_on_this_cpu::<Svm>(vm);
-    })
-}
-
-fn spawn_aging(ms: &[Managed]) -> kernel::sched::JoinHandle {
-    let all = ms.to_vec();
-    kernel::sched::spawn_on(0, "aging", move || aging::run(all, aging_config()))
-}
-
-fn print_vm(vm: &Vm<Npt>, m: &Managed) {
-    let mm = m.mm.lock();
-    let s = mm.rec.stats();
-    let st = mm.rec.store_stats();
-    let t = mm.rec.times();
-    kernel::println!(
-        "overcommit {}: {}; checksum {:?}; reclaimed {} pages ({} zero, {} compressed, {} raw now, {} compressed bytes), {} refaults, {} kept incompressible, {} resident frames",
-        vm.name(),
-        vm.stop_reason().expect("stopped"),
-        vm.checksum_result(),
-        s.reclaimed_total,
-        st.zero_pages,
-        st.compressed_pages,
-        st.raw_pages,
-        st.compressed_bytes,
-        s.refaults,
-        s.kept_incompressible,
-        vm.memory.resident().0
-    );
-    kernel::println!(
-        "timing overcommit {}: select_us={} unmap_us={} flush_us={} store_us={} fault_in_us={}",
-        vm.name(),
-        t.select_ns / 1000,
-        t.unmap_ns / 1000,
-        t.flush_ns / 1000,
-        t.store_ns / 1000,
-        t.fault_in_ns / 1000
-    );
-}
 
 fn all_finish() {
     let ram = over_host_bytes();

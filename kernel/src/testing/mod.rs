@@ -19,9 +19,11 @@
 //! no unwinding.
 //!
 //! Neighbours: `panic` and `interrupts::exceptions` call [`fail_and_exit`];
-//! [`aging`] holds the probes the aging scenarios share.
+//! [`aging`] holds the probes the aging scenarios share, [`overcommit`] the
+//! set-up of the overcommit scenarios.
 
 pub mod aging;
+pub mod overcommit;
 
 use crate::console;
 use crate::hw::{self, ExitCode};

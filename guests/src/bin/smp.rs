@@ -10,10 +10,11 @@
 //! |---|---|---|
 //! | 0 | the full workout below | exit 0 |
 //! | 1 | one vCPU: HLT with a deadline (wakes), then HLT with none | VM stopped: halted with nothing to wake it |
-//! | 2 | vCPUs 0 and 1 HLT with no deadline, forever | waits until the host stops the VM |
+//! | 2 | vCPU 1 HLTs with no deadline, vCPU 0 with one a minute away, forever | waits until the host stops the VM |
 //! | 3 | vCPU 1 calls EXIT(7) while vCPU 0 spins with no exits and vCPU 2 halts | VM stopped with code 7 by vCPU 1 |
 //! | 4 | vCPU 1 reads outside RAM while vCPU 0 spins | VM stopped outside RAM by vCPU 1 |
 //! | 5 | every vCPU spins (no exits) until the host writes [`RELEASE_GPA`] | exit 0 |
+//! | 6 | three vCPUs: 1 wakes 2, then all HLT with no deadline, forever | VM stopped: halted with nothing to wake it |
 //!
 //! Mode 0: vCPU 0 checks that bad `VCPU_START`/`WAKE` arguments get the
 //! documented errors, starts vCPUs 1..N, and waits with HLT + deadline until
@@ -215,6 +216,18 @@ extern "sysv64" fn ap_main(index: u64) {
         2 => loop {
             halt();
         },
+        6 => {
+            if index == 1 {
+                // Ends vCPU 2's wait (or leaves a pending WAKE for it): the
+                // VM must not stop while a WAKE is on its way.
+                while guests::hypercall(nr::WAKE, 2, 0, 0, 0) != 0 {
+                    core::hint::spin_loop();
+                }
+            }
+            loop {
+                halt();
+            }
+        }
         3 => {
             if index == 1 {
                 guests::exit(7);
@@ -323,6 +336,8 @@ fn main(boot: BootInfo) -> u64 {
         2 => {
             start(1);
             loop {
+                // A deadline keeps this vCPU able to wake: the VM waits.
+                guests::hypercall(nr::SET_TIMER, guests::time_ns() + 60_000_000_000, 0, 0, 0);
                 halt();
             }
         }
@@ -337,6 +352,13 @@ fn main(boot: BootInfo) -> u64 {
             start(1);
             loop {
                 core::hint::spin_loop();
+            }
+        }
+        6 => {
+            start(2);
+            start(1);
+            loop {
+                halt();
             }
         }
         5 => {

@@ -55,6 +55,10 @@ static SCENARIO: Scenario = Scenario {
             run: hlt_without_wakeup,
         },
         TestCase {
+            name: "every_vcpu_halted_with_nothing_to_wake_stops_the_vm",
+            run: all_halted,
+        },
+        TestCase {
             name: "host_stop_wakes_halted_vcpus",
             run: stop_wakes_halted,
         },
@@ -286,6 +290,21 @@ fn hlt_without_wakeup() {
         1,
         "the deadline HLT waited"
     );
+}
+
+/// Three vCPUs, one of which WAKEs another first, then all HLT with no
+/// deadline: no vCPU runs, so nothing can ever send a WAKE, and the VM
+/// stops on its own instead of hanging until the host gives up on it.
+fn all_halted() {
+    let cpus = smp::cpu_count();
+    let vm = smp_vm(6, 3);
+    spawn_boot(cpus - 1, &vm).join();
+    let reason = vm.stop_reason();
+    assert!(
+        matches!(reason, Some(StopReason::Halted { .. })),
+        "{reason:?}"
+    );
+    assert_eq!(vm.running_vcpus(), 0);
 }
 
 fn stop_wakes_halted() {

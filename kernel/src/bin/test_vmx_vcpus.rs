@@ -45,6 +45,10 @@ static SCENARIO: Scenario = Scenario {
             run: hlt_without_wakeup,
         },
         TestCase {
+            name: "every_vcpu_halted_with_nothing_to_wake_stops_the_vm",
+            run: all_halted,
+        },
+        TestCase {
             name: "host_stop_wakes_halted_vcpus",
             run: stop_wakes_halted,
         },
@@ -126,6 +130,15 @@ fn hlt_without_wakeup() {
     let vm = smp_vm(1, 1);
     let reason = vm::run_on_this_cpu::<Vmx>(&vm);
     assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
+}
+
+/// Three vCPUs on the one CPU, one WAKEs another first, then all HLT with
+/// no deadline: the VM stops on its own.
+fn all_halted() {
+    let vm = smp_vm(6, 3);
+    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
+    assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
+    assert_eq!(vm.running_vcpus(), 0);
 }
 
 fn stop_wakes_halted() {

@@ -29,9 +29,14 @@
 //! vCPU. Per-vCPU state the others touch lives in a `VcpuSlot`.
 //!
 //! HLT waits: the thread parks (`sched::park_until`) until a `WAKE`, the
-//! vCPU's `SET_TIMER` deadline or a stop request; with no deadline and no
-//! other vCPU running nothing could end it, and the VM stops. No interrupt
-//! is injected: the guest loops on its own condition.
+//! vCPU's `SET_TIMER` deadline or a stop request. No interrupt is injected:
+//! the guest loops on its own condition. When every live vCPU waits in HLT
+//! with no deadline and no pending `WAKE`, nothing can ever end the waits
+//! (only a running vCPU sends `WAKE`), and the VM stops with the halt
+//! reason instead of hanging. The count is exact, not a heuristic: a vCPU
+//! counts itself idle before its last check of its wake flag, and a `WAKE`
+//! uncounts its target before the sender can itself become idle, so the
+//! count equals the live vCPUs only when none is running or about to run.
 //!
 //! # TLB flushes with several vCPUs
 //! Claim: when a flush request has been made ([`Vm::request_tlb_flush`])
@@ -72,7 +77,7 @@
 //! | VMX/SVM instruction | #UD injected, reported, continues |
 //! | XSETBV, CR4.OSXSAVE (extended state is not offered) | #GP injected, reported, continues |
 //! | triple fault | reported, VM stopped |
-//! | HLT with no deadline armed and no other vCPU running | VM stopped (nothing can wake it) |
+//! | HLT with no deadline while every other vCPU also waits with none (or there is no other) | VM stopped (nothing can wake it) |
 //! | HLT otherwise | waits for `WAKE`, its deadline or a stop |
 //! | string I/O on an unmapped, outside-RAM or FS/GS-relative address | reported, VM stopped |
 //! | bad `VCPU_START`/`WAKE`/`SET_TIMER` | error in RAX, reported, continues |
@@ -456,6 +461,9 @@ pub struct Vm<F: EntryFormat> {
     vcpus: Box<[VcpuSlot]>,
     /// vCPUs whose run loop has not returned yet.
     live_vcpus: AtomicU32,
+    /// vCPUs waiting in HLT that only a `WAKE` could end (`VcpuSlot::idle`):
+    /// when they are all the live vCPUs, nothing can ever run again.
+    idle_vcpus: AtomicU32,
     /// The first vCPU's reason to stop, and which vCPU: the VM's.
     first_stop: spin::Mutex<Option<(StopReason, u32)>>,
     /// The threads of the vCPUs other than the boot vCPU, joined by it.
@@ -486,6 +494,10 @@ struct VcpuSlot {
     cpu: AtomicUsize,
     /// A `WAKE` that no HLT consumed yet.
     wake: AtomicBool,
+    /// In HLT with no deadline and no pending `WAKE`, counted in
+    /// `Vm::idle_vcpus`. Cleared by the vCPU when it leaves the wait, or by
+    /// the `WAKE` that ends it (whoever clears it uncounts it).
+    idle: AtomicBool,
     /// The armed `SET_TIMER` deadline (`TIME_NS` clock), 0 when none.
     deadline_ns: AtomicU64,
     /// Its thread, to unpark it from HLT.
@@ -569,6 +581,7 @@ impl<F: EntryFormat> Vm<F> {
             exit_work: spin::Once::new(),
             vcpus: (0..vcpus).map(|_| VcpuSlot::default()).collect(),
             live_vcpus: AtomicU32::new(0),
+            idle_vcpus: AtomicU32::new(0),
             first_stop: spin::Mutex::new(None),
             threads: spin::Mutex::new(Vec::new()),
             this: spin::Once::new(),
@@ -1431,8 +1444,9 @@ impl<F: EntryFormat> GuestPhysWrite for GuestRam<'_, F> {
 }
 
 /// HLT: step over it, then wait (the thread parks) until a `WAKE` from
-/// another vCPU, the armed deadline, or a stop request. With no deadline
-/// and no other vCPU running, nothing can ever wake it: the VM stops.
+/// another vCPU, the armed deadline, or a stop request. When this wait has
+/// no deadline and every other live vCPU is in such a wait too, nothing
+/// can ever wake any of them: the VM stops (module docs, "HLT waits").
 fn halt<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Next {
     if let Next::Stop(reason) = skip(vm, vcpu, Insn::Hlt) {
         return Next::Stop(reason);
@@ -1440,9 +1454,9 @@ fn halt<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Nex
     let rip = vcpu.regs().rip;
     let slot = &vm.vcpus[index as usize];
     let mut waited = false;
-    loop {
+    let outcome = loop {
         if slot.wake.swap(false, Ordering::AcqRel) || vm.stop_requested() {
-            break;
+            break Next::Resume;
         }
         let deadline_ns = slot.deadline_ns.load(Ordering::Acquire);
         if deadline_ns != 0 && now_ns() >= deadline_ns {
@@ -1453,10 +1467,20 @@ fn halt<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Nex
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
-            break;
+            break Next::Resume;
         }
-        if deadline_ns == 0 && vm.live_vcpus.load(Ordering::Acquire) <= 1 {
-            return Next::Stop(StopReason::Halted { rip });
+        if deadline_ns == 0 && !slot.idle.load(Ordering::Acquire) {
+            // Counted, then flagged (so an uncount never precedes its
+            // count), then the wake flag is read again: a WAKE either came
+            // before (seen here) or uncounts this vCPU itself.
+            let idle = vm.idle_vcpus.fetch_add(1, Ordering::AcqRel) + 1;
+            slot.idle.store(true, Ordering::Release);
+            if slot.wake.load(Ordering::Acquire) {
+                continue;
+            }
+            if idle >= vm.live_vcpus.load(Ordering::Acquire) {
+                break Next::Stop(StopReason::Halted { rip });
+            }
         }
         waited = true;
         if !crate::sched::is_running() {
@@ -1466,11 +1490,21 @@ fn halt<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Nex
         } else {
             crate::sched::park();
         }
-    }
+    };
+    leave_idle(vm, slot);
     if waited {
         vm.stats.halts.fetch_add(1, Ordering::Relaxed);
     }
-    Next::Resume
+    outcome
+}
+
+/// Uncounts `slot` from the VM's idle vCPUs if it is counted (by the vCPU
+/// leaving its wait, or by the `WAKE` that ends it: whoever clears the
+/// flag first). Only the vCPU itself sets the flag, after counting itself.
+fn leave_idle<F: EntryFormat>(vm: &Vm<F>, slot: &VcpuSlot) {
+    if slot.idle.swap(false, Ordering::AcqRel) {
+        vm.idle_vcpus.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// `VCPU_START`: claims the slot, then starts the vCPU's thread (refused
@@ -1539,6 +1573,9 @@ fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -
             let slot = &vm.vcpus[target as usize];
             if slot.state.load(Ordering::Acquire) == SLOT_RUNNING {
                 slot.wake.store(true, Ordering::Release);
+                // Before this vCPU can itself go idle: the count must never
+                // take a vCPU about to run for one that waits forever.
+                leave_idle(vm, slot);
                 // Not under the slot's lock: unpark takes a run-queue lock.
                 let thread = slot.thread.lock().clone();
                 if let Some(thread) = thread {

@@ -101,7 +101,7 @@ fn svm_vms_on_every_cpu_at_once_smp4() {
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn svm_vms_with_several_vcpus_smp4() {
-    let run = expect_pass_on("test_svm_vcpus", 4, 9);
+    let run = expect_pass_on("test_svm_vcpus", 4, 10);
     // The guest's own checks, its string I/O (forward and with DF=1), and
     // the exact A/D bits of the four vCPUs' regions.
     for line in [

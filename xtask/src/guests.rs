@@ -12,8 +12,9 @@ use std::process::Command;
 
 /// The guests, in the order `cargo xtask help` lists them.
 pub const NAMES: [&str; 5] = ["hello", "pattern", "checksum", "evil", "smp"];
-/// What `cargo xtask run` boots when no `--guest` is given.
-pub const DEFAULT: &str = "hello";
+/// What `cargo xtask run` boots when no `--guest` is given: the guest that
+/// shows the product (a hot set, a cold set, phase changes, aged live).
+pub const DEFAULT: &str = "pattern";
 
 /// Checks a `--guest` value.
 pub fn check_name(name: &str) -> Result<(), String> {

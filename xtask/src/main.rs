@@ -50,11 +50,12 @@ COMMANDS:
 RUN OPTIONS:
     --bios | --uefi   Firmware: SeaBIOS (default) or OVMF from /usr/share/OVMF
     --smp N           Number of CPUs (default 2)
-    --mem SIZE        Guest memory in QEMU syntax, e.g. 512M, 2G (default 256M)
+    --mem SIZE        Memory of the emulated machine (Thermocline's host RAM)
+                      in QEMU syntax, e.g. 512M, 2G (default 256M)
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
-    --guest NAME      Guest to run: hello (default), pattern, checksum, evil,
-                      smp (4 vCPUs)
+    --guest NAME      Guest to run: pattern (default: runs until you quit,
+                      aged live), hello, checksum, evil, smp (4 vCPUs)
     --age-interval-ms N
                       Time between aging passes (default 1000); the report
                       (docs/report-format.md) is printed live

@@ -730,10 +730,12 @@ impl<F: EntryFormat> Vm<F> {
 }
 
 /// The guest `cargo xtask run --guest NAME` chose (the build-time variable
-/// `THERMOCLINE_GUEST`); `hello` when none was.
+/// `THERMOCLINE_GUEST`); `pattern` when none was: it runs until QEMU is
+/// quit, with a known access pattern, so the live aging report shows the
+/// product.
 pub const SELECTED_GUEST: &str = match option_env!("THERMOCLINE_GUEST") {
     Some(name) => name,
-    None => "hello",
+    None => "pattern",
 };
 
 /// RAM of the VM that [`run_selected_guest`] starts.

@@ -292,45 +292,11 @@ pub fn invept_single_context(eptp: u64) -> Result<(), VmFail> {
     outcome(rflags)
 }
 
-/// The guest's general-purpose registers across [`enter`]. RSP, RIP and
-/// RFLAGS live in the VMCS; the slots are kept so the layout matches
-/// `vm::GuestRegs`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct Gprs {
-    /// RAX.
-    pub rax: u64,
-    /// RBX.
-    pub rbx: u64,
-    /// RCX.
-    pub rcx: u64,
-    /// RDX.
-    pub rdx: u64,
-    /// RSI.
-    pub rsi: u64,
-    /// RDI.
-    pub rdi: u64,
-    /// RBP.
-    pub rbp: u64,
-    /// Unused (guest RSP is in the VMCS).
-    pub rsp: u64,
-    /// R8.
-    pub r8: u64,
-    /// R9.
-    pub r9: u64,
-    /// R10.
-    pub r10: u64,
-    /// R11.
-    pub r11: u64,
-    /// R12.
-    pub r12: u64,
-    /// R13.
-    pub r13: u64,
-    /// R14.
-    pub r14: u64,
-    /// R15.
-    pub r15: u64,
-}
+/// The guest's registers across [`enter`]: the vendor-neutral register
+/// file itself (`vm::GuestRegs`, the layout both vendors' stubs address by
+/// offset). The stub loads and saves only the general-purpose slots; guest
+/// RSP, RIP and RFLAGS live in the VMCS, and the caller moves them.
+pub type Gprs = crate::vm::GuestRegs;
 
 /// Fills the host-state area from the running CPU (SDM "Host-State
 /// Area"): control registers, selectors, bases. HOST_RSP and HOST_RIP are

@@ -27,7 +27,7 @@ use hvcore::guest_walk::GuestPaging;
 use hvcore::svm::CR4_GUEST_WRITABLE;
 use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
 
-use super::{Entered, Gprs, Vmcs, VmxError};
+use super::{Entered, Vmcs, VmxError};
 use crate::vm::{EntryError, Extension, GuestRegs, VirtCpu, Vm};
 use crate::{hw, mem};
 
@@ -360,7 +360,6 @@ impl VmxVcpu {
         if core::mem::take(&mut self.flush_on_entry) {
             super::invept_single_context(self.eptp).map_err(|_| setup("INVEPT failed"))?;
         }
-        let mut gprs = to_gprs(&self.regs);
         // SAFETY: the area is 16-byte aligned and holds a state FXSAVE wrote
         // (or the reset state); the kernel is soft-float, so the x87/SSE
         // registers hold nothing of the host's until the FXSAVE below, and
@@ -370,11 +369,10 @@ impl VmxVcpu {
         // state, controls computed from the capability MSRs and an EPT whose
         // leaves are the VM's own frames (`vm::memory`); `launched` tracks
         // the VMCS launch state.
-        let entered = unsafe { super::enter(&mut gprs, self.launched) };
+        let entered = unsafe { super::enter(&mut self.regs, self.launched) };
         // SAFETY: as above; keeps the guest's x87/SSE state with this vCPU,
         // so no other VM on this CPU ever sees it.
         unsafe { asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack)) };
-        from_gprs(&gprs, &mut self.regs);
         if let Entered::Failed(fail) = entered {
             return Err(EntryError::InvalidState {
                 code: match fail {
@@ -387,7 +385,8 @@ impl VmxVcpu {
                 }),
             });
         }
-        let raw = super::raw_exit(&gprs).map_err(|_| setup("VMREAD of the exit fields failed"))?;
+        let raw =
+            super::raw_exit(&self.regs).map_err(|_| setup("VMREAD of the exit fields failed"))?;
         let why = ExitReason(raw.reason);
         if why.entry_failed() {
             // The qualification says more for MSR-loading failures (which
@@ -417,45 +416,6 @@ impl VmxVcpu {
         }
         Ok(vmx::decode_exit(&raw))
     }
-}
-
-fn to_gprs(r: &GuestRegs) -> Gprs {
-    Gprs {
-        rax: r.rax,
-        rbx: r.rbx,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        rbp: r.rbp,
-        rsp: r.rsp,
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-    }
-}
-
-fn from_gprs(g: &Gprs, r: &mut GuestRegs) {
-    r.rax = g.rax;
-    r.rbx = g.rbx;
-    r.rcx = g.rcx;
-    r.rdx = g.rdx;
-    r.rsi = g.rsi;
-    r.rdi = g.rdi;
-    r.rbp = g.rbp;
-    r.r8 = g.r8;
-    r.r9 = g.r9;
-    r.r10 = g.r10;
-    r.r11 = g.r11;
-    r.r12 = g.r12;
-    r.r13 = g.r13;
-    r.r14 = g.r14;
-    r.r15 = g.r15;
 }
 
 /// Runs `f` with interrupts off: between a VMPTRLD and the last VMREAD or

@@ -23,6 +23,9 @@ use hvcore::npt::Npt;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::reclaim::Shootdown;
+use kernel::testing::smp::{
+    REGION_PAGES, RELEASE_GPA, prepare_regions, region_ad_mismatches, smp_vm,
+};
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
 use kernel::{sched, smp, time};
@@ -82,29 +85,8 @@ static SCENARIO: Scenario = Scenario {
 };
 
 const MIB: u64 = 1 << 20;
-const RAM: u64 = 16 * MIB;
-/// The `smp` guest's layout (guests/src/bin/smp.rs).
-const REGION_GPA: u64 = 0x50_0000;
-const REGION_BYTES: u64 = 0x2_0000;
-const REGION_PAGES: u64 = REGION_BYTES / 4096;
-const RELEASE_GPA: u64 = 0x40_0000;
 /// Far below the `smp` guest's working set (image, tables, stacks, regions).
 const LIMIT_PAGES: u64 = 24;
-
-fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Npt>> {
-    Vm::new_smp(
-        VmConfig {
-            name: "smp",
-            image: images::SMP.bytes,
-            ram_bytes: RAM,
-            huge_pages: false,
-            boot_arg: mode | (u64::from(vcpus) << 8),
-        },
-        vcpus,
-        None,
-    )
-    .expect("VM")
-}
 
 /// Runs the boot vCPU of `vm` on a thread pinned to `cpu`.
 fn spawn_boot(cpu: usize, vm: &Arc<Vm<Npt>>) -> sched::JoinHandle {
@@ -117,15 +99,8 @@ fn spawn_boot(cpu: usize, vm: &Arc<Vm<Npt>>) -> sched::JoinHandle {
 fn four_vcpus_with_another_vm() {
     let cpus = smp::cpu_count();
     assert!(cpus >= 2, "run this scenario with -smp 2 or more");
-    let vm = smp_vm(0, 4);
-    // Back the regions of 8 vCPUs (4 unused) before the run and clear every
-    // A/D bit, so the check below sees the guest's touches and nothing else.
-    for page in 0..8 * REGION_PAGES {
-        vm.memory
-            .write(GuestPhysAddr::new(REGION_GPA + page * 4096), &[0])
-            .expect("back the regions");
-    }
-    vm.memory.clear_accessed_dirty();
+    let vm = smp_vm::<Npt>(0, 4);
+    prepare_regions(&*vm);
     let other = Arc::new(
         Vm::<Npt>::new(
             VmConfig {
@@ -153,29 +128,7 @@ fn four_vcpus_with_another_vm() {
     assert_eq!(vm.running_vcpus(), 0, "every vCPU thread returned");
     assert_eq!(other.stop_reason(), Some(StopReason::Exited(0)));
     assert_eq!(other.checksum_result().map(|r| r.1), Some(0));
-    // Exactly the touched pages: 0-7 written (A and D), 8-11 read (A
-    // only), the rest of each region and the unused regions untouched.
-    let mut mismatched = 0;
-    for vcpu in 0..8u64 {
-        for page in 0..REGION_PAGES {
-            let gpa = REGION_GPA + vcpu * REGION_BYTES + page * 4096;
-            let want = match (vcpu < 4, page) {
-                (true, 0..8) => (true, true),
-                (true, 8..12) => (true, false),
-                _ => (false, false),
-            };
-            let got = vm
-                .memory
-                .accessed_dirty(GuestPhysAddr::new(gpa))
-                .expect("backed");
-            if got != want {
-                kernel::println!(
-                    "[svm_vcpus] vCPU {vcpu} page {page} (GPA {gpa:#x}): A/D {got:?}, expected {want:?}"
-                );
-                mismatched += 1;
-            }
-        }
-    }
+    let mismatched = region_ad_mismatches(&*vm, "svm_vcpus");
     kernel::println!(
         "[svm_vcpus] A/D check: 8 regions x {REGION_PAGES} pages, {mismatched} mismatched"
     );
@@ -201,7 +154,7 @@ fn four_vcpus_with_another_vm() {
 /// for the new generation before it runs guest code again.
 fn flush_reaches_every_vcpu() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm(5, 4);
+    let vm = smp_vm::<Npt>(5, 4);
     let boot = spawn_boot(cpus - 1, &vm);
     let deadline = time::now_ns() + 10_000_000_000;
     while vm.running_vcpus() < 4 {
@@ -248,7 +201,7 @@ fn reclaim_under_four_vcpus() {
     let cpus = smp::cpu_count();
     // vCPU 0 sleeps 300 ms before it checks the others' regions: they are
     // cold by then, reclaimed, and come back when it reads them.
-    let vm = smp_vm(300 << 16, 4);
+    let vm = smp_vm::<Npt>(300 << 16, 4);
     let vm_static: &'static Vm<Npt> = alloc::boxed::Box::leak(alloc::boxed::Box::new(vm.clone()));
     let m = Managed::new(
         vm_static,
@@ -282,7 +235,7 @@ fn reclaim_under_four_vcpus() {
 }
 
 fn hlt_without_wakeup() {
-    let vm = smp_vm(1, 1);
+    let vm = smp_vm::<Npt>(1, 1);
     let reason = vm::run_on_this_cpu::<Svm>(&vm);
     assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
     assert_eq!(
@@ -297,7 +250,7 @@ fn hlt_without_wakeup() {
 /// stops on its own instead of hanging until the host gives up on it.
 fn all_halted() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm(6, 3);
+    let vm = smp_vm::<Npt>(6, 3);
     spawn_boot(cpus - 1, &vm).join();
     let reason = vm.stop_reason();
     assert!(
@@ -309,7 +262,7 @@ fn all_halted() {
 
 fn stop_wakes_halted() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm(2, 2);
+    let vm = smp_vm::<Npt>(2, 2);
     let boot = spawn_boot(cpus - 1, &vm);
     let deadline = time::now_ns() + 10_000_000_000;
     while vm.running_vcpus() < 2 {
@@ -333,7 +286,7 @@ fn stop_wakes_halted() {
 
 fn exit_on_secondary() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm(3, 3);
+    let vm = smp_vm::<Npt>(3, 3);
     spawn_boot(cpus - 1, &vm).join();
     // vCPU 0 spun without exits: only the IPI got it out of the guest.
     assert_eq!(vm.stop_reason(), Some(StopReason::Exited(7)));
@@ -342,7 +295,7 @@ fn exit_on_secondary() {
 
 fn fault_on_secondary() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm(4, 2);
+    let vm = smp_vm::<Npt>(4, 2);
     spawn_boot(cpus - 1, &vm).join();
     match vm.stop_reason() {
         Some(StopReason::OutsideRam { gpa, access, .. }) => {

@@ -18,9 +18,9 @@ extern crate alloc;
 use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::Ordering;
-use hvcore::addr::GuestPhysAddr;
 use hvcore::cpu_features::Backend;
 use hvcore::ept::Ept;
+use kernel::testing::smp::{REGION_PAGES, prepare_regions, region_ad_mismatches};
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, StopReason, Vm, VmConfig, images};
 use kernel::vmx::vcpu::Vmx;
@@ -64,58 +64,17 @@ static SCENARIO: Scenario = Scenario {
 };
 
 const MIB: u64 = 1 << 20;
-/// The `smp` guest's layout (guests/src/bin/smp.rs).
-const REGION_GPA: u64 = 0x50_0000;
-const REGION_BYTES: u64 = 0x2_0000;
-const REGION_PAGES: u64 = REGION_BYTES / 4096;
-
 fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Ept>> {
     assert_eq!(vm::backend(), Some(Backend::Vmx), "the bed offers VMX");
-    Vm::new_smp(
-        VmConfig {
-            name: "smp",
-            image: images::SMP.bytes,
-            ram_bytes: 16 * MIB,
-            huge_pages: false,
-            boot_arg: mode | (u64::from(vcpus) << 8),
-        },
-        vcpus,
-        None,
-    )
-    .expect("VM")
+    kernel::testing::smp::smp_vm(mode, vcpus)
 }
 
 fn four_vcpus() {
     let vm = smp_vm(0, 4);
-    for page in 0..8 * REGION_PAGES {
-        vm.memory
-            .write(GuestPhysAddr::new(REGION_GPA + page * 4096), &[0])
-            .expect("back the regions");
-    }
-    vm.memory.clear_accessed_dirty();
+    prepare_regions(&*vm);
     assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
     assert_eq!(vm.running_vcpus(), 0);
-    let mut mismatched = 0;
-    for vcpu in 0..8u64 {
-        for page in 0..REGION_PAGES {
-            let gpa = REGION_GPA + vcpu * REGION_BYTES + page * 4096;
-            let want = match (vcpu < 4, page) {
-                (true, 0..8) => (true, true),
-                (true, 8..12) => (true, false),
-                _ => (false, false),
-            };
-            let got = vm
-                .memory
-                .accessed_dirty(GuestPhysAddr::new(gpa))
-                .expect("backed");
-            if got != want {
-                kernel::println!(
-                    "[vmx_vcpus] vCPU {vcpu} page {page}: A/D {got:?}, expected {want:?}"
-                );
-                mismatched += 1;
-            }
-        }
-    }
+    let mismatched = region_ad_mismatches(&*vm, "vmx_vcpus");
     kernel::println!(
         "[vmx_vcpus] A/D check: 8 regions x {REGION_PAGES} pages, {mismatched} mismatched; {} HLTs waited, {} string I/O elements",
         vm.stats.halts.load(Ordering::Relaxed),

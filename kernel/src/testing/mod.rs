@@ -20,10 +20,11 @@
 //!
 //! Neighbours: `panic` and `interrupts::exceptions` call [`fail_and_exit`];
 //! [`aging`] holds the probes the aging scenarios share, [`overcommit`] the
-//! set-up of the overcommit scenarios.
+//! set-up of the overcommit scenarios, [`smp`] that of the multi-vCPU ones.
 
 pub mod aging;
 pub mod overcommit;
+pub mod smp;
 
 use crate::console;
 use crate::hw::{self, ExitCode};

@@ -138,11 +138,24 @@ pub enum PageState {
     Stored,
 }
 
+/// Passes a page must have gone unused before a resident limit may take
+/// it: the current and the previous one, as MGLRU never evicts from its two
+/// youngest generations (`MIN_NR_GENS`). With one, a guest that missed a
+/// single pass (its vCPU descheduled by the host for one interval, which
+/// is routine under nested virtualization and on an emulator) looked
+/// entirely cold and lost everything over its limit at once: measured in
+/// `test_resident`, a guest whose every page is hot lost 664 of its 512
+/// data pages (with 660 refaults) when a second QEMU shared the two host
+/// cores.
+pub const RESIDENT_LIMIT_MIN_GENS: u64 = 2;
+
 /// What to reclaim toward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReclaimTarget {
     /// Reclaim coldest pages first until at most this many 4 KiB pages are
-    /// resident (pages young in the current pass are never taken).
+    /// resident; pages young in the last [`RESIDENT_LIMIT_MIN_GENS`] passes
+    /// are never taken, so the limit is soft for a guest whose whole memory
+    /// is hot.
     ResidentLimit {
         /// Resident pages allowed.
         pages: u64,
@@ -841,7 +854,7 @@ impl Reclaimer {
     {
         let mut total = BatchStats::default();
         let after = match target {
-            ReclaimTarget::ResidentLimit { .. } => ColdAfter::Gens(1),
+            ReclaimTarget::ResidentLimit { .. } => ColdAfter::Gens(RESIDENT_LIMIT_MIN_GENS),
             ReclaimTarget::ColderThan(a) => a,
             ReclaimTarget::Adaptive => ColdAfter::Gens(self.feedback.threshold_gens()),
         };

@@ -68,14 +68,14 @@ static SLEEPER: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);
 /// The sleeper's resident pages at the end of its sleep (+1, 0 = unset).
 static SLEPT_RESIDENT: AtomicU64 = AtomicU64::new(0);
 
-/// At `MARK 1` (its data written): the guest sleeps 1 s while the aging
+/// At `MARK 1` (its data written): the guest sleeps 1.5 s while the aging
 /// thread reclaims it toward the limit.
 fn sleep_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
     if *e != GuestEvent::Mark(1) {
         return;
     }
     // Sleeps (yields its CPU) rather than spins: the busy guest may share it.
-    kernel::sched::sleep_until(kernel::time::now_ns() + 1_000_000_000);
+    kernel::sched::sleep_until(kernel::time::now_ns() + 1_500_000_000);
     if let Some(m) = SLEEPER.lock().clone() {
         SLEPT_RESIDENT.store(resident_pages(&m) + 1, Ordering::Release);
     }
@@ -84,8 +84,9 @@ fn sleep_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
 fn busy_and_sleeping() {
     let busy_ram = 6 * MIB;
     let busy_pages = (busy_ram - layout::DATA_START_GPA) / 4096;
-    // 20 intervals of 50 ms; the hot set is every data page.
-    let busy_arg = 20 | (50 << 16) | (busy_pages << 32);
+    // 40 intervals of 50 ms (busy through the sleeper's whole sleep); the
+    // hot set is every data page.
+    let busy_arg = 40 | (50 << 16) | (busy_pages << 32);
     let busy = new_vm(images::PATTERN, busy_ram, busy_arg, None);
     let sleeper_ram = 8 * MIB;
     let sleeper_pages = (sleeper_ram - layout::DATA_START_GPA) / 4096;
@@ -101,11 +102,14 @@ fn busy_and_sleeping() {
     let vs = kernel::sched::spawn_on(cpu(1), "vcpu", move || {
         vm::run_on_this_cpu::<Svm>(sleeper);
     });
-    // 50 ms: a pass spans enough guest time that a busy guest descheduled
-    // by a loaded host (TCG vCPUs are host threads) still shows its pages
-    // young; the sleeper still gets about 20 passes while it sleeps.
+    // 150 ms: with a resident limit a page must miss two passes before it
+    // can go (`RESIDENT_LIMIT_MIN_GENS`), so the busy guest keeps its pages
+    // unless its vCPU thread gets no host time for 300 ms. At 50 ms, with
+    // `platform_smp4_uefi` booting beside it on 2 host cores, it lost 517
+    // and 664 pages in two CI runs. The sleeper still gets about 10 passes
+    // while it sleeps.
     let config = AgingConfig {
-        interval_ms: 50,
+        interval_ms: 150,
         detail_every: 10,
         ..AgingConfig::default()
     };
@@ -126,7 +130,7 @@ fn busy_and_sleeping() {
         sb.refaults
     );
     kernel::println!(
-        "resident limit {LIMIT_PAGES} pages: sleeping checksum ({sleeper_pages} data pages): resident {slept} after 1 s asleep, {} pages reclaimed, {} refaults; checksum {:?}",
+        "resident limit {LIMIT_PAGES} pages: sleeping checksum ({sleeper_pages} data pages): resident {slept} after 1.5 s asleep, {} pages reclaimed, {} refaults; checksum {:?}",
         ss.reclaimed_total,
         ss.refaults,
         sleeper.checksum_result()

@@ -143,23 +143,36 @@
 //! end ([`crate::flush`]).
 
 use crate::flush::{FlushPolicy, TlbFlush};
-use crate::generations::Generations;
+use crate::generations::{CHECK_EVERY, EXACT_GENS, Generations, TAGS, decode, tag_of};
 use crate::pte::EntryFormat;
 use crate::sync::{AtomicU64, Ordering};
 use crate::table::{TableMemory, Tables};
-use crate::walk::{Batch, CHUNK, LeafChunk};
-use core::marker::PhantomData;
+use crate::walk::{Batch, CHUNK, LeafChunk, MAX_LEVELS};
+
+/// What the helper writes besides clearing A.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// Age the entry: clear A (or the rescan mark) and write this
+    /// generation tag (1 to 127, see [`crate::generations`]).
+    Young(u64),
+    /// Retire the entry's generation tag to "old" if the entry is not young
+    /// (A clear, no rescan mark); a young entry is left for the scan.
+    Retire,
+}
 
 /// Result of [`test_and_clear_young`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClearYoung {
-    /// A was set in the examined entry and is now clear in it (a non-leaf
-    /// entry is also marked [`EntryFormat::RESCAN`]).
+    /// A was set in the examined entry and is now clear in it, with the
+    /// pass's tag (a non-leaf entry is also marked [`EntryFormat::RESCAN`]).
     Cleared,
     /// A non-leaf entry with A clear but marked for one more scan: the mark
-    /// is cleared and the walk must scan its table.
+    /// is cleared, the tag written, and the walk must scan its table.
     Rescan,
-    /// A was already clear (the snapshot or a concurrent pass): not young.
+    /// [`Stamp::Retire`]: the entry was not young and its tag is now old.
+    Retired,
+    /// Nothing to do: A was already clear (the snapshot or a concurrent
+    /// pass), or, retiring, the entry is young or already old.
     WasOld,
     /// The entry no longer holds what was examined (unmapped, remapped,
     /// split, collapsed): nothing was written; this is the current value.
@@ -168,62 +181,71 @@ pub enum ClearYoung {
 
 /// What the pass writes over an entry it examined at `level`: a leaf loses
 /// A; a non-leaf with A set loses A and gains the rescan mark; a non-leaf
-/// with only the mark loses the mark.
+/// with only the mark loses the mark; each of these takes the pass's tag.
+/// Retiring clears the tag of an entry that is none of these.
 #[inline(always)]
-fn aged<F: EntryFormat>(old: u64, level: u8) -> u64 {
-    if !F::is_present(old) {
-        old
-    } else if F::is_leaf(old, level) {
-        old & !F::ACCESSED
-    } else if old & F::ACCESSED != 0 {
-        (old & !F::ACCESSED) | F::RESCAN
-    } else {
-        old & !F::RESCAN
+fn aged<F: EntryFormat>(old: u64, level: u8, stamp: Stamp) -> u64 {
+    let young = old & (F::ACCESSED | F::RESCAN) != 0;
+    match stamp {
+        _ if !F::is_present(old) => old,
+        Stamp::Retire if young => old,
+        Stamp::Retire => F::with_gen_tag(old, 0),
+        Stamp::Young(_) if !young => old,
+        Stamp::Young(tag) if F::is_leaf(old, level) => {
+            F::with_gen_tag(old & !F::ACCESSED, tag)
+        }
+        Stamp::Young(tag) if old & F::ACCESSED != 0 => {
+            F::with_gen_tag((old & !F::ACCESSED) | F::RESCAN, tag)
+        }
+        Stamp::Young(tag) => F::with_gen_tag(old & !F::RESCAN, tag),
     }
 }
 
 /// The one aging helper: test-and-clear the accessed bit of the entry at
-/// `level` in `slot`, whose value the caller read as `snapshot`, without
-/// ever losing a concurrently set D bit or writing to an entry other than
-/// the one examined. See the module docs for why this is a
+/// `level` in `slot`, whose value the caller read as `snapshot`, and write
+/// the pass's generation tag in the same compare-exchange (or, with
+/// [`Stamp::Retire`], retire the tag of an entry that is not young),
+/// without ever losing a concurrently set D bit or writing to an entry
+/// other than the one examined. See the module docs for why this is a
 /// compare-exchange, and for the rescan mark it keeps in non-leaf entries.
 #[inline(always)]
 pub fn test_and_clear_young<F: EntryFormat>(
     slot: &AtomicU64,
     snapshot: u64,
     level: u8,
+    stamp: Stamp,
 ) -> ClearYoung {
+    let outcome = |old: u64| match stamp {
+        Stamp::Retire => ClearYoung::Retired,
+        Stamp::Young(_) if old & F::ACCESSED != 0 => ClearYoung::Cleared,
+        Stamp::Young(_) => ClearYoung::Rescan,
+    };
     #[cfg(hvcore_broken_aging)]
     {
         // Deliberately broken (a non-atomic read-modify-write), compiled only
         // with `--cfg hvcore_broken_aging` to show the loom models catch it.
         let _ = snapshot;
         let v = slot.load(Ordering::Acquire);
-        let new = aged::<F>(v, level);
+        let new = aged::<F>(v, level, stamp);
         if new == v {
             return ClearYoung::WasOld;
         }
         slot.store(new, Ordering::Release);
-        return if v & F::ACCESSED != 0 {
-            ClearYoung::Cleared
-        } else {
-            ClearYoung::Rescan
-        };
+        return outcome(v);
     }
     #[cfg(not(hvcore_broken_aging))]
     {
         let mut old = snapshot;
         loop {
-            let new = aged::<F>(old, level);
+            let new = aged::<F>(old, level, stamp);
             if new == old {
                 return ClearYoung::WasOld;
             }
             match slot.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) if old & F::ACCESSED != 0 => return ClearYoung::Cleared,
-                Ok(_) => return ClearYoung::Rescan,
+                Ok(_) => return outcome(old),
                 // Only bits that move under us without changing what the
                 // entry maps: retry on the new value.
-                Err(now) if (now ^ old) & !(F::ACCESSED | F::DIRTY | F::RESCAN) == 0 => old = now,
+                Err(now) if (now ^ old) & !F::MOVING == 0 => old = now,
                 Err(now) => return ClearYoung::Changed(now),
             }
         }
@@ -253,6 +275,13 @@ pub struct PassStats {
     pub leaf_entries_read: u64,
     /// Entries that changed under the pass and were handled again.
     pub raced: u64,
+    /// Tables whose children's generation tags the pass checked (see
+    /// [`crate::generations`]: every table not scanned in the previous
+    /// pass, and the others once every [`CHECK_EVERY`] passes).
+    pub tables_checked: u64,
+    /// Entries whose tag the pass retired to "old" (not young for
+    /// [`EXACT_GENS`] passes).
+    pub retired: u64,
     /// Whether the pass cleared something, so translations must be flushed.
     pub flush_needed: bool,
     /// Whether the pass called the flush.
@@ -263,12 +292,6 @@ pub struct PassStats {
 pub trait YoungSink {
     /// A young leaf at `level` (any level) whose A was cleared.
     fn leaf(&mut self, gpa: u64, level: u8, entry: u64);
-    /// A hint: the 4 KiB leaves of `[gpa, gpa + size)` are about to be
-    /// scanned (a sink that writes per-page state can prefetch it).
-    #[inline(always)]
-    fn scanning(&mut self, gpa: u64, size: u64) {
-        let _ = (gpa, size);
-    }
     /// Young 4 KiB leaves of one chunk of a leaf table: bit `k` of
     /// `cleared` set means the entry at `gpa + k * 4096` (snapshot `old[k]`)
     /// was young. The default reports each through [`YoungSink::leaf`].
@@ -294,27 +317,29 @@ impl<T: FnMut(u64, u8, u64)> YoungSink for T {
 
 /// Handles one entry of an aging walk: clears A with the one helper and,
 /// for a leaf, reports it young. A non-leaf entry is cleared before the walk
-/// steps into it. An entry that changed under the pass is handled again
-/// with its new value.
+/// steps into it; its snapshot at that moment is returned (the pass decodes
+/// the generation its table had). An entry that changed under the pass is
+/// handled again with its new value.
 #[inline(always)]
 fn age_entry<F: EntryFormat>(
     slot: &AtomicU64,
     gpa: u64,
     level: u8,
     snapshot: u64,
+    tag: u64,
     stats: &mut PassStats,
     young: &mut impl YoungSink,
-) {
+) -> Option<u64> {
     let mut old = snapshot;
     loop {
         if !F::is_present(old) {
-            return;
+            return None;
         }
-        match test_and_clear_young::<F>(slot, old, level) {
-            ClearYoung::WasOld => return,
+        match test_and_clear_young::<F>(slot, old, level, Stamp::Young(tag)) {
+            ClearYoung::WasOld | ClearYoung::Retired => return None,
             ClearYoung::Rescan => {
                 stats.tables_rescanned += 1;
-                return;
+                return Some(old);
             }
             ClearYoung::Cleared => {
                 stats.flush_needed = true;
@@ -322,10 +347,10 @@ fn age_entry<F: EntryFormat>(
                     stats.young_leaves += 1;
                     stats.young_pages += F::level_size(level) / 4096;
                     young.leaf(gpa, level, old);
-                } else {
-                    stats.tables_entered += 1;
+                    return None;
                 }
-                return;
+                stats.tables_entered += 1;
+                return Some(old);
             }
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
@@ -344,6 +369,7 @@ fn age_entry<F: EntryFormat>(
 #[inline(always)]
 fn age_chunk<F: EntryFormat>(
     chunk: &LeafChunk<'_>,
+    tag: u64,
     stats: &mut PassStats,
     young: &mut impl YoungSink,
     per_page: bool,
@@ -361,7 +387,7 @@ fn age_chunk<F: EntryFormat>(
         if !F::is_present(snapshot) {
             continue;
         }
-        match test_and_clear_young::<F>(slot, snapshot, 1) {
+        match test_and_clear_young::<F>(slot, snapshot, 1, Stamp::Young(tag)) {
             ClearYoung::Cleared => {
                 cleared |= 1 << k;
                 *o = snapshot;
@@ -369,10 +395,10 @@ fn age_chunk<F: EntryFormat>(
                     young.leaf(chunk.gpa + k as u64 * 4096, 1, snapshot);
                 }
             }
-            ClearYoung::WasOld | ClearYoung::Rescan => {}
+            ClearYoung::WasOld | ClearYoung::Rescan | ClearYoung::Retired => {}
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
-                age_entry::<F>(slot, chunk.gpa + k as u64 * 4096, 1, now, stats, young);
+                age_entry::<F>(slot, chunk.gpa + k as u64 * 4096, 1, now, tag, stats, young);
             }
         }
     }
@@ -387,17 +413,85 @@ fn age_chunk<F: EntryFormat>(
     }
 }
 
-/// Ages `[start, end)`: every entry with A set is cleared by the one helper,
-/// skipping cold subtrees and lines, and every leaf that was young is
-/// reported to `young` (a closure `FnMut(gpa, level, entry)` will do).
-/// Does not flush (see [`age_pass`]).
+/// Retires the tags of the entries of `table` (at `level`) that are not
+/// young and were last young [`EXACT_GENS`] or more passes before `seq`,
+/// given `parent`, the generation the table's parent entry had before this
+/// pass stamped it (`None`: old, so every tag below it is stale). Keeps the
+/// invariant of [`crate::generations`]; each retirement goes through the
+/// one helper. Entries are tested a line at a time without branches, so a
+/// table whose tags are all fresh costs a read of lines the scan is about
+/// to read anyway.
+fn retire_stale<F: EntryFormat>(
+    table: &[AtomicU64],
+    level: u8,
+    parent: Option<u64>,
+    seq: u64,
+    stats: &mut PassStats,
+) {
+    stats.tables_checked += 1;
+    // A child with tag `t` is `ahead + (ptag - t) mod TAGS` passes old.
+    let (ptag, ahead) = match parent {
+        Some(p) => (tag_of(p), seq.saturating_sub(p)),
+        None => (0, EXACT_GENS),
+    };
+    let limit = EXACT_GENS.saturating_sub(ahead);
+    for line in table.chunks(8) {
+        let mut stale = 0u32;
+        for (k, slot) in line.iter().enumerate() {
+            let v = slot.load(Ordering::Acquire);
+            let t = F::gen_tag(v);
+            let back = (ptag + TAGS - t) % TAGS;
+            let is = F::is_present(v)
+                & (v & (F::ACCESSED | F::RESCAN) == 0)
+                & (t != 0)
+                & (back >= limit);
+            stale |= u32::from(is) << k;
+        }
+        while stale != 0 {
+            let k = stale.trailing_zeros() as usize;
+            stale &= stale - 1;
+            let slot = &line[k];
+            let mut old = slot.load(Ordering::Acquire);
+            loop {
+                match test_and_clear_young::<F>(slot, old, level, Stamp::Retire) {
+                    ClearYoung::Retired => stats.retired += 1,
+                    ClearYoung::Changed(now) if F::is_present(now) => {
+                        // Remapped meanwhile: its tag is whatever the
+                        // writer gave it (old, or inherited); decide again.
+                        old = now;
+                        continue;
+                    }
+                    _ => {}
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Ages `[start, end)` as part of pass `gens.max_seq()`: every entry with A
+/// set is cleared by the one helper and takes the pass's generation tag,
+/// skipping cold subtrees and lines; stale tags in the tables it scans are
+/// retired (module docs of [`crate::generations`]); every leaf that was
+/// young is reported to `young` (a closure `FnMut(gpa, level, entry)` will
+/// do). Does not flush (see [`age_pass`]).
 pub fn age_range<F: EntryFormat, M: TableMemory>(
     tables: &Tables<F, M>,
+    gens: &Generations,
     start: u64,
     end: u64,
     mut young: impl YoungSink,
 ) -> PassStats {
-    let mut stats = PassStats::default();
+    let seq = gens.max_seq();
+    let tag = tag_of(seq);
+    let mut stats = PassStats {
+        seq,
+        ..PassStats::default()
+    };
+    // The generation each entry on the walk's current path had before this
+    // pass stamped it; entries of the root table decode against `seq`.
+    let mut before: [Option<u64>; MAX_LEVELS + 2] = [None; MAX_LEVELS + 2];
+    before[usize::from(F::LEVELS) + 1] = Some(seq);
     let mut walk = tables
         .walk(start, end, 1, F::ACCESSED | F::RESCAN)
         .leaf_filter(F::ACCESSED);
@@ -407,23 +501,37 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
         match item {
             Batch::Entry(e) => {
                 stats.leaf_entries_read += u64::from(e.level == 1);
-                age_entry::<F>(walk.slot(), e.gpa, e.level, e.old, &mut stats, &mut young);
+                let slot = walk.slot();
+                let Some(old) = age_entry::<F>(slot, e.gpa, e.level, e.old, tag, &mut stats, &mut young)
+                else {
+                    continue;
+                };
+                // A table the walk is about to scan: check its children's
+                // tags if it was not scanned in the previous pass (or its
+                // tag is old), else once every CHECK_EVERY passes, spread
+                // over tables by address.
+                let l = usize::from(e.level);
+                let was = decode(before[l + 1], F::gen_tag(old));
+                before[l] = was;
+                let turn = (e.gpa / F::level_size(e.level) + u64::from(e.level)) % CHECK_EVERY;
+                if (was != seq.checked_sub(1) || (seq + turn).is_multiple_of(CHECK_EVERY))
+                    && let Some(child) = tables.mem().table(F::addr(old))
+                    && child.len() == F::ENTRIES
+                {
+                    retire_stale::<F>(child, e.level - 1, was, seq, &mut stats);
+                }
             }
             Batch::Leaves(run) => {
                 stats.leaf_entries_read += run.slots.len() as u64;
-                young.scanning(run.gpa, run.slots.len() as u64 * 4096);
                 let skipped = run.for_each_chunk(sparse, |chunk| {
-                    age_chunk::<F>(&chunk, &mut stats, &mut young, per_page)
+                    age_chunk::<F>(&chunk, tag, &mut stats, &mut young, per_page)
                 });
                 stats.leaf_lines_skipped += skipped;
                 // Expect the next table to look like this one. More than
                 // 3/4 of the lines skipped (under about 3 % of the entries
                 // young, scattered): scan line by line. More than 1/8
                 // skipped (young pages scattered, under about 25 %): report
-                // each young page as it is cleared (for `age_pass`, one
-                // byte store into a prefetched line) rather than per chunk
-                // (32 bytes rewritten without branches, cheaper when most
-                // of the chunk is young).
+                // each young page as it is cleared rather than per chunk.
                 sparse = skipped * 4 > run.lines() * 3;
                 per_page = skipped * 8 > run.lines();
             }
@@ -450,58 +558,22 @@ pub fn test_young<F: EntryFormat, M: TableMemory>(
     false
 }
 
-/// Young chunks stamped together by [`age_pass`].
-const STAMP_BATCH: usize = 64;
-
-/// Stamps young pages into the generations. A stamp is a store, and the
-/// next locked compare-exchange waits for every earlier store to complete:
-/// so the bytes of a leaf table are prefetched for writing when its scan
-/// starts ([`YoungSink::scanning`]; a prefetch does not hold up a locked
-/// instruction), and 4 KiB pages are stamped in batches of chunks, so that
-/// the stores that still miss overlap.
-struct GenSink<'g, S, F> {
-    gens: &'g mut Generations<S>,
-    chunks: [(u64, u32); STAMP_BATCH],
-    n: usize,
-    _f: PhantomData<F>,
-}
-
-impl<S: AsRef<[u8]> + AsMut<[u8]>, F> GenSink<'_, S, F> {
-    fn drain(&mut self) {
-        for &(gpa, mask) in &self.chunks[..self.n] {
-            self.gens.stamp_mask(gpa, mask);
-        }
-        self.n = 0;
-    }
-}
-
-impl<S: AsRef<[u8]> + AsMut<[u8]>, F: EntryFormat> YoungSink for &mut GenSink<'_, S, F> {
+/// Drops young reports: the generation is in the entry already.
+struct NoReports;
+impl YoungSink for NoReports {
     #[inline(always)]
-    fn leaf(&mut self, gpa: u64, level: u8, _entry: u64) {
-        self.gens.stamp(gpa, F::level_size(level));
-    }
-
+    fn leaf(&mut self, _: u64, _: u8, _: u64) {}
     #[inline(always)]
-    fn scanning(&mut self, gpa: u64, size: u64) {
-        self.gens.prefetch(gpa, size);
-    }
-
-    #[inline(always)]
-    fn chunk(&mut self, gpa: u64, cleared: u32, _old: &[u64; CHUNK]) {
-        self.chunks[self.n] = (gpa, cleared);
-        self.n += 1;
-        if self.n == STAMP_BATCH {
-            self.drain();
-        }
-    }
+    fn chunk(&mut self, _: u64, _: u32, _: &[u64; CHUNK]) {}
 }
 
 /// One aging pass over the whole guest: starts a generation at `now_ms`,
-/// ages every mapped page (stamping young ones into `gens`), then flushes
-/// once through `flush` if the pass cleared anything and `policy` says so.
-pub fn age_pass<F, M, S, T>(
+/// ages every mapped page (young ones take the generation's tag in their
+/// entry, stale tags are retired), then flushes once through `flush` if
+/// the pass cleared anything and `policy` says so.
+pub fn age_pass<F, M, T>(
     tables: &Tables<F, M>,
-    gens: &mut Generations<S>,
+    gens: &mut Generations,
     now_ms: u64,
     flush: &mut T,
     policy: FlushPolicy,
@@ -509,19 +581,26 @@ pub fn age_pass<F, M, S, T>(
 where
     F: EntryFormat,
     M: TableMemory,
-    S: AsRef<[u8]> + AsMut<[u8]>,
     T: TlbFlush,
 {
     let seq = gens.begin_pass(now_ms);
-    let mut sink = GenSink::<S, F> {
-        gens,
-        chunks: [(0, 0); STAMP_BATCH],
-        n: 0,
-        _f: PhantomData,
+    let mut stats = PassStats {
+        seq,
+        ..PassStats::default()
     };
-    let mut stats = age_range(tables, 0, F::space_size(), &mut sink);
-    sink.drain();
-    stats.seq = seq;
+    // The root table is scanned by every pass: check it in every pass (one
+    // table; its entries decode against `max_seq`).
+    if let Some(root) = tables.mem().table(tables.root())
+        && root.len() == F::ENTRIES
+    {
+        retire_stale::<F>(root, F::LEVELS, Some(seq), seq, &mut stats);
+    }
+    let walked = age_range(tables, gens, 0, F::space_size(), NoReports);
+    stats = PassStats {
+        tables_checked: stats.tables_checked + walked.tables_checked,
+        retired: stats.retired + walked.retired,
+        ..walked
+    };
     if stats.flush_needed && policy == FlushPolicy::OncePerPass {
         flush.flush_guest_tlb();
         stats.flushed = true;

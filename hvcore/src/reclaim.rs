@@ -573,13 +573,13 @@ impl Reclaimer {
     /// Reclaims the 4 KiB pages at `gpas` (page-aligned guest-physical
     /// addresses), in batches of [`Self::batch_pages`] under one flush each, in
     /// the order of the module docs. The caller holds the VM's writer lock.
-    pub fn reclaim_pages<F, M, A, G, T, S>(
+    pub fn reclaim_pages<F, M, A, G, T>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
         frames: &mut G,
         flush: &mut T,
-        gens: &mut Generations<S>,
+        gens: &mut Generations,
         gpas: &[u64],
     ) -> BatchStats
     where
@@ -588,7 +588,6 @@ impl Reclaimer {
         A: TableAlloc,
         G: GuestFrames,
         T: TlbFlush,
-        S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let mut total = BatchStats::default();
         for chunk in gpas.chunks(self.batch_pages) {
@@ -597,13 +596,13 @@ impl Reclaimer {
         total
     }
 
-    fn reclaim_batch<F, M, A, G, T, S>(
+    fn reclaim_batch<F, M, A, G, T>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
         frames: &mut G,
         flush: &mut T,
-        gens: &mut Generations<S>,
+        gens: &mut Generations,
         gpas: &[u64],
     ) -> BatchStats
     where
@@ -612,7 +611,6 @@ impl Reclaimer {
         A: TableAlloc,
         G: GuestFrames,
         T: TlbFlush,
-        S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let mut b = BatchStats::default();
         let t_unmap = self.now_ns();
@@ -642,9 +640,13 @@ impl Reclaimer {
                 .is_none_or(|t| t.level != 1)
             {
                 b.not_mapped += 1;
-                gens.note_unmapped(GuestPhysAddr::new(gpa), 4096);
                 continue;
             }
+            // Its generation, for the refault feedback, read while the
+            // entry is still there (the tag goes with it).
+            let young_seq = gens
+                .seq_of(tables, GuestPhysAddr::new(gpa))
+                .unwrap_or(gens.max_seq());
             // Deliberately broken twin (`--cfg hvcore_broken_reclaim_dbit`,
             // for the loom models only): A and D taken from a snapshot read
             // before the exchange instead of from the exchanged value.
@@ -689,13 +691,9 @@ impl Reclaimer {
                 // stale translation still points at the right bytes.
                 b.rescued += 1;
                 self.stats.rescued += 1;
-                gens.stamp(gpa, 4096);
+                tables.mark_accessed(GuestPhysAddr::new(gpa), F::ACCESSED);
                 continue;
             }
-            let young_seq = gens
-                .seq_of(GuestPhysAddr::new(gpa))
-                .unwrap_or(gens.max_seq());
-            gens.note_unmapped(GuestPhysAddr::new(gpa), 4096);
             self.records.insert(
                 gfn,
                 Record {
@@ -717,7 +715,7 @@ impl Reclaimer {
         // Deliberately broken twin (`--cfg hvcore_broken_reclaim_order`,
         // for the loom models only): the frames are read before the flush.
         #[cfg(hvcore_broken_reclaim_order)]
-        self.inspect(tables, mapper, frames, gens, &in_flight, &mut b);
+        self.inspect(tables, mapper, frames, &in_flight, &mut b);
         // Step 2: one flush for the whole batch.
         flush.flush_guest_tlb();
         self.stats.flushes += 1;
@@ -726,7 +724,7 @@ impl Reclaimer {
         self.times.flush_ns += t_store.saturating_sub(t_flush);
         // Step 3: only now look at the frames.
         #[cfg(not(hvcore_broken_reclaim_order))]
-        self.inspect(tables, mapper, frames, gens, &in_flight, &mut b);
+        self.inspect(tables, mapper, frames, &in_flight, &mut b);
         self.times.store_ns += self.now_ns().saturating_sub(t_store);
         self.in_flight = in_flight;
         b
@@ -734,12 +732,11 @@ impl Reclaimer {
 
     /// Step 3 of a batch: reads each in-flight frame (or drops it when D
     /// was clear and a clean copy exists), stores it and frees the frame.
-    fn inspect<F, M, A, G, S>(
+    fn inspect<F, M, A, G>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
         frames: &mut G,
-        gens: &mut Generations<S>,
         in_flight: &[(u64, HostPhysAddr, u64)],
         b: &mut BatchStats,
     ) where
@@ -747,7 +744,6 @@ impl Reclaimer {
         M: TableMemory,
         A: TableAlloc,
         G: GuestFrames,
-        S: AsRef<[u8]> + AsMut<[u8]>,
     {
         for &(gfn, frame, old) in in_flight {
             let clean = old & F::DIRTY == 0 && self.clean_copies.remove(&gfn);
@@ -771,7 +767,7 @@ impl Reclaimer {
                     } else {
                         self.stats.store_full += 1;
                     }
-                    self.restore_in_flight(tables, mapper, gens, gfn);
+                    self.restore_in_flight(tables, mapper, gfn);
                     continue;
                 }
             };
@@ -793,18 +789,16 @@ impl Reclaimer {
     }
 
     /// Maps an in-flight page's own frame back (nothing was copied).
-    fn restore_in_flight<F, M, A, S>(
+    fn restore_in_flight<F, M, A>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
-        gens: &mut Generations<S>,
         gfn: u64,
     ) -> bool
     where
         F: EntryFormat,
         M: TableMemory,
         A: TableAlloc,
-        S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let Some(&Record {
             perms,
@@ -823,7 +817,7 @@ impl Reclaimer {
             return false;
         }
         self.records.remove(&gfn);
-        gens.note_mapped(gpa, 4096);
+        tables.mark_accessed(gpa, F::ACCESSED);
         true
     }
 
@@ -833,13 +827,13 @@ impl Reclaimer {
         clippy::too_many_arguments,
         reason = "the reclaimer's collaborators, all needed"
     )]
-    pub fn reclaim_toward<F, M, A, G, T, S>(
+    pub fn reclaim_toward<F, M, A, G, T>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
         frames: &mut G,
         flush: &mut T,
-        gens: &mut Generations<S>,
+        gens: &mut Generations,
         target: ReclaimTarget,
         now_ms: u64,
         max_pages: u64,
@@ -850,7 +844,6 @@ impl Reclaimer {
         A: TableAlloc,
         G: GuestFrames,
         T: TlbFlush,
-        S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let mut total = BatchStats::default();
         let after = match target {
@@ -861,11 +854,11 @@ impl Reclaimer {
         let mut batch = [0u64; MAX_BATCH_PAGES];
         loop {
             let t_select = self.now_ns();
-            // The histogram is a sweep of every generation byte: only a
-            // resident limit needs it.
+            // The histogram is a walk of the tables: only a resident limit
+            // needs it.
             let want = match target {
                 ReclaimTarget::ResidentLimit { pages } => gens
-                    .histogram(now_ms)
+                    .histogram(tables, now_ms)
                     .map(|b| b.pages)
                     .sum::<u64>()
                     .saturating_sub(pages),
@@ -879,7 +872,7 @@ impl Reclaimer {
                 .unwrap_or(self.batch_pages)
                 .min(self.batch_pages);
             let mut n = 0;
-            'fill: for run in gens.coldest(after, now_ms) {
+            'fill: for run in gens.coldest(tables, after, now_ms) {
                 for i in 0..run.pages {
                     if n == cap {
                         break 'fill;
@@ -905,12 +898,12 @@ impl Reclaimer {
     /// is taken, filled (zeros, decompressed or copied) and only then mapped
     /// (4 KiB, the page's old rights), so the guest never sees a partly
     /// filled page. The caller holds the VM's writer lock.
-    pub fn fault_in<F, M, A, G, S>(
+    pub fn fault_in<F, M, A, G>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
         frames: &mut G,
-        gens: &mut Generations<S>,
+        gens: &mut Generations,
         gpa: GuestPhysAddr,
         now_ms: u64,
     ) -> Result<FaultIn, FaultError>
@@ -919,7 +912,6 @@ impl Reclaimer {
         M: TableMemory,
         A: TableAlloc,
         G: GuestFrames,
-        S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let t0 = self.now_ns();
         let r = self.fault_in_timed(tables, mapper, frames, gens, gpa, now_ms);
@@ -927,12 +919,12 @@ impl Reclaimer {
         r
     }
 
-    fn fault_in_timed<F, M, A, G, S>(
+    fn fault_in_timed<F, M, A, G>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
         frames: &mut G,
-        gens: &mut Generations<S>,
+        gens: &mut Generations,
         gpa: GuestPhysAddr,
         now_ms: u64,
     ) -> Result<FaultIn, FaultError>
@@ -941,7 +933,6 @@ impl Reclaimer {
         M: TableMemory,
         A: TableAlloc,
         G: GuestFrames,
-        S: AsRef<[u8]> + AsMut<[u8]>,
     {
         let gfn = gpa.page_number();
         let Some(&rec) = self.records.get(&gfn) else {
@@ -949,7 +940,7 @@ impl Reclaimer {
         };
         let page_gpa = GuestPhysAddr::new(gfn * 4096);
         if rec.frame.is_some() {
-            return if self.restore_in_flight(tables, mapper, gens, gfn) {
+            return if self.restore_in_flight(tables, mapper, gfn) {
                 Ok(FaultIn::Restored(PageState::InFlight))
             } else {
                 Err(FaultError::Map(MapError::OutOfMemory))
@@ -983,7 +974,8 @@ impl Reclaimer {
             max.saturating_sub(rec.reclaimed_seq),
             max.saturating_sub(rec.young_seq),
         );
-        gens.note_mapped(page_gpa, 4096);
+        // Faulted in for an access: young, as the access would make it.
+        tables.mark_accessed(page_gpa, F::ACCESSED);
         Ok(FaultIn::Restored(state_of(kind)))
     }
 }

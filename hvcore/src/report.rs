@@ -26,9 +26,11 @@
 
 extern crate alloc;
 
-use crate::addr::GuestPhysAddr;
 use crate::generations::Generations;
+use crate::pte::EntryFormat;
+use crate::table::{TableMemory, Tables};
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -561,46 +563,49 @@ fn parse_fields(kind: &str, f: &Fields<'_>) -> Result<Record, ParseError> {
     })
 }
 
-/// Map cells of `cell_pages` pages over the tracked guest memory: each
-/// cell's age is that of its youngest resident page (`max_seq - seq`).
-pub fn map_cells<S: AsRef<[u8]> + AsMut<[u8]>>(
-    gens: &Generations<S>,
+/// Map cells of `cell_pages` pages over guest-physical `[0, ram_bytes)`:
+/// each cell's age is that of its youngest resident page (`max_seq - seq`).
+/// One walk of the tables.
+pub fn map_cells<F: EntryFormat, M: TableMemory>(
+    gens: &Generations,
+    tables: &Tables<F, M>,
+    ram_bytes: u64,
     cell_pages: u64,
 ) -> Vec<Option<u64>> {
     let cell_pages = cell_pages.max(1);
-    let pages = gens.tracked_bytes() / 4096;
+    let pages = ram_bytes / 4096;
     let max = gens.max_seq();
-    (0..pages.div_ceil(cell_pages))
-        .map(|c| {
-            (c * cell_pages..((c + 1) * cell_pages).min(pages))
-                .filter_map(|p| gens.seq_of(GuestPhysAddr::new(p * 4096)))
-                .map(|seq| max - seq)
-                .min()
-        })
-        .collect()
+    let mut cells: Vec<Option<u64>> = vec![None; pages.div_ceil(cell_pages) as usize];
+    gens.for_each_page_seq(tables, 0, pages * 4096, |gpa, n, seq| {
+        let first = gpa / 4096;
+        for p in first..(first + n).min(pages) {
+            if let Some(c) = cells.get_mut((p / cell_pages) as usize) {
+                *c = Some(c.map_or(max - seq, |a| a.min(max - seq)));
+            }
+        }
+    });
+    cells
 }
 
 /// Maximal `[start, end)` runs of pages for which `pred(age_gens)` holds
-/// (resident pages only), as guest-physical byte ranges.
-pub fn ranges_where<S: AsRef<[u8]> + AsMut<[u8]>>(
-    gens: &Generations<S>,
+/// (resident pages only), as guest-physical byte ranges. One walk of the
+/// tables.
+pub fn ranges_where<F: EntryFormat, M: TableMemory>(
+    gens: &Generations,
+    tables: &Tables<F, M>,
     pred: impl Fn(u64) -> bool,
 ) -> Vec<(u64, u64)> {
-    let pages = gens.tracked_bytes() / 4096;
     let max = gens.max_seq();
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for p in 0..pages {
-        let hit = gens
-            .seq_of(GuestPhysAddr::new(p * 4096))
-            .is_some_and(|s| pred(max - s));
-        if !hit {
-            continue;
+    gens.for_each_page_seq(tables, 0, F::space_size(), |a, n, seq| {
+        if !pred(max - seq) {
+            return;
         }
-        let (a, b) = (p * 4096, (p + 1) * 4096);
+        let b = a + n * 4096;
         match out.last_mut() {
             Some(last) if last.1 == a => last.1 = b,
             _ => out.push((a, b)),
         }
-    }
+    });
     out
 }

@@ -262,6 +262,48 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
             }
         }
     }
+
+    /// Sets `bits` (A, or A and D) on the leaf that maps `gpa`, as the CPU
+    /// would on an access, then A on its ancestors (rule 4), so that the
+    /// next aging pass finds the page young. For the hypervisor's own
+    /// accesses to guest memory and for pages it has just faulted in.
+    /// False, and nothing written, when no leaf maps `gpa` (a
+    /// compare-exchange, so an entry unmapped meanwhile is never given bits).
+    pub fn mark_accessed(&self, gpa: GuestPhysAddr, bits: u64) -> bool {
+        let g = gpa.as_u64();
+        let Some(end) = g.checked_add(1) else {
+            return false;
+        };
+        let bits = bits & (F::ACCESSED | F::DIRTY);
+        let mut ancestors: [Option<&AtomicU64>; crate::walk::MAX_LEVELS] =
+            [None; crate::walk::MAX_LEVELS];
+        let mut walk = self.walk(g, end, 1, 0);
+        while let Some(e) = walk.next() {
+            if !F::is_present(e.old) {
+                return false;
+            }
+            let slot = walk.slot();
+            if !F::is_leaf(e.old, e.level) {
+                ancestors[usize::from(e.level) - 1] = Some(slot);
+                continue;
+            }
+            let mut old = e.old;
+            loop {
+                if !F::is_present(old) || !F::is_leaf(old, e.level) {
+                    return false;
+                }
+                match slot.compare_exchange(old, old | bits, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(now) => old = now,
+                }
+            }
+            for a in ancestors.iter().flatten() {
+                a.fetch_or(F::ACCESSED, Ordering::AcqRel);
+            }
+            return true;
+        }
+        false
+    }
 }
 
 /// The writer of one guest's tree. See the module docs for its rules.
@@ -514,7 +556,11 @@ impl<A: TableAlloc> Mapper<A> {
             }
             let child_size = F::level_size(level - 1);
             let base = F::addr(old).as_u64() & !(F::level_size(level) - 1);
-            let flags = old & (F::ACCESSED | F::DIRTY);
+            // The children inherit A, D and the generation tag; the new
+            // table entry carries the same tag, so the children's tags
+            // decode against it exactly as the leaf's did against its
+            // parent (see `crate::generations`).
+            let flags = old & (F::ACCESSED | F::DIRTY | F::GEN_MASK);
             for (i, c) in children.iter().enumerate() {
                 let frame = HostPhysAddr::new(base + i as u64 * child_size);
                 c.store(
@@ -524,7 +570,7 @@ impl<A: TableAlloc> Mapper<A> {
             }
             match slot.compare_exchange(
                 old,
-                F::make_table(page),
+                F::make_table(page) | (old & F::GEN_MASK),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -611,21 +657,27 @@ impl<A: TableAlloc> Mapper<A> {
                 );
                 if !F::is_present(v)
                     || !F::is_leaf(v, level - 1)
-                    || v & !(F::ACCESSED | F::DIRTY) != expect
+                    || v & !F::MOVING != expect
                 {
                     return Err(MapError::NotCollapsible(gpa));
                 }
                 flags |= v & (F::ACCESSED | F::DIRTY);
             }
             let leaf = F::make_leaf(HostPhysAddr::new(base), level, perms);
-            // The CPU (A) and aging passes (A, rescan mark) change the table
-            // entry under us without changing the table it points to: retry.
+            // The CPU (A) and aging passes (A, rescan mark, generation tag)
+            // change the table entry under us without changing the table it
+            // points to: retry. The huge leaf takes the table entry's
+            // generation tag, the youngest of its children's (the
+            // invariant of `crate::generations`): as young as its youngest
+            // page, never colder than any.
             let mut old = e.old;
-            while let Err(now) =
-                walk.slot()
-                    .compare_exchange(old, leaf | flags, Ordering::AcqRel, Ordering::Acquire)
-            {
-                if (now ^ old) & !(F::ACCESSED | F::DIRTY | F::RESCAN) != 0 {
+            while let Err(now) = walk.slot().compare_exchange(
+                old,
+                leaf | flags | (old & F::GEN_MASK),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                if (now ^ old) & !F::MOVING != 0 {
                     return Err(MapError::NotCollapsible(gpa));
                 }
                 old = now;

@@ -33,6 +33,20 @@
 //! The helper is the only place in the crate that clears A (the writers in
 //! [`crate::table`] only ever set it or swap whole entries).
 //!
+//! # The generation rides in the same compare-exchange
+//! The value the helper writes also carries the pass's generation tag in
+//! bits the CPU ignores ([`EntryFormat::GEN_MASK`]; the design and its
+//! invariant are in [`crate::generations`]). So a young page is recorded
+//! by the one locked instruction that ages it, and the pass writes nothing
+//! else per page: no array of per-page state, no extra cache line. The
+//! helper's second mode, [`Stamp::Retire`], sets the tag of an entry that
+//! is *not* young to "old" when a table check finds it stale; it uses the
+//! same compare-exchange on the snapshot, so a retirement can no more land
+//! on a changed entry or lose a D bit than a clear can, and an entry that
+//! became young since the snapshot is left to the scan. A failed exchange
+//! is retried when only A, D, the rescan mark or the tag moved
+//! ([`EntryFormat::MOVING`]).
+//!
 //! # Subtree skipping and the rule that makes it correct
 //! The CPU sets A in every non-leaf EPT/NPT entry it walks through
 //! (Intel SDM "Accessed and Dirty Flags for EPT"; AMD APM "Nested Paging").
@@ -153,7 +167,7 @@ use crate::walk::{Batch, CHUNK, LeafChunk, MAX_LEVELS};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stamp {
     /// Age the entry: clear A (or the rescan mark) and write this
-    /// generation tag (1 to 127, see [`crate::generations`]).
+    /// generation tag (1 to 2047, see [`crate::generations`]).
     Young(u64),
     /// Retire the entry's generation tag to "old" if the entry is not young
     /// (A clear, no rescan mark); a young entry is left for the scan.
@@ -191,9 +205,7 @@ fn aged<F: EntryFormat>(old: u64, level: u8, stamp: Stamp) -> u64 {
         Stamp::Retire if young => old,
         Stamp::Retire => F::with_gen_tag(old, 0),
         Stamp::Young(_) if !young => old,
-        Stamp::Young(tag) if F::is_leaf(old, level) => {
-            F::with_gen_tag(old & !F::ACCESSED, tag)
-        }
+        Stamp::Young(tag) if F::is_leaf(old, level) => F::with_gen_tag(old & !F::ACCESSED, tag),
         Stamp::Young(tag) if old & F::ACCESSED != 0 => {
             F::with_gen_tag((old & !F::ACCESSED) | F::RESCAN, tag)
         }
@@ -413,6 +425,19 @@ fn age_chunk<F: EntryFormat>(
     }
 }
 
+/// Whether a table whose parent had generation `was` before pass `seq`
+/// must be checked before the scan: its parent is old, or a pass of its
+/// turn (one in every [`CHECK_EVERY`], offset by `key`, which spreads the
+/// tables' turns over the passes) went by since `was`.
+#[inline(always)]
+fn check_due(was: Option<u64>, seq: u64, key: u64) -> bool {
+    let Some(was) = was else {
+        return true;
+    };
+    let key = key % CHECK_EVERY;
+    (seq + key) / CHECK_EVERY != (was.min(seq) + key) / CHECK_EVERY
+}
+
 /// Retires the tags of the entries of `table` (at `level`) that are not
 /// young and were last young [`EXACT_GENS`] or more passes before `seq`,
 /// given `parent`, the generation the table's parent entry had before this
@@ -421,7 +446,7 @@ fn age_chunk<F: EntryFormat>(
 /// one helper. Entries are tested a line at a time without branches, so a
 /// table whose tags are all fresh costs a read of lines the scan is about
 /// to read anyway.
-fn retire_stale<F: EntryFormat>(
+pub fn retire_stale<F: EntryFormat>(
     table: &[AtomicU64],
     level: u8,
     parent: Option<u64>,
@@ -440,11 +465,9 @@ fn retire_stale<F: EntryFormat>(
         for (k, slot) in line.iter().enumerate() {
             let v = slot.load(Ordering::Acquire);
             let t = F::gen_tag(v);
-            let back = (ptag + TAGS - t) % TAGS;
-            let is = F::is_present(v)
-                & (v & (F::ACCESSED | F::RESCAN) == 0)
-                & (t != 0)
-                & (back >= limit);
+            let d = ptag.wrapping_sub(t);
+            let back = if d > TAGS { d.wrapping_add(TAGS) } else { d };
+            let is = (v & (F::ACCESSED | F::RESCAN) == 0) & (t != 0) & (back >= limit);
             stale |= u32::from(is) << k;
         }
         while stale != 0 {
@@ -502,20 +525,22 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
             Batch::Entry(e) => {
                 stats.leaf_entries_read += u64::from(e.level == 1);
                 let slot = walk.slot();
-                let Some(old) = age_entry::<F>(slot, e.gpa, e.level, e.old, tag, &mut stats, &mut young)
+                let Some(old) =
+                    age_entry::<F>(slot, e.gpa, e.level, e.old, tag, &mut stats, &mut young)
                 else {
                     continue;
                 };
                 // A table the walk is about to scan: check its children's
-                // tags if it was not scanned in the previous pass (or its
-                // tag is old), else once every CHECK_EVERY passes, spread
-                // over tables by address.
+                // tags if its parent is old or its turn came since it was
+                // last scanned (the invariant of `crate::generations`).
                 let l = usize::from(e.level);
                 let was = decode(before[l + 1], F::gen_tag(old));
                 before[l] = was;
-                let turn = (e.gpa / F::level_size(e.level) + u64::from(e.level)) % CHECK_EVERY;
-                if (was != seq.checked_sub(1) || (seq + turn).is_multiple_of(CHECK_EVERY))
-                    && let Some(child) = tables.mem().table(F::addr(old))
+                if check_due(
+                    was,
+                    seq,
+                    e.gpa / F::level_size(e.level) + u64::from(e.level),
+                ) && let Some(child) = tables.mem().table(F::addr(old))
                     && child.len() == F::ENTRIES
                 {
                     retire_stale::<F>(child, e.level - 1, was, seq, &mut stats);
@@ -588,9 +613,10 @@ where
         seq,
         ..PassStats::default()
     };
-    // The root table is scanned by every pass: check it in every pass (one
-    // table; its entries decode against `max_seq`).
-    if let Some(root) = tables.mem().table(tables.root())
+    // The root table is scanned by every pass; its entries decode against
+    // `max_seq`, so it is checked when its turn comes.
+    if check_due(seq.checked_sub(1), seq, u64::MAX / 2)
+        && let Some(root) = tables.mem().table(tables.root())
         && root.len() == F::ENTRIES
     {
         retire_stale::<F>(root, F::LEVELS, Some(seq), seq, &mut stats);

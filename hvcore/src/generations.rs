@@ -8,48 +8,52 @@
 //! or `now_ms - pass_time_ms(seq)` milliseconds. Huge pages age as a unit
 //! (one entry, one generation).
 //!
-//! # Where the generation lives: a 7-bit tag in the entry
+//! # Where the generation lives: an 11-bit tag in the entry
 //! The aging pass clears A with a compare-exchange ([`crate::age`]); the
-//! same compare-exchange writes the pass's *tag* into bits 58:52 of the
-//! entry ([`EntryFormat::GEN_MASK`], ignored by the CPU in both formats).
-//! Recording a young page therefore costs no store besides the one the
-//! pass makes anyway. (A byte per page in a separate array, the first
-//! design, cost 5-9 % of a pass at scattered 1 %: each byte store that
-//! missed the cache held up the next locked instruction; `docs/aging.md`.)
+//! same compare-exchange writes the pass's *tag* into bits 62:52 of the
+//! entry ([`EntryFormat::GEN_MASK`], ignored by the CPU in both formats as
+//! Thermocline runs them). Recording a young page therefore costs no store
+//! besides the one the pass makes anyway. (A byte per page in a separate
+//! array, the first design, cost 5-9 % of a pass at scattered 1 %: each
+//! byte store that missed the cache held up the next locked instruction;
+//! `docs/aging.md`.)
 //!
 //! Tag `0` means *old*: not young for at least [`EXACT_GENS`] passes (or
-//! never since the guest was adopted). Tags `1..=127` name a sequence
-//! number modulo [`TAGS`]: `tag_of(seq) = seq % 127 + 1`.
+//! never since the guest was adopted). Tags `1..=2047` name a sequence
+//! number modulo [`TAGS`]: `tag_of(seq) = seq % 2047 + 1`.
 //!
 //! # Decoding: a tag is read against its parent
-//! Seven bits wrap, and the pass skips whole subtrees whose parent's A is
-//! clear, so it cannot keep every tag in the guest within 127 passes of
-//! `max_seq`. It does not need to. Non-leaf entries carry a tag too: the
-//! pass stamps a non-leaf entry every time it scans the table below it, so
-//! a non-leaf's generation is the last pass that scanned its table, and
-//! the **invariant** is:
+//! Tags wrap, and the pass skips whole subtrees whose parent's A is clear,
+//! so it cannot keep every tag in the guest within 2047 passes of
+//! `max_seq` by visiting it. It does not need to. Non-leaf entries carry a
+//! tag too: the pass stamps a non-leaf entry every time it scans the table
+//! below it, so a non-leaf's generation is the last pass that scanned its
+//! table, and the **invariant** is:
 //!
 //! > every entry that is not old has a generation at most its parent's, and
-//! > less than 127 passes older than it.
+//! > less than [`TAGS`] passes older than it.
 //!
 //! (For entries of the root table, "parent" means `max_seq`.) So a tag
 //! decodes uniquely top-down: `seq = parent - (tag_of(parent) - tag) mod
-//! 127` ([`decode`]). An old parent makes its whole subtree old: its pages
+//! 2047` ([`decode`]). An old parent makes its whole subtree old: its pages
 //! were not young for at least as long as it. A leaf whose A is set was
 //! accessed after the last pass and counts as young now (`max_seq`).
 //!
 //! The pass keeps the invariant ([`crate::age`]): young entries get the
-//! current tag, their parents already have it; and when it scans a table
-//! it *retires* (sets to old) every child not young for [`EXACT_GENS`]
-//! passes, checking a table whenever it was not scanned in the previous
-//! pass (its parent's tag is older, or old) and otherwise once every
-//! [`CHECK_EVERY`] passes (spread over the tables by address). Between two
-//! checks a child can age at most `CHECK_EVERY - 1` more passes, and
-//! `EXACT_GENS + CHECK_EVERY <= 127`. Retiring is a compare-exchange on an
-//! entry in a line the pass has just read: a page that stays cold costs one
-//! retirement, once; a page that stays hot costs nothing beyond its clears.
-//! Skipped subtrees are never touched: their tags keep decoding against
-//! their parent's, which has not moved.
+//! current tag, and their parents already have it. When it is about to
+//! scan a table it *checks* it if the table's parent is old, or if a pass
+//! of the table's turn (one in every [`CHECK_EVERY`], spread over the
+//! tables by address) went by since the table was last scanned: the check
+//! *retires* (sets to old) every child not young for [`EXACT_GENS`] passes.
+//! So between two checks of a table at most `CHECK_EVERY` passes go by,
+//! a child is never more than `EXACT_GENS + CHECK_EVERY <= 2047` passes
+//! older than its parent, and a table skipped for any length of time is
+//! checked when it is next scanned. Skipped subtrees are never touched:
+//! their tags keep decoding against their parent's, which has not moved.
+//! A check reads the table's 512 entries once more (from the cache: the
+//! scan reads them next) and retires with the one helper; at one check per
+//! table per 1024 passes it is invisible in the pass's cost, and a page
+//! that stays cold is retired once.
 //!
 //! Writers keep the invariant too ([`crate::table`]): a split gives the new
 //! table entry the huge leaf's tag and the children copy it; a collapse
@@ -64,7 +68,7 @@
 //! four generations). Histograms, the coldest-first run list and single
 //! lookups walk the tables ([`Generations::for_each_page_seq`], one walk
 //! that decodes as it goes); the per-guest state besides the tables is the
-//! sequence number and a ring of 128 pass timestamps.
+//! sequence number and a ring of 256 pass timestamps.
 
 use crate::addr::{GuestPhysAddr, PAGE_SIZE_4K};
 use crate::pte::EntryFormat;
@@ -72,17 +76,17 @@ use crate::sync::Ordering;
 use crate::table::{TableMemory, Tables};
 use crate::walk::Batch;
 
-/// Distinct generation tags (1 to 127; 0 is "old").
-pub const TAGS: u64 = 127;
+/// Distinct generation tags (1 to 2047; 0 is "old").
+pub const TAGS: u64 = 2047;
 /// Generations told apart: a page not young for this many passes is in
 /// the merged oldest generation `min_seq`.
-pub const EXACT_GENS: u64 = 95;
-/// A table the pass scans in every pass has its stale tags retired at
-/// least once every this many passes.
-pub const CHECK_EVERY: u64 = 32;
+pub const EXACT_GENS: u64 = 255;
+/// A table's stale tags are retired at least once every this many passes
+/// (when it is scanned after its turn came).
+pub const CHECK_EVERY: u64 = 1024;
 const _: () = assert!(EXACT_GENS + CHECK_EVERY <= TAGS);
 /// Pass timestamps kept (a power of two above the window).
-const RING: usize = 128;
+const RING: usize = 256;
 const _: () = assert!(EXACT_GENS < RING as u64);
 
 /// The tag that names `seq`.
@@ -361,9 +365,7 @@ impl Generations {
         let seq = seq.clamp(self.min_seq(), self.max_seq);
         match after {
             ColdAfter::Gens(n) => self.max_seq - seq >= n,
-            ColdAfter::Millis(t) => {
-                now_ms.saturating_sub(self.pass_ms[seq as usize % RING]) >= t
-            }
+            ColdAfter::Millis(t) => now_ms.saturating_sub(self.pass_ms[seq as usize % RING]) >= t,
         }
     }
 
@@ -498,5 +500,53 @@ impl<F: EntryFormat, M: TableMemory> Iterator for ColdIter<'_, F, M> {
             self.pos = 0;
         }
         None
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_inverts_tag_of_within_the_window() {
+        for parent in [1u64, 2, 500, 2046, 2047, 2048, 10_000, 123_456] {
+            for back in 0..TAGS.min(parent) {
+                let seq = parent - back;
+                assert_eq!(
+                    decode(Some(parent), tag_of(seq)),
+                    Some(seq),
+                    "{parent} {back}"
+                );
+            }
+            assert_eq!(decode(Some(parent), 0), None);
+            assert_eq!(decode(None, tag_of(parent)), None);
+        }
+    }
+
+    #[test]
+    fn tags_fit_the_entry_field_and_skip_old() {
+        for seq in 0..5 * TAGS {
+            let t = tag_of(seq);
+            assert!((1..=TAGS).contains(&t));
+            assert_eq!(t << 52 & !crate::npt::Npt::GEN_MASK, 0);
+        }
+    }
+
+    #[test]
+    fn min_seq_and_cold_clamp_to_the_window() {
+        let mut g = Generations::new(0);
+        for pass in 1..=400u64 {
+            g.begin_pass(pass * 10);
+        }
+        assert_eq!(g.max_seq(), 401);
+        assert_eq!(g.min_seq(), 401 - EXACT_GENS);
+        // A generation older than the window is as cold as the merged one.
+        assert!(g.seq_is_cold(3, ColdAfter::Gens(EXACT_GENS), 0));
+        assert!(!g.seq_is_cold(3, ColdAfter::Gens(EXACT_GENS + 1), 0));
+        assert_eq!(g.pass_time_ms(401), Some(4000));
+        assert_eq!(g.pass_time_ms(401 - EXACT_GENS - 1), None);
+        // Pass `seq` started at `(seq - 1) * 10` ms.
+        assert!(g.seq_is_cold(391, ColdAfter::Millis(100), 4000));
+        assert!(!g.seq_is_cold(392, ColdAfter::Millis(100), 4000));
     }
 }

@@ -88,15 +88,18 @@ pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
     /// mark a non-leaf entry whose A it cleared: the next pass scans that
     /// table again even if A stays clear (see [`crate::age`]).
     const RESCAN: u64;
-    /// Bits 58:52: the generation tag of the entry (see
+    /// Bits 62:52: the generation tag of the entry (see
     /// [`crate::generations`]). The CPU ignores them in every leaf and
-    /// non-leaf entry of both formats: in EPT as long as the features that
-    /// give bits 57 and 58 a meaning (guest-paging verification,
-    /// paging-write access; Intel SDM "EPT Translation Mechanism", tables of
-    /// EPT entry formats) are off, which Thermocline never turns on; in NPT
-    /// they are available to software (AMD APM vol. 2, "Long-Mode Page
-    /// Translation", AVL bits 62:52).
-    const GEN_MASK: u64 = 0x7f << 52;
+    /// non-leaf entry of both formats as Thermocline runs them: in EPT as
+    /// long as the features that give bits 57, 58, 60 and 61 a meaning
+    /// (guest-paging verification, paging-write access, supervisor shadow
+    /// stacks, sub-page write permissions; Intel SDM "EPT Translation
+    /// Mechanism", tables of EPT entry formats) are off, which Thermocline
+    /// never turns on; in NPT bits 58:52 are available to software and bits
+    /// 62:59 hold a protection key only when the host runs with CR4.PKE=1,
+    /// which Thermocline never sets (AMD APM vol. 2, "Long-Mode Page
+    /// Translation", "Protection Keys").
+    const GEN_MASK: u64 = 0x7ff << 52;
     /// Bits that change under a writer without changing what the entry
     /// maps: A and D (the CPU), the rescan mark and the generation tag (the
     /// aging pass). Compare-exchange loops retry when only these moved.
@@ -123,12 +126,12 @@ pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
     /// the large bit are kept.
     fn with_perms(entry: u64, perms: Perms) -> u64;
 
-    /// The generation tag held by the entry (0 to 127).
+    /// The generation tag held by the entry (0 to 2047).
     #[inline(always)]
     fn gen_tag(entry: u64) -> u64 {
         (entry & Self::GEN_MASK) >> 52
     }
-    /// `entry` with its generation tag replaced by `tag` (0 to 127).
+    /// `entry` with its generation tag replaced by `tag` (0 to 2047).
     #[inline(always)]
     fn with_gen_tag(entry: u64, tag: u64) -> u64 {
         (entry & !Self::GEN_MASK) | ((tag << 52) & Self::GEN_MASK)

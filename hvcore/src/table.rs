@@ -655,10 +655,7 @@ impl<A: TableAlloc> Mapper<A> {
                     level - 1,
                     perms,
                 );
-                if !F::is_present(v)
-                    || !F::is_leaf(v, level - 1)
-                    || v & !F::MOVING != expect
-                {
+                if !F::is_present(v) || !F::is_leaf(v, level - 1) || v & !F::MOVING != expect {
                     return Err(MapError::NotCollapsible(gpa));
                 }
                 flags |= v & (F::ACCESSED | F::DIRTY);

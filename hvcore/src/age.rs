@@ -329,9 +329,10 @@ impl<T: FnMut(u64, u8, u64)> YoungSink for T {
 
 /// Handles one entry of an aging walk: clears A with the one helper and,
 /// for a leaf, reports it young. A non-leaf entry is cleared before the walk
-/// steps into it; its snapshot at that moment is returned (the pass decodes
-/// the generation its table had). An entry that changed under the pass is
-/// handled again with its new value.
+/// steps into it; the value it held when the helper replaced it is returned
+/// (the pass decodes the generation its table had, and the walk follows
+/// what the helper wrote). An entry that changed under the pass is handled
+/// again with its new value.
 #[inline(always)]
 fn age_entry<F: EntryFormat>(
     slot: &AtomicU64,
@@ -479,8 +480,9 @@ pub fn retire_stale<F: EntryFormat>(
                 match test_and_clear_young::<F>(slot, old, level, Stamp::Retire) {
                     ClearYoung::Retired => stats.retired += 1,
                     ClearYoung::Changed(now) if F::is_present(now) => {
-                        // Remapped meanwhile: its tag is whatever the
-                        // writer gave it (old, or inherited); decide again.
+                        // Replaced meanwhile: writers give a new entry tag
+                        // 0 or the stale entry's own (split, collapse), so
+                        // it is retired too unless it is young.
                         old = now;
                         continue;
                     }
@@ -528,8 +530,16 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
                 let Some(old) =
                     age_entry::<F>(slot, e.gpa, e.level, e.old, tag, &mut stats, &mut young)
                 else {
+                    // Not stamped by this pass (a leaf, gone, or aged by
+                    // someone else meanwhile): its table, if any, is not
+                    // ours to scan.
+                    walk.skip_children();
                     continue;
                 };
+                // Scan the table under the entry as stamped, not whatever
+                // a writer may link there next (its children's tags decode
+                // against this stamp).
+                walk.wrote(aged::<F>(old, e.level, Stamp::Young(tag)));
                 // A table the walk is about to scan: check its children's
                 // tags if its parent is old or its turn came since it was
                 // last scanned (the invariant of `crate::generations`).

@@ -35,6 +35,12 @@
 //!    unpinned ([`Mapper::reclaim`]). Retired pages are chained through their
 //!    own first two entries (values with bits 11:0 clear, which are
 //!    non-present in both formats, so a late walker reads them as holes).
+//! 6. Generation tags ([`EntryFormat::GEN_MASK`]) belong to the
+//!    aging pass ([`crate::generations`]): new entries start with tag 0
+//!    (old); a split gives the new table entry and its children the huge
+//!    leaf's tag; a collapse gives the huge leaf the table entry's tag;
+//!    compare-exchange loops retry when only [`EntryFormat::MOVING`] bits
+//!    changed.
 
 use crate::addr::{GuestPhysAddr, HostPhysAddr};
 use crate::epoch::EpochDomain;

@@ -250,6 +250,9 @@ pub struct Walk<'a, F: EntryFormat, M: TableMemory> {
     /// The filter of level-1 entries (see [`Walk::leaf_filter`]).
     leaf_filter: u64,
     old: u64,
+    /// The value a handler wrote over the current entry with a
+    /// compare-exchange ([`Walk::wrote`]): the next step down follows it.
+    written: Option<u64>,
     started: bool,
     done: bool,
     /// Counters of what the filter skipped.
@@ -285,6 +288,7 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
             filter,
             leaf_filter: filter,
             old: 0,
+            written: None,
             started: false,
             done: start >= end || root.len() != F::ENTRIES,
             stats: WalkStats::default(),
@@ -340,14 +344,42 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
         hi.saturating_sub(lo)
     }
 
+    /// Tells the walk that the handler has just replaced the current entry
+    /// with `value` by a successful compare-exchange (itself a read of the
+    /// entry at that instant): the walk steps into the table `value` points
+    /// to instead of re-reading, so the table it scans is the one the
+    /// handler's write applies to. The aging pass needs this: it stamps a
+    /// non-leaf entry with the pass's generation and then stamps the
+    /// children, and the children's tags are only meaningful under that
+    /// parent ([`crate::generations`]). If a writer replaces the entry
+    /// afterwards, the walk scans a detached table, which the epoch keeps
+    /// allocated and whose entries writers have already cleared.
+    #[inline(always)]
+    pub fn wrote(&mut self, value: u64) {
+        self.old = value;
+        self.written = Some(value);
+    }
+
+    /// Tells the walk not to step into the table under the current entry
+    /// (a handler found it no longer needs a visit).
+    #[inline(always)]
+    pub fn skip_children(&mut self) {
+        self.written = Some(0);
+    }
+
     /// Steps into the table the current entry points to, re-reading the
-    /// entry first. Returns false at `min_level`, at a leaf, at a
+    /// entry first (or following what a handler just wrote there,
+    /// [`Walk::wrote`]). Returns false at `min_level`, at a leaf, at a
     /// non-present entry, or when the link is not a valid table.
     fn try_step_down(&mut self) -> bool {
         if self.level <= self.min_level {
+            self.written = None;
             return false;
         }
-        let entry = self.reread();
+        let entry = match self.written.take() {
+            Some(v) => v,
+            None => self.reread(),
+        };
         if !F::is_table(entry, self.level) {
             return false;
         }
@@ -599,6 +631,7 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
 
     #[inline(always)]
     fn step_side_or_up(&mut self) -> bool {
+        self.written = None;
         loop {
             if self.try_step_side() {
                 return true;

@@ -1,5 +1,6 @@
 //! The aging thread: every interval, one aging pass over every managed VM
-//! (the lockless walk of `hvcore::age`, stamping `hvcore::generations`),
+//! (the lockless walk of `hvcore::age`, which writes each young entry's
+//! generation tag, `hvcore::generations`, into the entry itself),
 //! one TLB flush request per VM per pass, report lines in the format of
 //! `docs/report-format.md`, then reclaim toward each VM's target and, when
 //! host memory runs low, from the coldest pages of any VM.
@@ -25,6 +26,7 @@
 //! be seen, not for correctness, so the pass never waits for a vCPU.
 
 use crate::reclaim::{self, Shootdown, VmMm, timing};
+use crate::vm::memory::PhysTables;
 use crate::vm::{Extension, Vm};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -37,6 +39,7 @@ use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
 use hvcore::reclaim::{BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
 use hvcore::report::{self, Record};
+use hvcore::table::Tables;
 
 /// How the aging thread runs.
 #[derive(Clone, Copy, Debug)]
@@ -83,7 +86,7 @@ pub struct Managed<F: EntryFormat = Npt> {
 impl<F: EntryFormat> Managed<F> {
     /// Registers `vm` for aging and, with a target, reclaim.
     pub fn new(vm: &'static Vm<F>, target: Option<ReclaimTarget>) -> Self {
-        let mm = reclaim::register(vm.name(), vm.memory.tables(), vm.config.ram_bytes, target);
+        let mm = reclaim::register(vm.name(), vm.memory.tables(), target);
         Managed { vm, mm }
     }
 }
@@ -100,10 +103,11 @@ impl<F: EntryFormat> TlbFlush for RequestFlush<'_, F> {
 pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
     let t0 = crate::time::now_ns();
     let now = t0 / 1_000_000;
+    let tables = m.vm.memory.tables();
     let mut mm = m.mm.lock();
     let t_walk = timing::PASS_LOCK.since(t0);
     let stats = age_pass(
-        m.vm.memory.tables(),
+        tables,
         &mut mm.gens,
         now,
         &mut RequestFlush(m.vm),
@@ -111,12 +115,21 @@ pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
     );
     let t_post = timing::PASS_WALK.since(t_walk);
     let dur_us = (t_post - t0) / 1000;
-    // One sweep of the generation bytes for both figures (each histogram
-    // is one): the resident pages, and the working set for the refault
-    // budget (pages young within a minute).
-    let (resident, ws) = mm.gens.histogram(now).fold((0, 0), |(r, w), b| {
-        (r + b.pages, w + if b.age_ms < 60_000 { b.pages } else { 0 })
-    });
+    // One walk of the tables for the three figures (each histogram is
+    // one): the resident pages, the working set for the refault budget
+    // (pages young within a minute), and the pages not young in this pass
+    // (`reclaim::cold_pages`).
+    let (resident, ws, cold) = mm
+        .gens
+        .histogram(tables, now)
+        .fold((0, 0, 0), |(r, w, c), b| {
+            (
+                r + b.pages,
+                w + if b.age_ms < 60_000 { b.pages } else { 0 },
+                c + if b.age_gens >= 1 { b.pages } else { 0 },
+            )
+        });
+    mm.cold_pages = cold;
     mm.rec.feedback_mut().end_pass(now, ws);
     if config.pass_lines {
         crate::println!(
@@ -133,13 +146,20 @@ pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
         );
     }
     if config.detail_every != 0 && stats.seq.is_multiple_of(config.detail_every) {
-        print_detail(&mm, stats.seq, now, config);
+        print_detail(&mm, tables, m.vm.config.ram_bytes, stats.seq, now, config);
     }
     timing::PASS_POST.since(t_post);
     stats
 }
 
-fn print_detail(mm: &VmMm, n: u64, now: u64, config: &AgingConfig) {
+fn print_detail<F: EntryFormat>(
+    mm: &VmMm,
+    tables: &Tables<F, PhysTables>,
+    ram_bytes: u64,
+    n: u64,
+    now: u64,
+    config: &AgingConfig,
+) {
     let vm: alloc::string::String = mm.name.into();
     crate::println!(
         "{}",
@@ -149,7 +169,7 @@ fn print_detail(mm: &VmMm, n: u64, now: u64, config: &AgingConfig) {
             t_ms: now,
             buckets: mm
                 .gens
-                .histogram(now)
+                .histogram(tables, now)
                 .map(|b| report::HistBucket {
                     seq: b.seq,
                     age_ms: b.age_ms,
@@ -166,7 +186,7 @@ fn print_detail(mm: &VmMm, n: u64, now: u64, config: &AgingConfig) {
             t_ms: now,
             base: 0,
             cell_kb: config.map_cell_pages * 4,
-            cells: report::map_cells(&mm.gens, config.map_cell_pages),
+            cells: report::map_cells(&mm.gens, tables, ram_bytes, config.map_cell_pages),
         })
     );
     let threshold = mm.rec.feedback().threshold_gens();
@@ -176,14 +196,20 @@ fn print_detail(mm: &VmMm, n: u64, now: u64, config: &AgingConfig) {
             vm,
             n,
             t_ms: now,
-            hot: report::ranges_where(&mm.gens, |age| age < 2),
-            cold: report::ranges_where(&mm.gens, |age| age >= threshold),
+            hot: report::ranges_where(&mm.gens, tables, |age| age < 2),
+            cold: report::ranges_where(&mm.gens, tables, |age| age >= threshold),
         })
     );
 }
 
-/// The `reclaim` report line of `mm` for pass `n`.
-pub fn reclaim_line(mm: &VmMm, n: u64, interval_ms: u64) -> Record {
+/// The `reclaim` report line of `mm` (whose tables are `tables`) for pass
+/// `n`.
+pub fn reclaim_line<F: EntryFormat>(
+    mm: &VmMm,
+    tables: &Tables<F, PhysTables>,
+    n: u64,
+    interval_ms: u64,
+) -> Record {
     let now = reclaim::now_ms();
     let s = mm.rec.stats();
     let st = mm.rec.store_stats();
@@ -192,7 +218,7 @@ pub fn reclaim_line(mm: &VmMm, n: u64, interval_ms: u64) -> Record {
         vm: mm.name.into(),
         n,
         t_ms: now,
-        resident: mm.gens.histogram(now).map(|b| b.pages).sum(),
+        resident: mm.gens.histogram(tables, now).map(|b| b.pages).sum(),
         reclaimed: s.reclaimed_pages,
         zero: st.zero_pages,
         compressed: st.compressed_pages,
@@ -225,11 +251,16 @@ pub fn reclaim_vm<F: EntryFormat>(
             let t_held = timing::RECLAIM_WRITER_WAIT.since(t0);
             let _held = TimeHeld(t_held);
             let mut mm = m.mm.lock();
-            let VmMm { gens, rec, .. } = &mut *mm;
+            let VmMm {
+                gens,
+                rec,
+                cold_pages,
+                ..
+            } = &mut *mm;
             let mut kf = reclaim::KernelFrames::new(frames);
             let request = || vm.request_tlb_flush();
             let mut flush = Shootdown { request: &request };
-            rec.reclaim_toward(
+            let b = rec.reclaim_toward(
                 vm.memory.tables(),
                 mapper,
                 &mut kf,
@@ -238,7 +269,9 @@ pub fn reclaim_vm<F: EntryFormat>(
                 target,
                 reclaim::now_ms(),
                 batch,
-            )
+            );
+            *cold_pages = cold_pages.saturating_sub(b.reclaimed);
+            b
         });
         // A vCPU that faulted meanwhile spins on the writer lock, which a
         // spin lock would hand straight back to this loop: let it through
@@ -380,7 +413,12 @@ fn vm_work<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
         if (config.pass_lines && b.reclaimed > 0)
             || stats.seq.is_multiple_of(config.detail_every.max(1))
         {
-            let line = reclaim_line(&m.mm.lock(), stats.seq, config.interval_ms);
+            let line = reclaim_line(
+                &m.mm.lock(),
+                m.vm.memory.tables(),
+                stats.seq,
+                config.interval_ms,
+            );
             crate::println!("{line}");
         }
     }
@@ -391,7 +429,10 @@ fn vm_work<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
 pub fn final_line<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) {
     let mm = m.mm.lock();
     let n = mm.gens.max_seq();
-    crate::println!("{}", reclaim_line(&mm, n, config.interval_ms));
+    crate::println!(
+        "{}",
+        reclaim_line(&mm, m.vm.memory.tables(), n, config.interval_ms)
+    );
 }
 
 /// Exits between two passes of the exit-driven aging (no timer), unless
@@ -445,7 +486,7 @@ fn pressure<F: EntryFormat>(vms: &[Managed<F>], barren_until_ms: &mut [u64]) {
         VictimCandidate {
             coldest_age_ms: mm
                 .gens
-                .histogram(now)
+                .histogram(m.vm.memory.tables(), now)
                 .find(|b| b.age_gens >= 1)
                 .map(|b| b.age_ms),
             barren: barren_until_ms[i] > now,

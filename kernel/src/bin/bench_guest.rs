@@ -294,7 +294,11 @@ fn round<E: Extension>(
     let mm = m.mm.lock();
     let s = mm.rec.stats();
     let now = kernel::reclaim::now_ms();
-    let resident: u64 = mm.gens.histogram(now).map(|b| b.pages).sum();
+    let resident: u64 = mm
+        .gens
+        .histogram(aged.memory.tables(), now)
+        .map(|b| b.pages)
+        .sum();
     kernel::println!(
         "bench: {label}: aged VM on CPU {} {a} work/s, plain VM on CPU {} {p} work/s, ratio {} (median of intervals {}); aging passes {}, reclaimed {} pages, {} refaults, {} resident at the end",
         cpus.0,

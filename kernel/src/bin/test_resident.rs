@@ -61,7 +61,11 @@ fn new_vm(
 
 fn resident_pages(m: &Managed) -> u64 {
     let now = kernel::reclaim::now_ms();
-    m.mm.lock().gens.histogram(now).map(|b| b.pages).sum()
+    m.mm.lock()
+        .gens
+        .histogram(m.vm.memory.tables(), now)
+        .map(|b| b.pages)
+        .sum()
 }
 
 static SLEEPER: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);

@@ -3,10 +3,11 @@
 //! page fault path calls, the shootdown that completes a flush, and the
 //! overcommit wait.
 //!
-//! Key types: [`VmMm`] (one VM's generations, reclaimer and pass counters,
-//! behind one spin lock, registered by the VM's table root so the fault
-//! path finds it), [`KernelFrames`] (the reclaimer's `GuestFrames`: the
-//! frame allocator plus the VM's frame map), [`Shootdown`].
+//! Key types: [`VmMm`] (one VM's generation bookkeeping, reclaimer and
+//! pass counters, behind one spin lock, registered by the VM's table root
+//! so the fault path finds it), [`KernelFrames`] (the reclaimer's
+//! `GuestFrames`: the frame allocator plus the VM's frame map),
+//! [`Shootdown`].
 //!
 //! # Locks, and why a vCPU never waits on the aging thread to run
 //! * The VM's writer lock (`vm::memory`, a spin lock): table structure and
@@ -18,7 +19,8 @@
 //! The order is always writer, then `VmMm`. A vCPU takes neither to run
 //! guest code; its fault path takes the writer lock, and `VmMm` only to
 //! ask whether the page was reclaimed. The aging pass itself is a lockless
-//! walk; it holds `VmMm` only to stamp generations, for one pass. The
+//! walk that writes the generations into the entries it ages; it holds
+//! `VmMm` for one pass, for the sequence number it advances. The
 //! reclaimer holds both locks across its flush; the flush waits only for
 //! each CPU to take an interrupt (a vCPU in guest mode exits, one spinning
 //! on the writer lock keeps interrupts on), never for a vCPU to re-enter the
@@ -52,12 +54,17 @@ use hvcore::table::{Mapper, Tables};
 pub struct VmMm {
     /// The VM's name, for report lines.
     pub name: &'static str,
-    /// One byte per guest page.
-    pub gens: Generations<Vec<u8>>,
+    /// The sequence bookkeeping; the generations themselves are tags in the
+    /// VM's table entries, so every query takes the tables.
+    pub gens: Generations,
     /// The reclaimer.
     pub rec: Reclaimer,
     /// What to reclaim toward after each pass (`None`: aging only).
     pub target: Option<ReclaimTarget>,
+    /// Resident pages not young in the last pass, as the last pass counted
+    /// them, less the pages reclaimed since: for [`cold_pages`], which has
+    /// no tables to walk (the registry knows VMs by table root only).
+    pub cold_pages: u64,
 }
 
 /// A registered VM: its table root and state.
@@ -70,19 +77,16 @@ pub static FRAMES_FREED: AtomicU64 = AtomicU64::new(0);
 /// See [`FRAMES_FREED`].
 pub static FRAMES_TAKEN: AtomicU64 = AtomicU64::new(0);
 
-/// Registers the VM whose tables have root `root` with `ram_bytes` of RAM;
-/// every page already mapped starts in the current generation.
+/// Registers the VM with tables `tables`; every page already mapped starts
+/// in the current generation (its age counts from now).
 pub fn register<F: EntryFormat>(
     name: &'static str,
     tables: &Tables<F, PhysTables>,
-    ram_bytes: u64,
     target: Option<ReclaimTarget>,
 ) -> Arc<spin::Mutex<VmMm>> {
     let now = now_ms();
-    let mut gens = Generations::new(alloc::vec![0u8; (ram_bytes / 4096) as usize], now);
-    tables.for_each_leaf(0, ram_bytes, |gpa, level, _| {
-        gens.note_mapped(GuestPhysAddr::new(gpa), F::level_size(level));
-    });
+    let gens = Generations::new(now);
+    gens.adopt(tables);
     let mut rec = Reclaimer::new(ReclaimConfig::default(), now);
     rec.set_clock(crate::time::now_ns);
     let mm = Arc::new(spin::Mutex::new(VmMm {
@@ -90,6 +94,7 @@ pub fn register<F: EntryFormat>(
         gens,
         rec,
         target,
+        cold_pages: 0,
     }));
     REGISTRY.lock().push((tables.root().as_u64(), mm.clone()));
     mm
@@ -344,22 +349,13 @@ static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
 /// Pauses for memory since boot.
 pub static PAUSES: AtomicU64 = AtomicU64::new(0);
 
-/// Pages the pressure reclaimer may try now: resident pages of every
-/// registered VM that were not young in the last pass (whether reclaiming
-/// them frees frames depends on how they compress).
+/// Pages the pressure reclaimer may try: resident pages of every
+/// registered VM that were not young in its last pass, less those
+/// reclaimed since ([`VmMm::cold_pages`]; whether reclaiming them frees
+/// frames depends on how they compress).
 pub fn cold_pages() -> u64 {
     let all: Vec<_> = REGISTRY.lock().iter().map(|(_, mm)| mm.clone()).collect();
-    let now = now_ms();
-    all.iter()
-        .map(|mm| {
-            mm.lock()
-                .gens
-                .histogram(now)
-                .filter(|b| b.age_gens >= 1)
-                .map(|b| b.pages)
-                .sum::<u64>()
-        })
-        .sum()
+    all.iter().map(|mm| mm.lock().cold_pages).sum()
 }
 
 /// The overcommit wait: a fault of VM `name` at `gpa` found no free frame

@@ -51,7 +51,7 @@ impl Stat {
 
 /// Waiting for the VM's `VmMm` lock at the start of an aging pass.
 pub static PASS_LOCK: Stat = Stat::new("pass_lock_wait");
-/// The lockless walk with stamping (`hvcore::age::age_pass`).
+/// The lockless walk, which writes the generation tags (`hvcore::age::age_pass`).
 pub static PASS_WALK: Stat = Stat::new("pass_walk_stamp");
 /// The rest of a pass: histograms, feedback, report lines.
 pub static PASS_POST: Stat = Stat::new("pass_post");

@@ -78,10 +78,13 @@ impl HotSetScorer {
         if *interval == 0 || prev == 0 {
             return;
         }
-        let score =
-            m.mm.lock()
-                .gens
-                .score_hot_set(*first_pfn, *page_count, bitmap, prev);
+        let score = m.mm.lock().gens.score_hot_set(
+            m.vm.memory.tables(),
+            *first_pfn,
+            *page_count,
+            bitmap,
+            prev,
+        );
         self.true_pos.fetch_add(score.true_hot, Ordering::Relaxed);
         self.false_pos.fetch_add(score.false_hot, Ordering::Relaxed);
         self.false_neg.fetch_add(score.missed, Ordering::Relaxed);

@@ -1049,6 +1049,12 @@ fn handle_exit<F: EntryFormat, V: VirtCpu>(
         VmExit::Hypercall => hypercall(vm, vcpu, index),
         VmExit::NestedPageFault(fault) => match vm.memory.fault_in(fault.gpa) {
             FaultOutcome::Mapped(_) => {
+                // Mapped for the access the guest retries now: young, as
+                // that access will make it. A new entry starts old, and
+                // until the guest's retry sets A, a pass run on this exit
+                // (the exit-driven aging of the Bochs bed) would offer
+                // the page to the reclaimer as its coldest.
+                vm.memory.tables().mark_accessed(fault.gpa, F::ACCESSED);
                 vm.stats.faults_served.fetch_add(1, Ordering::Relaxed);
                 Next::Resume
             }
@@ -1376,45 +1382,23 @@ impl<F: EntryFormat> string_io::Ports for VmPorts<'_, F> {
 /// reclaimer unmaps, then shoots down (waiting for this CPU to take an
 /// interrupt), and only then reads and frees the frame, so the frame
 /// cannot go away mid-copy and a write lands before the reclaimer reads.
-/// The leaf gets A (and D for a write) first, as the CPU's own access
-/// would set them: the reclaimer drops a page whose D is clear when it
-/// holds a clean copy, so a write with D left clear would be lost. A page
+/// The leaf gets A (and D for a write) first, and its ancestors A, as the
+/// CPU's own access would set them (`hvcore::table::Tables::mark_accessed`):
+/// the reclaimer drops a page whose D is clear when it holds a clean copy,
+/// so a write with D left clear would be lost, and the aging pass counts
+/// the page young. A page
 /// that is not mapped is backed (or brought back) with interrupts on,
 /// since that takes the VM's writer lock, which the reclaimer holds across
 /// its shootdown.
 struct GuestRam<'a, F: EntryFormat>(&'a GuestMemory<F>);
 
-/// Sets `bits` (A, D) on the leaf that maps `gpa`; false when none does.
-/// A compare-exchange, so an entry the reclaimer just unmapped is never
-/// given bits.
-fn mark_leaf<F: EntryFormat>(mem: &GuestMemory<F>, gpa: GuestPhysAddr, bits: u64) -> bool {
-    let g = gpa.as_u64();
-    let mut walk = mem.tables().walk(g, g.saturating_add(1), 1, 0);
-    while let Some(e) = walk.next() {
-        if !F::is_present(e.old) {
-            return false;
-        }
-        if F::is_leaf(e.old, e.level) {
-            let slot = walk.slot();
-            let mut old = e.old;
-            loop {
-                if !F::is_present(old) || !F::is_leaf(old, e.level) {
-                    return false;
-                }
-                match slot.compare_exchange(old, old | bits, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => return true,
-                    Err(now) => old = now,
-                }
-            }
-        }
-    }
-    false
-}
-
 impl<F: EntryFormat> GuestPhysRead for GuestRam<'_, F> {
     fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
         let mapped = interrupts::without_interrupts(|| {
-            mark_leaf(self.0, gpa, F::ACCESSED).then(|| self.0.read(gpa, &mut *buf))
+            self.0
+                .tables()
+                .mark_accessed(gpa, F::ACCESSED)
+                .then(|| self.0.read(gpa, &mut *buf))
         });
         // Not mapped: never-backed pages read as zeros, reclaimed ones
         // come back first.
@@ -1429,7 +1413,9 @@ impl<F: EntryFormat> GuestPhysWrite for GuestRam<'_, F> {
         // lose, and losing it fails the access, never the host.
         for _ in 0..4 {
             let done = interrupts::without_interrupts(|| {
-                mark_leaf(self.0, gpa, F::ACCESSED | F::DIRTY)
+                self.0
+                    .tables()
+                    .mark_accessed(gpa, F::ACCESSED | F::DIRTY)
                     .then(|| self.0.write(gpa, buf).is_ok())
             });
             match done {

@@ -273,8 +273,8 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
     /// would on an access, then A on its ancestors (rule 4), so that the
     /// next aging pass finds the page young. For the hypervisor's own
     /// accesses to guest memory and for pages it has just faulted in.
-    /// False, and nothing written, when no leaf maps `gpa` (a
-    /// compare-exchange, so an entry unmapped meanwhile is never given bits).
+    /// False, and nothing written, when no leaf maps `gpa` (compare-exchanges
+    /// throughout, so an entry unmapped meanwhile is never given bits).
     pub fn mark_accessed(&self, gpa: GuestPhysAddr, bits: u64) -> bool {
         let g = gpa.as_u64();
         let Some(end) = g.checked_add(1) else {
@@ -304,11 +304,26 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
                 }
             }
             for a in ancestors.iter().flatten() {
-                a.fetch_or(F::ACCESSED, Ordering::AcqRel);
+                set_accessed_if_table::<F>(a);
             }
             return true;
         }
         false
+    }
+}
+
+/// Sets A on an ancestor entry (rule 4) if it still points to a table: an
+/// entry a writer removed or replaced by a leaf meanwhile is left alone, so
+/// a non-present entry is never given bits.
+fn set_accessed_if_table<F: EntryFormat>(slot: &AtomicU64) {
+    let mut old = slot.load(Ordering::Acquire);
+    // Any level from 2 up reads a table entry the same way (present, not
+    // large).
+    while F::is_table(old, 2) && old & F::ACCESSED == 0 {
+        match slot.compare_exchange(old, old | F::ACCESSED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(now) => old = now,
+        }
     }
 }
 
@@ -697,7 +712,7 @@ impl<A: TableAlloc> Mapper<A> {
             }
             if (flags | late) & F::ACCESSED != 0 {
                 for a in ancestors.iter().flatten() {
-                    a.fetch_or(F::ACCESSED, Ordering::AcqRel);
+                    set_accessed_if_table::<F>(a);
                 }
             }
             self.retire(tables, &[table]);

@@ -221,8 +221,7 @@ fn round(kind: Contents, pages: u64, exe: &[u8], text: &[u8]) -> Round {
     let tables = Tables::<F, _>::new(&arena, &mut alloc).expect("tables");
     let mut mapper = Mapper::new(&tables, &arena);
     let mut frames = HostFrames::new(pages as usize);
-    let ram_pages = DATA_START_GPA / 4096 + pages;
-    let mut gens = Generations::new(vec![0u8; ram_pages as usize], 0);
+    let mut gens = Generations::new(0);
     let mut expected = vec![0u8; pages as usize * PAGE_BYTES];
     for p in 0..pages {
         let gpa = GuestPhysAddr::new(DATA_START_GPA + p * 4096);
@@ -233,8 +232,10 @@ fn round(kind: Contents, pages: u64, exe: &[u8], text: &[u8]) -> Round {
         mapper
             .map(&tables, gpa, frame, 4096, Perms::RW, PageSize::Size4K)
             .expect("map");
-        gens.note_mapped(gpa, 4096);
     }
+    // The guest's pages count their age from now, as the kernel adopts a
+    // new guest.
+    gens.adopt(&tables);
     let gpas: Vec<u64> = (0..pages).map(|p| DATA_START_GPA + p * 4096).collect();
     let mut rec = Reclaimer::new(ReclaimConfig::default(), 0);
     let mut flush = CountingFlush::default();

@@ -11,7 +11,7 @@ use hvcore::age::{age_pass, age_range, test_young};
 use hvcore::arena::HostArena;
 use hvcore::ept::Ept;
 use hvcore::flush::{CountingFlush, FlushPolicy, TlbFlush};
-use hvcore::generations::{ColdAfter, Generations};
+use hvcore::generations::{ColdAfter, EXACT_GENS, Generations};
 use hvcore::npt::Npt;
 use hvcore::pte::{EntryFormat, Perms};
 use hvcore::table::{Mapper, PageSize, Tables};
@@ -37,14 +37,15 @@ fn guest<F: EntryFormat>(arena: &HostArena, page: PageSize) -> Tables<F, &HostAr
 fn young_pages_exactly<F: EntryFormat>() {
     let arena = HostArena::new(64);
     let tables = guest::<F>(&arena, PageSize::Size4K);
+    let gens = Generations::new(0);
     let mut cpu = SimCpu::uncached();
     // Fresh leaves are not young; fresh tables are (A set on creation).
-    let first = age_range(&tables, 0, u64::MAX, |_, _, _| {
+    let first = age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {
         panic!("nothing touched yet")
     });
     assert!(first.tables_entered > 0);
     // The tables whose A the first pass cleared are scanned once more.
-    let settle = age_range(&tables, 0, u64::MAX, |_, _, _| {
+    let settle = age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {
         panic!("nothing touched yet")
     });
     assert_eq!(settle.tables_rescanned, first.tables_entered);
@@ -54,7 +55,7 @@ fn young_pages_exactly<F: EntryFormat>() {
         assert!(cpu.access(&tables, p * 4096, p % 2 == 0));
     }
     let mut young = Vec::new();
-    let stats = age_range(&tables, 0, u64::MAX, |gpa, level, _| {
+    let stats = age_range(&tables, &gens, 0, u64::MAX, |gpa, level, _| {
         assert_eq!(level, 1);
         young.push(gpa / 4096)
     });
@@ -66,11 +67,11 @@ fn young_pages_exactly<F: EntryFormat>() {
     );
     // Nothing touched since: the pass reads only the root's line and the
     // one 1 GiB entry's table line.
-    let rescan = age_range(&tables, 0, u64::MAX, |_, _, _| {
+    let rescan = age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {
         panic!("no access since the last pass")
     });
     assert_eq!(rescan.tables_rescanned, stats.tables_entered);
-    let idle = age_range(&tables, 0, u64::MAX, |_, _, _| {
+    let idle = age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {
         panic!("no access since the last pass")
     });
     assert_eq!((idle.young_pages, idle.tables_entered), (0, 0));
@@ -83,7 +84,9 @@ fn young_pages_exactly<F: EntryFormat>() {
     assert!(cpu.access(&tables, 77 * 4096, false));
     assert!(test_young(&tables, 0, GUEST));
     assert!(!test_young(&tables, 78 * 4096, GUEST));
-    let again = age_range(&tables, 0, u64::MAX, |gpa, _, _| assert_eq!(gpa, 77 * 4096));
+    let again = age_range(&tables, &gens, 0, u64::MAX, |gpa, _, _| {
+        assert_eq!(gpa, 77 * 4096)
+    });
     assert_eq!(again.young_pages, 1);
     assert!(again.flush_needed);
 }
@@ -102,8 +105,8 @@ fn npt_young_pages_exactly() {
 fn huge_pages_age_as_a_unit_and_gens_follow() {
     let arena = HostArena::new(16);
     let tables = guest::<Npt>(&arena, PageSize::Size2M);
-    let mut gens = Generations::new(vec![0u8; (GUEST / 4096) as usize], 0);
-    gens.note_mapped(GuestPhysAddr::new(0), GUEST);
+    let mut gens = Generations::new(0);
+    assert_eq!(gens.adopt(&tables), GUEST / 4096);
     let mut cpu = SimCpu::uncached();
     let mut flush = CountingFlush::default();
     for pass in 1..=5u64 {
@@ -119,16 +122,19 @@ fn huge_pages_age_as_a_unit_and_gens_follow() {
         assert_eq!(flush.flushes, pass, "one flush per pass, not per entry");
     }
     let hot = GuestPhysAddr::new(3 * PAGE_SIZE_2M + 4096 * 17);
-    assert!(gens.is_hot(hot, 1));
-    assert!(gens.is_cold(GuestPhysAddr::new(0), ColdAfter::Gens(5), 0));
-    assert!(!gens.is_cold(GuestPhysAddr::new(0), ColdAfter::Gens(6), 0));
-    let first = gens.coldest(ColdAfter::Gens(1), 5000).next().unwrap();
+    assert!(gens.is_hot(&tables, hot, 1));
+    assert!(gens.is_cold(&tables, GuestPhysAddr::new(0), ColdAfter::Gens(5), 0));
+    assert!(!gens.is_cold(&tables, GuestPhysAddr::new(0), ColdAfter::Gens(6), 0));
+    let first = gens
+        .coldest(&tables, ColdAfter::Gens(1), 5000)
+        .next()
+        .unwrap();
     assert_eq!(
         (first.gpa.as_u64(), first.pages, first.seq),
         (0, 3 * 512, 1)
     );
     let hist: Vec<_> = gens
-        .histogram(5000)
+        .histogram(&tables, 5000)
         .map(|b| (b.seq, b.age_ms, b.pages))
         .collect();
     assert_eq!(hist, vec![(1, 5000, GUEST / 4096 - 512), (6, 0, 512)]);
@@ -156,8 +162,8 @@ fn flush_policy_keeps_touched_pages_hot_under_nested_kvm() {
     fn run(policy: FlushPolicy) -> (bool, u64) {
         let arena = HostArena::new(64);
         let tables = guest::<Ept>(&arena, PageSize::Size4K);
-        let mut gens = Generations::new(vec![0u8; (GUEST / 4096) as usize], 0);
-        gens.note_mapped(GuestPhysAddr::new(0), GUEST);
+        let mut gens = Generations::new(0);
+        gens.adopt(&tables);
         let mut cpu = SimCpu::cached();
         let mut hot_every_pass = true;
         let mut flushes = 0;
@@ -168,7 +174,8 @@ fn flush_policy_keeps_touched_pages_hot_under_nested_kvm() {
             }
             let s = age_pass(&tables, &mut gens, pass * 1000, &mut cpu, policy);
             flushes += u64::from(s.flushed);
-            hot_every_pass &= (100..110).all(|p| gens.is_hot(GuestPhysAddr::new(p * 4096), 1));
+            hot_every_pass &=
+                (100..110).all(|p| gens.is_hot(&tables, GuestPhysAddr::new(p * 4096), 1));
         }
         (hot_every_pass, flushes)
     }
@@ -203,10 +210,11 @@ fn counting_flush_counts() {
 fn walk_straddling_a_pass_is_not_lost<F: EntryFormat>() {
     let arena = HostArena::new(64);
     let tables = guest::<F>(&arena, PageSize::Size4K);
+    let gens = Generations::new(0);
     let gpa = 3 * PAGE_SIZE_2M + 5 * 4096;
     // Two passes: tables start with A set, then the marks of the first pass.
-    age_range(&tables, 0, u64::MAX, |_, _, _| {});
-    age_range(&tables, 0, u64::MAX, |_, _, _| {});
+    age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
+    age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
     let mut path = Vec::new();
     let mut w = tables.walk(gpa, gpa + 1, 1, 0);
     while w.next().is_some() {
@@ -216,15 +224,15 @@ fn walk_straddling_a_pass_is_not_lost<F: EntryFormat>() {
     for slot in upper {
         slot.fetch_or(F::ACCESSED, std::sync::atomic::Ordering::AcqRel);
     }
-    let during = age_range(&tables, 0, u64::MAX, |_, _, _| {});
+    let during = age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
     assert_eq!(during.young_pages, 0);
     leaf.fetch_or(F::ACCESSED, std::sync::atomic::Ordering::AcqRel);
     let mut young = Vec::new();
-    age_range(&tables, 0, u64::MAX, |g, _, _| young.push(g));
+    age_range(&tables, &gens, 0, u64::MAX, |g, _, _| young.push(g));
     assert_eq!(young, vec![gpa], "the straddling access was lost");
     // Once seen and with no new access, the region is skipped again.
-    let quiet = age_range(&tables, 0, u64::MAX, |_, _, _| {});
-    let idle = age_range(&tables, 0, u64::MAX, |_, _, _| {});
+    let quiet = age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
+    let idle = age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
     assert_eq!(
         (quiet.young_pages, idle.young_pages, idle.leaf_entries_read),
         (0, 0, 0)
@@ -253,10 +261,11 @@ fn partial_range_and_mixed_densities<F: EntryFormat>(
 ) {
     let arena = HostArena::new(64);
     let tables = guest::<F>(&arena, PageSize::Size4K);
+    let gens = Generations::new(0);
     let mut cpu = SimCpu::uncached();
     // Settle: fresh tables have A set and are scanned twice.
-    age_range(&tables, 0, u64::MAX, |_, _, _| {});
-    age_range(&tables, 0, u64::MAX, |_, _, _| {});
+    age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
+    age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
     let mut rng = seed | 1;
     let mut touched = Vec::new();
     for page in 0..GUEST / 4096 {
@@ -271,7 +280,7 @@ fn partial_range_and_mixed_densities<F: EntryFormat>(
     }
     let (start, end) = (start_page * 4096, (start_page + len_pages) * 4096);
     let mut young = Vec::new();
-    let stats = age_range(&tables, start, end, |gpa, level, _| {
+    let stats = age_range(&tables, &gens, start, end, |gpa, level, _| {
         assert_eq!(level, 1);
         young.push(gpa / 4096);
     });
@@ -283,7 +292,9 @@ fn partial_range_and_mixed_densities<F: EntryFormat>(
     assert_eq!(young, inside);
     assert_eq!(stats.young_pages, inside.len() as u64);
     let mut rest = Vec::new();
-    age_range(&tables, 0, u64::MAX, |gpa, _, _| rest.push(gpa / 4096));
+    age_range(&tables, &gens, 0, u64::MAX, |gpa, _, _| {
+        rest.push(gpa / 4096)
+    });
     let outside: Vec<u64> = touched
         .iter()
         .copied()
@@ -325,8 +336,7 @@ fn age_pass_stamps_exactly_the_young_pages_at_every_density() {
     let tables = guest::<Npt>(&arena, PageSize::Size4K);
     let mut cpu = SimCpu::uncached();
     let pages = GUEST / 4096;
-    let mut gens = Generations::new(vec![0u8; pages as usize], 0);
-    gens.note_mapped(GuestPhysAddr::new(0), GUEST);
+    let mut gens = Generations::new(0);
     let mut flush = CountingFlush::default();
     // Settle the fresh tables (A set on creation, then the rescan mark).
     age_pass(&tables, &mut gens, 1, &mut flush, FlushPolicy::OncePerPass);
@@ -347,7 +357,102 @@ fn age_pass_stamps_exactly_the_young_pages_at_every_density() {
     let s = age_pass(&tables, &mut gens, 3, &mut flush, FlushPolicy::OncePerPass);
     assert_eq!(s.young_pages, touched.iter().filter(|&&t| t).count() as u64);
     for page in 0..pages {
-        let seq = gens.seq_of(GuestPhysAddr::new(page * 4096));
-        assert_eq!(seq == Some(s.seq), touched[page as usize], "page {page}");
+        let seq = gens.seq_of(&tables, GuestPhysAddr::new(page * 4096));
+        let want = if touched[page as usize] {
+            s.seq
+        } else {
+            gens.min_seq()
+        };
+        assert_eq!(seq, Some(want), "page {page}");
     }
+}
+
+/// The retirement schedule over thousands of passes (past the 2047 tags,
+/// several turns of table checks). Region 0: page 0 is read before every
+/// pass (its table is scanned by every pass), page 1 once before the first
+/// pass and never again, pages 2..302 in turn, one per pass (so whenever
+/// the table is checked, some page is just inside and some just outside
+/// the exact window), the rest never. Region 1: page 512 once before the
+/// first pass, then the region is left alone (its table skipped) until
+/// page 513 is read before pass 4000. After every pass every page's
+/// generation must be its last-young pass clamped to `min_seq`: a page
+/// touched once saturates at `min_seq` and never reads young again, which
+/// fails if stale tags are not retired before they wrap (or are retired
+/// early), whichever table holds them.
+fn ages_stay_exact_over_thousands_of_passes<F: EntryFormat>() {
+    const PASSES: u64 = 5000;
+    let arena = HostArena::new(16);
+    let mut alloc = &arena;
+    let tables = Tables::<F, _>::new(&arena, &mut alloc).unwrap();
+    let mut m = Mapper::new(&tables, &arena);
+    m.map(
+        &tables,
+        GuestPhysAddr::new(0),
+        HostPhysAddr::new(1 << 32),
+        2 * PAGE_SIZE_2M,
+        Perms::RW,
+        PageSize::Size4K,
+    )
+    .unwrap();
+    let mut gens = Generations::new(0);
+    let mut flush = CountingFlush::default();
+    let mut cpu = SimCpu::uncached();
+    // The last pass that found each page young (0: never).
+    let mut last = [0u64; 1024];
+    let (mut retired, mut checked) = (0, 0);
+    for i in 0..PASSES {
+        let seq = gens.max_seq() + 1;
+        let mut touch = vec![0, 2 + i % 300];
+        if i == 0 {
+            touch.extend([1, 512]);
+        }
+        if i == 3999 {
+            touch.push(513);
+        }
+        for p in touch {
+            assert!(cpu.access(&tables, p * 4096, false));
+            last[p as usize] = seq;
+        }
+        let s = age_pass(
+            &tables,
+            &mut gens,
+            i * 10,
+            &mut flush,
+            FlushPolicy::OncePerPass,
+        );
+        assert_eq!(s.seq, seq);
+        (retired, checked) = (retired + s.retired, checked + s.tables_checked);
+        let min = gens.min_seq();
+        let mut seen = 0;
+        gens.for_each_page_seq(&tables, 0, 2 * PAGE_SIZE_2M, |gpa, pages, got| {
+            assert_eq!(pages, 1);
+            let p = (gpa / 4096) as usize;
+            assert_eq!(got, last[p].max(min), "page {p} after pass {seq}");
+            seen += 1;
+        });
+        assert_eq!(seen, 1024);
+        // Page 1, young in pass 2: exact for 255 passes, then the merged
+        // oldest generation, never young again.
+        let one = gens.seq_of(&tables, GuestPhysAddr::new(4096)).unwrap();
+        let want = if seq - 2 <= EXACT_GENS { 2 } else { min };
+        assert_eq!(one, want, "page 1 after pass {seq}");
+        assert_eq!(gens.is_hot(&tables, GuestPhysAddr::new(4096), 2), seq <= 3);
+    }
+    // Each check of region 0 (one per turn, 1024 passes) finds the ~45
+    // swept pages between 255 and 299 passes old, and retires them.
+    assert!(retired >= 3 * 40, "stale pages retired: {retired}");
+    assert!(checked >= 2 * PASSES / 1024, "{checked} tables checked");
+    // Every page has a generation in the window: the histogram covers them.
+    let hist: u64 = gens.histogram(&tables, PASSES * 10).map(|b| b.pages).sum();
+    assert_eq!(hist, 1024);
+}
+
+#[test]
+fn npt_ages_stay_exact_over_thousands_of_passes() {
+    ages_stay_exact_over_thousands_of_passes::<Npt>();
+}
+
+#[test]
+fn ept_ages_stay_exact_over_thousands_of_passes() {
+    ages_stay_exact_over_thousands_of_passes::<Ept>();
 }

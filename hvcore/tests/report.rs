@@ -5,9 +5,15 @@
 
 #![cfg(not(loom))]
 
-use hvcore::addr::GuestPhysAddr;
+use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
+use hvcore::age::age_pass;
+use hvcore::arena::HostArena;
+use hvcore::flush::{CountingFlush, FlushPolicy};
 use hvcore::generations::Generations;
+use hvcore::npt::Npt;
+use hvcore::pte::{EntryFormat, Perms};
 use hvcore::report::*;
+use hvcore::table::{Mapper, PageSize, Tables};
 use proptest::prelude::*;
 
 fn name() -> impl Strategy<Value = String> {
@@ -163,20 +169,58 @@ fn documented_examples_parse() {
 
 #[test]
 fn cells_and_ranges_from_generations() {
-    // 64 pages: 0..16 young every pass, 16..32 young once, 48..64 unmapped.
-    let mut g = Generations::new(vec![0u8; 64], 0);
-    g.note_mapped(GuestPhysAddr::new(0), 48 * 4096);
+    // 64 pages: 0..16 young every pass, 16..32 young in the first pass
+    // only, 32..48 mapped and never touched, 48..64 unmapped.
+    let arena = HostArena::new(16);
+    let mut alloc = &arena;
+    let tables = Tables::<Npt, _>::new(&arena, &mut alloc).unwrap();
+    let mut mapper = Mapper::new(&tables, &arena);
+    mapper
+        .map(
+            &tables,
+            GuestPhysAddr::new(0),
+            HostPhysAddr::new(1 << 32),
+            48 * 4096,
+            Perms::RW,
+            PageSize::Size4K,
+        )
+        .unwrap();
+    let mut g = Generations::new(0);
+    assert_eq!(g.adopt(&tables), 48);
+    let mut flush = CountingFlush::default();
     for pass in 1..=5u64 {
-        g.begin_pass(pass * 100);
-        g.stamp(0, 16 * 4096);
-        if pass == 1 {
-            g.stamp(16 * 4096, 16 * 4096);
+        let touched = if pass == 1 { 0..32 } else { 0..16 };
+        for p in touched {
+            assert!(tables.mark_accessed(GuestPhysAddr::new(p * 4096), Npt::ACCESSED));
         }
+        age_pass(
+            &tables,
+            &mut g,
+            pass * 100,
+            &mut flush,
+            FlushPolicy::OncePerPass,
+        );
     }
-    assert_eq!(map_cells(&g, 16), vec![Some(0), Some(4), Some(5), None]);
-    assert_eq!(ranges_where(&g, |age| age == 0), vec![(0, 16 * 4096)]);
+    assert_eq!(g.max_seq(), 6);
     assert_eq!(
-        ranges_where(&g, |age| age >= 4),
+        map_cells(&g, &tables, 64 * 4096, 16),
+        vec![Some(0), Some(4), Some(5), None]
+    );
+    // Cells of 24 pages straddle the groups: each takes its youngest page.
+    assert_eq!(
+        map_cells(&g, &tables, 64 * 4096, 24),
+        vec![Some(0), Some(4), None]
+    );
+    assert_eq!(
+        ranges_where(&g, &tables, |age| age == 0),
+        vec![(0, 16 * 4096)]
+    );
+    assert_eq!(
+        ranges_where(&g, &tables, |age| age >= 4),
         vec![(16 * 4096, 48 * 4096)]
+    );
+    assert_eq!(
+        ranges_where(&g, &tables, |age| age == 5),
+        vec![(32 * 4096, 48 * 4096)]
     );
 }

@@ -104,3 +104,38 @@ pub fn pages_with<F: EntryFormat, M: TableMemory>(
 pub fn page(p: u64) -> GuestPhysAddr {
     GuestPhysAddr::new(p * 4096)
 }
+
+/// Fails a test that never ends instead of hanging the suite: unless the
+/// guard is dropped within `limit`, prints `what` and aborts the test
+/// binary (a panic on another thread could not stop the looping one).
+pub struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub fn new(what: impl Into<String>, limit: std::time::Duration) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = done.clone();
+        let what = what.into();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !seen.load(std::sync::atomic::Ordering::Acquire) {
+                if start.elapsed() > limit {
+                    // Past the test harness's capture, which the abort
+                    // would throw away.
+                    let msg = format!("watchdog: {what} did not end within {limit:?}; aborting\n");
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+                    std::process::abort();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+    }
+}

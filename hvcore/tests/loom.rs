@@ -12,12 +12,16 @@
 //! `RUSTFLAGS="--cfg loom --cfg hvcore_broken_aging" cargo test -p hvcore
 //! --release --target-dir target/loom-broken -- loom_aging` makes
 //! `loom_aging_never_loses_a_dirty_bit`, `loom_aging_vs_unmap_and_remap` and
-//! `loom_aging_vs_split` fail.
+//! `loom_aging_vs_split` fail, and of the retirement models
+//! `loom_retire_vs_cpu_setting_a_and_d`, `loom_retire_vs_unmap_and_remap`,
+//! `loom_pass_retiring_stale_tags_vs_cpu` and
+//! `loom_pass_retiring_stale_tags_vs_unmap`.
 #![cfg(loom)]
 
 use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
-use hvcore::age::{PassStats, age_range};
+use hvcore::age::{ClearYoung, PassStats, Stamp, age_range, test_and_clear_young};
 use hvcore::epoch::EpochDomain;
+use hvcore::generations::{Generations, tag_of};
 use hvcore::pte::{EntryFormat, Perms, TinyFormat as T};
 use hvcore::sync::{AtomicBool, AtomicU64, Ordering};
 use hvcore::table::{Mapper, PageSize, TableAlloc, TableMemory, Tables};
@@ -154,9 +158,16 @@ fn leaf_entry(tables: &Tree, gpa: u64) -> (u64, u64) {
     }
 }
 
+/// The generations of the passes these models run: pass 2 (tag 3).
+fn gens() -> Generations {
+    let mut g = Generations::new(0);
+    g.begin_pass(1);
+    g
+}
+
 fn age(tables: &Tree) -> (PassStats, Vec<(u64, u8, u64)>) {
     let mut young = Vec::new();
-    let stats = age_range(tables, 0, u64::MAX, |gpa, level, e| {
+    let stats = age_range(tables, &gens(), 0, u64::MAX, |gpa, level, e| {
         young.push((gpa, level, e))
     });
     (stats, young)
@@ -388,5 +399,181 @@ fn loom_epoch_grace_period() {
             freed.store(true, Ordering::Relaxed);
         }
         walker.join().unwrap();
+    });
+}
+
+/// A stale generation tag (not young for the window) that a table check
+/// retires; any nonzero tag under an old parent is stale.
+const STALE_TAG: u64 = 5;
+
+/// The leaf slot of page `gpa` in the level-1 table.
+fn leaf_slot(tables: &Tree, gpa: u64) -> &AtomicU64 {
+    let root = tables.mem().table(tables.root()).unwrap()[T::index(gpa, 2)].load(Ordering::SeqCst);
+    &tables.mem().table(T::addr(root)).unwrap()[T::index(gpa, 1)]
+}
+
+/// Gives both 4 KiB leaves the stale tag (their parent keeps tag 0: old).
+fn stale_tags(tables: &Tree) {
+    for gpa in [0, 4096] {
+        let slot = leaf_slot(tables, gpa);
+        let v = slot.load(Ordering::SeqCst);
+        slot.store(T::with_gen_tag(v, STALE_TAG), Ordering::SeqCst);
+    }
+}
+
+/// A table check retires a stale leaf (the helper in its `Retire` mode, on
+/// the snapshot it examined) while the CPU writes the page, setting A and
+/// then D. D and A must survive whatever the order; an access that came
+/// before the retirement was decided (the CPU finished before the snapshot
+/// was re-checked) must leave the entry unretired; and the entry ends
+/// retired exactly when the helper says it retired it.
+#[test]
+fn loom_retire_vs_cpu_setting_a_and_d() {
+    model(|| {
+        let (tables, _m, _mem) = setup(false);
+        stale_tags(&tables);
+        let done = Arc::new(AtomicBool::new(false));
+        let (t2, d2) = (tables.clone(), done.clone());
+        let cpu = thread::spawn(move || {
+            cpu_access(&t2, 0, true);
+            d2.store(true, Ordering::SeqCst);
+        });
+        let slot = leaf_slot(&tables, 0);
+        let snapshot = slot.load(Ordering::Acquire);
+        let young_before = done.load(Ordering::SeqCst);
+        let r = test_and_clear_young::<T>(slot, snapshot, 1, Stamp::Retire);
+        cpu.join().unwrap();
+        let leaf = slot.load(Ordering::SeqCst);
+        assert_eq!(
+            leaf & (T::ACCESSED | T::DIRTY),
+            T::ACCESSED | T::DIRTY,
+            "the CPU's A or D was lost: {leaf:#x} ({r:?})"
+        );
+        assert_eq!(T::addr(leaf).as_u64(), 0x40_0000);
+        if young_before {
+            assert_ne!(r, ClearYoung::Retired, "a young entry was retired");
+        }
+        assert_eq!(
+            T::gen_tag(leaf) == 0,
+            r == ClearYoung::Retired,
+            "tag {} after {r:?}",
+            T::gen_tag(leaf)
+        );
+        // The other leaf was not touched.
+        assert_eq!(
+            T::gen_tag(leaf_slot(&tables, 4096).load(Ordering::SeqCst)),
+            STALE_TAG
+        );
+    });
+}
+
+/// A writer unmaps the stale page, maps another frame there, the CPU reads
+/// it and a pass stamps it young, all while a table check retires the old
+/// entry it examined. The retirement must land on that entry or nowhere:
+/// the new mapping ends exactly as the writer's pass left it (never
+/// retired, never given back the old frame).
+#[test]
+fn loom_retire_vs_unmap_and_remap() {
+    model(|| {
+        let (tables, mut m, _mem) = setup(false);
+        stale_tags(&tables);
+        let slot = leaf_slot(&tables, 0);
+        let snapshot = slot.load(Ordering::Acquire);
+        let t2 = tables.clone();
+        let writer = thread::spawn(move || {
+            m.unmap(&t2, GuestPhysAddr::new(0), 4096, |_, _, _| {})
+                .unwrap();
+            m.map(
+                &t2,
+                GuestPhysAddr::new(0),
+                HostPhysAddr::new(0x80_0000),
+                4096,
+                Perms::RW,
+                PageSize::Size4K,
+            )
+            .unwrap();
+            cpu_access(&t2, 0, false);
+            let slot = leaf_slot(&t2, 0);
+            let now = slot.load(Ordering::Acquire);
+            assert_eq!(
+                test_and_clear_young::<T>(slot, now, 1, Stamp::Young(tag_of(2))),
+                ClearYoung::Cleared
+            );
+            T::with_gen_tag(now & !T::ACCESSED, tag_of(2))
+        });
+        let r = test_and_clear_young::<T>(slot, snapshot, 1, Stamp::Retire);
+        let stamped = writer.join().unwrap();
+        let leaf = slot.load(Ordering::SeqCst);
+        assert_eq!(
+            leaf, stamped,
+            "the retirement of the old entry landed on the new one ({r:?})"
+        );
+        assert!(
+            matches!(r, ClearYoung::Retired | ClearYoung::Changed(_)),
+            "{r:?}"
+        );
+    });
+}
+
+/// A pass enters a table whose parent is old, so it checks the table and
+/// retires its stale tags, while the CPU writes page 0. Page 1 (untouched)
+/// ends retired; page 0 keeps D and ends young: either A is still set (the
+/// next pass finds it) or this pass reported it and stamped it with its
+/// tag. Never A clear with tag 0 (an access lost to a retirement).
+#[test]
+fn loom_pass_retiring_stale_tags_vs_cpu() {
+    model(|| {
+        let (tables, _m, _mem) = setup(false);
+        stale_tags(&tables);
+        let t2 = tables.clone();
+        let cpu = thread::spawn(move || cpu_access(&t2, 0, true));
+        let (stats, young) = age(&tables);
+        cpu.join().unwrap();
+        assert_eq!(
+            stats.tables_checked, 1,
+            "an old parent: the table is checked"
+        );
+        let leaf0 = leaf_slot(&tables, 0).load(Ordering::SeqCst);
+        let leaf1 = leaf_slot(&tables, 4096).load(Ordering::SeqCst);
+        assert!(leaf0 & T::DIRTY != 0, "D lost: {leaf0:#x}");
+        let reported = young.iter().any(|&(gpa, _, _)| gpa == 0);
+        assert!(
+            leaf0 & T::ACCESSED != 0 || (reported && T::gen_tag(leaf0) == tag_of(2)),
+            "page 0 was young and ends old: {leaf0:#x}, reported {young:x?}"
+        );
+        assert_eq!(
+            T::gen_tag(leaf1),
+            0,
+            "the stale page was not retired: {leaf1:#x}"
+        );
+        assert_eq!(leaf1 & (T::ACCESSED | T::DIRTY), 0);
+    });
+}
+
+/// A pass checks a table with stale tags while a writer unmaps page 1 (and
+/// the guest writes page 0 beforehand). Whatever the order, the unmapped
+/// entry stays empty (a retirement never writes an entry back), and page 0
+/// keeps its D bit.
+#[test]
+fn loom_pass_retiring_stale_tags_vs_unmap() {
+    model(|| {
+        let (tables, mut m, _mem) = setup(false);
+        stale_tags(&tables);
+        cpu_access(&tables, 0, true);
+        let t2 = tables.clone();
+        let writer = thread::spawn(move || {
+            m.unmap(&t2, GuestPhysAddr::new(4096), 4096, |_, _, _| {})
+                .unwrap();
+            m
+        });
+        let _ = age(&tables);
+        let _m = writer.join().unwrap();
+        let leaf0 = leaf_slot(&tables, 0).load(Ordering::SeqCst);
+        let leaf1 = leaf_slot(&tables, 4096).load(Ordering::SeqCst);
+        assert_eq!(
+            leaf1, 0,
+            "a retirement wrote the unmapped entry back: {leaf1:#x}"
+        );
+        assert!(leaf0 & T::DIRTY != 0, "D lost: {leaf0:#x}");
     });
 }

@@ -126,7 +126,7 @@ struct Vm {
     tables: Tables<T, Mem>,
     mapper: Mapper<TableAlloc1>,
     frames: Frames,
-    gens: Generations<Vec<u8>>,
+    gens: Generations,
     rec: Reclaimer,
 }
 
@@ -272,8 +272,8 @@ fn setup(value: u64, flags: u64) -> (Arc<Shared>, Arc<Mutex<Vm>>) {
         .unwrap();
     let leaf_table = T::addr(tables.mem().table(tables.root()).unwrap()[0].load(Ordering::SeqCst));
     tables.mem().table(leaf_table).unwrap()[0].fetch_or(flags, Ordering::SeqCst);
-    let mut gens = Generations::new(vec![0u8; 4], 0);
-    gens.note_mapped(GuestPhysAddr::new(0), 4096);
+    let mut gens = Generations::new(0);
+    assert_eq!(gens.adopt(&tables), 1);
     gens.begin_pass(1);
     let rec = Reclaimer::new(ReclaimConfig::default(), 0);
     let vm = Vm {
@@ -324,10 +324,22 @@ fn final_value(vm: &Mutex<Vm>, shared: &Shared) -> u64 {
     shared.frames[frame_index(t.hpa)].load(Ordering::SeqCst)
 }
 
+/// Runs `f` under loom on a thread with a larger stack: the reclaimer's
+/// generation queries keep a few KiB of counts on the stack (a histogram
+/// of the window), more than loom's default 32 KiB coroutine stack holds.
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(3);
-    b.check(f);
+    let f = std::sync::Arc::new(f);
+    b.check(move || {
+        let f = f.clone();
+        thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || f())
+            .unwrap()
+            .join()
+            .unwrap();
+    });
 }
 
 /// The guest holds a dirty translation of a page that aging found cold

@@ -765,7 +765,7 @@ fn run<F: EntryFormat>(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn npt_core_matches_model(ops in proptest::collection::vec(op(), 1..60)) {

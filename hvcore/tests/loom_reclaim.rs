@@ -23,7 +23,8 @@
 #![cfg(loom)]
 
 use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
-use hvcore::flush::TlbFlush;
+use hvcore::age::age_pass;
+use hvcore::flush::{CountingFlush, FlushPolicy, TlbFlush};
 use hvcore::generations::Generations;
 use hvcore::pte::{EntryFormat, Perms, TinyFormat as T};
 use hvcore::reclaim::{FaultIn, GuestFrames, ReclaimConfig, Reclaimer};
@@ -366,8 +367,8 @@ fn loom_reclaim_write_through_cached_translation() {
     });
 }
 
-/// The page was reclaimed and faulted back (a clean copy is kept, entry
-/// A/D clear); the guest writes it (walk, D set) while the reclaimer takes
+/// The page was reclaimed, faulted back (a clean copy is kept) and aged
+/// (entry A/D clear); the guest writes it (walk, D set) while the reclaimer takes
 /// it again. Dropping the frame as clean is right only if D is clear in the
 /// *exchanged* value.
 #[test]
@@ -397,6 +398,18 @@ fn loom_reclaim_clean_copy_vs_write() {
             rec.fault_in(tables, mapper, frames, gens, GuestPhysAddr::new(0), 0)
                 .unwrap();
             assert_eq!(rec.clean_copies(), 1);
+            // A fault-in leaves A set (the access it serves); a pass clears
+            // it, or the reclaimer would rescue the page instead of taking
+            // it (and this model would never reach the clean drop).
+            age_pass(
+                tables,
+                gens,
+                1,
+                &mut CountingFlush::default(),
+                FlushPolicy::OncePerPass,
+            );
+            let t = tables.translate(GuestPhysAddr::new(0)).unwrap();
+            assert!(!t.accessed && !t.dirty);
         }
         let mut cpu = Vcpu {
             shared: shared.clone(),

@@ -231,19 +231,21 @@ impl Generations {
         end: u64,
         mut f: impl FnMut(u64, u64, u64),
     ) {
-        self.scan(tables, start, end, |gpa, pages, seq| {
+        self.scan(tables, start, end, |gpa, pages, seq, _| {
             f(gpa, pages, seq);
             true
         });
     }
 
-    /// [`Generations::for_each_page_seq`] that stops when `f` returns false.
+    /// [`Generations::for_each_page_seq`] that also tells `f` whether the
+    /// leaf's A is set (accessed since the last pass), and stops when `f`
+    /// returns false.
     fn scan<F: EntryFormat, M: TableMemory>(
         &self,
         tables: &Tables<F, M>,
         start: u64,
         end: u64,
-        mut f: impl FnMut(u64, u64, u64) -> bool,
+        mut f: impl FnMut(u64, u64, u64, bool) -> bool,
     ) {
         let min = self.min_seq();
         // The generation of the entry on the current path at each level;
@@ -274,6 +276,7 @@ impl Generations {
                         e.gpa,
                         F::level_size(e.level) / PAGE_SIZE_4K,
                         leaf_seq(path[l + 1], e.old),
+                        e.old & F::ACCESSED != 0,
                     ) {
                         return;
                     }
@@ -282,7 +285,12 @@ impl Generations {
                     for (k, slot) in run.slots.iter().enumerate() {
                         let v = slot.load(Ordering::Acquire);
                         if F::is_present(v)
-                            && !f(run.gpa + k as u64 * PAGE_SIZE_4K, 1, leaf_seq(path[2], v))
+                            && !f(
+                                run.gpa + k as u64 * PAGE_SIZE_4K,
+                                1,
+                                leaf_seq(path[2], v),
+                                v & F::ACCESSED != 0,
+                            )
                         {
                             return;
                         }
@@ -413,7 +421,8 @@ impl Generations {
     }
 
     /// Cold pages, coldest generation first, as runs of consecutive pages of
-    /// one generation (for the reclaimer). One walk of the tables to count,
+    /// one generation (for the reclaimer). A page whose A is set (accessed
+    /// since the last pass) is never cold. One walk of the tables to count,
     /// then one more per non-empty cold generation, each stopping where the
     /// caller stops taking runs.
     pub fn coldest<'g, F: EntryFormat, M: TableMemory>(
@@ -467,11 +476,19 @@ impl<F: EntryFormat, M: TableMemory> Iterator for ColdIter<'_, F, M> {
                 // The first run of this generation at or after `pos`.
                 let (want, pos) = (self.seq, self.pos);
                 let mut run = None::<(u64, u64)>;
-                self.gens
-                    .scan(self.tables, pos, F::space_size(), |gpa, pages, seq| {
+                self.gens.scan(
+                    self.tables,
+                    pos,
+                    F::space_size(),
+                    |gpa, pages, seq, accessed| {
                         // A huge leaf that starts before `pos`: its rest.
                         let skip = pos.saturating_sub(gpa) / PAGE_SIZE_4K;
                         let (gpa, pages) = (gpa.max(pos), pages - skip.min(pages));
+                        // Accessed since the last pass: young now, never
+                        // cold, whatever the threshold (a page the
+                        // reclaimer rescues is such a page, and must not be
+                        // offered again in the same round).
+                        let seq = if accessed { u64::MAX } else { seq };
                         match &mut run {
                             Some((start, len))
                                 if seq == want && *start + *len * PAGE_SIZE_4K == gpa =>
@@ -486,7 +503,8 @@ impl<F: EntryFormat, M: TableMemory> Iterator for ColdIter<'_, F, M> {
                             }
                             None => true,
                         }
-                    });
+                    },
+                );
                 if let Some((start, len)) = run {
                     self.pos = start + len * PAGE_SIZE_4K;
                     return Some(ColdRun {

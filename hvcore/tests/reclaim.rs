@@ -743,12 +743,12 @@ fn no_frame_and_corrupt_store_are_errors() {
     vm.check_frames();
 }
 
-/// A page accessed since the last pass is rescued (mapped back, young), and
-/// the same round must not take it again: with a target in milliseconds the
-/// current generation itself is cold once the last pass is old enough, so a
-/// rescued page that counts as young "now" (A set) is offered again and
-/// again, each batch counting the rescue as progress (a round that never
-/// ends aborts the test binary through the watchdog).
+/// A page accessed since the last pass (A set) is young now and never
+/// offered as cold: with a target in milliseconds the current generation
+/// itself is cold once the last pass is old enough, and a round that
+/// offered A-set pages rescued the same page again and again, each batch
+/// counting the rescue as progress (a round that never ends aborts the
+/// test binary through the watchdog).
 #[test]
 fn a_rescued_page_is_not_taken_again_in_the_same_round() {
     fn round(target: ReclaimTarget) -> (u64, u64, bool) {
@@ -794,10 +794,12 @@ fn a_rescued_page_is_not_taken_again_in_the_same_round() {
         let dog = Watchdog::new(format!("reclaim round {target:?}"), LIMIT);
         let got = round(target);
         drop(dog);
-        // Pages 0, 2 and 3 go; page 1 is rescued once (and either stays,
-        // or is taken by a later batch once its A is clear again).
+        // Pages 0, 2 and 3 go; page 1, accessed since the last pass, is
+        // young now whatever the threshold: never offered, so never
+        // rescued, and the round ends.
         let (reclaimed, rescued, mapped) = got;
-        assert_eq!(rescued, 1, "{target:?}: {got:?}");
+        assert_eq!(rescued, 0, "{target:?}: {got:?}");
+        assert!(mapped, "{target:?}: {got:?}");
         assert_eq!(reclaimed + u64::from(mapped), 4, "{target:?}: {got:?}");
     }
 }

@@ -436,27 +436,54 @@ fn write_png(path: &Path, c: &Canvas) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hvcore::addr::GuestPhysAddr;
+    use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
+    use hvcore::age::age_pass;
+    use hvcore::arena::HostArena;
+    use hvcore::flush::{CountingFlush, FlushPolicy};
     use hvcore::generations::Generations;
+    use hvcore::npt::Npt;
+    use hvcore::pte::{EntryFormat, Perms};
     use hvcore::report::{HistBucket, HistLine, MapLine, PassLine, ReclaimLine, map_cells};
+    use hvcore::table::{Mapper, PageSize, Tables};
 
     /// A log written with the hvcore formatter: a 64 MiB guest whose first
     /// 8 MiB are hot, whose next 8 MiB are touched every 10 passes, and a
-    /// block that moves (a phase change) half-way through.
+    /// block that moves (a phase change) half-way through. The generations
+    /// are real: pages are touched in real tables and aged by real passes.
     fn sample_log() -> String {
         let pages = 64 * 256;
-        let mut g = Generations::new(vec![0u8; pages], 0);
-        g.note_mapped(GuestPhysAddr::new(0), pages as u64 * 4096);
+        let ram = pages as u64 * 4096;
+        let arena = HostArena::new(64);
+        let mut alloc = &arena;
+        let tables = Tables::<Npt, _>::new(&arena, &mut alloc).unwrap();
+        Mapper::new(&tables, &arena)
+            .map(
+                &tables,
+                GuestPhysAddr::new(0),
+                HostPhysAddr::new(1 << 32),
+                ram,
+                Perms::RW,
+                PageSize::Size4K,
+            )
+            .unwrap();
+        let mut g = Generations::new(0);
+        g.adopt(&tables);
+        let touch = |start: u64, bytes: u64| {
+            for gpa in (start..start + bytes).step_by(4096) {
+                tables.mark_accessed(GuestPhysAddr::new(gpa), Npt::ACCESSED);
+            }
+        };
+        let mut flush = CountingFlush::default();
         let mut log = String::from("Thermocline booting\n");
         for pass in 1..=120u64 {
             let t = pass * 100;
-            let n = g.begin_pass(t);
-            g.stamp(0, 8 << 20);
+            touch(0, 8 << 20);
             if pass % 10 == 0 {
-                g.stamp(8 << 20, 8 << 20);
+                touch(8 << 20, 8 << 20);
             }
             let moving = if pass < 60 { 32 << 20 } else { 48 << 20 };
-            g.stamp(moving, 4 << 20);
+            touch(moving, 4 << 20);
+            let n = age_pass(&tables, &mut g, t, &mut flush, FlushPolicy::OncePerPass).seq;
             let young = (8 << 20) / 4096 + (4 << 20) / 4096;
             let rec = Record::Pass(PassLine {
                 vm: "pattern".into(),
@@ -474,7 +501,7 @@ mod tests {
                 t_ms: t,
                 base: 0,
                 cell_kb: 256,
-                cells: map_cells(&g, 64),
+                cells: map_cells(&g, &tables, ram, 64),
             });
             log.push_str(&format!("{map}\n"));
             if pass % 20 == 0 {
@@ -483,7 +510,7 @@ mod tests {
                     n,
                     t_ms: t,
                     buckets: g
-                        .histogram(t)
+                        .histogram(&tables, t)
                         .map(|b| HistBucket {
                             seq: b.seq,
                             age_ms: b.age_ms,

@@ -290,8 +290,8 @@ pub struct PassStats {
     /// Entries that changed under the pass and were handled again.
     pub raced: u64,
     /// Tables whose children's generation tags the pass checked (see
-    /// [`crate::generations`]: every table not scanned in the previous
-    /// pass, and the others once every [`CHECK_EVERY`] passes).
+    /// [`crate::generations`]: a table under an old parent, or one whose
+    /// turn, one pass in every [`CHECK_EVERY`], came since its last scan).
     pub tables_checked: u64,
     /// Entries whose tag the pass retired to "old" (not young for
     /// [`EXACT_GENS`] passes).
@@ -621,24 +621,16 @@ where
     T: TlbFlush,
 {
     let seq = gens.begin_pass(now_ms);
-    let mut stats = PassStats {
-        seq,
-        ..PassStats::default()
-    };
+    let mut stats = age_range(tables, gens, 0, F::space_size(), NoReports);
     // The root table is scanned by every pass; its entries decode against
-    // `max_seq`, so it is checked when its turn comes.
+    // `max_seq`, so it is checked when its turn comes (after the walk: the
+    // entries it just stamped are young and stay).
     if check_due(seq.checked_sub(1), seq, u64::MAX / 2)
         && let Some(root) = tables.mem().table(tables.root())
         && root.len() == F::ENTRIES
     {
         retire_stale::<F>(root, F::LEVELS, Some(seq), seq, &mut stats);
     }
-    let walked = age_range(tables, gens, 0, F::space_size(), NoReports);
-    stats = PassStats {
-        tables_checked: stats.tables_checked + walked.tables_checked,
-        retired: stats.retired + walked.retired,
-        ..walked
-    };
     if stats.flush_needed && policy == FlushPolicy::OncePerPass {
         flush.flush_guest_tlb();
         stats.flushed = true;

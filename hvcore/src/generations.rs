@@ -331,7 +331,6 @@ impl Generations {
                 .is_some_and(|w| w & (1 << (i % 64)) != 0)
         };
         let mut score = HotSetScore::default();
-        let mut hot_seen = 0u64;
         let start = first_pfn.saturating_mul(PAGE_SIZE_4K);
         let end = first_pfn
             .saturating_add(page_count)
@@ -343,7 +342,6 @@ impl Generations {
             let first = (gpa / PAGE_SIZE_4K).max(first_pfn);
             let last = (gpa / PAGE_SIZE_4K + pages).min(first_pfn + page_count);
             for pfn in first..last {
-                hot_seen += 1;
                 if was_touched(pfn - first_pfn) {
                     score.true_hot += 1;
                 } else {
@@ -353,7 +351,6 @@ impl Generations {
         });
         let touched_pages: u64 = (0..page_count).filter(|&i| was_touched(i)).count() as u64;
         score.missed = touched_pages - score.true_hot;
-        debug_assert_eq!(hot_seen, score.true_hot + score.false_hot);
         score
     }
 
@@ -488,16 +485,14 @@ impl<F: EntryFormat, M: TableMemory> Iterator for ColdIter<'_, F, M> {
                         // cold, whatever the threshold (a page the
                         // reclaimer rescues is such a page, and must not be
                         // offered again in the same round).
-                        let seq = if accessed { u64::MAX } else { seq };
+                        let hit = seq == want && !accessed;
                         match &mut run {
-                            Some((start, len))
-                                if seq == want && *start + *len * PAGE_SIZE_4K == gpa =>
-                            {
+                            Some((start, len)) if hit && *start + *len * PAGE_SIZE_4K == gpa => {
                                 *len += pages;
                                 true
                             }
                             Some(_) => false,
-                            None if seq == want => {
+                            None if hit => {
                                 run = Some((gpa, pages));
                                 true
                             }

@@ -27,6 +27,7 @@ pub mod guest_layout;
 pub mod guest_walk;
 pub mod hypercall;
 pub mod insn;
+pub mod linux_boot;
 pub mod npt;
 pub mod pte;
 pub mod reclaim;

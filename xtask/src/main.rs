@@ -18,6 +18,7 @@
 
 mod bench;
 mod guests;
+mod linux;
 mod report;
 mod setup;
 
@@ -45,6 +46,10 @@ COMMANDS:
               Summarise the aging/reclaim report (TCR lines) of a console log
     heatmap LOG -o FILE.png [--vm NAME]
               Draw guest-physical memory against time, coloured by age
+    linux-assets [--boot-qemu]
+              Fetch Debian's kernel and busybox, build the workload and the
+              initramfs for Linux guests (target/linux); --boot-qemu boots
+              them directly in QEMU as a check
     help      Print this help
 
 RUN OPTIONS:
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         "images" => cmd_images(rest),
         "report" => report::cmd_report(rest),
         "heatmap" => report::cmd_heatmap(rest),
+        "linux-assets" => linux::cmd_linux_assets(rest),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

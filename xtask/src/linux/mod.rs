@@ -9,18 +9,20 @@
 //! - The workload (`linux-guest`), linked statically for the initramfs.
 //! - The initramfs, `target/linux/initramfs.cpio.gz`: busybox, `/init`
 //!   (`init.sh`) and the workload, as a gzip'd newc cpio ([`cpio`]).
-//! - With `--boot-qemu`: boots the kernel and initramfs directly in QEMU
-//!   (TCG, no Thermocline) and checks the smoke test's output.
+//! - With `--boot-qemu` / `--boot-plan`: boots the kernel and initramfs in
+//!   QEMU (TCG, no Thermocline), by QEMU's loader or by
+//!   `hvcore::linux_boot`'s plan with no firmware, and checks the smoke
+//!   test's output ([`boot_check`]).
 //!
 //! docs/guests.md ("Linux guests") describes the initramfs and the pins.
 
+mod boot_check;
 mod cpio;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The metapackage that names the current Debian 12 cloud kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -40,13 +42,16 @@ const HELP: &str = "\
 cargo xtask linux-assets: fetch and build what a Linux guest boots from
 
 USAGE:
-    cargo xtask linux-assets [--refresh] [--boot-qemu [--timeout-s N]]
+    cargo xtask linux-assets [--refresh] [--boot-qemu] [--boot-plan] [--timeout-s N]
 
     --refresh       Fetch the Debian packages again (the newest in the apt index)
     --boot-qemu     Boot the kernel and initramfs directly in QEMU (TCG, no
                     Thermocline): /init runs uname -r and the workload on
                     64 MiB and powers off; prints the time to /init and to the end
-    --timeout-s N   Limit for --boot-qemu (default 120)
+    --boot-plan     The same check, loaded by hvcore::linux_boot (the loader
+                    Thermocline uses) with no firmware: its writes go into
+                    RAM as they are, a tiny ROM enters its 64-bit entry state
+    --timeout-s N   Limit for each boot check (default 120)
 ";
 
 /// What `prepare` made.
@@ -64,12 +69,13 @@ pub struct Assets {
 
 /// `cargo xtask linux-assets`.
 pub fn cmd_linux_assets(args: &[String]) -> Result<(), String> {
-    let (mut refresh, mut boot, mut timeout_s) = (false, false, 120u64);
+    let (mut refresh, mut boot, mut plan, mut timeout_s) = (false, false, false, 120u64);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--refresh" => refresh = true,
             "--boot-qemu" => boot = true,
+            "--boot-plan" => plan = true,
             "--timeout-s" => {
                 let v = it.next().ok_or("--timeout-s needs a number of seconds")?;
                 timeout_s = v
@@ -102,7 +108,10 @@ pub fn cmd_linux_assets(args: &[String]) -> Result<(), String> {
         show(&assets.initramfs)
     );
     if boot {
-        boot_qemu(&assets, Duration::from_secs(timeout_s))?;
+        boot_check::boot_qemu(&assets, Duration::from_secs(timeout_s))?;
+    }
+    if plan {
+        boot_check::boot_plan(&assets, Duration::from_secs(timeout_s))?;
     }
     Ok(())
 }
@@ -450,128 +459,6 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Boots the assets directly in QEMU (TCG) and checks the smoke test.
-fn boot_qemu(assets: &Assets, timeout: Duration) -> Result<(), String> {
-    let mut cmd = Command::new(thermocline_tests::qemu::Machine::program());
-    cmd.args(["-M", "pc", "-cpu", "max", "-m", "256M", "-accel", "tcg"])
-        .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(&assets.kernel)
-        .arg("-initrd")
-        .arg(&assets.initramfs)
-        .arg("-append")
-        .arg(format!("{CMDLINE} thermocline_test=smoke"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    println!("    $ {}", super::show(&cmd));
-    let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
-    let (tx, rx) = mpsc::channel::<(Duration, String)>();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send((start.elapsed(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let mut lines: Vec<(Duration, String)> = Vec::new();
-    // `poweroff -f` with acpi=off halts the CPU; QEMU stays up, so the run
-    // ends at the kernel's last line.
-    let ended = loop {
-        let left = timeout.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok((at, line)) => {
-                let line = line.replace('\r', "");
-                let last =
-                    line.contains("reboot: System halted") || line.contains("reboot: Power down");
-                lines.push((at, line));
-                if last {
-                    break true;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => break false,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break false,
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let log_path = assets.initramfs.with_file_name("boot-qemu.log");
-    let log: String = lines
-        .iter()
-        .map(|(at, l)| format!("[{:8.3}] {l}\n", at.as_secs_f64()))
-        .collect();
-    write_if_changed(&log_path, log.as_bytes())?;
-    let when = |needle: &str| lines.iter().find(|(_, l)| l.contains(needle));
-    let tail = || {
-        lines
-            .iter()
-            .rev()
-            .take(30)
-            .rev()
-            .map(|(at, l)| format!("    [{:7.3}] {l}", at.as_secs_f64()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    if !ended {
-        return Err(format!(
-            "QEMU did not reach the end of the smoke test within {} s; last lines:\n{}",
-            timeout.as_secs(),
-            tail()
-        ));
-    }
-    let checks = [
-        ("thermocline-init: reached /init", "/init did not run"),
-        ("thermocline-init: uname -r: ", "uname -r printed nothing"),
-        (
-            "workload: result mismatches=0 ",
-            "the workload did not finish with 0 mismatches",
-        ),
-        (
-            "thermocline-init: workload exit status 0",
-            "the workload failed",
-        ),
-        ("thermocline-init: done", "/init did not finish"),
-    ];
-    for (needle, problem) in checks {
-        if when(needle).is_none() {
-            return Err(format!("boot check: {problem}; last lines:\n{}", tail()));
-        }
-    }
-    let secs = |needle: &str| when(needle).map_or(f64::NAN, |(at, _)| at.as_secs_f64());
-    for (_, l) in &lines {
-        if l.contains("thermocline-init: uname -r") || l.contains("workload: result") {
-            println!("    {l}");
-        }
-    }
-    println!(
-        "boot check passed (QEMU TCG, no Thermocline), seconds after QEMU started: \
-         kernel runs /init {:.2}, /init's first line {:.2}, workload done {:.2}, halted {:.2}\n\
-         console log: {}",
-        secs("Run /init as init process"),
-        secs("thermocline-init: reached /init"),
-        secs("workload: result"),
-        secs("reboot: System halted").min(secs("reboot: Power down")),
-        log_path.display()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -46,10 +46,11 @@ COMMANDS:
               Summarise the aging/reclaim report (TCR lines) of a console log
     heatmap LOG -o FILE.png [--vm NAME]
               Draw guest-physical memory against time, coloured by age
-    linux-assets [--boot-qemu]
+    linux-assets [--refresh] [--boot-qemu] [--boot-plan]
               Fetch Debian's kernel and busybox, build the workload and the
-              initramfs for Linux guests (target/linux); --boot-qemu boots
-              them directly in QEMU as a check
+              initramfs for Linux guests (target/linux); --boot-qemu and
+              --boot-plan boot them in plain QEMU as a check (see
+              `cargo xtask linux-assets --help`)
     help      Print this help
 
 RUN OPTIONS:

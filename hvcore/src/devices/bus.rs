@@ -257,23 +257,17 @@ impl<D> Bus<D> {
         let map = self.space_mut(space);
         // The closest range starting at or below `base`, and the first
         // starting above it, are the only two that can overlap.
-        if let Some((&b, m)) = map.range(..=base).next_back() {
-            if b + m.len > base {
-                return Err(BusError::Overlap {
-                    space,
-                    base,
-                    existing_base: b,
-                });
-            }
-        }
-        if let Some((&b, _)) = map.range(base..).next() {
-            if b < end {
-                return Err(BusError::Overlap {
-                    space,
-                    base,
-                    existing_base: b,
-                });
-            }
+        let below = map
+            .range(..=base)
+            .next_back()
+            .filter(|(b, m)| **b + m.len > base);
+        let above = map.range(base..).next().filter(|(b, _)| **b < end);
+        if let Some((&existing_base, _)) = below.or(above) {
+            return Err(BusError::Overlap {
+                space,
+                base,
+                existing_base,
+            });
         }
         map.insert(base, Mapping { len, device });
         Ok(())

@@ -50,6 +50,8 @@
 
 pub mod bus;
 pub mod pic;
+pub mod pit;
+pub mod port61;
 
 /// An interrupt request line from a device towards the interrupt
 /// controller. Devices call [`IrqLine::set_level`] with the level their

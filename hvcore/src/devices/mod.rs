@@ -52,6 +52,7 @@ pub mod bus;
 pub mod pic;
 pub mod pit;
 pub mod port61;
+pub mod rtc;
 
 /// An interrupt request line from a device towards the interrupt
 /// controller. Devices call [`IrqLine::set_level`] with the level their

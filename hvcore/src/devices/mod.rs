@@ -49,9 +49,12 @@
 //! and RTC report, and asks [`inject`] what to do before each VM entry.
 
 pub mod bus;
+pub mod i8042;
+pub mod inject;
 pub mod pic;
 pub mod pit;
 pub mod port61;
+pub mod port80;
 pub mod rtc;
 
 /// An interrupt request line from a device towards the interrupt

@@ -30,6 +30,8 @@
 //! - [`port80`]: the POST/delay port, a sink.
 //! - [`inject`]: the vCPU loop's decision whether to inject the PIC's
 //!   vector now, ask for an interrupt-window exit, or do nothing.
+//! - [`lines`]: interrupt lines as one atomic word, for devices that live
+//!   apart from the PIC; pulses survive until the vCPU loop folds them in.
 //!
 //! Left out, and why: the local APIC and I/O APIC (one vCPU boots with
 //! `nolapic noapic` on the PIC alone; several vCPUs are a later step), the
@@ -39,8 +41,8 @@
 //! speaker. Each module says what it leaves out of its own device.
 //!
 //! Interrupt lines are a trait ([`IrqLine`]): a device owns its line and
-//! raises or lowers it; the kernel's implementation forwards the level to
-//! the PIC, a test's records it. Devices keep no clock: every method that
+//! raises or lowers it; [`lines::IrqPin`] is the implementation that
+//! reaches the PIC through [`lines::IrqLevels`], a test's records it. Devices keep no clock: every method that
 //! depends on time takes `now_ns`, a monotonic count of nanoseconds that
 //! the caller supplies, as KVM's i8254 computes counts from ktime on read.
 //!
@@ -51,6 +53,7 @@
 pub mod bus;
 pub mod i8042;
 pub mod inject;
+pub mod lines;
 pub mod pic;
 pub mod pit;
 pub mod port61;

@@ -32,7 +32,7 @@
 //! clean lines, for guests written for Thermocline). Neighbours: the
 //! kernel's `vm` module routes port exits for `[COM1, COM1 + 8)` here.
 
-use crate::devices::bus::{Access, BusDevice, BusEvent, fill_byte, low_byte};
+use crate::devices::bus::{Access, BusDevice, BusEvent, read_bytes, write_bytes};
 use crate::devices::{IrqLine, NoIrq};
 
 /// Base port of COM1.
@@ -485,18 +485,16 @@ impl<L: IrqLine> Uart16550<L> {
 
 impl<L: IrqLine> BusDevice for Uart16550<L> {
     fn read(&mut self, access: Access, data: &mut [u8]) {
-        let value = match u16::try_from(access.offset) {
-            Ok(offset) => Uart16550::read(self, offset),
-            Err(_) => 0xff,
-        };
-        fill_byte(data, value);
+        read_bytes(access, data, |offset| {
+            Uart16550::read(self, u16::try_from(offset).unwrap_or(u16::MAX))
+        });
     }
 
     fn write(&mut self, access: Access, data: &[u8]) -> Option<BusEvent> {
-        if let Ok(offset) = u16::try_from(access.offset) {
-            Uart16550::write(self, offset, low_byte(data));
-        }
-        None
+        write_bytes(access, data, |offset, value| {
+            Uart16550::write(self, u16::try_from(offset).unwrap_or(u16::MAX), value);
+            None
+        })
     }
 }
 

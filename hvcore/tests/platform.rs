@@ -247,3 +247,19 @@ fn rtc_time_reset_and_unclaimed_ports() {
     assert!(r.unclaimed && r.first_unclaimed && r.value == 0xff);
     assert_eq!(m.outb(0x64, 0xfe), Some(BusEvent::ResetRequested));
 }
+
+#[test]
+fn wide_accesses_to_byte_devices_are_byte_cycles() {
+    let levels = IrqLevels::new();
+    let mut m = Machine::new(&levels);
+    linux_boot(&mut m);
+    // inw 0x20: IRR from 0x20, IMR from 0x21.
+    let v = m.bus.read(Space::Port, 0x20, 2, 0).unwrap();
+    assert_eq!((v.value, v.unclaimed), (0xea00, false));
+    // outw 0x70: index then data, the hours set while the clock runs.
+    m.bus.write(Space::Port, 0x70, 2, 0x1504, 0).unwrap();
+    m.outb(0x70, 0x04);
+    assert_eq!(m.inb(0x71), 0x15);
+    let v = m.bus.read(Space::Port, 0x70, 2, 0).unwrap();
+    assert_eq!(v.value, 0x15ff);
+}

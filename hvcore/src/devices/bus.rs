@@ -10,9 +10,11 @@
 //! are kept in an ordered map per address space and an overlap is refused.
 //!
 //! Widths: ports take 1, 2 or 4 bytes, MMIO also 8. An access that lies
-//! wholly in one range goes to its device at its full width; one that
+//! wholly in one range goes to its device at its full width (byte-wide
+//! devices split it with [`read_bytes`] and [`write_bytes`], as the ISA bus
+//! splits a 16-bit cycle to an 8-bit device into byte cycles); one that
 //! straddles a range's end or touches unclaimed addresses is split into
-//! byte accesses, as the ISA bus splits a 16-bit cycle to an 8-bit device.
+//! byte accesses by the bus.
 //! Unclaimed bytes read 0xFF and take writes without effect; the bus counts
 //! them and flags the first access to each such address (up to
 //! [`UNCLAIMED_TRACKED`] addresses) so the kernel prints one line per
@@ -432,19 +434,27 @@ fn le_value(data: &[u8]) -> u64 {
     data.iter().rev().fold(0, |v, &b| (v << 8) | u64::from(b))
 }
 
-/// The low byte of a device access (byte-wide devices take that byte of a
-/// wider access, as their data bus has eight lines).
-pub(crate) fn low_byte(data: &[u8]) -> u8 {
-    data.first().copied().unwrap_or(0xff)
+/// A read of a byte-wide device: each byte of a wider access is a read of
+/// the next register, as the ISA bus splits a 16- or 32-bit cycle into
+/// byte cycles for an 8-bit device. `read` gets each byte's offset.
+pub fn read_bytes(access: Access, data: &mut [u8], mut read: impl FnMut(u64) -> u8) {
+    for (offset, b) in (access.offset..).zip(data.iter_mut()) {
+        *b = read(offset);
+    }
 }
 
-/// Fills a read of a byte-wide register: the value in the low byte, the
-/// lines a byte-wide device does not drive read as ones.
-pub(crate) fn fill_byte(data: &mut [u8], value: u8) {
-    data.fill(0xff);
-    if let Some(b) = data.first_mut() {
-        *b = value;
+/// A write to a byte-wide device, split the same way; returns the last
+/// event any byte raised.
+pub fn write_bytes(
+    access: Access,
+    data: &[u8],
+    mut write: impl FnMut(u64, u8) -> Option<BusEvent>,
+) -> Option<BusEvent> {
+    let mut event = None;
+    for (offset, &b) in (access.offset..).zip(data) {
+        event = write(offset, b).or(event);
     }
+    event
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //! timeout (about half a second of guest time) with "controller selftest
 //! timeout"; the A20 gate (output port bit 1) is always on in long mode.
 
-use super::bus::{Access, BusDevice, BusEvent, fill_byte, low_byte};
+use super::bus::{Access, BusDevice, BusEvent, read_bytes, write_bytes};
 
 /// The data port.
 pub const DATA_PORT: u16 = 0x60;
@@ -80,21 +80,20 @@ impl I8042 {
 
 impl BusDevice for I8042 {
     fn read(&mut self, access: Access, data: &mut [u8]) {
-        let value = if access.base == u64::from(COMMAND_PORT) {
-            STATUS_IDLE
-        } else {
-            // The output buffer is empty: what it last held, nothing.
-            0x00
-        };
-        fill_byte(data, value);
+        let status = access.base == u64::from(COMMAND_PORT);
+        // The output buffer is empty: the data port reads nothing new.
+        read_bytes(access, data, |_| if status { STATUS_IDLE } else { 0x00 });
     }
 
     fn write(&mut self, access: Access, data: &[u8]) -> Option<BusEvent> {
-        if access.base == u64::from(COMMAND_PORT) {
-            self.write_command(low_byte(data))
-        } else {
-            self.write_data(low_byte(data))
-        }
+        let command = access.base == u64::from(COMMAND_PORT);
+        write_bytes(access, data, |_, value| {
+            if command {
+                self.write_command(value)
+            } else {
+                self.write_data(value)
+            }
+        })
     }
 }
 

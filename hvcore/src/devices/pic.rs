@@ -22,7 +22,7 @@
 //! A spurious request (INTR gone by the acknowledge) returns IR7's vector
 //! without setting its in-service bit, as the data sheet says.
 
-use super::bus::{Access, BusDevice, BusEvent, fill_byte, low_byte};
+use super::bus::{Access, BusDevice, BusEvent, read_bytes, write_bytes};
 
 /// Command port of the master (its data port is the next one).
 pub const MASTER_PORT: u16 = 0x20;
@@ -374,22 +374,30 @@ impl DualPic {
 
 impl BusDevice for DualPic {
     fn read(&mut self, access: Access, data: &mut [u8]) {
-        let odd = access.offset & 1 != 0;
-        let value = match access.base {
-            b if b == u64::from(ELCR_PORT) => self.elcr(odd),
-            b => self.read_port(b == u64::from(SLAVE_PORT), odd),
-        };
-        fill_byte(data, value);
+        let elcr = access.base == u64::from(ELCR_PORT);
+        let slave = access.base == u64::from(SLAVE_PORT);
+        read_bytes(access, data, |offset| {
+            let odd = offset & 1 != 0;
+            if elcr {
+                self.elcr(odd)
+            } else {
+                self.read_port(slave, odd)
+            }
+        });
     }
 
     fn write(&mut self, access: Access, data: &[u8]) -> Option<BusEvent> {
-        let odd = access.offset & 1 != 0;
-        let value = low_byte(data);
-        match access.base {
-            b if b == u64::from(ELCR_PORT) => self.set_elcr(odd, value),
-            b => self.write_port(b == u64::from(SLAVE_PORT), odd, value),
-        }
-        None
+        let elcr = access.base == u64::from(ELCR_PORT);
+        let slave = access.base == u64::from(SLAVE_PORT);
+        write_bytes(access, data, |offset, value| {
+            let odd = offset & 1 != 0;
+            if elcr {
+                self.set_elcr(odd, value);
+            } else {
+                self.write_port(slave, odd, value);
+            }
+            None
+        })
     }
 }
 

@@ -28,7 +28,7 @@
 //! A guest may program a period of one clock: the kernel should put a
 //! floor under the host timer it arms (KVM's `min_timer_period_us`).
 
-use super::bus::{Access, BusDevice, BusEvent, fill_byte, low_byte};
+use super::bus::{Access, BusDevice, BusEvent, read_bytes, write_bytes};
 use super::port61::SystemControl;
 use super::{IrqLine, NS_PER_SEC, NoIrq};
 
@@ -508,21 +508,28 @@ impl<L: IrqLine> Pit<L> {
 
 impl<L: IrqLine> BusDevice for Pit<L> {
     fn read(&mut self, access: Access, data: &mut [u8]) {
-        let value = if access.base == u64::from(super::port61::PORT_B) {
-            self.read_port_b(access.now_ns)
-        } else {
-            self.read_register(access.offset as u8 & 3, access.now_ns)
-        };
-        fill_byte(data, value);
+        let port_b = access.base == u64::from(super::port61::PORT_B);
+        let now = access.now_ns;
+        read_bytes(access, data, |offset| {
+            if port_b {
+                self.read_port_b(now)
+            } else {
+                self.read_register((offset & 3) as u8, now)
+            }
+        });
     }
 
     fn write(&mut self, access: Access, data: &[u8]) -> Option<BusEvent> {
-        if access.base == u64::from(super::port61::PORT_B) {
-            self.write_port_b(low_byte(data), access.now_ns);
-        } else {
-            self.write_register(access.offset as u8 & 3, low_byte(data), access.now_ns);
-        }
-        None
+        let port_b = access.base == u64::from(super::port61::PORT_B);
+        let now = access.now_ns;
+        write_bytes(access, data, |offset, value| {
+            if port_b {
+                self.write_port_b(value, now);
+            } else {
+                self.write_register((offset & 3) as u8, value, now);
+            }
+            None
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! probe writes it to discharge the bus between its IER reads, which is
 //! all it needs).
 
-use super::bus::{Access, BusDevice, BusEvent, fill_byte, low_byte};
+use super::bus::{Access, BusDevice, BusEvent, read_bytes, write_bytes};
 
 /// The port.
 pub const POST_PORT: u16 = 0x80;
@@ -30,14 +30,16 @@ impl PostPort {
 }
 
 impl BusDevice for PostPort {
-    fn read(&mut self, _access: Access, data: &mut [u8]) {
-        fill_byte(data, 0xff);
+    fn read(&mut self, access: Access, data: &mut [u8]) {
+        read_bytes(access, data, |_| 0xff);
     }
 
-    fn write(&mut self, _access: Access, data: &[u8]) -> Option<BusEvent> {
-        self.writes += 1;
-        self.last = Some(low_byte(data));
-        None
+    fn write(&mut self, access: Access, data: &[u8]) -> Option<BusEvent> {
+        write_bytes(access, data, |_, value| {
+            self.writes += 1;
+            self.last = Some(value);
+            None
+        })
     }
 }
 

@@ -32,7 +32,7 @@
 //! such a guest then expects). A time the guest sets that is not a valid
 //! date is ignored: the clock keeps its time.
 
-use super::bus::{Access, BusDevice, BusEvent, fill_byte, low_byte};
+use super::bus::{Access, BusDevice, BusEvent, read_bytes, write_bytes};
 use super::{IrqLine, NS_PER_SEC, NoIrq};
 
 /// The index port (the data port is the next one).
@@ -501,22 +501,29 @@ impl<L: IrqLine> Rtc<L> {
 
 impl<L: IrqLine> BusDevice for Rtc<L> {
     fn read(&mut self, access: Access, data: &mut [u8]) {
+        let now = access.now_ns;
         // The index register is write-only.
-        let value = if access.offset == 1 {
-            self.read_data(access.now_ns)
-        } else {
-            0xff
-        };
-        fill_byte(data, value);
+        read_bytes(access, data, |offset| {
+            if offset == 1 {
+                self.read_data(now)
+            } else {
+                0xff
+            }
+        });
     }
 
     fn write(&mut self, access: Access, data: &[u8]) -> Option<BusEvent> {
-        if access.offset == 1 {
-            self.write_data(low_byte(data), access.now_ns);
-        } else {
-            self.write_index(low_byte(data));
-        }
-        None
+        let now = access.now_ns;
+        // `outw 0x70` writes the index and then the data, as two byte
+        // cycles would.
+        write_bytes(access, data, |offset, value| {
+            if offset == 1 {
+                self.write_data(value, now);
+            } else {
+                self.write_index(value);
+            }
+            None
+        })
     }
 }
 

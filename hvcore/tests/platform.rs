@@ -263,3 +263,55 @@ fn wide_accesses_to_byte_devices_are_byte_cycles() {
     let v = m.bus.read(Space::Port, 0x70, 2, 0).unwrap();
     assert_eq!(v.value, 0x15ff);
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PORTS: [u16; 24] = [
+        0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x3f8, 0x3f9, 0x3fa,
+        0x3fb, 0x3fc, 0x3fd, 0x3fe, 0x3ff, 0x70, 0x71, 0x60, 0x64, 0x80,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Any guest traffic on the platform's ports, at any widths and
+        /// times, with the vCPU loop's calls in between: no panic (the
+        /// tests build with overflow checks), and once the vCPU loop has
+        /// polled the timers the deadlines they report lie ahead.
+        #[test]
+        fn arbitrary_port_traffic_never_panics(
+            ops in prop::collection::vec((0usize..PORTS.len(), prop::sample::select(vec![1u8, 2, 4]), any::<u32>(), any::<bool>(), 0u64..5_000_000), 1..300),
+            input in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let levels = IrqLevels::new();
+            let mut m = Machine::new(&levels);
+            if let Some(Dev::Uart(u)) = m.bus.device_mut(m.uart) {
+                u.push_input(&input);
+            }
+            for (port, width, value, write, dt) in ops {
+                m.now_ns += dt;
+                let port = u64::from(PORTS[port]);
+                if write {
+                    m.bus.write(Space::Port, port, width, u64::from(value), m.now_ns).unwrap();
+                } else {
+                    m.bus.read(Space::Port, port, width, m.now_ns).unwrap();
+                }
+                if let Some(Dev::Uart(u)) = m.bus.device_mut(m.uart) {
+                    u.drain_output(|_| {});
+                }
+                if let Some(v) = m.before_entry(value & 1 != 0) {
+                    m.outb(0x20, 0x20);
+                    if v & 0x08 != 0 {
+                        m.outb(0xa0, 0x20);
+                    }
+                }
+                // before_entry polled the timers at this instant: whatever
+                // they report next lies ahead.
+                if let Some(d) = m.next_deadline() {
+                    prop_assert!(d > m.now_ns, "deadline {} not after now {}", d, m.now_ns);
+                }
+            }
+        }
+    }
+}

@@ -335,12 +335,14 @@ impl<L: IrqLine> Rtc<L> {
         u128::from(now_ns) * u128::from(TIME_BASE_HZ) / u128::from(NS_PER_SEC) / u128::from(clocks)
     }
 
+    /// Whether the alarm registers match second `unix_s` (only the time of
+    /// day counts, so this needs no calendar).
     fn alarm_matches(&self, unix_s: i64) -> bool {
-        let t = CivilTime::from_unix(unix_s);
+        let of_day = unix_s.rem_euclid(SECONDS_PER_DAY);
         let pairs = [
-            (self.cmos[0x01], self.encode(t.second)),
-            (self.cmos[0x03], self.encode(t.minute)),
-            (self.cmos[0x05], self.encode_hour(t.hour)),
+            (self.cmos[0x01], self.encode((of_day % 60) as u8)),
+            (self.cmos[0x03], self.encode((of_day / 60 % 60) as u8)),
+            (self.cmos[0x05], self.encode_hour((of_day / 3600) as u8)),
         ];
         // An alarm byte of 0xC0-0xFF matches every value.
         pairs

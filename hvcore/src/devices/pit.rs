@@ -707,6 +707,34 @@ mod tests {
     }
 
     #[test]
+    fn modes_1_and_5_start_on_a_rising_gate() {
+        let mut p = Pit::default();
+        // Mode 1 (hardware one-shot) on channel 2: waits for the gate.
+        p.write_register(3, 0xb2, 0);
+        p.write_register(2, 50, 0);
+        p.write_register(2, 0, 0);
+        assert!(p.out2(MS));
+        assert_eq!(latch_word(&mut p, 2, MS), 50);
+        p.write_port_b(0x01, MS);
+        assert!(!p.out2(MS + ns_for_ticks(49)));
+        assert!(p.out2(MS + ns_for_ticks(50)));
+        // A low gate does not stop it; a new rise retriggers.
+        p.write_port_b(0x00, MS + ns_for_ticks(10));
+        assert_eq!(latch_word(&mut p, 2, MS + ns_for_ticks(20)), 30);
+        p.write_port_b(0x01, 2 * MS);
+        assert_eq!(latch_word(&mut p, 2, 2 * MS + ns_for_ticks(5)), 45);
+        // Mode 5 (hardware strobe): one clock low at terminal count.
+        p.write_register(3, 0xba, 3 * MS);
+        p.write_register(2, 20, 3 * MS);
+        p.write_register(2, 0, 3 * MS);
+        p.write_port_b(0x00, 3 * MS);
+        p.write_port_b(0x01, 4 * MS);
+        assert!(p.out2(4 * MS + ns_for_ticks(19)));
+        assert!(!p.out2(4 * MS + ns_for_ticks(20)));
+        assert!(p.out2(4 * MS + ns_for_ticks(21)));
+    }
+
+    #[test]
     fn latch_freezes_the_count_until_read() {
         let mut p = Pit::default();
         periodic(&mut p, 0, 0); // 65536

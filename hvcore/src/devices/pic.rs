@@ -291,9 +291,11 @@ impl DualPic {
 
     /// The interrupt-acknowledge cycle: returns the vector to deliver and
     /// puts its IR in service. With nothing pending it returns the master's
-    /// IR7 vector (spurious, nothing put in service); a cascade request the
-    /// slave no longer has gives the slave's IR7 vector with only the
-    /// master's IR2 in service, as the data sheet describes.
+    /// IR7 vector (spurious, nothing put in service). The master's IR2
+    /// request follows the slave's output, so the slave always has a
+    /// request when IR2 wins; were it gone, the slave's IR7 vector would be
+    /// returned with only the master's IR2 in service (the data sheet's
+    /// spurious IRQ 15).
     pub fn acknowledge(&mut self) -> u8 {
         let vector = match self.chips[MASTER].best(true) {
             Some(CASCADE_IRQ) => {

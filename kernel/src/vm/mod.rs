@@ -110,7 +110,7 @@ use hvcore::hypercall::{self, Hypercall, HypercallError, HypercallRegs, VmShape}
 use hvcore::insn::{self, Insn};
 use hvcore::pte::EntryFormat;
 use hvcore::string_io;
-use hvcore::uart::{self, Uart16550};
+use hvcore::uart::{self, LineConsole};
 use memory::{FaultOutcome, GuestMemory};
 use x86_64::instructions::interrupts;
 
@@ -450,7 +450,7 @@ pub struct Vm<F: EntryFormat> {
     pub memory: GuestMemory<F>,
     /// Counters.
     pub stats: VmStats,
-    uart: spin::Mutex<Uart16550>,
+    uart: spin::Mutex<LineConsole>,
     stop_requested: AtomicBool,
     tlb_generation: AtomicU64,
     hook: Option<Hook<F>>,
@@ -572,7 +572,7 @@ impl<F: EntryFormat> Vm<F> {
             config,
             memory,
             stats: VmStats::default(),
-            uart: spin::Mutex::new(Uart16550::new()),
+            uart: spin::Mutex::new(LineConsole::new()),
             stop_requested: AtomicBool::new(false),
             tlb_generation: AtomicU64::new(0),
             hook,

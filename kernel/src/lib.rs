@@ -26,6 +26,8 @@ pub mod cpu;
 pub mod gdt;
 pub mod hw;
 pub mod interrupts;
+pub mod launch;
+pub mod lock;
 pub mod logger;
 pub mod mem;
 mod panic;
@@ -35,6 +37,7 @@ pub mod smp;
 pub mod svm;
 pub mod testing;
 pub mod time;
+pub mod virt;
 pub mod vm;
 pub mod vmx;
 

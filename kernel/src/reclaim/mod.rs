@@ -30,7 +30,7 @@
 //! `crate::vm::memory` (calls [`fault_in_hook`]), `hvcore::{reclaim, store,
 //! feedback, generations, report}`.
 
-pub mod timing;
+pub use crate::vm::timing;
 
 use crate::mem::{self, phys};
 use crate::vm::memory::{FaultOutcome, GuestFrame, PhysTables};

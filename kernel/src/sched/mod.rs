@@ -31,8 +31,7 @@
 //! under the thread's run-queue lock, so a wake-up between a waiter's check
 //! and its block is never lost; callers loop on their condition.
 
-pub mod lock;
-
+use crate::lock::IrqSpinLock;
 use crate::smp::{self, percpu};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -40,7 +39,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use lock::IrqSpinLock;
 use x86_64::instructions::interrupts;
 
 /// Vector of the reschedule IPI.

@@ -7,8 +7,8 @@
 //! VMX: the host-state area's GS base field).
 
 use super::apic;
+use crate::lock::IrqSpinLock;
 use crate::sched::CpuSched;
-use crate::sched::lock::IrqSpinLock;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use x86_64::VirtAddr;

@@ -24,7 +24,8 @@ pub mod vmcb;
 
 use crate::hw;
 use crate::mem::{self, phys};
-use crate::vm::{EntryError, GuestRegs, VirtCpu};
+use crate::virt::{EntryError, Extension, GuestRegs, VirtCpu};
+use crate::vm::Vm;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hvcore::addr::HostPhysAddr;
@@ -599,5 +600,24 @@ impl VirtCpu for SvmVcpu {
         }
         self.vmcb.set(vmcb::EFER, value | EFER_SVME);
         true
+    }
+}
+
+/// The SVM extension.
+#[derive(Debug)]
+pub struct Svm;
+
+impl Extension for Svm {
+    type Format = hvcore::npt::Npt;
+    type Vcpu = crate::svm::SvmVcpu;
+    const NAME: &'static str = "SVM";
+    fn enable_on_this_cpu() -> Result<(), &'static str> {
+        crate::svm::enable_on_this_cpu()
+    }
+    fn create_vcpu_with(
+        vm: &Vm<Self::Format>,
+        regs: GuestRegs,
+    ) -> Result<Self::Vcpu, &'static str> {
+        crate::svm::SvmVcpu::new(vm.memory.tables().root(), regs)
     }
 }

@@ -97,12 +97,12 @@ pub enum FaultOutcome {
 }
 
 /// Adds the time from its start to its drop (with the writer lock still
-/// held) to `reclaim::timing::FAULT_HELD`.
+/// held) to `vm::timing::FAULT_HELD`.
 struct FaultHeld(u64);
 
 impl Drop for FaultHeld {
     fn drop(&mut self) {
-        crate::reclaim::timing::FAULT_HELD.since(self.0);
+        crate::vm::timing::FAULT_HELD.since(self.0);
     }
 }
 
@@ -198,7 +198,7 @@ impl<F: EntryFormat> GuestMemory<F> {
         let mut w = self.writer.lock();
         self.fault_waiters
             .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
-        let _held = FaultHeld(crate::reclaim::timing::FAULT_WRITER_WAIT.since(t0));
+        let _held = FaultHeld(crate::vm::timing::FAULT_WRITER_WAIT.since(t0));
         if self.tables.translate(gpa).is_some() {
             return FaultOutcome::AlreadyMapped;
         }
@@ -225,7 +225,7 @@ impl<F: EntryFormat> GuestMemory<F> {
         }
         let t_alloc = crate::time::now_ns();
         let frame = mem::alloc_guest_frame(FrameSize::Size4K);
-        crate::reclaim::timing::FRAME_ALLOC.since(t_alloc);
+        crate::vm::timing::FRAME_ALLOC.since(t_alloc);
         let Ok(frame) = frame else {
             return FaultOutcome::OutOfMemory;
         };

@@ -28,7 +28,8 @@ use hvcore::svm::CR4_GUEST_WRITABLE;
 use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
 
 use super::{Entered, Vmcs, VmxError};
-use crate::vm::{EntryError, Extension, GuestRegs, VirtCpu, Vm};
+use crate::virt::{EntryError, Extension, GuestRegs, VirtCpu};
+use crate::vm::Vm;
 use crate::{hw, mem};
 
 /// The VMX extension.

@@ -1,7 +1,10 @@
 //! The launcher: which backend runs guests on this machine, and the guest
 //! `cargo xtask run --guest NAME` chose.
 
-use crate::vm::{Svm, Vm, VmConfig, images, spawn_on};
+use crate::svm::Svm;
+use crate::virt::Extension;
+use crate::vm::{Vm, VmConfig, images, spawn_on};
+use crate::vmx::vcpu::Vmx;
 use alloc::vec;
 use alloc::vec::Vec;
 use hvcore::cpu_features::Backend;
@@ -25,19 +28,23 @@ pub const SELECTED_GUEST: &str = match option_env!("THERMOCLINE_GUEST") {
 /// RAM of the VM that [`run_selected_guest`] starts.
 const SELECTED_RAM_BYTES: u64 = 64 << 20;
 
-/// Runs [`SELECTED_GUEST`] the way `cargo xtask run` shows it: on a vCPU
-/// thread pinned to the last CPU, waiting until it stops. `evil` runs each
-/// of its scenarios that ends by itself, one VM each.
+/// Runs [`SELECTED_GUEST`] the way `cargo xtask run` shows it, on the
+/// backend this machine has (chosen here, once): on a vCPU thread pinned
+/// to the last CPU, waiting until it stops. `evil` runs each of its
+/// scenarios that ends by itself, one VM each.
 pub fn run_selected_guest() {
+    match backend() {
+        Some(Backend::Svm) => run_selected::<Svm>(),
+        Some(Backend::Vmx) => run_selected::<Vmx>(),
+        None => crate::println!("vm: no usable virtualization extension: no guest runs"),
+    }
+}
+
+fn run_selected<E: Extension>() {
     let Some(image) = images::by_name(SELECTED_GUEST) else {
         crate::println!("vm: no guest called {SELECTED_GUEST}");
         return;
     };
-    let backend = backend();
-    if backend.is_none() {
-        crate::println!("vm: no usable virtualization extension: no guest runs");
-        return;
-    }
     let boot_args: Vec<u64> = if image.name == "evil" {
         vec![1, 2 | ((256 << 30) << 8), 3, 4, 5, 6, 8]
     } else {
@@ -53,14 +60,10 @@ pub fn run_selected_guest() {
             boot_arg,
         };
         if image.name == "smp" {
-            run_selected_smp(config, cpu, backend);
+            run_selected_smp::<E>(config, cpu);
             continue;
         }
-        if backend == Some(Backend::Vmx) {
-            run_selected_on_vmx(config, cpu);
-            continue;
-        }
-        let vm = match Vm::<hvcore::npt::Npt>::new(config, None) {
+        let vm = match Vm::<E>::new(config, None) {
             Ok(vm) => vm,
             Err(why) => {
                 crate::println!("vm {}: not created: {why}", image.name);
@@ -68,13 +71,15 @@ pub fn run_selected_guest() {
             }
         };
         crate::println!(
-            "vm {}: starting on CPU {cpu} ({} MiB RAM, boot argument {boot_arg:#x})",
+            "vm {}: starting on CPU {cpu} with {} ({} MiB RAM, boot argument {boot_arg:#x})",
             vm.name(),
+            E::NAME,
             SELECTED_RAM_BYTES >> 20
         );
-        // The aging thread reports on the guest while it runs, and
-        // reclaims toward `cargo xtask run --reclaim-target`.
-        crate::aging::run_selected::<Svm>(vm, cpu);
+        // The aging thread reports on the guest while it runs (VM exits
+        // drive it where there is no timer), and reclaims toward
+        // `cargo xtask run --reclaim-target`.
+        crate::aging::run_selected(vm, cpu);
     }
 }
 
@@ -84,41 +89,15 @@ const SELECTED_SMP_VCPUS: u32 = 4;
 /// `cargo xtask run --guest smp`: the guest with
 /// [`SELECTED_SMP_VCPUS`] vCPUs, its boot vCPU on CPU `cpu` (no aging
 /// thread: the run shows the vCPUs, not the aging report).
-fn run_selected_smp(config: VmConfig, cpu: usize, backend: Option<Backend>) {
+fn run_selected_smp<E: Extension>(config: VmConfig, cpu: usize) {
     let name = config.name;
-    let handle = if backend == Some(Backend::Vmx) {
-        Vm::<hvcore::ept::Ept>::new_smp(config, SELECTED_SMP_VCPUS, None)
-            .map(|vm| spawn_on::<crate::vmx::vcpu::Vmx>(cpu, vm))
-    } else {
-        Vm::<hvcore::npt::Npt>::new_smp(config, SELECTED_SMP_VCPUS, None)
-            .map(|vm| spawn_on::<Svm>(cpu, vm))
-    };
-    match handle {
-        Ok(handle) => {
+    match Vm::<E>::new_smp(config, SELECTED_SMP_VCPUS, None) {
+        Ok(vm) => {
             crate::println!(
                 "vm {name}: starting with {SELECTED_SMP_VCPUS} vCPUs, the boot vCPU on CPU {cpu}"
             );
-            handle.join();
+            spawn_on(cpu, vm).join();
         }
         Err(why) => crate::println!("vm {name}: not created: {why}"),
     }
-}
-
-/// VMX (EPT) runs of [`run_selected_guest`], with the same aging and
-/// reclaim as on SVM (`crate::aging::run_selected`: a thread where there is
-/// a timer, VM exits where there is none).
-fn run_selected_on_vmx(config: VmConfig, cpu: usize) {
-    let name = config.name;
-    let vm = match Vm::<hvcore::ept::Ept>::new(config, None) {
-        Ok(vm) => vm,
-        Err(why) => {
-            crate::println!("vm {name}: not created: {why}");
-            return;
-        }
-    };
-    crate::println!(
-        "vm {name}: starting on CPU {cpu} with VMX/EPT ({} MiB RAM)",
-        SELECTED_RAM_BYTES >> 20
-    );
-    crate::aging::run_selected::<crate::vmx::vcpu::Vmx>(vm, cpu);
 }

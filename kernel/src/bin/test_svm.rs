@@ -17,10 +17,11 @@ use hvcore::guest_layout as layout;
 use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
 use hvcore::table::TableMemory;
+use kernel::svm::Svm;
 use kernel::svm::{SvmVcpu, vmcb};
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{
-    self, EntryError, Extension, GuestEvent, StopReason, Svm, VirtCpu, Vm, VmConfig, images,
+    self, EntryError, Extension, GuestEvent, StopReason, VirtCpu, Vm, VmConfig, images,
 };
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -94,7 +95,7 @@ fn config(image: images::Image, ram_bytes: u64, huge_pages: bool, boot_arg: u64)
 
 fn svm_enables() {
     assert_eq!(
-        vm::backend(),
+        kernel::launch::backend(),
         Some(Backend::Svm),
         "QEMU -cpu max offers SVM with NPT"
     );
@@ -104,8 +105,8 @@ fn svm_enables() {
 }
 
 fn hello_runs() {
-    let vm = Vm::<Npt>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
-    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    let vm = Vm::<Svm>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
+    let reason = vm::run_on_this_cpu(&vm);
     assert_eq!(reason, StopReason::Exited(0));
     assert!(vm.stats.hypercalls.load(Ordering::Relaxed) >= 1);
     assert_eq!(
@@ -121,7 +122,7 @@ fn data_pages(ram_bytes: u64) -> u64 {
 
 fn fault_in_4k() {
     let ram = 12 * MIB;
-    let vm = Vm::<Npt>::new(config(images::CHECKSUM, ram, false, 1), None).expect("VM");
+    let vm = Vm::<Svm>::new(config(images::CHECKSUM, ram, false, 1), None).expect("VM");
     let before = vm.memory.resident().0;
     assert!(
         vm.memory
@@ -129,7 +130,7 @@ fn fault_in_4k() {
             .is_none(),
         "data is not backed before the guest runs"
     );
-    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    let reason = vm::run_on_this_cpu(&vm);
     assert_eq!(reason, StopReason::Exited(0));
     assert_eq!(vm.checksum_result(), Some((data_pages(ram), 0)));
     let served = vm.stats.faults_served.load(Ordering::Relaxed);
@@ -153,8 +154,8 @@ fn fault_in_4k() {
 
 fn fault_in_2m() {
     let ram = 16 * MIB;
-    let vm = Vm::<Npt>::new(config(images::CHECKSUM, ram, true, 1), None).expect("VM");
-    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    let vm = Vm::<Svm>::new(config(images::CHECKSUM, ram, true, 1), None).expect("VM");
+    let reason = vm::run_on_this_cpu(&vm);
     assert_eq!(reason, StopReason::Exited(0));
     assert_eq!(vm.checksum_result(), Some((data_pages(ram), 0)));
     let mut huge = 0;
@@ -176,7 +177,7 @@ static AD_FAILURES: AtomicU64 = AtomicU64::new(0);
 /// At each `REPORT_TOUCHED`, the guest is stopped in the exit: compare the
 /// NPT A/D bits of the data region with the guest's bitmap, then clear
 /// them all (the vCPU flushes the TLB before resuming).
-fn ad_hook(vm: &Vm<Npt>, e: &GuestEvent) {
+fn ad_hook(vm: &Vm<Svm>, e: &GuestEvent) {
     let GuestEvent::Touched {
         interval,
         first_pfn,
@@ -225,8 +226,8 @@ fn ad_bits_exact() {
     let ram = 12 * MIB;
     // 6 intervals of 20 ms, 48 hot pages: two phases, so the hot set moves.
     let arg = 6 | (20 << 16) | (48 << 32);
-    let vm = Vm::<Npt>::new(config(images::PATTERN, ram, false, arg), Some(&ad_hook)).expect("VM");
-    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    let vm = Vm::<Svm>::new(config(images::PATTERN, ram, false, arg), Some(&ad_hook)).expect("VM");
+    let reason = vm::run_on_this_cpu(&vm);
     assert_eq!(reason, StopReason::Exited(0));
     let checked = AD_CHECKED.load(Ordering::Relaxed);
     kernel::println!(
@@ -239,8 +240,8 @@ fn ad_bits_exact() {
 
 fn isolation() {
     for (huge, ram) in [(false, 10 * MIB), (true, 14 * MIB)] {
-        let vm = Vm::<Npt>::new(config(images::CHECKSUM, ram, huge, 1), None).expect("VM");
-        assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+        let vm = Vm::<Svm>::new(config(images::CHECKSUM, ram, huge, 1), None).expect("VM");
+        assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
         let report = vm
             .memory
             .check_isolation()
@@ -261,10 +262,13 @@ fn isolation() {
 fn host_frames_unreachable() {
     use hvcore::guest_walk::GuestPhysRead;
     let ram = 128 * MIB;
-    let mut vm = Vm::<Npt>::new(config(images::EVIL, ram, true, 0), None).expect("VM");
+    let mut vm = Vm::<Svm>::new(config(images::EVIL, ram, true, 0), None).expect("VM");
     let root = vm.memory.tables().root().as_u64();
-    vm.config.boot_arg = 12 | (root << 8);
-    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    alloc::sync::Arc::get_mut(&mut vm)
+        .expect("a new VM has one owner")
+        .config
+        .boot_arg = 12 | (root << 8);
+    let reason = vm::run_on_this_cpu(&vm);
     let host_entry = vm
         .memory
         .tables()
@@ -290,7 +294,7 @@ fn host_frames_unreachable() {
 
 fn bad_vmcb_refused() {
     Svm::enable_on_this_cpu().expect("SVM");
-    let vm = Vm::<Npt>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
+    let vm = Vm::<Svm>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
     type Spoiler = fn(&mut SvmVcpu);
     let spoilers: [(&str, Spoiler); 3] = [
         ("SVME", |v| {
@@ -303,7 +307,7 @@ fn bad_vmcb_refused() {
         }),
     ];
     for (needle, spoil) in spoilers {
-        let mut vcpu = Svm::create_vcpu(&vm).expect("vCPU");
+        let mut vcpu = vm.create_boot_vcpu().expect("vCPU");
         spoil(&mut vcpu);
         match vcpu.run() {
             Err(e @ EntryError::InvalidState { code, reason }) => {
@@ -315,12 +319,12 @@ fn bad_vmcb_refused() {
         }
     }
     // The same VM still runs with a good VMCB afterwards.
-    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
 }
 
 fn checksum_once(huge_pages: bool) -> u64 {
-    let vm = Vm::<Npt>::new(config(images::CHECKSUM, 16 * MIB, huge_pages, 1), None).expect("VM");
-    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+    let vm = Vm::<Svm>::new(config(images::CHECKSUM, 16 * MIB, huge_pages, 1), None).expect("VM");
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     vm.memory.resident().0
 }
 
@@ -346,9 +350,9 @@ fn teardown_returns_frames() {
 /// is reported, not judged; QEMU TCG is far slower than hardware).
 fn exit_round_trip() {
     const CALLS: u64 = 20_000;
-    let vm = Vm::<Npt>::new(config(images::HELLO, 8 * MIB, true, CALLS), None).expect("VM");
+    let vm = Vm::<Svm>::new(config(images::HELLO, 8 * MIB, true, CALLS), None).expect("VM");
     let start_ns = kernel::time::now_ns();
-    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     let elapsed_ns = kernel::time::now_ns() - start_ns;
     let hypercalls = vm.stats.hypercalls.load(Ordering::Relaxed);
     assert_eq!(hypercalls, CALLS + 1, "every VERSION call and the EXIT");
@@ -366,11 +370,11 @@ fn exit_round_trip() {
 fn more_vcpus_than_asids() {
     use alloc::vec::Vec;
     let vms: Vec<_> = (0..24)
-        .map(|_| Vm::<Npt>::new(config(images::HELLO, 6 * MIB, true, 0), None).expect("VM"))
+        .map(|_| Vm::<Svm>::new(config(images::HELLO, 6 * MIB, true, 0), None).expect("VM"))
         .collect();
     let mut vcpus: Vec<_> = vms
         .iter()
-        .map(|vm| Svm::create_vcpu(vm).expect("vCPU"))
+        .map(|vm| vm.create_boot_vcpu().expect("vCPU"))
         .collect();
     // Run them in reverse order of creation, all alive until the end.
     for (vm, vcpu) in vms.iter().zip(vcpus.iter_mut()).rev() {
@@ -380,8 +384,8 @@ fn more_vcpus_than_asids() {
     drop(vcpus);
     // Every private ASID came back: a new VM still gets one and runs.
     assert_eq!(
-        vm::run_on_this_cpu::<Svm>(
-            &Vm::<Npt>::new(config(images::HELLO, 6 * MIB, true, 0), None).expect("VM")
+        vm::run_on_this_cpu(
+            &Vm::<Svm>::new(config(images::HELLO, 6 * MIB, true, 0), None).expect("VM")
         ),
         StopReason::Exited(0)
     );

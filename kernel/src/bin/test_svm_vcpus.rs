@@ -19,15 +19,15 @@ use core::sync::atomic::Ordering;
 use hvcore::addr::GuestPhysAddr;
 use hvcore::exit::AccessKind;
 use hvcore::flush::TlbFlush;
-use hvcore::npt::Npt;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::reclaim::Shootdown;
+use kernel::svm::Svm;
 use kernel::testing::smp::{
     REGION_PAGES, RELEASE_GPA, prepare_regions, region_ad_mismatches, smp_vm,
 };
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::{self, StopReason, Vm, VmConfig, images};
 use kernel::{sched, smp, time};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -89,35 +89,33 @@ const MIB: u64 = 1 << 20;
 const LIMIT_PAGES: u64 = 24;
 
 /// Runs the boot vCPU of `vm` on a thread pinned to `cpu`.
-fn spawn_boot(cpu: usize, vm: &Arc<Vm<Npt>>) -> sched::JoinHandle {
+fn spawn_boot(cpu: usize, vm: &Arc<Vm<Svm>>) -> sched::JoinHandle {
     let vm = vm.clone();
     sched::spawn_on(cpu, "vcpu0", move || {
-        vm::run_on_this_cpu::<Svm>(&vm);
+        vm::run_on_this_cpu(&vm);
     })
 }
 
 fn four_vcpus_with_another_vm() {
     let cpus = smp::cpu_count();
     assert!(cpus >= 2, "run this scenario with -smp 2 or more");
-    let vm = smp_vm::<Npt>(0, 4);
+    let vm = smp_vm::<Svm>(0, 4);
     prepare_regions(&*vm);
-    let other = Arc::new(
-        Vm::<Npt>::new(
-            VmConfig {
-                name: "checksum",
-                image: images::CHECKSUM.bytes,
-                ram_bytes: 24 * MIB,
-                huge_pages: true,
-                boot_arg: 2,
-            },
-            None,
-        )
-        .expect("VM"),
-    );
+    let other = Vm::<Svm>::new(
+        VmConfig {
+            name: "checksum",
+            image: images::CHECKSUM.bytes,
+            ram_bytes: 24 * MIB,
+            huge_pages: true,
+            boot_arg: 2,
+        },
+        None,
+    )
+    .expect("VM");
     let checksum = {
         let other = other.clone();
         sched::spawn_on(1, "vcpu-checksum", move || {
-            vm::run_on_this_cpu::<Svm>(&other);
+            vm::run_on_this_cpu(&other);
         })
     };
     let start_ns = time::now_ns();
@@ -154,7 +152,7 @@ fn four_vcpus_with_another_vm() {
 /// for the new generation before it runs guest code again.
 fn flush_reaches_every_vcpu() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(5, 4);
+    let vm = smp_vm::<Svm>(5, 4);
     let boot = spawn_boot(cpus - 1, &vm);
     let deadline = time::now_ns() + 10_000_000_000;
     while vm.running_vcpus() < 4 {
@@ -201,10 +199,9 @@ fn reclaim_under_four_vcpus() {
     let cpus = smp::cpu_count();
     // vCPU 0 sleeps 300 ms before it checks the others' regions: they are
     // cold by then, reclaimed, and come back when it reads them.
-    let vm = smp_vm::<Npt>(300 << 16, 4);
-    let vm_static: &'static Vm<Npt> = alloc::boxed::Box::leak(alloc::boxed::Box::new(vm.clone()));
+    let vm = smp_vm::<Svm>(300 << 16, 4);
     let m = Managed::new(
-        vm_static,
+        &vm,
         Some(ReclaimTarget::ResidentLimit { pages: LIMIT_PAGES }),
     );
     let config = AgingConfig {
@@ -235,8 +232,8 @@ fn reclaim_under_four_vcpus() {
 }
 
 fn hlt_without_wakeup() {
-    let vm = smp_vm::<Npt>(1, 1);
-    let reason = vm::run_on_this_cpu::<Svm>(&vm);
+    let vm = smp_vm::<Svm>(1, 1);
+    let reason = vm::run_on_this_cpu(&vm);
     assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
     assert_eq!(
         vm.stats.halts.load(Ordering::Relaxed),
@@ -250,7 +247,7 @@ fn hlt_without_wakeup() {
 /// stops on its own instead of hanging until the host gives up on it.
 fn all_halted() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(6, 3);
+    let vm = smp_vm::<Svm>(6, 3);
     spawn_boot(cpus - 1, &vm).join();
     let reason = vm.stop_reason();
     assert!(
@@ -262,7 +259,7 @@ fn all_halted() {
 
 fn stop_wakes_halted() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(2, 2);
+    let vm = smp_vm::<Svm>(2, 2);
     let boot = spawn_boot(cpus - 1, &vm);
     let deadline = time::now_ns() + 10_000_000_000;
     while vm.running_vcpus() < 2 {
@@ -286,7 +283,7 @@ fn stop_wakes_halted() {
 
 fn exit_on_secondary() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(3, 3);
+    let vm = smp_vm::<Svm>(3, 3);
     spawn_boot(cpus - 1, &vm).join();
     // vCPU 0 spun without exits: only the IPI got it out of the guest.
     assert_eq!(vm.stop_reason(), Some(StopReason::Exited(7)));
@@ -295,7 +292,7 @@ fn exit_on_secondary() {
 
 fn fault_on_secondary() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(4, 2);
+    let vm = smp_vm::<Svm>(4, 2);
     spawn_boot(cpus - 1, &vm).join();
     match vm.stop_reason() {
         Some(StopReason::OutsideRam { gpa, access, .. }) => {
@@ -308,7 +305,7 @@ fn fault_on_secondary() {
 }
 
 fn evil(scenario: u64, address: u64) -> StopReason {
-    let vm = Vm::<Npt>::new(
+    let vm = Vm::<Svm>::new(
         VmConfig {
             name: "evil",
             image: images::EVIL.bytes,
@@ -319,7 +316,7 @@ fn evil(scenario: u64, address: u64) -> StopReason {
         None,
     )
     .expect("VM");
-    vm::run_on_this_cpu::<Svm>(&vm)
+    vm::run_on_this_cpu(&vm)
 }
 
 fn bad_string_io() {
@@ -335,7 +332,7 @@ fn bad_string_io() {
 }
 
 fn long_rep_outs() {
-    let vm = Vm::<Npt>::new(
+    let vm = Vm::<Svm>::new(
         VmConfig {
             name: "evil",
             image: images::EVIL.bytes,
@@ -346,7 +343,7 @@ fn long_rep_outs() {
         None,
     )
     .expect("VM");
-    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert_eq!(vm.stats.string_io_elements.load(Ordering::Relaxed), 10_000);
     // 4096 elements per exit: at least 3 exits for the one instruction.
     assert!(vm.stats.exits.load(Ordering::Relaxed) >= 3);

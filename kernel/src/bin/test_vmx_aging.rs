@@ -17,10 +17,9 @@
 
 extern crate alloc;
 
-use alloc::boxed::Box;
+use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicU64, Ordering};
-use hvcore::ept::Ept;
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
 use hvcore::reclaim::ReclaimTarget;
@@ -66,8 +65,8 @@ fn new_vm(
     ram_bytes: u64,
     boot_arg: u64,
     huge_pages: bool,
-    hook: Option<vm::Hook<Ept>>,
-) -> &'static Vm<Ept> {
+    hook: Option<vm::Hook<Vmx>>,
+) -> Arc<Vm<Vmx>> {
     let config = VmConfig {
         name: image.name,
         image: image.bytes,
@@ -75,7 +74,7 @@ fn new_vm(
         huge_pages,
         boot_arg,
     };
-    Box::leak(Vm::<Ept>::new(config, hook).expect("VM"))
+    Vm::<Vmx>::new(config, hook).expect("VM")
 }
 
 /// The precondition of this scenario: the bed is in cooperative mode, and
@@ -90,12 +89,12 @@ fn no_timer() {
     assert!(line.contains("on VM exits"), "{line}");
 }
 
-static ACCURACY: spin::Mutex<Option<Managed<Ept>>> = spin::Mutex::new(None);
+static ACCURACY: spin::Mutex<Option<Managed<Vmx>>> = spin::Mutex::new(None);
 static SCORER: HotSetScorer = HotSetScorer::new();
 
 /// A page is hot if a pass since the previous boundary (on exits, or the
 /// one the scorer makes there) found it young.
-fn accuracy_hook(_vm: &Vm<Ept>, e: &GuestEvent) {
+fn accuracy_hook(_vm: &Vm<Vmx>, e: &GuestEvent) {
     if let Some(m) = ACCURACY.lock().clone() {
         SCORER.on_event(&m, e);
     }
@@ -106,7 +105,7 @@ fn accuracy() {
     // (8 MiB of data), 4 KiB pages (a huge page ages as a unit).
     let arg = 12 | (1 << 16) | (48 << 32);
     let vm = new_vm(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
-    let m = Managed::new(vm, None);
+    let m = Managed::new(&vm, None);
     *ACCURACY.lock() = Some(m.clone());
     let config = AgingConfig {
         interval_ms: 1,
@@ -121,7 +120,7 @@ fn accuracy() {
         !aging::on_exits(m.clone(), config, 64),
         "a VM takes exit work once"
     );
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     *ACCURACY.lock() = None;
     let passes = m.mm.lock().gens.max_seq();
     let a = SCORER.summary();
@@ -145,7 +144,7 @@ fn nothing_lost() {
     // exits: the guest's EPT violations (first touches, then refaults) are
     // most of its exits, so its sweeps and the reclaimer take turns on this
     // one CPU, and a page swept early is reclaimed while the sweep goes on.
-    let m = Managed::new(vm, Some(ReclaimTarget::ColderThan(ColdAfter::Gens(3))));
+    let m = Managed::new(&vm, Some(ReclaimTarget::ColderThan(ColdAfter::Gens(3))));
     let config = AgingConfig {
         interval_ms: 1,
         detail_every: 100,
@@ -154,7 +153,7 @@ fn nothing_lost() {
         ..AgingConfig::default()
     };
     assert!(aging::on_exits(m.clone(), config, 16));
-    let reason = vm::run_on_this_cpu::<Vmx>(vm);
+    let reason = vm::run_on_this_cpu(&vm);
     aging::final_line(&m, &config);
     let mm = m.mm.lock();
     let s = mm.rec.stats();
@@ -182,14 +181,14 @@ fn nothing_lost() {
     assert!(s.refaults > 0, "and the guest brought them back");
 }
 
-static COMES_BACK: spin::Mutex<Option<Managed<Ept>>> = spin::Mutex::new(None);
+static COMES_BACK: spin::Mutex<Option<Managed<Vmx>>> = spin::Mutex::new(None);
 static CHECKED: AtomicU64 = AtomicU64::new(0);
 
 /// At `MARK 1` (the guest has written all its data and waits): 128 pages
 /// not young in the last of two passes are reclaimed (one huge page split
 /// for them; more would only cost emulated time), and the host's free
 /// frames are counted around it.
-fn comes_back_hook(_vm: &Vm<Ept>, e: &GuestEvent) {
+fn comes_back_hook(_vm: &Vm<Vmx>, e: &GuestEvent) {
     if *e != GuestEvent::Mark(1) || CHECKED.load(Ordering::Relaxed) != 0 {
         return;
     }
@@ -203,9 +202,9 @@ fn memory_comes_back() {
     // Data in one 2 MiB page.
     let ram = 6 * MIB;
     let vm = new_vm(images::CHECKSUM, ram, 1, true, Some(&comes_back_hook));
-    let m = Managed::new(vm, None);
+    let m = Managed::new(&vm, None);
     *COMES_BACK.lock() = Some(m.clone());
-    let reason = vm::run_on_this_cpu::<Vmx>(vm);
+    let reason = vm::run_on_this_cpu(&vm);
     *COMES_BACK.lock() = None;
     assert_eq!(reason, StopReason::Exited(0));
     assert_eq!(CHECKED.load(Ordering::Relaxed), 1, "the hook ran");

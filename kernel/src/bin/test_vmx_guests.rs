@@ -101,7 +101,7 @@ fn data_pages(ram_bytes: u64) -> u64 {
 
 fn vmx_enables() {
     assert_eq!(
-        vm::backend(),
+        kernel::launch::backend(),
         Some(Backend::Vmx),
         "the Bochs CPU offers VMX with EPT"
     );
@@ -110,8 +110,8 @@ fn vmx_enables() {
 }
 
 fn hello_runs() {
-    let vm = Vm::<Ept>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    let vm = Vm::<Vmx>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert!(vm.stats.hypercalls.load(Ordering::Relaxed) >= 1);
     assert_eq!(
         vm.stats.reports.load(Ordering::Relaxed),
@@ -122,13 +122,13 @@ fn hello_runs() {
 
 fn fault_in_4k() {
     let ram = 12 * MIB;
-    let vm = Vm::<Ept>::new(config(images::CHECKSUM, ram, false, 1), None).expect("VM");
+    let vm = Vm::<Vmx>::new(config(images::CHECKSUM, ram, false, 1), None).expect("VM");
     assert!(
         vm.memory
             .accessed_dirty(GuestPhysAddr::new(layout::DATA_START_GPA))
             .is_none()
     );
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert_eq!(vm.checksum_result(), Some((data_pages(ram), 0)));
     let served = vm.stats.faults_served.load(Ordering::Relaxed);
     assert!(
@@ -147,8 +147,8 @@ fn fault_in_4k() {
 
 fn fault_in_2m() {
     let ram = 16 * MIB;
-    let vm = Vm::<Ept>::new(config(images::CHECKSUM, ram, true, 1), None).expect("VM");
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    let vm = Vm::<Vmx>::new(config(images::CHECKSUM, ram, true, 1), None).expect("VM");
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert_eq!(vm.checksum_result(), Some((data_pages(ram), 0)));
     let mut huge = 0;
     vm.memory
@@ -166,9 +166,9 @@ fn fault_in_2m() {
 /// are accessed.
 fn ad_bits() {
     let ram = 10 * MIB;
-    let vm = Vm::<Ept>::new(config(images::CHECKSUM, ram, false, 1), None).expect("VM");
+    let vm = Vm::<Vmx>::new(config(images::CHECKSUM, ram, false, 1), None).expect("VM");
     vm.memory.clear_accessed_dirty();
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     let (mut data, mut wrong) = (0u64, 0u64);
     vm.memory
         .tables()
@@ -195,7 +195,7 @@ static AD_WRONG: AtomicU64 = AtomicU64::new(0);
 /// be accessed. Then clear them all; the VM asks for a TLB flush after the
 /// hook, which the VMX vCPU turns into INVEPT single-context, so the next
 /// interval's accesses set them again.
-fn ad_hook(vm: &Vm<Ept>, e: &GuestEvent) {
+fn ad_hook(vm: &Vm<Vmx>, e: &GuestEvent) {
     let GuestEvent::Touched {
         interval,
         first_pfn,
@@ -237,12 +237,12 @@ fn ad_hook(vm: &Vm<Ept>, e: &GuestEvent) {
 /// bed): 6 intervals of 1 ms, 48 hot pages, so the hot set moves once.
 fn ad_exact() {
     let arg = 6 | (1 << 16) | (48 << 32);
-    let vm = Vm::<Ept>::new(
+    let vm = Vm::<Vmx>::new(
         config(images::PATTERN, 12 * MIB, false, arg),
         Some(&ad_hook),
     )
     .expect("VM");
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     let intervals = AD_INTERVALS.load(Ordering::Relaxed);
     let wrong = AD_WRONG.load(Ordering::Relaxed);
     kernel::println!(
@@ -254,8 +254,8 @@ fn ad_exact() {
 
 fn isolation() {
     for (huge, ram) in [(false, 10 * MIB), (true, 14 * MIB)] {
-        let vm = Vm::<Ept>::new(config(images::CHECKSUM, ram, huge, 1), None).expect("VM");
-        assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+        let vm = Vm::<Vmx>::new(config(images::CHECKSUM, ram, huge, 1), None).expect("VM");
+        assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
         let report = vm
             .memory
             .check_isolation()
@@ -297,8 +297,8 @@ fn evil() {
         }
     };
     for scenario in [1u64, 2, 3, 4, 5, 6, 8, 11] {
-        let vm = Vm::<Ept>::new(config(images::EVIL, ram, true, scenario), None).expect("VM");
-        let reason = vm::run_on_this_cpu::<Vmx>(&vm);
+        let vm = Vm::<Vmx>::new(config(images::EVIL, ram, true, scenario), None).expect("VM");
+        let reason = vm::run_on_this_cpu(&vm);
         kernel::println!("evil {scenario}: {reason}");
         assert!(
             expect(scenario)(&reason),
@@ -312,16 +312,16 @@ fn evil() {
 /// VM's x87/SSE state leaked through.
 fn xmm_state_does_not_leak() {
     let run = |scenario| {
-        let vm = Vm::<Ept>::new(config(images::EVIL, 8 * MIB, true, scenario), None).expect("VM");
-        vm::run_on_this_cpu::<Vmx>(&vm)
+        let vm = Vm::<Vmx>::new(config(images::EVIL, 8 * MIB, true, scenario), None).expect("VM");
+        vm::run_on_this_cpu(&vm)
     };
     assert_eq!(run(9), StopReason::Exited(0), "the writer");
     assert_eq!(run(10), StopReason::Exited(0), "the reader saw no secret");
 }
 
 fn bad_state_refused() {
-    let vm = Vm::<Ept>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
-    let mut vcpu = Vmx::create_vcpu(&vm).expect("vCPU");
+    let vm = Vm::<Vmx>::new(config(images::HELLO, 8 * MIB, true, 0), None).expect("VM");
+    let mut vcpu = vm.create_boot_vcpu().expect("vCPU");
     vcpu.load().expect("VMPTRLD");
     kernel::vmx::write(field::GUEST_TR_AR, 1 << 16).expect("make TR unusable");
     match vcpu.run() {
@@ -336,5 +336,5 @@ fn bad_state_refused() {
         other => panic!("VM entry accepted an unusable TR: {other:?}"),
     }
     // The same VM still runs on a good vCPU afterwards.
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
 }

@@ -19,7 +19,6 @@ use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::Ordering;
 use hvcore::cpu_features::Backend;
-use hvcore::ept::Ept;
 use kernel::testing::smp::{REGION_PAGES, prepare_regions, region_ad_mismatches};
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, StopReason, Vm, VmConfig, images};
@@ -64,15 +63,19 @@ static SCENARIO: Scenario = Scenario {
 };
 
 const MIB: u64 = 1 << 20;
-fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Ept>> {
-    assert_eq!(vm::backend(), Some(Backend::Vmx), "the bed offers VMX");
+fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Vmx>> {
+    assert_eq!(
+        kernel::launch::backend(),
+        Some(Backend::Vmx),
+        "the bed offers VMX"
+    );
     kernel::testing::smp::smp_vm(mode, vcpus)
 }
 
 fn four_vcpus() {
     let vm = smp_vm(0, 4);
     prepare_regions(&*vm);
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert_eq!(vm.running_vcpus(), 0);
     let mismatched = region_ad_mismatches(&*vm, "vmx_vcpus");
     kernel::println!(
@@ -87,7 +90,7 @@ fn four_vcpus() {
 
 fn hlt_without_wakeup() {
     let vm = smp_vm(1, 1);
-    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
+    let reason = vm::run_on_this_cpu(&vm);
     assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
 }
 
@@ -95,7 +98,7 @@ fn hlt_without_wakeup() {
 /// no deadline: the VM stops on its own.
 fn all_halted() {
     let vm = smp_vm(6, 3);
-    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
+    let reason = vm::run_on_this_cpu(&vm);
     assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
     assert_eq!(vm.running_vcpus(), 0);
 }
@@ -105,7 +108,7 @@ fn stop_wakes_halted() {
     let boot = {
         let vm = vm.clone();
         sched::spawn_on(0, "vcpu0", move || {
-            vm::run_on_this_cpu::<Vmx>(&vm);
+            vm::run_on_this_cpu(&vm);
         })
     };
     // Cooperative: this thread sleeps, the vCPUs run until both halt.
@@ -119,21 +122,19 @@ fn stop_wakes_halted() {
     assert_eq!(vm.stop_reason(), Some(StopReason::Killed));
 }
 
-fn evil(scenario: u64) -> (Arc<Vm<Ept>>, StopReason) {
-    let vm: Arc<Vm<Ept>> = Arc::from(
-        Vm::<Ept>::new(
-            VmConfig {
-                name: "evil",
-                image: images::EVIL.bytes,
-                ram_bytes: 8 * MIB,
-                huge_pages: true,
-                boot_arg: scenario,
-            },
-            None,
-        )
-        .expect("VM"),
-    );
-    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
+fn evil(scenario: u64) -> (Arc<Vm<Vmx>>, StopReason) {
+    let vm: Arc<Vm<Vmx>> = Vm::<Vmx>::new(
+        VmConfig {
+            name: "evil",
+            image: images::EVIL.bytes,
+            ram_bytes: 8 * MIB,
+            huge_pages: true,
+            boot_arg: scenario,
+        },
+        None,
+    )
+    .expect("VM");
+    let reason = vm::run_on_this_cpu(&vm);
     (vm, reason)
 }
 

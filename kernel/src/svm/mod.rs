@@ -24,8 +24,7 @@ pub mod vmcb;
 
 use crate::hw;
 use crate::mem::{self, phys};
-use crate::virt::{EntryError, Extension, GuestRegs, VirtCpu};
-use crate::vm::Vm;
+use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hvcore::addr::HostPhysAddr;
@@ -609,15 +608,12 @@ pub struct Svm;
 
 impl Extension for Svm {
     type Format = hvcore::npt::Npt;
-    type Vcpu = crate::svm::SvmVcpu;
+    type Vcpu = SvmVcpu;
     const NAME: &'static str = "SVM";
     fn enable_on_this_cpu() -> Result<(), &'static str> {
-        crate::svm::enable_on_this_cpu()
+        enable_on_this_cpu()
     }
-    fn create_vcpu_with(
-        vm: &Vm<Self::Format>,
-        regs: GuestRegs,
-    ) -> Result<Self::Vcpu, &'static str> {
-        crate::svm::SvmVcpu::new(vm.memory.tables().root(), regs)
+    fn create_vcpu(vm: VcpuSetup, regs: GuestRegs) -> Result<Self::Vcpu, &'static str> {
+        SvmVcpu::new(vm.table_root, regs)
     }
 }

@@ -10,11 +10,10 @@
 //! events the probes run on).
 
 use crate::aging::{self, AgingConfig, Managed};
-use crate::vm::GuestEvent;
+use crate::vm::{Extension, GuestEvent};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::generations::ColdAfter;
-use hvcore::pte::EntryFormat;
 use hvcore::reclaim::ReclaimTarget;
 
 /// A pass at an interval boundary: no per-pass line, no detail (the probe
@@ -63,7 +62,7 @@ impl HotSetScorer {
     /// counts as hot if any pass since the previous boundary found it
     /// young. The first interval is not scored: it also saw the image being
     /// loaded. Other events are ignored.
-    pub fn on_event<F: EntryFormat>(&self, m: &Managed<F>, e: &GuestEvent) {
+    pub fn on_event<E: Extension>(&self, m: &Managed<E>, e: &GuestEvent) {
         let GuestEvent::Touched {
             interval,
             first_pfn,
@@ -159,7 +158,7 @@ impl fmt::Display for Accuracy {
 /// reclaimer gave back reached the host: the free count rises by the frames
 /// freed, less the store's heap growth and one table page per huge page
 /// split. Panics (fails the case) otherwise.
-pub fn reclaim_and_account<F: EntryFormat>(m: &Managed<F>, max_pages: u64) {
+pub fn reclaim_and_account<E: Extension>(m: &Managed<E>, max_pages: u64) {
     aging::pass(m, &quiet());
     aging::pass(m, &quiet());
     let free0 = crate::mem::frame_stats().free_frames;

@@ -3,10 +3,9 @@
 //! its VM, and the exact check of the A/D bits its vCPUs leave behind, so
 //! both backends are held to one definition.
 
-use crate::vm::{Vm, VmConfig, images};
+use crate::vm::{Extension, Vm, VmConfig, images};
 use alloc::sync::Arc;
 use hvcore::addr::GuestPhysAddr;
-use hvcore::pte::EntryFormat;
 
 /// The `smp` guest's first vCPU region.
 pub const REGION_GPA: u64 = 0x50_0000;
@@ -23,7 +22,7 @@ const REGIONS: u64 = 8;
 
 /// An `smp` VM in `mode` with `vcpus` vCPUs (4 KiB pages, so A/D bits are
 /// per page).
-pub fn smp_vm<F: EntryFormat>(mode: u64, vcpus: u32) -> Arc<Vm<F>> {
+pub fn smp_vm<E: Extension>(mode: u64, vcpus: u32) -> Arc<Vm<E>> {
     Vm::new_smp(
         VmConfig {
             name: "smp",
@@ -40,7 +39,7 @@ pub fn smp_vm<F: EntryFormat>(mode: u64, vcpus: u32) -> Arc<Vm<F>> {
 
 /// Backs every page of the regions and clears their A/D bits, so that
 /// afterwards the bits show what the guest did and nothing else.
-pub fn prepare_regions<F: EntryFormat>(vm: &Vm<F>) {
+pub fn prepare_regions<E: Extension>(vm: &Vm<E>) {
     for page in 0..REGIONS * REGION_PAGES {
         vm.memory
             .write(GuestPhysAddr::new(REGION_GPA + page * 4096), &[0])
@@ -53,7 +52,7 @@ pub fn prepare_regions<F: EntryFormat>(vm: &Vm<F>) {
 /// (A and D), pages 8-11 read (A only), the rest of each region and the
 /// four unused regions untouched. Prints one line per wrong page (prefixed
 /// with `tag`) and returns how many there were.
-pub fn region_ad_mismatches<F: EntryFormat>(vm: &Vm<F>, tag: &str) -> u64 {
+pub fn region_ad_mismatches<E: Extension>(vm: &Vm<E>, tag: &str) -> u64 {
     let mut mismatched = 0;
     for vcpu in 0..REGIONS {
         for page in 0..REGION_PAGES {

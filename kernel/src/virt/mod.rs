@@ -7,8 +7,8 @@
 //! runs the guest until the next exit and returns it as the shared
 //! `hvcore::exit::VmExit`, which `crate::vm` handles once for both vendors.
 
-use crate::vm::Vm;
 use core::fmt;
+use hvcore::addr::HostPhysAddr;
 use hvcore::exit::VmExit;
 use hvcore::guest_walk::GuestPaging;
 use hvcore::pte::EntryFormat;
@@ -134,8 +134,19 @@ pub trait VirtCpu {
     }
 }
 
-/// One virtualization extension, chosen once at boot.
-pub trait Extension {
+/// What a vendor needs of a VM to make one of its vCPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuSetup {
+    /// The root of the VM's second-level tables (NPT or EPT).
+    pub table_root: HostPhysAddr,
+    /// The VM's id (VMX tags its translations with it as the VPID).
+    pub vm_id: u32,
+}
+
+/// One virtualization extension, chosen once at boot. A VM is typed by
+/// its extension (`crate::vm::Vm<E>`), so the vendor is fixed where the VM
+/// is made and never passed again.
+pub trait Extension: Sized + Send + Sync + 'static {
     /// The second-level table format of its VMs.
     type Format: EntryFormat;
     /// Its vCPUs.
@@ -144,12 +155,7 @@ pub trait Extension {
     const NAME: &'static str;
     /// Turns the extension on for the calling CPU (idempotent).
     fn enable_on_this_cpu() -> Result<(), &'static str>;
-    /// A vCPU of `vm` in the boot control state (`hvcore::guest_layout`)
-    /// with registers `regs`.
-    fn create_vcpu_with(vm: &Vm<Self::Format>, regs: GuestRegs)
-    -> Result<Self::Vcpu, &'static str>;
-    /// A vCPU of `vm` in the boot state: the boot vCPU.
-    fn create_vcpu(vm: &Vm<Self::Format>) -> Result<Self::Vcpu, &'static str> {
-        Self::create_vcpu_with(vm, vm.boot_regs())
-    }
+    /// A vCPU of the VM `vm` in the boot control state
+    /// (`hvcore::guest_layout`) with registers `regs`.
+    fn create_vcpu(vm: VcpuSetup, regs: GuestRegs) -> Result<Self::Vcpu, &'static str>;
 }

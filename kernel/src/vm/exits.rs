@@ -8,6 +8,8 @@ use super::memory::FaultOutcome;
 use super::ports::port_io;
 use super::vcpu::{Next, halt};
 use super::{GuestRegs, StopReason, VirtCpu, Vm};
+use crate::virt::Extension;
+use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use hvcore::exit::{VirtInsn, VmExit};
 use hvcore::guest_cpu;
@@ -15,9 +17,9 @@ use hvcore::guest_walk;
 use hvcore::insn::{self, Insn};
 use hvcore::pte::EntryFormat;
 
-pub(super) fn handle_exit<F: EntryFormat, V: VirtCpu>(
-    vm: &Vm<F>,
-    vcpu: &mut V,
+pub(super) fn handle_exit<E: Extension>(
+    vm: &Arc<Vm<E>>,
+    vcpu: &mut E::Vcpu,
     exit: VmExit,
     index: u32,
 ) -> Next {
@@ -63,7 +65,9 @@ pub(super) fn handle_exit<F: EntryFormat, V: VirtCpu>(
                 // until the guest's retry sets A, a pass run on this exit
                 // (the exit-driven aging of the Bochs bed) would offer
                 // the page to the reclaimer as its coldest.
-                vm.memory.tables().mark_accessed(fault.gpa, F::ACCESSED);
+                vm.memory
+                    .tables()
+                    .mark_accessed(fault.gpa, <E::Format as EntryFormat>::ACCESSED);
                 vm.stats.faults_served.fetch_add(1, Ordering::Relaxed);
                 Next::Resume
             }
@@ -129,7 +133,7 @@ pub(super) fn handle_exit<F: EntryFormat, V: VirtCpu>(
 /// MOV to CR4 (the only control register intercepted): decode the source
 /// register, keep to the offered bits (`hvcore::svm::cr4_write`), flush the
 /// guest's TLB as the architecture does on CR4 changes.
-fn cr_write<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, cr: u8, index: u32) -> Next {
+fn cr_write<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, cr: u8, index: u32) -> Next {
     let rip = vcpu.regs().rip;
     let mut bytes = [0u8; insn::MAX_INSN_LEN];
     let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
@@ -170,7 +174,7 @@ fn cr_write<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, cr: u8, index:
     Next::Resume
 }
 
-fn report_virt<F: EntryFormat>(vm: &Vm<F>, v: VirtInsn, rip: u64, index: u32) {
+fn report_virt<E: Extension>(vm: &Vm<E>, v: VirtInsn, rip: u64, index: u32) {
     vm.report_from(
         index,
         format_args!(
@@ -183,7 +187,7 @@ fn report_virt<F: EntryFormat>(vm: &Vm<F>, v: VirtInsn, rip: u64, index: u32) {
 
 /// Steps over the intercepted instruction: NRIP when the CPU gives it,
 /// else the decoded length of the bytes at RIP, which must be `expect`.
-pub(super) fn skip<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, expect: Insn) -> Next {
+pub(super) fn skip<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, expect: Insn) -> Next {
     if let Some(next) = vcpu.next_rip() {
         vcpu.regs().rip = next;
         return Next::Resume;

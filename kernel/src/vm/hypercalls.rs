@@ -5,6 +5,8 @@ use super::exits::skip;
 use super::memory::GuestMemory;
 use super::vcpu::{Next, leave_idle, start_vcpu};
 use super::{GuestEvent, SLOT_RUNNING, StopReason, VirtCpu, Vm};
+use crate::virt::Extension;
+use alloc::sync::Arc;
 use alloc::vec;
 use core::sync::atomic::Ordering;
 use hvcore::addr::GuestPhysAddr;
@@ -13,7 +15,7 @@ use hvcore::hypercall::{self, Hypercall, HypercallError, HypercallRegs, VmShape}
 use hvcore::insn::Insn;
 use hvcore::pte::EntryFormat;
 
-pub(super) fn hypercall<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Next {
+pub(super) fn hypercall<E: Extension>(vm: &Arc<Vm<E>>, vcpu: &mut E::Vcpu, index: u32) -> Next {
     vm.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
     let r = *vcpu.regs();
     let call = HypercallRegs {
@@ -150,7 +152,7 @@ fn read_guest_words<F: EntryFormat>(
     }
 }
 
-fn event<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, e: &GuestEvent) {
+fn event<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, e: &GuestEvent) {
     if let Some(hook) = vm.hook {
         hook(vm, e);
         // The hook may have cleared accessed bits: every vCPU flushes.

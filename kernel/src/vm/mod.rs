@@ -98,13 +98,11 @@ mod ports;
 pub mod timing;
 mod vcpu;
 
-pub use crate::launch::{SELECTED_GUEST, backend, run_selected_guest};
-pub use crate::svm::Svm;
-pub use crate::virt::{EntryError, Extension, GuestRegs, VirtCpu};
+pub use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
 pub use vcpu::{finish, run_on_this_cpu, run_vcpu, spawn_on};
 
 use alloc::boxed::Box;
-use alloc::sync::{Arc, Weak};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -112,7 +110,6 @@ use hvcore::addr::GuestPhysAddr;
 use hvcore::exit::{AccessKind, VmExit};
 use hvcore::flush::TlbFlush;
 use hvcore::guest_layout as layout;
-use hvcore::pte::EntryFormat;
 use hvcore::uart::Uart16550;
 use memory::GuestMemory;
 
@@ -251,7 +248,7 @@ pub enum GuestEvent {
 
 /// Called on guest events while the vCPU waits (the guest is stopped in
 /// the exit); after it returns, the guest's TLB is flushed.
-pub type Hook<F> = &'static (dyn Fn(&Vm<F>, &GuestEvent) + Sync);
+pub type Hook<E> = &'static (dyn Fn(&Vm<E>, &GuestEvent) + Sync);
 
 /// Counters of one VM.
 #[derive(Debug, Default)]
@@ -276,19 +273,19 @@ const REPORT_LINES_MAX: u64 = 32;
 static NEXT_VM_ID: AtomicU32 = AtomicU32::new(1);
 
 /// A virtual machine.
-pub struct Vm<F: EntryFormat> {
+pub struct Vm<E: Extension> {
     /// Unique id (also passed to the guest in RDX).
     pub id: u32,
     /// What it was made from.
     pub config: VmConfig,
     /// Its RAM.
-    pub memory: GuestMemory<F>,
+    pub memory: GuestMemory<E::Format>,
     /// Counters.
     pub stats: VmStats,
     uart: spin::Mutex<Uart16550>,
     stop_requested: AtomicBool,
     tlb_generation: AtomicU64,
-    hook: Option<Hook<F>>,
+    hook: Option<Hook<E>>,
     stopped: spin::Mutex<Option<StopReason>>,
     checksum: spin::Mutex<Option<(u64, u64)>>,
     exit_work: spin::Once<ExitWork>,
@@ -303,15 +300,7 @@ pub struct Vm<F: EntryFormat> {
     first_stop: spin::Mutex<Option<(StopReason, u32)>>,
     /// The threads of the vCPUs other than the boot vCPU, joined by it.
     threads: spin::Mutex<Vec<crate::sched::JoinHandle>>,
-    /// This VM as an `Arc`, for vCPU threads (only VMs made by
-    /// [`Vm::new_smp`], which are the only ones that may start vCPUs).
-    this: spin::Once<Weak<Self>>,
-    /// Starts a vCPU thread; set by the boot vCPU for its vendor.
-    spawner: spin::Once<Spawner<F>>,
 }
-
-/// Starts vCPU `index` of the VM on a new thread with `regs`.
-type Spawner<F> = fn(&Arc<Vm<F>>, u32, GuestRegs) -> crate::sched::JoinHandle;
 
 /// Most vCPUs one VM may have.
 pub const MAX_VCPUS: u32 = 64;
@@ -348,7 +337,7 @@ struct VcpuSlot {
 /// (`crate::aging::on_exits`).
 pub type ExitWork = Box<dyn Fn() + Send + Sync>;
 
-impl<F: EntryFormat> fmt::Debug for Vm<F> {
+impl<E: Extension> fmt::Debug for Vm<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vm")
             .field("id", &self.id)
@@ -357,31 +346,21 @@ impl<F: EntryFormat> fmt::Debug for Vm<F> {
     }
 }
 
-impl<F: EntryFormat> Vm<F> {
+impl<E: Extension> Vm<E> {
     /// Builds a VM with one vCPU: its memory, the boot tables and the
     /// image in it.
-    pub fn new(config: VmConfig, hook: Option<Hook<F>>) -> Result<Box<Self>, &'static str> {
-        Self::with_vcpus(config, 1, hook)
+    pub fn new(config: VmConfig, hook: Option<Hook<E>>) -> Result<Arc<Self>, &'static str> {
+        Self::new_smp(config, 1, hook)
     }
 
     /// Builds a VM that may have up to `vcpus` vCPUs: the boot vCPU runs
     /// from [`run_on_this_cpu`], the others start when the guest asks
-    /// (`VCPU_START`), each on a thread of its own.
+    /// (`VCPU_START`), each on a thread of its own that holds the VM.
     pub fn new_smp(
         config: VmConfig,
         vcpus: u32,
-        hook: Option<Hook<F>>,
+        hook: Option<Hook<E>>,
     ) -> Result<Arc<Self>, &'static str> {
-        let vm: Arc<Self> = Arc::from(Self::with_vcpus(config, vcpus, hook)?);
-        vm.this.call_once(|| Arc::downgrade(&vm));
-        Ok(vm)
-    }
-
-    fn with_vcpus(
-        config: VmConfig,
-        vcpus: u32,
-        hook: Option<Hook<F>>,
-    ) -> Result<Box<Self>, &'static str> {
         if vcpus == 0 || vcpus > MAX_VCPUS {
             return Err("a VM has 1 to 64 vCPUs");
         }
@@ -402,7 +381,7 @@ impl<F: EntryFormat> Vm<F> {
             memory.write(gpa, &value.to_le_bytes())?;
         }
         memory.write(GuestPhysAddr::new(layout::IMAGE_GPA), config.image)?;
-        Ok(Box::new(Self {
+        Ok(Arc::new(Self {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
             config,
             memory,
@@ -419,8 +398,6 @@ impl<F: EntryFormat> Vm<F> {
             idle_vcpus: AtomicU32::new(0),
             first_stop: spin::Mutex::new(None),
             threads: spin::Mutex::new(Vec::new()),
-            this: spin::Once::new(),
-            spawner: spin::Once::new(),
         }))
     }
 
@@ -440,6 +417,20 @@ impl<F: EntryFormat> Vm<F> {
             rflags: layout::BOOT_CPU_STATE.rflags,
             ..GuestRegs::default()
         }
+    }
+
+    /// What its vendor needs to make a vCPU of it.
+    pub fn vcpu_setup(&self) -> VcpuSetup {
+        VcpuSetup {
+            table_root: self.memory.tables().root(),
+            vm_id: self.id,
+        }
+    }
+
+    /// A vCPU of this VM in the boot state (the boot vCPU), to run with
+    /// [`run_vcpu`].
+    pub fn create_boot_vcpu(&self) -> Result<E::Vcpu, &'static str> {
+        E::create_vcpu(self.vcpu_setup(), self.boot_regs())
     }
 
     /// How many vCPUs the VM may have.
@@ -567,7 +558,7 @@ impl<F: EntryFormat> Vm<F> {
 /// The aging pass's flush (`hvcore::flush`): every vCPU of the VM flushes
 /// the guest's translations before its next entry (SVM: TLB control on
 /// VMRUN; VMX: INVEPT).
-impl<F: EntryFormat> TlbFlush for &Vm<F> {
+impl<E: Extension> TlbFlush for &Vm<E> {
     fn flush_guest_tlb(&mut self) {
         self.request_tlb_flush();
     }

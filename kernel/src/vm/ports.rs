@@ -6,6 +6,7 @@ use super::exits::skip;
 use super::memory::{FaultOutcome, GuestMemory};
 use super::vcpu::Next;
 use super::{StopReason, VirtCpu, Vm};
+use crate::virt::Extension;
 use core::sync::atomic::Ordering;
 use hvcore::addr::GuestPhysAddr;
 use hvcore::exit::{IoAccess, IoDir};
@@ -16,9 +17,9 @@ use hvcore::string_io;
 use hvcore::uart;
 use x86_64::instructions::interrupts;
 
-pub(super) fn port_io<F: EntryFormat, V: VirtCpu>(
-    vm: &Vm<F>,
-    vcpu: &mut V,
+pub(super) fn port_io<E: Extension>(
+    vm: &Vm<E>,
+    vcpu: &mut E::Vcpu,
     io: IoAccess,
     index: u32,
 ) -> Next {
@@ -57,8 +58,8 @@ fn is_uart(port: u16) -> bool {
 }
 
 /// An OUT of `size_bytes` to `port` (the UART takes the low byte).
-fn port_write<F: EntryFormat>(
-    vm: &Vm<F>,
+fn port_write<E: Extension>(
+    vm: &Vm<E>,
     port: u16,
     size_bytes: u8,
     value: u32,
@@ -81,7 +82,7 @@ fn port_write<F: EntryFormat>(
 
 /// An IN of `size_bytes` from `port`: the UART's register, all ones for a
 /// port nobody emulates.
-fn port_read<F: EntryFormat>(vm: &Vm<F>, port: u16, size_bytes: u8, rip: u64, index: u32) -> u32 {
+fn port_read<E: Extension>(vm: &Vm<E>, port: u16, size_bytes: u8, rip: u64, index: u32) -> u32 {
     if is_uart(port) {
         return u32::from(vm.uart.lock().read(port - uart::COM1));
     }
@@ -98,12 +99,7 @@ const STRING_IO_BATCH: u64 = 4096;
 /// INS/OUTS (`hvcore::string_io`): decode the instruction to learn the
 /// address size and REP, move the elements through the guest's paging,
 /// step over it when done.
-fn string_io<F: EntryFormat, V: VirtCpu>(
-    vm: &Vm<F>,
-    vcpu: &mut V,
-    io: IoAccess,
-    index: u32,
-) -> Next {
+fn string_io<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, io: IoAccess, index: u32) -> Next {
     let rip = vcpu.regs().rip;
     let mut bytes = [0u8; insn::MAX_INSN_LEN];
     let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
@@ -165,13 +161,13 @@ fn string_io<F: EntryFormat, V: VirtCpu>(
 }
 
 /// The port side of emulated string I/O: the same models as IN/OUT.
-struct VmPorts<'a, F: EntryFormat> {
-    vm: &'a Vm<F>,
+struct VmPorts<'a, E: Extension> {
+    vm: &'a Vm<E>,
     rip: u64,
     index: u32,
 }
 
-impl<F: EntryFormat> string_io::Ports for VmPorts<'_, F> {
+impl<E: Extension> string_io::Ports for VmPorts<'_, E> {
     fn read(&mut self, port: u16, size_bytes: u8) -> u32 {
         port_read(self.vm, port, size_bytes, self.rip, self.index)
     }

@@ -7,19 +7,18 @@ use super::{
     EntryError, Extension, GuestRegs, SLOT_DONE, SLOT_FREE, SLOT_RUNNING, StopReason, VcpuSlot,
     VirtCpu, Vm, now_ns,
 };
-use alloc::sync::{Arc, Weak};
+use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use hvcore::guest_layout as layout;
 use hvcore::hypercall::HypercallError;
 use hvcore::insn::Insn;
-use hvcore::pte::EntryFormat;
 use x86_64::instructions::interrupts;
 
 /// Runs `vm` on a new kernel thread pinned to `cpu` (its vCPU thread);
 /// join the handle to wait until the VM stops.
-pub fn spawn_on<E: Extension>(cpu: usize, vm: Arc<Vm<E::Format>>) -> crate::sched::JoinHandle {
+pub fn spawn_on<E: Extension>(cpu: usize, vm: Arc<Vm<E>>) -> crate::sched::JoinHandle {
     crate::sched::spawn_on(cpu, "vcpu", move || {
-        run_on_this_cpu::<E>(&vm);
+        run_on_this_cpu(&vm);
     })
 }
 
@@ -27,9 +26,8 @@ pub fn spawn_on<E: Extension>(cpu: usize, vm: Arc<Vm<E::Format>>) -> crate::sche
 /// stops; with several vCPUs, waits until every vCPU thread has returned.
 /// Returns the VM's reason (the first vCPU's), which is also printed once
 /// and kept in the VM.
-pub fn run_on_this_cpu<E: Extension>(vm: &Vm<E::Format>) -> StopReason {
-    vm.spawner.call_once(|| spawn_vcpu::<E>);
-    let reason = match E::enable_on_this_cpu().and_then(|()| E::create_vcpu(vm)) {
+pub fn run_on_this_cpu<E: Extension>(vm: &Arc<Vm<E>>) -> StopReason {
+    let reason = match E::enable_on_this_cpu().and_then(|()| vm.create_boot_vcpu()) {
         Ok(mut vcpu) => run_vcpu_as(vm, &mut vcpu, 0),
         Err(why) => StopReason::EntryFailed(EntryError::Setup(why)),
     };
@@ -57,9 +55,10 @@ fn cpu_for_vcpu(index: u32, vcpus: u32, boot_cpu: usize, cpus: usize) -> usize {
     first + (at + index as usize) % pool
 }
 
-/// A [`Spawner`]: vCPU `index` of `vm` on a thread pinned to its CPU.
+/// vCPU `index` of `vm` on a thread pinned to its CPU; the thread holds
+/// the VM.
 fn spawn_vcpu<E: Extension>(
-    vm: &Arc<Vm<E::Format>>,
+    vm: &Arc<Vm<E>>,
     index: u32,
     regs: GuestRegs,
 ) -> crate::sched::JoinHandle {
@@ -68,27 +67,28 @@ fn spawn_vcpu<E: Extension>(
     vm.vcpus[index as usize].cpu.store(cpu, Ordering::Release);
     let vm = vm.clone();
     crate::sched::spawn_on(cpu, "vcpu", move || {
-        let reason = match E::enable_on_this_cpu().and_then(|()| E::create_vcpu_with(&vm, regs)) {
-            Ok(mut vcpu) => run_vcpu_as(&vm, &mut vcpu, index),
-            Err(why) => {
-                vm.live_vcpus.fetch_sub(1, Ordering::AcqRel);
-                vm.vcpus[index as usize]
-                    .state
-                    .store(SLOT_DONE, Ordering::Release);
-                StopReason::EntryFailed(EntryError::Setup(why))
-            }
-        };
+        let reason =
+            match E::enable_on_this_cpu().and_then(|()| E::create_vcpu(vm.vcpu_setup(), regs)) {
+                Ok(mut vcpu) => run_vcpu_as(&vm, &mut vcpu, index),
+                Err(why) => {
+                    vm.live_vcpus.fetch_sub(1, Ordering::AcqRel);
+                    vm.vcpus[index as usize]
+                        .state
+                        .store(SLOT_DONE, Ordering::Release);
+                    StopReason::EntryFailed(EntryError::Setup(why))
+                }
+            };
         vm.record_stop(reason, index);
     })
 }
 
 /// Records and prints the stop of a one-vCPU VM.
-pub fn finish<F: EntryFormat>(vm: &Vm<F>, reason: StopReason) -> StopReason {
+pub fn finish<E: Extension>(vm: &Vm<E>, reason: StopReason) -> StopReason {
     finish_as(vm, reason, 0)
 }
 
 /// Records and prints the VM's stop, which vCPU `index` caused.
-fn finish_as<F: EntryFormat>(vm: &Vm<F>, reason: StopReason, index: u32) -> StopReason {
+fn finish_as<E: Extension>(vm: &Vm<E>, reason: StopReason, index: u32) -> StopReason {
     vm.uart.lock().flush(&mut |line: &[u8]| vm.uart_line(line));
     *vm.stopped.lock() = Some(reason);
     let action = match reason {
@@ -110,12 +110,12 @@ pub(super) enum Next {
 
 /// Runs `vcpu` as the boot vCPU of `vm` until it stops, handling every
 /// exit.
-pub fn run_vcpu<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V) -> StopReason {
+pub fn run_vcpu<E: Extension>(vm: &Arc<Vm<E>>, vcpu: &mut E::Vcpu) -> StopReason {
     run_vcpu_as(vm, vcpu, 0)
 }
 
 /// Runs `vcpu` as vCPU `index` of `vm` until it or the VM stops.
-fn run_vcpu_as<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> StopReason {
+fn run_vcpu_as<E: Extension>(vm: &Arc<Vm<E>>, vcpu: &mut E::Vcpu, index: u32) -> StopReason {
     let slot = &vm.vcpus[index as usize];
     slot.cpu.store(crate::smp::cpu_index(), Ordering::Release);
     if crate::sched::is_running() {
@@ -134,7 +134,7 @@ fn run_vcpu_as<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32)
     reason
 }
 
-fn vcpu_loop<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> StopReason {
+fn vcpu_loop<E: Extension>(vm: &Arc<Vm<E>>, vcpu: &mut E::Vcpu, index: u32) -> StopReason {
     let seen = &vm.vcpus[index as usize].seen_generation;
     // A new vCPU flushes at its first entry anyway (SVM: a fresh ASID or
     // the shared one's flush; VMX: INVEPT before the first entry).
@@ -177,7 +177,7 @@ fn vcpu_loop<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -
 /// another vCPU, the armed deadline, or a stop request. When this wait has
 /// no deadline and every other live vCPU is in such a wait too, nothing
 /// can ever wake any of them: the VM stops (module docs, "HLT waits").
-pub(super) fn halt<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: u32) -> Next {
+pub(super) fn halt<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, index: u32) -> Next {
     if let Next::Stop(reason) = skip(vm, vcpu, Insn::Hlt) {
         return Next::Stop(reason);
     }
@@ -231,7 +231,7 @@ pub(super) fn halt<F: EntryFormat, V: VirtCpu>(vm: &Vm<F>, vcpu: &mut V, index: 
 /// Uncounts `slot` from the VM's idle vCPUs if it is counted (by the vCPU
 /// leaving its wait, or by the `WAKE` that ends it: whoever clears the
 /// flag first). Only the vCPU itself sets the flag, after counting itself.
-pub(super) fn leave_idle<F: EntryFormat>(vm: &Vm<F>, slot: &VcpuSlot) {
+pub(super) fn leave_idle<E: Extension>(vm: &Vm<E>, slot: &VcpuSlot) {
     if slot.idle.swap(false, Ordering::AcqRel) {
         vm.idle_vcpus.fetch_sub(1, Ordering::AcqRel);
     }
@@ -240,17 +240,13 @@ pub(super) fn leave_idle<F: EntryFormat>(vm: &Vm<F>, slot: &VcpuSlot) {
 /// `VCPU_START`: claims the slot, then starts the vCPU's thread (refused
 /// once the VM is stopping, under the lock the boot vCPU drains the
 /// threads with).
-pub(super) fn start_vcpu<F: EntryFormat>(
-    vm: &Vm<F>,
+pub(super) fn start_vcpu<E: Extension>(
+    vm: &Arc<Vm<E>>,
     index: u32,
     rip: u64,
     rsp: u64,
     arg: u64,
 ) -> Result<u64, HypercallError> {
-    let (Some(this), Some(spawn)) = (vm.this.get().and_then(Weak::upgrade), vm.spawner.get())
-    else {
-        return Err(HypercallError::InvalidArgument);
-    };
     let mut threads = vm.threads.lock();
     if vm.stop_requested() {
         return Err(HypercallError::Busy);
@@ -271,6 +267,6 @@ pub(super) fn start_vcpu<F: EntryFormat>(
         rflags: layout::BOOT_CPU_STATE.rflags,
         ..GuestRegs::default()
     };
-    threads.push(spawn(&this, index, regs));
+    threads.push(spawn_vcpu(vm, index, regs));
     Ok(0)
 }

@@ -28,8 +28,7 @@ use hvcore::svm::CR4_GUEST_WRITABLE;
 use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
 
 use super::{Entered, Vmcs, VmxError};
-use crate::virt::{EntryError, Extension, GuestRegs, VirtCpu};
-use crate::vm::Vm;
+use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
 use crate::{hw, mem};
 
 /// The VMX extension.
@@ -61,17 +60,14 @@ impl Extension for Vmx {
         Ok(())
     }
 
-    fn create_vcpu_with(
-        vm: &Vm<Self::Format>,
-        regs: GuestRegs,
-    ) -> Result<Self::Vcpu, &'static str> {
+    fn create_vcpu(vm: VcpuSetup, regs: GuestRegs) -> Result<Self::Vcpu, &'static str> {
         // One VPID per VM, shared by its vCPUs: they run on one address
         // space, and a flush request reaches each of them through its own
         // INVEPT (`crate::vm`, "TLB flushes with several vCPUs").
         VmxVcpu::new(
-            vm.memory.tables().root(),
+            vm.table_root,
             regs,
-            u16::try_from(vm.id).unwrap_or(u16::MAX),
+            u16::try_from(vm.vm_id).unwrap_or(u16::MAX),
         )
     }
 }

@@ -30,11 +30,11 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hvcore::addr::HostPhysAddr;
 use hvcore::exit::VmExit;
 use hvcore::frame::FrameSize;
+use hvcore::guest_cpu::MSR_EFER;
 use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
 use hvcore::guest_walk::GuestPaging;
 use hvcore::svm::{
-    self, EFER_SVME, EntryState, ExitState, IOPM_BYTES, MSR_EFER, MSR_VM_HSAVE_PA, MSRPM_BYTES,
-    intercept,
+    self, EFER_SVME, EntryState, ExitState, IOPM_BYTES, MSR_VM_HSAVE_PA, MSRPM_BYTES, intercept,
 };
 use spin::Once;
 use vmcb::{Segment, Vmcb};

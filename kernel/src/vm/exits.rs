@@ -30,7 +30,7 @@ pub(super) fn handle_exit<E: Extension>(
             skip(vm, vcpu, Insn::Cpuid)
         }
         VmExit::MsrRead { msr } => {
-            if msr == hvcore::svm::MSR_EFER {
+            if msr == guest_cpu::MSR_EFER {
                 let v = vcpu.guest_efer();
                 let r = vcpu.regs();
                 r.rax = v & 0xffff_ffff;
@@ -45,7 +45,7 @@ pub(super) fn handle_exit<E: Extension>(
             skip(vm, vcpu, Insn::Rdmsr)
         }
         VmExit::MsrWrite { msr, value } => {
-            let ok = msr == hvcore::svm::MSR_EFER && vcpu.set_guest_efer(value);
+            let ok = msr == guest_cpu::MSR_EFER && vcpu.set_guest_efer(value);
             if !ok {
                 vm.report_from(index, format_args!(
                     "guest wrote {value:#x} to MSR {msr:#x} at RIP {rip:#x}: refused, #GP injected, VM continues"
@@ -131,7 +131,7 @@ pub(super) fn handle_exit<E: Extension>(
 }
 
 /// MOV to CR4 (the only control register intercepted): decode the source
-/// register, keep to the offered bits (`hvcore::svm::cr4_write`), flush the
+/// register, keep to the offered bits (`hvcore::guest_cpu::cr4_write`), flush the
 /// guest's TLB as the architecture does on CR4 changes.
 fn cr_write<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, cr: u8, index: u32) -> Next {
     let rip = vcpu.regs().rip;
@@ -152,7 +152,7 @@ fn cr_write<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, cr: u8, index: u32) ->
     }
     let value = vcpu.regs().gpr(gpr);
     let long_mode = vcpu.guest_efer() & (1 << 10) != 0;
-    match hvcore::svm::cr4_write(value, long_mode) {
+    match guest_cpu::cr4_write(value, long_mode) {
         Ok(cr4) if vcpu.set_guest_cr4(cr4) => {
             vcpu.flush_tlb_on_entry();
             let r = vcpu.regs();

@@ -22,9 +22,9 @@ use hvcore::addr::HostPhysAddr;
 use hvcore::ept::eptp;
 use hvcore::exit::VmExit;
 use hvcore::frame::FrameSize;
+use hvcore::guest_cpu::CR4_GUEST_WRITABLE;
 use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
 use hvcore::guest_walk::GuestPaging;
-use hvcore::svm::CR4_GUEST_WRITABLE;
 use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
 
 use super::{Entered, Vmcs, VmxError};

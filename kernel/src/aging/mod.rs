@@ -95,7 +95,7 @@ impl<E: Extension> Clone for Managed<E> {
 impl<E: Extension> Managed<E> {
     /// Registers `vm` for aging and, with a target, reclaim.
     pub fn new(vm: &Arc<Vm<E>>, target: Option<ReclaimTarget>) -> Self {
-        let mm = reclaim::register(vm.name(), vm.memory.tables(), target);
+        let mm = reclaim::register(vm.name(), &vm.memory, target);
         Managed { vm: vm.clone(), mm }
     }
 }

@@ -80,7 +80,7 @@ pub(super) fn handle_exit<E: Extension>(
             }),
             // Overcommit: wait for the reclaimer to free memory.
             FaultOutcome::OutOfMemory
-                if crate::reclaim::wait_for_memory(vm.name(), fault.gpa, &|| {
+                if super::memory::wait_for_memory(vm.name(), fault.gpa, &|| {
                     vm.stop_requested()
                 }) =>
             {

@@ -93,7 +93,13 @@ pub fn init(boot_info: &'static mut BootInfo) {
     };
     mem::init(&boot_info.memory_regions, offset);
     time::init();
-    smp::init(boot_info.rsdp_addr.into_option());
+    smp::init(
+        boot_info.rsdp_addr.into_option(),
+        smp::ApEntry {
+            init: || sched::init_this_cpu(true),
+            main: sched::idle_loop,
+        },
+    );
     sched::init_this_cpu(false);
     x86_64::instructions::interrupts::enable();
 }

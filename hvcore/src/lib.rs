@@ -28,6 +28,7 @@ pub mod guest_walk;
 pub mod hypercall;
 pub mod insn;
 pub mod npt;
+pub mod port_bus;
 pub mod pte;
 pub mod reclaim;
 pub mod report;

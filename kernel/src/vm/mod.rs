@@ -90,6 +90,7 @@
 //! backed RAM), [`images`] (the guest binaries), `hvcore::{exit, insn,
 //! hypercall, uart, guest_walk, guest_layout}` (the pure logic).
 
+pub mod devices;
 mod exits;
 mod hypercalls;
 pub mod images;
@@ -110,7 +111,6 @@ use hvcore::addr::GuestPhysAddr;
 use hvcore::exit::{AccessKind, VmExit};
 use hvcore::flush::TlbFlush;
 use hvcore::guest_layout as layout;
-use hvcore::uart::Uart16550;
 use memory::GuestMemory;
 
 /// What a VM is made of.
@@ -282,7 +282,8 @@ pub struct Vm<E: Extension> {
     pub memory: GuestMemory<E::Format>,
     /// Counters.
     pub stats: VmStats,
-    uart: spin::Mutex<Uart16550>,
+    /// The devices, by port.
+    ports: devices::Ports,
     stop_requested: AtomicBool,
     tlb_generation: AtomicU64,
     hook: Option<Hook<E>>,
@@ -375,6 +376,8 @@ impl<E: Extension> Vm<E> {
         if config.ram_bytes < layout::MIN_RAM_BYTES || !config.ram_bytes.is_multiple_of(4096) {
             return Err("guest RAM must be a multiple of 4 KiB and at least 5 MiB");
         }
+        let ports =
+            devices::attach(&config).map_err(|_| "the VM's devices claim one port twice")?;
         let memory = GuestMemory::new(config.ram_bytes, config.huge_pages)
             .map_err(|_| "no memory for the guest's tables")?;
         for (gpa, value) in layout::boot_table_words() {
@@ -386,7 +389,7 @@ impl<E: Extension> Vm<E> {
             config,
             memory,
             stats: VmStats::default(),
-            uart: spin::Mutex::new(Uart16550::new()),
+            ports,
             stop_requested: AtomicBool::new(false),
             tlb_generation: AtomicU64::new(0),
             hook,
@@ -547,11 +550,6 @@ impl<E: Extension> Vm<E> {
                 self.name()
             );
         }
-    }
-
-    fn uart_line(&self, line: &[u8]) {
-        let text = core::str::from_utf8(line).unwrap_or("<invalid UTF-8>");
-        crate::println!("[vm {}] {text}", self.name());
     }
 }
 

@@ -1,6 +1,7 @@
-//! Port I/O of the guest: IN/OUT and INS/OUTS (`hvcore::string_io`), the
-//! 16550 at COM1, and guest RAM as the hypervisor reads and writes it on
-//! the guest's behalf.
+//! Port I/O of the guest: IN/OUT and INS/OUTS (`hvcore::string_io`) go to
+//! the VM's port bus (`super::devices`: one dispatch, every device
+//! registered on it), and guest RAM as the hypervisor reads and writes it
+//! on the guest's behalf.
 
 use super::exits::skip;
 use super::memory::{FaultOutcome, GuestMemory};
@@ -14,7 +15,6 @@ use hvcore::guest_walk::{self, GuestPhysRead, GuestPhysWrite};
 use hvcore::insn::{self, Insn};
 use hvcore::pte::EntryFormat;
 use hvcore::string_io;
-use hvcore::uart;
 use x86_64::instructions::interrupts;
 
 pub(super) fn port_io<E: Extension>(
@@ -53,11 +53,8 @@ fn size_mask(size_bytes: u8) -> u64 {
     }
 }
 
-fn is_uart(port: u16) -> bool {
-    (uart::COM1..uart::COM1 + uart::PORTS).contains(&port)
-}
-
-/// An OUT of `size_bytes` to `port` (the UART takes the low byte).
+/// An OUT of `size_bytes` to `port`: to the device on the port bus that
+/// decodes it, else reported and dropped.
 fn port_write<E: Extension>(
     vm: &Vm<E>,
     port: u16,
@@ -66,25 +63,20 @@ fn port_write<E: Extension>(
     rip: u64,
     index: u32,
 ) {
-    if is_uart(port) {
-        vm.uart
-            .lock()
-            .write(port - uart::COM1, value as u8, &mut |line: &[u8]| {
-                vm.uart_line(line)
-            });
-    } else {
-        vm.report_from(index, format_args!(
-            "guest wrote {:#x} to unemulated port {port:#x} at RIP {rip:#x}: dropped, VM continues",
-            u64::from(value) & size_mask(size_bytes),
-        ));
+    let value = (u64::from(value) & size_mask(size_bytes)) as u32;
+    match vm.ports.find(port) {
+        Some((device, offset)) => device.write(offset, size_bytes, value),
+        None => vm.report_from(index, format_args!(
+            "guest wrote {value:#x} to unemulated port {port:#x} at RIP {rip:#x}: dropped, VM continues"
+        )),
     }
 }
 
-/// An IN of `size_bytes` from `port`: the UART's register, all ones for a
-/// port nobody emulates.
+/// An IN of `size_bytes` from `port`: what the device on the port bus that
+/// decodes it answers, all ones for a port no device decodes.
 fn port_read<E: Extension>(vm: &Vm<E>, port: u16, size_bytes: u8, rip: u64, index: u32) -> u32 {
-    if is_uart(port) {
-        return u32::from(vm.uart.lock().read(port - uart::COM1));
+    if let Some((device, offset)) = vm.ports.find(port) {
+        return (u64::from(device.read(offset, size_bytes)) & size_mask(size_bytes)) as u32;
     }
     vm.report_from(index, format_args!(
         "guest read unemulated port {port:#x} ({size_bytes} bytes) at RIP {rip:#x}: all ones returned, VM continues"

@@ -89,7 +89,9 @@ pub fn finish<E: Extension>(vm: &Vm<E>, reason: StopReason) -> StopReason {
 
 /// Records and prints the VM's stop, which vCPU `index` caused.
 fn finish_as<E: Extension>(vm: &Vm<E>, reason: StopReason, index: u32) -> StopReason {
-    vm.uart.lock().flush(&mut |line: &[u8]| vm.uart_line(line));
+    for device in vm.ports.devices() {
+        device.flush();
+    }
     *vm.stopped.lock() = Some(reason);
     let action = match reason {
         StopReason::Exited(0) => "",

@@ -1,6 +1,6 @@
 //! Kernel threads and their scheduler.
 //!
-//! Every CPU has its own run queue ([`CpuSched`]); a thread belongs to one
+//! Every CPU has its own run queue (`CpuSched`, in an array of its own: `smp::percpu` holds no scheduler types); a thread belongs to one
 //! CPU for its whole life (pinned by [`spawn_on`], or placed round-robin by
 //! [`spawn`]), so a thread never runs on two CPUs and its saved context is
 //! always complete before its own CPU can pick it again. Threads:

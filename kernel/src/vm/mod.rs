@@ -1,19 +1,29 @@
-//! Running guests, vendor-neutral: the vendor trait, the VM (memory,
-//! devices, status), and the exit handlers written once for SVM and VMX.
+//! Running guests, vendor-neutral: the VM (memory, devices, status), its
+//! vCPU threads, and the exit handlers written once for SVM and VMX.
 //!
-//! # The vendor trait
-//! [`Extension`] is one virtualization extension (SVM here; VMX conforms
-//! to it), chosen once at boot from CPUID ([`backend`]). It names the
-//! second-level table format its VMs use and creates [`VirtCpu`]s. A
-//! vCPU runs the guest until the next exit and returns it as the shared
-//! `hvcore::exit::VmExit`; [`run_vcpu`] handles every exit the same way for
-//! both vendors.
+//! # A VM typed by its vendor
+//! [`Vm<E>`](Vm) names its virtualization extension `E` (the trait in
+//! `crate::virt`; `crate::svm::Svm` and `crate::vmx::vcpu::Vmx` implement
+//! it, and `crate::launch` picks one at boot from CPUID). The vendor is
+//! fixed where the VM is made and never passed again: its tables are
+//! `E::Format`'s, its vCPUs `E::Vcpu`s. A VM is always shared as an
+//! `Arc` ([`Vm::new`], [`Vm::new_smp`]): the vCPU threads and the aging
+//! thread each hold it. A vCPU runs the guest until the next exit and
+//! returns it as the shared `hvcore::exit::VmExit`; [`run_vcpu`] handles
+//! every exit the same way for both vendors.
+//!
+//! Files: `vcpu.rs` (threads, the run loop, HLT, the stop as a unit),
+//! `exits.rs` (the handlers), `ports.rs` (port I/O through the port bus of
+//! [`devices`]), `hypercalls.rs`, [`memory`] (NPT/EPT-backed RAM),
+//! [`images`] (the guest binaries), [`timing`] (phase times of faults,
+//! passes and reclaim).
 //!
 //! # What a guest gets (docs/guests.md)
 //! RAM `[0, ram_bytes)` faulted in on first touch, the boot state of
-//! `hvcore::guest_layout`, a 16550 UART at COM1 whose lines are printed as
-//! `[vm NAME] ...` (IN/OUT and INS/OUTS through `hvcore::string_io`), the
-//! hypercalls of docs/hypercalls.md, and nothing else.
+//! `hvcore::guest_layout`, the devices of [`devices`] on its port bus (a
+//! 16550 UART at COM1 whose lines are printed as `[vm NAME] ...`; IN/OUT
+//! and INS/OUTS through `hvcore::string_io`), the hypercalls of
+//! docs/hypercalls.md, and nothing else.
 //!
 //! # Several vCPUs
 //! A VM made by [`Vm::new_smp`] may have up to `vcpus` vCPUs. The boot
@@ -86,9 +96,12 @@
 //! | bad hypercall | error in RAX, reported, continues |
 //! | undecodable intercepted instruction | reported, VM stopped |
 //!
-//! Neighbours: `crate::svm` (the SVM extension), [`memory`] (NPT/EPT
-//! backed RAM), [`images`] (the guest binaries), `hvcore::{exit, insn,
-//! hypercall, uart, guest_walk, guest_layout}` (the pure logic).
+//! Neighbours: below, `crate::virt` (the vendor trait) and the platform
+//! (`sched`, `smp`, `time`, `mem`); above, `crate::reclaim` and
+//! `crate::aging`, which reach a VM's memory through the handles of
+//! [`memory`] (`PageReclaimer`, `set_memory_wait`) and its exits through
+//! [`Vm::set_exit_work`]; `hvcore::{exit, insn, hypercall, uart, port_bus,
+//! guest_cpu, guest_walk, guest_layout}` (the pure logic).
 
 pub mod devices;
 mod exits;
@@ -366,9 +379,7 @@ impl<E: Extension> Vm<E> {
             return Err("a VM has 1 to 64 vCPUs");
         }
         if config.image.is_empty() {
-            return Err(
-                "the guest image is empty (build the guests with `cargo xtask build-guests`)",
-            );
+            return Err("the guest image is empty (build the guests with `cargo xtask images`)");
         }
         if config.image.len() as u64 > layout::IMAGE_MAX_BYTES {
             return Err("the guest image is larger than the layout allows");

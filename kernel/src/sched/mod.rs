@@ -1,7 +1,8 @@
 //! Kernel threads and their scheduler.
 //!
-//! Every CPU has its own run queue (`CpuSched`, in an array of its own: `smp::percpu` holds no scheduler types); a thread belongs to one
-//! CPU for its whole life (pinned by [`spawn_on`], or placed round-robin by
+//! Every CPU has its own run queue (`CpuSched`, in the scheduler's own
+//! per-CPU array: `smp::percpu` holds no scheduler types); a thread
+//! belongs to one CPU for its whole life (pinned by [`spawn_on`], or placed round-robin by
 //! [`spawn`]), so a thread never runs on two CPUs and its saved context is
 //! always complete before its own CPU can pick it again. Threads:
 //! - switch when they [`yield_now`], [`park`] (block until [`Thread::unpark`];

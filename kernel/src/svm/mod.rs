@@ -14,7 +14,8 @@
 //! decode assists, no clean bits (the VMCB clean field stays 0: everything
 //! is reloaded), VMEXIT_INVALID stored as 0xFFFF_FFFF (compared on 32 bits).
 //!
-//! Key types: [`SvmVcpu`] (implements `crate::vm::VirtCpu`), [`vmcb::Vmcb`].
+//! Key types: [`Svm`] (the extension, `crate::virt::Extension`),
+//! [`SvmVcpu`] (implements `crate::virt::VirtCpu`), [`vmcb::Vmcb`].
 //! Per-CPU state: the host save area and a host-state page for
 //! VMSAVE/VMLOAD, indexed by CPU index. The kernel's per-CPU data lives
 //! behind GS, which VMRUN does not switch: the VMSAVE/VMLOAD pair around

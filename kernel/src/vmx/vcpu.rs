@@ -1,4 +1,4 @@
-//! The VMX extension behind the vendor trait (`crate::vm::Extension`): a
+//! The VMX extension behind the vendor trait (`crate::virt::Extension`): a
 //! vCPU in Thermocline's boot state (`hvcore::guest_layout`: 64-bit long
 //! mode) on EPT with accessed/dirty flags, VPID, and exits decoded into the
 //! shared `VmExit` so `vm::run_vcpu` handles them as it does for SVM.
@@ -13,8 +13,9 @@
 //! EPTP before the next entry (required under nested KVM for cleared
 //! accessed flags to be set again; TESTBEDS section 1).
 //!
-//! Neighbours: `super` (the instructions), `crate::vm` (the trait and the
-//! exit handlers), `hvcore::vmx` (fields, controls, exit decoding).
+//! Neighbours: `super` (the instructions), `crate::virt` (the trait),
+//! `crate::vm` (the exit handlers), `hvcore::vmx` (fields, controls, exit
+//! decoding).
 
 use core::arch::asm;
 

@@ -48,6 +48,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::cpu_features::Backend;
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
+use hvcore::hypercall::work_report;
 
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
@@ -84,9 +85,6 @@ const PATTERN_HOT_PAGES: u64 = 1792;
 const PATTERN_INTERVAL_MS: u64 = 250;
 /// 8 s of guest time per round (the hot set moves every 1 s).
 const PATTERN_INTERVALS: u64 = 32;
-/// Work-report `MARK` tags: `'W'` in bits 63-56 (`guests/src/bin/pattern.rs`).
-const WORK_MARK: u64 = 0x57 << 56;
-const WORK_MASK: u64 = (1 << 56) - 1;
 /// RAM of each `checksum` VM.
 const CHECKSUM_RAM: u64 = 16 * MIB;
 
@@ -229,15 +227,15 @@ fn work_hook<E: Extension>(vm: &Vm<E>, e: &GuestEvent) {
     let GuestEvent::Mark(tag) = *e else {
         return;
     };
-    if tag & !WORK_MASK != WORK_MARK {
+    let Some(work) = work_report::count(tag) else {
         return;
-    }
+    };
     let now = kernel::time::now_ns();
     if let Some(w) = WORK
         .iter()
         .find(|w| w.vm_id.load(Ordering::Acquire) == u64::from(vm.id))
     {
-        w.record(now, tag & WORK_MASK);
+        w.record(now, work);
     }
 }
 

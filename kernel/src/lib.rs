@@ -24,8 +24,8 @@
 //! 4. mm: `reclaim`, then `aging` (the aging thread and its exit-driven
 //!    twin);
 //! 5. launch: `launch` (the backend, chosen once, and the selected guest),
-//!    `banner`, and the scenario support of `testing::{aging, overcommit,
-//!    smp}`.
+//!    `banner`, and the scenario support of `testing::{aging, guests,
+//!    overcommit, smp}`.
 //!
 //! This file (the crate root) wires the layers together in [`init`];
 //! arch-independent logic lives in the `hvcore` crate.

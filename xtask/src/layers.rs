@@ -51,6 +51,7 @@ pub const KERNEL_LAYERS: &[(&str, &[&str])] = &[
             "launch",
             "banner",
             "testing::aging",
+            "testing::guests",
             "testing::overcommit",
             "testing::smp",
         ],

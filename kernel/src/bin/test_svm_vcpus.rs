@@ -7,6 +7,10 @@
 //! host stop); EXIT or a fault on any vCPU stops the whole VM, reported
 //! once naming the vCPU; bad string I/O stops a VM with a clear line. Run
 //! with `-smp 4`.
+//!
+//! HLT without a wake-up, every vCPU halted, bad string I/O and the long
+//! REP OUTSB are written once in `kernel::testing::smp::cases` and run by
+//! `test_vmx_vcpus` too.
 #![no_std]
 #![no_main]
 
@@ -24,7 +28,7 @@ use kernel::aging::{self, AgingConfig, Managed};
 use kernel::reclaim::Shootdown;
 use kernel::svm::Svm;
 use kernel::testing::smp::{
-    REGION_PAGES, RELEASE_GPA, prepare_regions, region_ad_mismatches, smp_vm,
+    REGION_PAGES, RELEASE_GPA, cases, prepare_regions, region_ad_mismatches, smp_vm,
 };
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, StopReason, Vm, VmConfig, images};
@@ -55,11 +59,11 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "hlt_with_nothing_to_wake_stops_the_vm",
-            run: hlt_without_wakeup,
+            run: cases::hlt_without_wakeup::<Svm>,
         },
         TestCase {
             name: "every_vcpu_halted_with_nothing_to_wake_stops_the_vm",
-            run: all_halted,
+            run: cases::all_halted::<Svm>,
         },
         TestCase {
             name: "host_stop_wakes_halted_vcpus",
@@ -75,11 +79,11 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "bad_string_io_stops_the_vm",
-            run: bad_string_io,
+            run: cases::bad_string_io::<Svm>,
         },
         TestCase {
             name: "long_rep_outs_runs_in_batches",
-            run: long_rep_outs,
+            run: cases::long_rep_outs::<Svm>,
         },
     ],
 };
@@ -231,32 +235,6 @@ fn reclaim_under_four_vcpus() {
     vm.memory.check_isolation().expect("isolation");
 }
 
-fn hlt_without_wakeup() {
-    let vm = smp_vm::<Svm>(1, 1);
-    let reason = vm::run_on_this_cpu(&vm);
-    assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
-    assert_eq!(
-        vm.stats.halts.load(Ordering::Relaxed),
-        1,
-        "the deadline HLT waited"
-    );
-}
-
-/// Three vCPUs, one of which WAKEs another first, then all HLT with no
-/// deadline: no vCPU runs, so nothing can ever send a WAKE, and the VM
-/// stops on its own instead of hanging until the host gives up on it.
-fn all_halted() {
-    let cpus = smp::cpu_count();
-    let vm = smp_vm::<Svm>(6, 3);
-    spawn_boot(cpus - 1, &vm).join();
-    let reason = vm.stop_reason();
-    assert!(
-        matches!(reason, Some(StopReason::Halted { .. })),
-        "{reason:?}"
-    );
-    assert_eq!(vm.running_vcpus(), 0);
-}
-
 fn stop_wakes_halted() {
     let cpus = smp::cpu_count();
     let vm = smp_vm::<Svm>(2, 2);
@@ -302,49 +280,4 @@ fn fault_on_secondary() {
         other => panic!("expected a stop outside RAM, got {other:?}"),
     }
     vm.memory.check_isolation().expect("isolation");
-}
-
-fn evil(scenario: u64, address: u64) -> StopReason {
-    let vm = Vm::<Svm>::new(
-        VmConfig {
-            name: "evil",
-            image: images::EVIL.bytes,
-            ram_bytes: 8 * MIB,
-            huge_pages: true,
-            boot_arg: scenario | (address << 8),
-        },
-        None,
-    )
-    .expect("VM");
-    vm::run_on_this_cpu(&vm)
-}
-
-fn bad_string_io() {
-    match evil(13, 0) {
-        StopReason::StringIo { va, .. } => assert_eq!(va, 512 << 30),
-        other => panic!("scenario 13: {other:?}"),
-    }
-    match evil(14, 0) {
-        StopReason::StringIo { va, .. } => assert_eq!(va, 8 * MIB + 0x1000),
-        other => panic!("scenario 14: {other:?}"),
-    }
-    assert!(matches!(evil(16, 0), StopReason::StringIo { va: 0, .. }));
-}
-
-fn long_rep_outs() {
-    let vm = Vm::<Svm>::new(
-        VmConfig {
-            name: "evil",
-            image: images::EVIL.bytes,
-            ram_bytes: 8 * MIB,
-            huge_pages: true,
-            boot_arg: 15,
-        },
-        None,
-    )
-    .expect("VM");
-    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
-    assert_eq!(vm.stats.string_io_elements.load(Ordering::Relaxed), 10_000);
-    // 4096 elements per exit: at least 3 exits for the one instruction.
-    assert!(vm.stats.exits.load(Ordering::Relaxed) >= 3);
 }

@@ -53,8 +53,9 @@ use hvcore::hypercall::work_report;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::svm::Svm;
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, Extension, GuestEvent, StopReason, Vm, VmConfig, images};
+use kernel::vm::{self, Extension, GuestEvent, StopReason, Vm, images};
 use kernel::vmx::vcpu::Vmx;
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -105,22 +106,6 @@ fn ratio(a: u64, b: u64, places: u32) -> alloc::string::String {
         return alloc::format!("{v}");
     }
     alloc::format!("{}.{:0w$}", v / scale, v % scale, w = places as usize)
-}
-
-fn new_vm<E: Extension>(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    hook: Option<vm::Hook<E>>,
-) -> Arc<Vm<E>> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages: false,
-        boot_arg,
-    };
-    Vm::<E>::new(config, hook).expect("VM")
 }
 
 /// Where the figures come from: the accelerator is the host's business
@@ -243,7 +228,7 @@ fn pattern_vm<E: Extension>() -> Arc<Vm<E>> {
     let arg =
         PATTERN_INTERVALS | (PATTERN_INTERVAL_MS << 16) | (PATTERN_HOT_PAGES << 32) | (1 << 48);
     let hook: vm::Hook<E> = Box::leak(Box::new(work_hook::<E>));
-    new_vm(images::PATTERN, PATTERN_RAM, arg, Some(hook))
+    new_vm(images::PATTERN, PATTERN_RAM, arg, false, Some(hook))
 }
 
 /// The aging thread's configuration: the defaults of a run (1 s, report
@@ -633,7 +618,7 @@ fn checksum_hook<E: Slot>(vm: &Vm<E>, e: &GuestEvent) {
 fn checksum_run<E: Slot>(sparse: bool, measured: bool) -> (u64, u64) {
     let arg = 1 | (u64::from(sparse) << 32);
     let hook: vm::Hook<E> = Box::leak(Box::new(checksum_hook::<E>));
-    let vm = new_vm::<E>(images::CHECKSUM, CHECKSUM_RAM, arg, Some(hook));
+    let vm = new_vm::<E>(images::CHECKSUM, CHECKSUM_RAM, arg, false, Some(hook));
     let m = Managed::new(&vm, None);
     *E::slot().lock() = Some(m);
     PROBE

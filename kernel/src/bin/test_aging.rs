@@ -14,7 +14,6 @@
 
 extern crate alloc;
 
-use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::generations::ColdAfter;
@@ -23,8 +22,9 @@ use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::svm::Svm;
 use kernel::testing::aging::{HotSetScorer, reclaim_and_account};
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, GuestEvent, StopReason, Vm, VmConfig, images};
+use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -58,23 +58,6 @@ static SCENARIO: Scenario = Scenario {
 
 const MIB: u64 = 1 << 20;
 
-fn new_vm(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    huge_pages: bool,
-    hook: Option<vm::Hook<Svm>>,
-) -> Arc<Vm<Svm>> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages,
-        boot_arg,
-    };
-    Vm::<Svm>::new(config, hook).expect("VM")
-}
-
 fn vcpu_cpu() -> usize {
     kernel::smp::cpu_count() - 1
 }
@@ -105,7 +88,7 @@ fn accuracy() {
     let arg = 12 | (100 << 16) | (48 << 32);
     // 4 KiB pages: a huge page ages as a unit, so its 512 pages are all
     // hot when one is.
-    let vm = new_vm(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
+    let vm = new_vm::<Svm>(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
     let m = Managed::new(&vm, None);
     *ACCURACY.lock() = Some(m.clone());
     let config = AgingConfig {
@@ -125,7 +108,7 @@ fn accuracy() {
 
 fn nothing_lost() {
     let (ram, rounds) = (8 * MIB, 3);
-    let vm = new_vm(images::CHECKSUM, ram, rounds, false, Some(&pause_hook));
+    let vm = new_vm::<Svm>(images::CHECKSUM, ram, rounds, false, Some(&pause_hook));
     // Pages not young for 3 passes of 10 ms go. The guest waits 150 ms at
     // each mark (before rewriting a third of its pages, before verifying),
     // long enough for most of its memory to be reclaimed; its next sweep
@@ -196,7 +179,7 @@ fn comes_back_hook(_vm: &Vm<Svm>, e: &GuestEvent) {
 }
 
 fn memory_comes_back() {
-    let vm = new_vm(images::CHECKSUM, 16 * MIB, 1, true, Some(&comes_back_hook));
+    let vm = new_vm::<Svm>(images::CHECKSUM, 16 * MIB, 1, true, Some(&comes_back_hook));
     let m = Managed::new(&vm, None);
     *COMES_BACK.lock() = Some(m.clone());
     let reason = vm::run_on_this_cpu(&vm);

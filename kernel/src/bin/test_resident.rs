@@ -14,15 +14,15 @@
 
 extern crate alloc;
 
-use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::guest_layout as layout;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::svm::Svm;
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, GuestEvent, StopReason, Vm, VmConfig, images};
+use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -42,22 +42,6 @@ static SCENARIO: Scenario = Scenario {
 const MIB: u64 = 1 << 20;
 /// The resident limit of both VMs, in 4 KiB pages (1 MiB).
 const LIMIT_PAGES: u64 = 256;
-
-fn new_vm(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    hook: Option<vm::Hook<Svm>>,
-) -> Arc<Vm<Svm>> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages: false,
-        boot_arg,
-    };
-    Vm::<Svm>::new(config, hook).expect("VM")
-}
 
 fn resident_pages(m: &Managed<Svm>) -> u64 {
     let now = kernel::reclaim::now_ms();
@@ -91,10 +75,10 @@ fn busy_and_sleeping() {
     // 40 intervals of 50 ms (busy through the sleeper's whole sleep); the
     // hot set is every data page.
     let busy_arg = 40 | (50 << 16) | (busy_pages << 32);
-    let busy = new_vm(images::PATTERN, busy_ram, busy_arg, None);
+    let busy = new_vm::<Svm>(images::PATTERN, busy_ram, busy_arg, false, None);
     let sleeper_ram = 8 * MIB;
     let sleeper_pages = (sleeper_ram - layout::DATA_START_GPA) / 4096;
-    let sleeper = new_vm(images::CHECKSUM, sleeper_ram, 1, Some(&sleep_hook));
+    let sleeper = new_vm::<Svm>(images::CHECKSUM, sleeper_ram, 1, false, Some(&sleep_hook));
     let target = Some(ReclaimTarget::ResidentLimit { pages: LIMIT_PAGES });
     let (mb, ms) = (Managed::new(&busy, target), Managed::new(&sleeper, target));
     *SLEEPER.lock() = Some(ms.clone());

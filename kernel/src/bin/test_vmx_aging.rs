@@ -17,7 +17,6 @@
 
 extern crate alloc;
 
-use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::generations::ColdAfter;
@@ -25,8 +24,9 @@ use hvcore::guest_layout as layout;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::testing::aging::{HotSetScorer, reclaim_and_account};
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, GuestEvent, StopReason, Vm, VmConfig, images};
+use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
 use kernel::vmx::vcpu::Vmx;
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -60,23 +60,6 @@ static SCENARIO: Scenario = Scenario {
 
 const MIB: u64 = 1 << 20;
 
-fn new_vm(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    huge_pages: bool,
-    hook: Option<vm::Hook<Vmx>>,
-) -> Arc<Vm<Vmx>> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages,
-        boot_arg,
-    };
-    Vm::<Vmx>::new(config, hook).expect("VM")
-}
-
 /// The precondition of this scenario: the bed is in cooperative mode, and
 /// the banner says where aging runs.
 fn no_timer() {
@@ -104,7 +87,7 @@ fn accuracy() {
     // 12 intervals of 1 ms of the virtual clock, 48 hot pages, over 12 MiB
     // (8 MiB of data), 4 KiB pages (a huge page ages as a unit).
     let arg = 12 | (1 << 16) | (48 << 32);
-    let vm = new_vm(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
+    let vm = new_vm::<Vmx>(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
     let m = Managed::new(&vm, None);
     *ACCURACY.lock() = Some(m.clone());
     let config = AgingConfig {
@@ -139,7 +122,7 @@ fn nothing_lost() {
     // Small: every page reclaimed (compressed) and faulted back costs
     // emulated time (about 0.1 s each, measured on the bed).
     let (ram, rounds) = (layout::MIN_RAM_BYTES, 1);
-    let vm = new_vm(images::CHECKSUM, ram, rounds, false, None);
+    let vm = new_vm::<Vmx>(images::CHECKSUM, ram, rounds, false, None);
     // Pages not young for 3 passes go, at most 8 per pass. A pass every 16
     // exits: the guest's EPT violations (first touches, then refaults) are
     // most of its exits, so its sweeps and the reclaimer take turns on this
@@ -201,7 +184,7 @@ fn comes_back_hook(_vm: &Vm<Vmx>, e: &GuestEvent) {
 fn memory_comes_back() {
     // Data in one 2 MiB page.
     let ram = 6 * MIB;
-    let vm = new_vm(images::CHECKSUM, ram, 1, true, Some(&comes_back_hook));
+    let vm = new_vm::<Vmx>(images::CHECKSUM, ram, 1, true, Some(&comes_back_hook));
     let m = Managed::new(&vm, None);
     *COMES_BACK.lock() = Some(m.clone());
     let reason = vm::run_on_this_cpu(&vm);

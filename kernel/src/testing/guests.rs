@@ -19,16 +19,17 @@ use hvcore::pte::EntryFormat;
 /// One MiB in bytes.
 pub const MIB: u64 = 1 << 20;
 
-/// A VM of `image` with `ram_bytes` of RAM, 2 MiB pages where it can when
-/// `huge_pages`, `boot_arg` in RSI, `hook` on its guest events.
+/// A VM of `image` with `ram_bytes` of RAM, `boot_arg` in RSI, 2 MiB pages
+/// where it can when `huge_pages`, `hook` on its guest events: the one
+/// helper every scenario builds its single-vCPU VMs with.
 ///
 /// # Panics
 /// When the VM cannot be made (a test set-up error).
 pub fn new_vm<E: Extension>(
     image: images::Image,
     ram_bytes: u64,
-    huge_pages: bool,
     boot_arg: u64,
+    huge_pages: bool,
     hook: Option<Hook<E>>,
 ) -> Arc<Vm<E>> {
     let config = VmConfig {
@@ -48,7 +49,7 @@ pub fn data_pages(ram_bytes: u64) -> u64 {
 
 /// `hello` runs, makes its hypercalls and exits, misbehaving in nothing.
 pub fn hello_runs<E: Extension>() {
-    let vm = new_vm::<E>(images::HELLO, 8 * MIB, true, 0, None);
+    let vm = new_vm::<E>(images::HELLO, 8 * MIB, 0, true, None);
     assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert!(vm.stats.hypercalls.load(Ordering::Relaxed) >= 1);
     assert_eq!(
@@ -64,7 +65,7 @@ pub fn hello_runs<E: Extension>() {
 /// data page resident after.
 pub fn fault_in_4k<E: Extension>() {
     let ram = 12 * MIB;
-    let vm = new_vm::<E>(images::CHECKSUM, ram, false, 1, None);
+    let vm = new_vm::<E>(images::CHECKSUM, ram, 1, false, None);
     let before = vm.memory.resident().0;
     assert!(
         vm.memory
@@ -97,7 +98,7 @@ pub fn fault_in_4k<E: Extension>() {
 /// leaves, one fault per 2 MiB at most.
 pub fn fault_in_2m<E: Extension>() {
     let ram = 16 * MIB;
-    let vm = new_vm::<E>(images::CHECKSUM, ram, true, 1, None);
+    let vm = new_vm::<E>(images::CHECKSUM, ram, 1, true, None);
     assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert_eq!(vm.checksum_result(), Some((data_pages(ram), 0)));
     let mut huge = 0;
@@ -174,7 +175,7 @@ fn ad_hook<E: Extension>(vm: &Vm<E>, e: &GuestEvent) {
 pub fn ad_bits_match_the_pages_touched<E: Extension>(interval_ms: u64) {
     let arg = 6 | (interval_ms << 16) | (48 << 32);
     let hook: Hook<E> = Box::leak(Box::new(ad_hook::<E>));
-    let vm = new_vm::<E>(images::PATTERN, 12 * MIB, false, arg, Some(hook));
+    let vm = new_vm::<E>(images::PATTERN, 12 * MIB, arg, false, Some(hook));
     assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     let checked = AD_CHECKED.load(Ordering::Relaxed);
     let failures = AD_FAILURES.load(Ordering::Relaxed);
@@ -188,7 +189,7 @@ pub fn ad_bits_match_the_pages_touched<E: Extension>(interval_ms: u64) {
 /// the VM owns, none twice (`GuestMemory::check_isolation`).
 pub fn no_gpa_reaches_a_foreign_frame<E: Extension>() {
     for (huge, ram) in [(false, 10 * MIB), (true, 14 * MIB)] {
-        let vm = new_vm::<E>(images::CHECKSUM, ram, huge, 1, None);
+        let vm = new_vm::<E>(images::CHECKSUM, ram, 1, huge, None);
         assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
         let report = vm
             .memory
@@ -208,7 +209,7 @@ pub fn no_gpa_reaches_a_foreign_frame<E: Extension>() {
 /// every data leaf is accessed and dirty, and no leaf lies past RAM.
 pub fn ad_bits_after_checksum<E: Extension>() {
     let ram = 10 * MIB;
-    let vm = new_vm::<E>(images::CHECKSUM, ram, false, 1, None);
+    let vm = new_vm::<E>(images::CHECKSUM, ram, 1, false, None);
     vm.memory.clear_accessed_dirty();
     assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     let (mut data, mut wrong) = (0u64, 0u64);

@@ -125,7 +125,7 @@ pub mod cases {
 
     /// The `evil` guest's `scenario`, on one vCPU, run to its stop.
     fn evil<E: Extension>(scenario: u64) -> (Arc<Vm<E>>, StopReason) {
-        let vm = new_vm::<E>(images::EVIL, 8 * MIB, true, scenario, None);
+        let vm = new_vm::<E>(images::EVIL, 8 * MIB, scenario, true, None);
         let reason = vm::run_on_this_cpu(&vm);
         (vm, reason)
     }

@@ -5,9 +5,9 @@
 //! `docs/report-format.md`, then reclaim toward each VM's target and, when
 //! host memory runs low, from the coldest pages of any VM.
 //!
-//! Key types: [`Managed`] (a VM handed to the thread, of either entry
-//! format: `Managed<Npt>` for SVM, `Managed<Ept>` for VMX; one code path
-//! for both), [`AgingConfig`].
+//! Key types: [`Managed`] (a VM handed to the thread, of either vendor:
+//! `Managed<Svm>` on NPT, `Managed<Vmx>` on EPT; one code path for both),
+//! [`AgingConfig`].
 //! The pass runs while the VM's vCPUs keep running on other CPUs: the
 //! thread is pinned to CPU 0 and vCPUs to the others when there are
 //! several. Locks it takes: see `crate::reclaim` (the VM's `VmMm` lock for
@@ -54,7 +54,7 @@ pub struct AgingConfig {
     pub map_cell_pages: u64,
     /// Most pages reclaimed per VM per pass.
     pub reclaim_max_pages: u64,
-    /// Print the `timing` lines (`crate::reclaim::timing`) and each VM's
+    /// Print the `timing` lines (`crate::vm::timing`) and each VM's
     /// reclaimer times every this many ms, then start them afresh (0: never).
     pub timing_every_ms: u64,
 }

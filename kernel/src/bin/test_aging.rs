@@ -15,13 +15,12 @@
 extern crate alloc;
 
 use bootloader_api::{BootInfo, entry_point};
-use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::svm::Svm;
-use kernel::testing::aging::{HotSetScorer, reclaim_and_account};
+use kernel::testing::aging::{HotSetScorer, memory_comes_back};
 use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
@@ -51,7 +50,10 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "reclaimed_frames_come_back_to_the_host",
-            run: memory_comes_back,
+            run: || {
+                // Everything not young in the last of two passes.
+                memory_comes_back::<Svm>(16 * MIB, u64::MAX)
+            },
         },
     ],
 };
@@ -160,36 +162,4 @@ fn pause_hook(_vm: &Vm<Svm>, e: &GuestEvent) {
     if matches!(e, GuestEvent::Mark(_)) {
         kernel::time::spin_until(kernel::time::now_ns() + 150_000_000);
     }
-}
-
-static COMES_BACK: spin::Mutex<Option<Managed<Svm>>> = spin::Mutex::new(None);
-static CHECKED: AtomicU64 = AtomicU64::new(0);
-
-/// At `MARK 1` (the guest has written all its data and waits): everything
-/// not young in the last of two passes is reclaimed, and the host's free
-/// frames are counted around it.
-fn comes_back_hook(_vm: &Vm<Svm>, e: &GuestEvent) {
-    if *e != GuestEvent::Mark(1) || CHECKED.load(Ordering::Relaxed) != 0 {
-        return;
-    }
-    if let Some(m) = COMES_BACK.lock().clone() {
-        reclaim_and_account(&m, u64::MAX);
-        CHECKED.store(1, Ordering::Relaxed);
-    }
-}
-
-fn memory_comes_back() {
-    let vm = new_vm::<Svm>(images::CHECKSUM, 16 * MIB, 1, true, Some(&comes_back_hook));
-    let m = Managed::new(&vm, None);
-    *COMES_BACK.lock() = Some(m.clone());
-    let reason = vm::run_on_this_cpu(&vm);
-    *COMES_BACK.lock() = None;
-    assert_eq!(reason, StopReason::Exited(0));
-    assert_eq!(CHECKED.load(Ordering::Relaxed), 1, "the hook ran");
-    let pages = (16 * MIB - layout::DATA_START_GPA) / 4096;
-    assert_eq!(
-        vm.checksum_result(),
-        Some((pages, 0)),
-        "and everything came back intact"
-    );
 }

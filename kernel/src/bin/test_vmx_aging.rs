@@ -18,12 +18,12 @@
 extern crate alloc;
 
 use bootloader_api::{BootInfo, entry_point};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
-use kernel::testing::aging::{HotSetScorer, reclaim_and_account};
+use kernel::testing::aging::{HotSetScorer, memory_comes_back};
 use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
@@ -53,7 +53,11 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "reclaimed_frames_come_back_to_the_host",
-            run: memory_comes_back,
+            run: || {
+                // Data in one 2 MiB page, 128 pages reclaimed (one huge page split
+                // for them; more would only cost emulated time).
+                memory_comes_back::<Vmx>(6 * MIB, 128)
+            },
         },
     ],
 };
@@ -162,39 +166,4 @@ fn nothing_lost() {
         "the reclaimer took a good part of the pages while the guest ran"
     );
     assert!(s.refaults > 0, "and the guest brought them back");
-}
-
-static COMES_BACK: spin::Mutex<Option<Managed<Vmx>>> = spin::Mutex::new(None);
-static CHECKED: AtomicU64 = AtomicU64::new(0);
-
-/// At `MARK 1` (the guest has written all its data and waits): 128 pages
-/// not young in the last of two passes are reclaimed (one huge page split
-/// for them; more would only cost emulated time), and the host's free
-/// frames are counted around it.
-fn comes_back_hook(_vm: &Vm<Vmx>, e: &GuestEvent) {
-    if *e != GuestEvent::Mark(1) || CHECKED.load(Ordering::Relaxed) != 0 {
-        return;
-    }
-    if let Some(m) = COMES_BACK.lock().clone() {
-        reclaim_and_account(&m, 128);
-        CHECKED.store(1, Ordering::Relaxed);
-    }
-}
-
-fn memory_comes_back() {
-    // Data in one 2 MiB page.
-    let ram = 6 * MIB;
-    let vm = new_vm::<Vmx>(images::CHECKSUM, ram, 1, true, Some(&comes_back_hook));
-    let m = Managed::new(&vm, None);
-    *COMES_BACK.lock() = Some(m.clone());
-    let reason = vm::run_on_this_cpu(&vm);
-    *COMES_BACK.lock() = None;
-    assert_eq!(reason, StopReason::Exited(0));
-    assert_eq!(CHECKED.load(Ordering::Relaxed), 1, "the hook ran");
-    let pages = (ram - layout::DATA_START_GPA) / 4096;
-    assert_eq!(
-        vm.checksum_result(),
-        Some((pages, 0)),
-        "and everything came back intact"
-    );
 }

@@ -1,4 +1,4 @@
-//! Puts the guest images (flat binaries from `cargo xtask build-guests`,
+//! Puts the guest images (flat binaries that `cargo xtask images` builds,
 //! in `target/guests/`) into OUT_DIR for `include_bytes!`. A guest that is
 //! not built yet becomes an empty image, which the kernel refuses to run
 //! with a message naming the command, so `cargo check` works on a fresh

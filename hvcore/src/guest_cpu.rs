@@ -1,8 +1,11 @@
 //! What a guest's CPUID shows: the host's leaves, minus what Thermocline
 //! does not virtualize for guests (VMX, SVM, XSAVE and the AVX family whose
 //! state lives in XSAVE components), plus the hypervisor bit and a
-//! signature at leaf 0x4000_0000. One policy for both vendors; the kernel's
-//! `vm` module executes the host's CPUID and applies [`guest_view`].
+//! signature at leaf 0x4000_0000; and which EFER and CR4 writes a guest
+//! may make. One policy for both vendors; the kernel's `vm` module executes
+//! the host's CPUID and applies [`guest_view`], and checks intercepted
+//! `MOV CR4` with [`cr4_write`] (VMX also masks CR4 with
+//! [`CR4_GUEST_WRITABLE`]).
 //!
 //! Follows the Intel SDM vol. 2 and AMD APM vol. 3 "CPUID" (leaf 1 ECX
 //! bits 5 VMX, 26 XSAVE, 27 OSXSAVE, 28 AVX, 31 hypervisor; leaf 7 EBX bit
@@ -76,6 +79,25 @@ pub fn guest_view(leaf: u32, subleaf: u32, host: Cpuid) -> Cpuid {
     r
 }
 
+/// MSR EFER (the SDM's IA32_EFER).
+pub const MSR_EFER: u32 = 0xc000_0080;
+
+/// CR4 bits a guest may change: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE,
+/// PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, SMEP, SMAP. Not offered:
+/// OSXSAVE (XCR0 is not switched per VM), PCIDE, LA57, and the rest.
+pub const CR4_GUEST_WRITABLE: u64 = 0x7ff | (1 << 16) | (1 << 20) | (1 << 21);
+
+/// The CR4 a guest's `MOV CR4` may install, or why it raises #GP.
+pub fn cr4_write(new: u64, long_mode: bool) -> Result<u64, &'static str> {
+    if new & !CR4_GUEST_WRITABLE != 0 {
+        return Err("sets a CR4 bit that is reserved or not offered (OSXSAVE, PCIDE, LA57...)");
+    }
+    if long_mode && new & (1 << 5) == 0 {
+        return Err("clears CR4.PAE in long mode");
+    }
+    Ok(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +134,23 @@ mod tests {
         id[8..].copy_from_slice(&s.edx.to_le_bytes());
         assert_eq!(&id, b"Thermocline ");
         assert_eq!(guest_view(0x4000_0001, 0, ALL), Cpuid::default());
+    }
+
+    #[test]
+    fn cr4_writes_keep_to_the_offered_bits() {
+        let boot = (1 << 5) | (1 << 9) | (1 << 10);
+        assert_eq!(cr4_write(boot | (1 << 7), true), Ok(boot | (1 << 7)));
+        assert!(
+            cr4_write(boot | (1 << 18), true)
+                .unwrap_err()
+                .contains("OSXSAVE")
+        );
+        assert!(cr4_write(boot | (1 << 12), true).is_err());
+        assert!(
+            cr4_write(boot & !(1 << 5), true)
+                .unwrap_err()
+                .contains("PAE")
+        );
+        assert_eq!(cr4_write(0, false), Ok(0));
     }
 }

@@ -52,6 +52,32 @@ pub mod nr {
 /// pages); bounds the bitmap the hypervisor reads.
 pub const MAX_REPORT_PAGES: u64 = 1 << 18;
 
+/// `MARK` tags that report work done (the `pattern` guest's, bit 48 of its
+/// boot argument): `'W'` in bits 63-56, the count so far in bits 55-0.
+/// Other guests' marks are small tags (1, 2), never in this range. One
+/// definition for the guest that writes them and the kernel that reads
+/// them.
+pub mod work_report {
+    /// Bits 63-56 of a work-report tag.
+    pub const TAG: u64 = 0x57 << 56;
+    /// The count's bits.
+    pub const COUNT_MASK: u64 = (1 << 56) - 1;
+
+    /// The tag that reports `count` (its low 56 bits).
+    pub const fn mark(count: u64) -> u64 {
+        TAG | (count & COUNT_MASK)
+    }
+
+    /// The count a `MARK` tag reports, or `None` for any other tag.
+    pub const fn count(tag: u64) -> Option<u64> {
+        if tag & !COUNT_MASK == TAG {
+            Some(tag & COUNT_MASK)
+        } else {
+            None
+        }
+    }
+}
+
 /// Why a hypercall failed; RAX carries the negated code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i64)]
@@ -443,5 +469,17 @@ mod tests {
                 deadline_ns: Some(12345)
             })
         );
+    }
+
+    #[test]
+    fn work_reports_round_trip_and_other_marks_are_not_work() {
+        assert_eq!(work_report::count(work_report::mark(12345)), Some(12345));
+        assert_eq!(
+            work_report::count(work_report::mark(u64::MAX)),
+            Some(work_report::COUNT_MASK)
+        );
+        assert_eq!(work_report::count(1), None);
+        assert_eq!(work_report::count(2), None);
+        assert_eq!(work_report::count(work_report::TAG | (1 << 63)), None);
     }
 }

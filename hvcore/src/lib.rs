@@ -30,6 +30,7 @@ pub mod hypercall;
 pub mod insn;
 pub mod linux_boot;
 pub mod npt;
+pub mod port_bus;
 pub mod pte;
 pub mod reclaim;
 pub mod report;

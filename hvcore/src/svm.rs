@@ -217,8 +217,6 @@ pub const fn tlb_control_for(flush_requested: bool, flush_by_asid: bool) -> u8 {
 pub const EFER_SVME: u64 = 1 << 12;
 /// MSR VM_HSAVE_PA: the host save area.
 pub const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
-/// MSR EFER.
-pub const MSR_EFER: u32 = 0xc000_0080;
 
 /// Size of the MSR permission map: 2 bits per MSR for three 8 K-MSR ranges.
 pub const MSRPM_BYTES: usize = 8192;
@@ -253,22 +251,6 @@ pub const fn event_inject_exception(vector: u8, error_code: Option<u32>) -> u64 
         v |= (1 << 11) | ((e as u64) << 32);
     }
     v
-}
-
-/// CR4 bits a guest may change: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE,
-/// PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, SMEP, SMAP. Not offered:
-/// OSXSAVE (XCR0 is not switched per VM), PCIDE, LA57, and the rest.
-pub const CR4_GUEST_WRITABLE: u64 = 0x7ff | (1 << 16) | (1 << 20) | (1 << 21);
-
-/// The CR4 a guest's `MOV CR4` may install, or why it raises #GP.
-pub fn cr4_write(new: u64, long_mode: bool) -> Result<u64, &'static str> {
-    if new & !CR4_GUEST_WRITABLE != 0 {
-        return Err("sets a CR4 bit that is reserved or not offered (OSXSAVE, PCIDE, LA57...)");
-    }
-    if long_mode && new & (1 << 5) == 0 {
-        return Err("clears CR4.PAE in long mode");
-    }
-    Ok(new)
 }
 
 /// The guest-state fields VMRUN checks for consistency.
@@ -487,24 +469,6 @@ mod tests {
     }
 
     #[test]
-    fn cr4_writes_keep_to_the_offered_bits() {
-        let boot = (1 << 5) | (1 << 9) | (1 << 10);
-        assert_eq!(cr4_write(boot | (1 << 7), true), Ok(boot | (1 << 7)));
-        assert!(
-            cr4_write(boot | (1 << 18), true)
-                .unwrap_err()
-                .contains("OSXSAVE")
-        );
-        assert!(cr4_write(boot | (1 << 12), true).is_err());
-        assert!(
-            cr4_write(boot & !(1 << 5), true)
-                .unwrap_err()
-                .contains("PAE")
-        );
-        assert_eq!(cr4_write(0, false), Ok(0));
-    }
-
-    #[test]
     fn a_requested_flush_always_flushes() {
         for by_asid in [false, true] {
             assert_ne!(tlb_control_for(true, by_asid), tlb_control::NOTHING);
@@ -617,7 +581,10 @@ mod tests {
     fn permission_map_positions() {
         assert_eq!(msrpm_position(0), Some((0, 0)));
         assert_eq!(msrpm_position(0x1fff), Some((0x7ff, 6)));
-        assert_eq!(msrpm_position(MSR_EFER), Some((0x800 + 0x80 * 2 / 8, 0)));
+        assert_eq!(
+            msrpm_position(crate::guest_cpu::MSR_EFER),
+            Some((0x800 + 0x80 * 2 / 8, 0))
+        );
         assert_eq!(
             msrpm_position(MSR_VM_HSAVE_PA),
             Some((0x1000 + 0x117 * 2 / 8, 6))

@@ -8,13 +8,27 @@
 //! `bootloader_api::entry_point!` generates with [`BOOTLOADER_CONFIG`], and
 //! calls [`init`] first.
 //!
-//! Layers (see docs/ARCHITECTURE.md):
-//! - hardware glue with `unsafe`: `hw` (ports, exit, CPUID/MSR), `gdt`,
-//!   `interrupts` (IDT, entry stubs);
-//! - console and diagnostics: `console`, `logger`, `panic`,
-//!   `interrupts::exceptions`, `banner`, `cpu`;
-//! - test support: `testing` (the console line protocol);
-//! - arch-independent logic lives in the `hvcore` crate.
+//! Layers, bottom first (docs/ARCHITECTURE.md, "Layers"); a module imports
+//! only from its own layer or those below, which `cargo xtask test --step
+//! layers` checks (`xtask/src/layers.rs` holds the same list):
+//! 1. platform: hardware glue with `unsafe` (`hw`: ports, exit, CPUID/MSR;
+//!    `gdt`; `interrupts`: IDT, entry stubs), `lock`, console and
+//!    diagnostics (`console`, `logger`, `panic`, `interrupts::exceptions`,
+//!    `cpu`), the test protocol (`testing`); then `mem` (frames, heap,
+//!    physical memory), `smp::apic`, `time` (clock, tick), `smp` (CPUs,
+//!    per-CPU data, IPIs), `sched` (threads);
+//! 2. virt: the vendor trait (`virt`: `Extension`, `VirtCpu`) and its two
+//!    backends, `svm` and `vmx`;
+//! 3. vm: `vm` (the VM typed by its vendor, guest memory, vCPU threads and
+//!    loop, exit handlers, the port bus and `vm::devices`, hypercalls);
+//! 4. mm: `reclaim`, then `aging` (the aging thread and its exit-driven
+//!    twin);
+//! 5. launch: `launch` (the backend, chosen once, and the selected guest),
+//!    `banner`, and the scenario support of `testing::{aging, guests,
+//!    overcommit, smp}`.
+//!
+//! This file (the crate root) wires the layers together in [`init`];
+//! arch-independent logic lives in the `hvcore` crate.
 #![no_std]
 
 extern crate alloc;
@@ -26,6 +40,8 @@ pub mod cpu;
 pub mod gdt;
 pub mod hw;
 pub mod interrupts;
+pub mod launch;
+pub mod lock;
 pub mod logger;
 pub mod mem;
 mod panic;
@@ -35,6 +51,7 @@ pub mod smp;
 pub mod svm;
 pub mod testing;
 pub mod time;
+pub mod virt;
 pub mod vm;
 pub mod vmx;
 
@@ -90,7 +107,13 @@ pub fn init(boot_info: &'static mut BootInfo) {
     };
     mem::init(&boot_info.memory_regions, offset);
     time::init();
-    smp::init(boot_info.rsdp_addr.into_option());
+    smp::init(
+        boot_info.rsdp_addr.into_option(),
+        smp::ApEntry {
+            init: || sched::init_this_cpu(true),
+            main: sched::idle_loop,
+        },
+    );
     sched::init_this_cpu(false);
     x86_64::instructions::interrupts::enable();
 }

@@ -10,6 +10,6 @@ entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 fn main(boot_info: &'static mut BootInfo) -> ! {
     kernel::init(boot_info);
     kernel::banner::print();
-    kernel::vm::run_selected_guest();
+    kernel::launch::run_selected_guest();
     kernel::idle()
 }

@@ -6,7 +6,7 @@
 //! - [`runner`]: runs one image to its end with a deadline, collecting the
 //!   console with timestamps, and classifies the result as [`runner::Outcome`].
 //! - [`protocol`]: parses the console line protocol that test kernels speak
-//!   (`kernel/src/testing.rs`); the Bochs bed's Python harness parses the same.
+//!   (`kernel/src/testing/mod.rs`); the Bochs bed's Python harness parses the same.
 //!
 //! The integration tests in `tests/qemu.rs` are one `#[test]` per scenario
 //! kernel; `cargo xtask test` builds the images and runs them.

@@ -1,5 +1,5 @@
 //! The console line protocol of test kernels (written by
-//! `kernel/src/testing.rs`, `panic.rs` and `interrupts/exceptions.rs`).
+//! `kernel/src/testing/mod.rs`, `panic.rs` and `interrupts/exceptions.rs`).
 //!
 //! ```text
 //! [scenario] <scenario> cases=<N>

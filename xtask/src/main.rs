@@ -18,6 +18,7 @@
 
 mod bench;
 mod guests;
+mod layers;
 mod linux;
 mod report;
 mod setup;
@@ -36,8 +37,9 @@ USAGE:
 COMMANDS:
     run       Build the hypervisor and boot it in QEMU; the serial console is
               this terminal (quit QEMU with Ctrl-A X)
-    test      Run the whole test suite: rustfmt, clippy (host and kernel),
-              host tests, loom models, in-QEMU scenarios
+    test      Run the whole test suite: rustfmt, the kernel's layers,
+              clippy (host and kernel), host tests, loom models, the Bochs
+              VMX bed, in-QEMU scenarios
     bench     Run the benchmarks and print one table of their figures
               (docs/benchmarks.md): host (cargo bench -p hvcore), and with
               --guest the bench kernel in QEMU
@@ -454,6 +456,11 @@ fn steps() -> Vec<Step> {
             run: step_fmt,
         },
         Step {
+            name: "layers",
+            what: "kernel modules import only from their layer or below (xtask/src/layers.rs)",
+            run: step_layers,
+        },
+        Step {
             name: "clippy-host",
             what: "clippy -D warnings, host crates, all targets",
             run: step_clippy_host,
@@ -493,6 +500,25 @@ fn steps() -> Vec<Step> {
 
 fn step_fmt(_: &TestContext) -> Result<(), String> {
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+fn step_layers(_: &TestContext) -> Result<(), String> {
+    let src = root().join("kernel/src");
+    match layers::check_dir(&src) {
+        Ok(n) => {
+            println!("{n} kernel module files, every import from its own layer or below");
+            Ok(())
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            Err(format!(
+                "{} import(s) against the kernel's layers (docs/ARCHITECTURE.md, \"Layers\")",
+                problems.len()
+            ))
+        }
+    }
 }
 
 fn step_clippy_host(_: &TestContext) -> Result<(), String> {

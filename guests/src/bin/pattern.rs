@@ -17,9 +17,10 @@
 //!
 //! **Work report** (bit 48, for the throughput benchmark,
 //! `kernel/src/bin/bench_guest.rs`): after each interval's
-//! `REPORT_TOUCHED`, the guest makes a `MARK` whose tag is
-//! [`WORK_MARK`] `|` the hot-page touches made so far, over all intervals
-//! (low 56 bits). A touch is one read-modify-write of a hot page's first
+//! `REPORT_TOUCHED`, the guest makes a `MARK` whose tag reports the
+//! hot-page touches made so far, over all intervals
+//! (`hvcore::hypercall::work_report`: `'W'` in bits 63-56, the count in
+//! the low 56 bits). A touch is one read-modify-write of a hot page's first
 //! word; the first interval's cold sweep is not counted (the hypervisor
 //! takes rates from the first report on). Without bit 48 the guest makes
 //! no `MARK`, as before.
@@ -35,11 +36,6 @@ const PAGE: u64 = 4096;
 const PHASE_INTERVALS: u64 = 4;
 /// Bitmap capacity: 1 GiB of data pages.
 const MAX_PAGES: usize = 1 << 18;
-/// Bits 63-56 of a work-report `MARK` tag (`'W'`); bits 55-0 hold the count.
-/// Other guests' marks are small tags (1, 2), never in this range.
-const WORK_MARK: u64 = 0x57 << 56;
-/// The count's bits in a work-report tag.
-const WORK_MASK: u64 = (1 << 56) - 1;
 
 static mut TOUCHED: [u64; MAX_PAGES / 64] = [0; MAX_PAGES / 64];
 
@@ -116,7 +112,7 @@ fn main(boot: BootInfo) -> u64 {
         }
         bitmap()[..words].fill(0);
         if report_work {
-            guests::mark(WORK_MARK | (work & WORK_MASK));
+            guests::mark(hvcore::hypercall::work_report::mark(work));
         }
         if interval.is_multiple_of(PHASE_INTERVALS) {
             println!("pattern: interval {interval} sweeps {sweeps}");

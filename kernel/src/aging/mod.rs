@@ -5,9 +5,9 @@
 //! `docs/report-format.md`, then reclaim toward each VM's target and, when
 //! host memory runs low, from the coldest pages of any VM.
 //!
-//! Key types: [`Managed`] (a VM handed to the thread, of either entry
-//! format: `Managed<Npt>` for SVM, `Managed<Ept>` for VMX; one code path
-//! for both), [`AgingConfig`].
+//! Key types: [`Managed`] (a VM handed to the thread, of either vendor:
+//! `Managed<Svm>` on NPT, `Managed<Vmx>` on EPT; one code path for both),
+//! [`AgingConfig`].
 //! The pass runs while the VM's vCPUs keep running on other CPUs: the
 //! thread is pinned to CPU 0 and vCPUs to the others when there are
 //! several. Locks it takes: see `crate::reclaim` (the VM's `VmMm` lock for
@@ -35,7 +35,6 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hvcore::age::{PassStats, age_pass};
 use hvcore::flush::{FlushPolicy, TlbFlush};
 use hvcore::generations::ColdAfter;
-use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
 use hvcore::reclaim::{BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
 use hvcore::report::{self, Record};
@@ -55,7 +54,7 @@ pub struct AgingConfig {
     pub map_cell_pages: u64,
     /// Most pages reclaimed per VM per pass.
     pub reclaim_max_pages: u64,
-    /// Print the `timing` lines (`crate::reclaim::timing`) and each VM's
+    /// Print the `timing` lines (`crate::vm::timing`) and each VM's
     /// reclaimer times every this many ms, then start them afresh (0: never).
     pub timing_every_ms: u64,
 }
@@ -73,34 +72,44 @@ impl Default for AgingConfig {
     }
 }
 
-/// A VM handed to the aging thread (or to its exit work), with NPT (SVM,
-/// the default) or EPT (VMX) tables.
-#[derive(Debug, Clone)]
-pub struct Managed<F: EntryFormat = Npt> {
+/// A VM handed to the aging thread (or to its exit work), of either
+/// vendor (`Managed<Svm>` on NPT, `Managed<Vmx>` on EPT; one code path for
+/// both).
+#[derive(Debug)]
+pub struct Managed<E: Extension> {
     /// The VM.
-    pub vm: &'static Vm<F>,
+    pub vm: Arc<Vm<E>>,
     /// Its state, registered with `crate::reclaim`.
     pub mm: Arc<spin::Mutex<VmMm>>,
 }
 
-impl<F: EntryFormat> Managed<F> {
-    /// Registers `vm` for aging and, with a target, reclaim.
-    pub fn new(vm: &'static Vm<F>, target: Option<ReclaimTarget>) -> Self {
-        let mm = reclaim::register(vm.name(), vm.memory.tables(), target);
-        Managed { vm, mm }
+impl<E: Extension> Clone for Managed<E> {
+    fn clone(&self) -> Self {
+        Managed {
+            vm: self.vm.clone(),
+            mm: self.mm.clone(),
+        }
     }
 }
 
-struct RequestFlush<'a, F: EntryFormat>(&'a Vm<F>);
+impl<E: Extension> Managed<E> {
+    /// Registers `vm` for aging and, with a target, reclaim.
+    pub fn new(vm: &Arc<Vm<E>>, target: Option<ReclaimTarget>) -> Self {
+        let mm = reclaim::register(vm.name(), &vm.memory, target);
+        Managed { vm: vm.clone(), mm }
+    }
+}
 
-impl<F: EntryFormat> TlbFlush for RequestFlush<'_, F> {
+struct RequestFlush<'a, E: Extension>(&'a Vm<E>);
+
+impl<E: Extension> TlbFlush for RequestFlush<'_, E> {
     fn flush_guest_tlb(&mut self) {
         self.0.request_tlb_flush();
     }
 }
 
 /// One aging pass over `m`, with its report lines. Returns the pass stats.
-pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
+pub fn pass<E: Extension>(m: &Managed<E>, config: &AgingConfig) -> PassStats {
     let t0 = crate::time::now_ns();
     let now = t0 / 1_000_000;
     let tables = m.vm.memory.tables();
@@ -110,7 +119,7 @@ pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
         tables,
         &mut mm.gens,
         now,
-        &mut RequestFlush(m.vm),
+        &mut RequestFlush(&m.vm),
         FlushPolicy::OncePerPass,
     );
     let t_post = timing::PASS_WALK.since(t_walk);
@@ -236,12 +245,12 @@ pub fn reclaim_line<F: EntryFormat>(
 /// the reclaimer's `batch_pages` at a time: each batch holds the VM's
 /// writer lock, then its `VmMm` lock, and lets go before the next, so a
 /// vCPU's fault waits for one batch at most.
-pub fn reclaim_vm<F: EntryFormat>(
-    m: &Managed<F>,
+pub fn reclaim_vm<E: Extension>(
+    m: &Managed<E>,
     target: ReclaimTarget,
     max_pages: u64,
 ) -> BatchStats {
-    let vm = m.vm;
+    let vm = &m.vm;
     let mut total = BatchStats::default();
     let batch_pages = m.mm.lock().rec.batch_pages() as u64;
     while total.reclaimed < max_pages {
@@ -323,7 +332,7 @@ pub fn stop() {
 
 /// The thread body: passes every `config.interval_ms` over `vms` until
 /// every VM stopped (or [`stop`]); then one last reclaim line per VM.
-pub fn run<F: EntryFormat>(vms: Vec<Managed<F>>, config: AgingConfig) {
+pub fn run<E: Extension>(vms: Vec<Managed<E>>, config: AgingConfig) {
     STOP.store(false, Ordering::Release);
     let mut next = crate::time::now_ns();
     let mut timing_at = next;
@@ -383,7 +392,7 @@ pub const BARREN_MS: u64 = 500;
 
 /// The `timing` lines of the phases and of each VM's reclaimer, labelled
 /// with the time in ms; the phases start afresh.
-pub fn print_timing<F: EntryFormat>(vms: &[Managed<F>], t_ms: u64) {
+pub fn print_timing<E: Extension>(vms: &[Managed<E>], t_ms: u64) {
     let label = alloc::format!("t_ms={t_ms}");
     timing::print(&label);
     timing::reset();
@@ -405,7 +414,7 @@ pub fn print_timing<F: EntryFormat>(vms: &[Managed<F>], t_ms: u64) {
 
 /// One VM's work per interval: a pass, then reclaim toward its target (a
 /// `reclaim` line when pages went, and with the detail lines).
-fn vm_work<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
+fn vm_work<E: Extension>(m: &Managed<E>, config: &AgingConfig) -> PassStats {
     let stats = pass(m, config);
     let target = m.mm.lock().target;
     if let Some(target) = target {
@@ -426,7 +435,7 @@ fn vm_work<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
 }
 
 /// The last `reclaim` line of `m`, once it stopped.
-pub fn final_line<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) {
+pub fn final_line<E: Extension>(m: &Managed<E>, config: &AgingConfig) {
     let mm = m.mm.lock();
     let n = mm.gens.max_seq();
     crate::println!(
@@ -445,12 +454,18 @@ pub const EXITS_PER_PASS: u64 = 64;
 /// `exits_per_pass` exits went by or `config.interval_ms` of the clock
 /// passed since the last pass, whichever is first. Returns false (and
 /// installs nothing) when the VM already has exit work.
-pub fn on_exits<F: EntryFormat>(m: Managed<F>, config: AgingConfig, exits_per_pass: u64) -> bool {
-    let vm = m.vm;
+pub fn on_exits<E: Extension>(m: Managed<E>, config: AgingConfig, exits_per_pass: u64) -> bool {
+    // The work lives in the VM: it holds the VM weakly, not in a cycle.
+    let vm = Arc::downgrade(&m.vm);
+    let mm = m.mm;
     let exits = AtomicU64::new(0);
     let last_ns = AtomicU64::new(crate::time::now_ns());
     let interval_ns = config.interval_ms.saturating_mul(1_000_000);
-    vm.set_exit_work(Box::new(move || {
+    m.vm.set_exit_work(Box::new(move || {
+        let Some(vm) = vm.upgrade() else {
+            return;
+        };
+        let m = Managed { vm, mm: mm.clone() };
         let n = exits.fetch_add(1, Ordering::Relaxed) + 1;
         let now = crate::time::now_ns();
         let due_by_clock = now.saturating_sub(last_ns.load(Ordering::Relaxed)) >= interval_ns;
@@ -472,12 +487,12 @@ pub fn on_exits<F: EntryFormat>(m: Managed<F>, config: AgingConfig, exits_per_pa
 /// `reclaim::WATERMARKS` is satisfied or nothing more can be freed. A VM
 /// whose batch freed no frame for good (all rescued, incompressible) is
 /// passed over for [`BARREN_MS`] (`barren_until_ms`, one entry per VM).
-fn pressure<F: EntryFormat>(vms: &[Managed<F>], barren_until_ms: &mut [u64]) {
+fn pressure<E: Extension>(vms: &[Managed<E>], barren_until_ms: &mut [u64]) {
     let t0 = crate::time::now_ns();
     let _round = TimeRound(t0);
     let now = reclaim::now_ms();
     let survey = |i: usize| {
-        let m: &Managed<F> = &vms[i];
+        let m: &Managed<E> = &vms[i];
         if m.vm.stop_reason().is_some() {
             return VictimCandidate::default();
         }
@@ -610,9 +625,8 @@ pub fn banner_line() -> alloc::string::String {
 /// configured reclaim target, until it stops: on CPU `cpu` with the aging
 /// thread on CPU 0 where there is a timer; without one (the Bochs bed) on
 /// this CPU, aging on its exits ([`on_exits`]).
-pub fn run_selected<E: Extension>(vm: alloc::boxed::Box<Vm<E::Format>>, cpu: usize) {
-    let vm: &'static Vm<E::Format> = alloc::boxed::Box::leak(vm);
-    let m = Managed::new(vm, configured_target());
+pub fn run_selected<E: Extension>(vm: Arc<Vm<E>>, cpu: usize) {
+    let m = Managed::new(&vm, configured_target());
     let config = AgingConfig {
         interval_ms: AGE_INTERVAL_MS,
         ..AgingConfig::default()
@@ -625,13 +639,11 @@ pub fn run_selected<E: Extension>(vm: alloc::boxed::Box<Vm<E::Format>>, cpu: usi
         );
         let ok = on_exits(m.clone(), config, EXITS_PER_PASS);
         debug_assert!(ok, "a new VM has no exit work");
-        crate::vm::run_on_this_cpu::<E>(vm);
+        crate::vm::run_on_this_cpu(&vm);
         final_line(&m, &config);
         return;
     }
-    let vcpu = crate::sched::spawn_on(cpu, "vcpu", move || {
-        crate::vm::run_on_this_cpu::<E>(vm);
-    });
+    let vcpu = crate::vm::spawn_on(cpu, vm);
     let ms = alloc::vec![m];
     let ager = crate::sched::spawn_on(0, "aging", move || run(ms, config));
     vcpu.join();

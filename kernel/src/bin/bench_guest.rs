@@ -41,17 +41,22 @@
 extern crate alloc;
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::cpu_features::Backend;
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
-use hvcore::pte::EntryFormat;
+use hvcore::hypercall::work_report;
+
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
+use kernel::svm::Svm;
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, Extension, GuestEvent, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::{self, Extension, GuestEvent, StopReason, Vm, images};
+use kernel::vmx::vcpu::Vmx;
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -81,9 +86,6 @@ const PATTERN_HOT_PAGES: u64 = 1792;
 const PATTERN_INTERVAL_MS: u64 = 250;
 /// 8 s of guest time per round (the hot set moves every 1 s).
 const PATTERN_INTERVALS: u64 = 32;
-/// Work-report `MARK` tags: `'W'` in bits 63-56 (`guests/src/bin/pattern.rs`).
-const WORK_MARK: u64 = 0x57 << 56;
-const WORK_MASK: u64 = (1 << 56) - 1;
 /// RAM of each `checksum` VM.
 const CHECKSUM_RAM: u64 = 16 * MIB;
 
@@ -104,22 +106,6 @@ fn ratio(a: u64, b: u64, places: u32) -> alloc::string::String {
         return alloc::format!("{v}");
     }
     alloc::format!("{}.{:0w$}", v / scale, v % scale, w = places as usize)
-}
-
-fn new_vm<F: EntryFormat>(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    hook: Option<vm::Hook<F>>,
-) -> &'static Vm<F> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages: false,
-        boot_arg,
-    };
-    Box::leak(Vm::<F>::new(config, hook).expect("VM"))
 }
 
 /// Where the figures come from: the accelerator is the host's business
@@ -222,27 +208,27 @@ fn median(v: &mut [u64]) -> u64 {
 
 static WORK: [Work; 2] = [Work::new(), Work::new()];
 
-fn work_hook<F: EntryFormat>(vm: &Vm<F>, e: &GuestEvent) {
+fn work_hook<E: Extension>(vm: &Vm<E>, e: &GuestEvent) {
     let GuestEvent::Mark(tag) = *e else {
         return;
     };
-    if tag & !WORK_MASK != WORK_MARK {
+    let Some(work) = work_report::count(tag) else {
         return;
-    }
+    };
     let now = kernel::time::now_ns();
     if let Some(w) = WORK
         .iter()
         .find(|w| w.vm_id.load(Ordering::Acquire) == u64::from(vm.id))
     {
-        w.record(now, tag & WORK_MASK);
+        w.record(now, work);
     }
 }
 
-fn pattern_vm<F: EntryFormat>() -> &'static Vm<F> {
+fn pattern_vm<E: Extension>() -> Arc<Vm<E>> {
     let arg =
         PATTERN_INTERVALS | (PATTERN_INTERVAL_MS << 16) | (PATTERN_HOT_PAGES << 32) | (1 << 48);
-    let hook: vm::Hook<F> = Box::leak(Box::new(work_hook::<F>));
-    new_vm(images::PATTERN, PATTERN_RAM, arg, Some(hook))
+    let hook: vm::Hook<E> = Box::leak(Box::new(work_hook::<E>));
+    new_vm(images::PATTERN, PATTERN_RAM, arg, false, Some(hook))
 }
 
 /// The aging thread's configuration: the defaults of a run (1 s, report
@@ -254,22 +240,20 @@ fn bench_aging() -> AgingConfig {
 /// One round: `aged` and `plain` run at once on `cpus`; only `aged` is
 /// handed to the aging thread. Returns (aged, plain) work/s.
 fn round<E: Extension>(
-    aged: &'static Vm<E::Format>,
-    plain: &'static Vm<E::Format>,
+    aged: Arc<Vm<E>>,
+    plain: Arc<Vm<E>>,
     cpus: (usize, usize),
     concurrent: bool,
     label: &str,
 ) -> (u64, u64) {
     WORK[0].reset(aged.id);
     WORK[1].reset(plain.id);
-    let m = Managed::new(aged, Some(ReclaimTarget::Adaptive));
+    let m = Managed::new(&aged, Some(ReclaimTarget::Adaptive));
     let run_plain = move || {
-        assert_eq!(vm::run_on_this_cpu::<E>(plain), StopReason::Exited(0));
+        assert_eq!(vm::run_on_this_cpu(&plain), StopReason::Exited(0));
     };
     let run_aged = |cpu: usize| {
-        let vcpu = kernel::sched::spawn_on(cpu, "vcpu", move || {
-            vm::run_on_this_cpu::<E>(aged);
-        });
+        let vcpu = vm::spawn_on(cpu, aged.clone());
         let ms = alloc::vec![m.clone()];
         let ager = kernel::sched::spawn_on(0, "aging", move || aging::run(ms, bench_aging()));
         vcpu.join();
@@ -314,8 +298,8 @@ fn round<E: Extension>(
 }
 
 fn throughput() {
-    match vm::backend() {
-        Some(Backend::Vmx) => throughput_on::<kernel::vmx::vcpu::Vmx>(),
+    match kernel::launch::backend() {
+        Some(Backend::Vmx) => throughput_on::<Vmx>(),
         Some(Backend::Svm) => throughput_on::<Svm>(),
         None => panic!("no virtualization extension: nothing to measure"),
     }
@@ -349,7 +333,7 @@ fn throughput_on<E: Extension>() {
     let mut ratios_e4 = Vec::new();
     let mut paired_e4 = Vec::new();
     for (i, &cpus) in rounds.iter().enumerate() {
-        let (aged, plain) = (pattern_vm::<E::Format>(), pattern_vm::<E::Format>());
+        let (aged, plain) = (pattern_vm::<E>(), pattern_vm::<E>());
         let label = alloc::format!("round {}", i + 1);
         let (a, p) = round::<E>(aged, plain, cpus, concurrent, &label);
         paired_e4.extend(paired_ratios_e4(&WORK[0], &WORK[1]));
@@ -403,15 +387,11 @@ fn throughput_on<E: Extension>() {
     let mut control_paired_e4 = Vec::new();
     let mut control = (0u64, 0u64);
     for (i, &(c_stand_in, c_other)) in [(1usize, 2usize), (2, 1)].iter().enumerate() {
-        let (v1, v2) = (pattern_vm::<E::Format>(), pattern_vm::<E::Format>());
+        let (v1, v2) = (pattern_vm::<E>(), pattern_vm::<E>());
         WORK[0].reset(v1.id);
         WORK[1].reset(v2.id);
-        let h1 = kernel::sched::spawn_on(c_stand_in, "vcpu", move || {
-            vm::run_on_this_cpu::<E>(v1);
-        });
-        let h2 = kernel::sched::spawn_on(c_other, "vcpu", move || {
-            vm::run_on_this_cpu::<E>(v2);
-        });
+        let h1 = vm::spawn_on(c_stand_in, v1.clone());
+        let h2 = vm::spawn_on(c_other, v2.clone());
         h1.join();
         h2.join();
         assert_eq!(v1.stop_reason(), Some(StopReason::Exited(0)));
@@ -493,19 +473,19 @@ static PROBE: Probe = Probe {
     sparse: AtomicU64::new(0),
 };
 
-static CHECKSUM_VM: spin::Mutex<Option<Managed<hvcore::npt::Npt>>> = spin::Mutex::new(None);
-static CHECKSUM_VM_EPT: spin::Mutex<Option<Managed<hvcore::ept::Ept>>> = spin::Mutex::new(None);
+static CHECKSUM_VM: spin::Mutex<Option<Managed<Svm>>> = spin::Mutex::new(None);
+static CHECKSUM_VM_EPT: spin::Mutex<Option<Managed<Vmx>>> = spin::Mutex::new(None);
 
 /// The managed VM of the running checksum case, of either format.
-trait Slot: EntryFormat {
+trait Slot: Extension {
     fn slot() -> &'static spin::Mutex<Option<Managed<Self>>>;
 }
-impl Slot for hvcore::npt::Npt {
+impl Slot for Svm {
     fn slot() -> &'static spin::Mutex<Option<Managed<Self>>> {
         &CHECKSUM_VM
     }
 }
-impl Slot for hvcore::ept::Ept {
+impl Slot for Vmx {
     fn slot() -> &'static spin::Mutex<Option<Managed<Self>>> {
         &CHECKSUM_VM_EPT
     }
@@ -513,7 +493,7 @@ impl Slot for hvcore::ept::Ept {
 
 /// Two quiet passes: every page not touched since is then not young in
 /// the last one.
-fn settle<F: EntryFormat>(m: &Managed<F>) {
+fn settle<E: Extension>(m: &Managed<E>) {
     let quiet = AgingConfig {
         pass_lines: false,
         detail_every: 0,
@@ -525,21 +505,21 @@ fn settle<F: EntryFormat>(m: &Managed<F>) {
 
 /// Reclaims everything not young in the last pass; returns (pages,
 /// TSC cycles, ns).
-fn reclaim_all<F: EntryFormat>(m: &Managed<F>) -> (hvcore::reclaim::BatchStats, u64, u64) {
+fn reclaim_all<E: Extension>(m: &Managed<E>) -> (hvcore::reclaim::BatchStats, u64, u64) {
     let (t0, c0) = (kernel::time::now_ns(), kernel::time::rdtsc());
     let b = aging::reclaim_vm(m, ReclaimTarget::ColderThan(ColdAfter::Gens(1)), u64::MAX);
     let (c1, t1) = (kernel::time::rdtsc(), kernel::time::now_ns());
     (b, c1 - c0, t1 - t0)
 }
 
-fn checksum_hook<F: Slot>(vm: &Vm<F>, e: &GuestEvent) {
+fn checksum_hook<E: Slot>(vm: &Vm<E>, e: &GuestEvent) {
     if PROBE.vm_id.load(Ordering::Acquire) != u64::from(vm.id) {
         return;
     }
     let measured = PROBE.reclaim_at_mark2.load(Ordering::Acquire) != 0;
     match *e {
         GuestEvent::Mark(1) if measured => {
-            let Some(m) = F::slot().lock().clone() else {
+            let Some(m) = E::slot().lock().clone() else {
                 return;
             };
             settle(&m);
@@ -601,7 +581,7 @@ fn checksum_hook<F: Slot>(vm: &Vm<F>, e: &GuestEvent) {
         }
         GuestEvent::Mark(2) => {
             if measured {
-                let Some(m) = F::slot().lock().clone() else {
+                let Some(m) = E::slot().lock().clone() else {
                     return;
                 };
                 settle(&m);
@@ -635,23 +615,20 @@ fn checksum_hook<F: Slot>(vm: &Vm<F>, e: &GuestEvent) {
 
 /// Runs one checksum VM on this CPU; returns the verify sweep's ns (from
 /// the end of the `MARK 2` hook to `CHECKSUM_RESULT`).
-fn checksum_run<E: Extension>(sparse: bool, measured: bool) -> (u64, u64)
-where
-    E::Format: Slot,
-{
+fn checksum_run<E: Slot>(sparse: bool, measured: bool) -> (u64, u64) {
     let arg = 1 | (u64::from(sparse) << 32);
-    let hook: vm::Hook<E::Format> = Box::leak(Box::new(checksum_hook::<E::Format>));
-    let vm = new_vm::<E::Format>(images::CHECKSUM, CHECKSUM_RAM, arg, Some(hook));
-    let m = Managed::new(vm, None);
-    *<E::Format as Slot>::slot().lock() = Some(m);
+    let hook: vm::Hook<E> = Box::leak(Box::new(checksum_hook::<E>));
+    let vm = new_vm::<E>(images::CHECKSUM, CHECKSUM_RAM, arg, false, Some(hook));
+    let m = Managed::new(&vm, None);
+    *E::slot().lock() = Some(m);
     PROBE
         .reclaim_at_mark2
         .store(u64::from(measured), Ordering::Release);
     PROBE.mark2_reclaimed.store(0, Ordering::Release);
     PROBE.sparse.store(u64::from(sparse), Ordering::Release);
     PROBE.vm_id.store(u64::from(vm.id), Ordering::Release);
-    let reason = vm::run_on_this_cpu::<E>(vm);
-    *<E::Format as Slot>::slot().lock() = None;
+    let reason = vm::run_on_this_cpu(&vm);
+    *E::slot().lock() = None;
     let pages = (CHECKSUM_RAM - layout::DATA_START_GPA) / 4096;
     assert_eq!(reason, StopReason::Exited(0));
     assert_eq!(vm.checksum_result(), Some((pages, 0)), "nothing lost");
@@ -661,17 +638,14 @@ where
 }
 
 fn checksum() {
-    match vm::backend() {
-        Some(Backend::Vmx) => checksum_on::<kernel::vmx::vcpu::Vmx>(),
+    match kernel::launch::backend() {
+        Some(Backend::Vmx) => checksum_on::<Vmx>(),
         Some(Backend::Svm) => checksum_on::<Svm>(),
         None => panic!("no virtualization extension: nothing to measure"),
     }
 }
 
-fn checksum_on<E: Extension>()
-where
-    E::Format: Slot,
-{
+fn checksum_on<E: Slot>() {
     for sparse in [false, true] {
         let data = if sparse { "sparse" } else { "dense" };
         kernel::println!(

@@ -14,17 +14,16 @@
 
 extern crate alloc;
 
-use alloc::boxed::Box;
 use bootloader_api::{BootInfo, entry_point};
-use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
-use hvcore::npt::Npt;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
-use kernel::testing::aging::{HotSetScorer, reclaim_and_account};
+use kernel::svm::Svm;
+use kernel::testing::aging::{HotSetScorer, memory_comes_back};
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, GuestEvent, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -51,29 +50,15 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "reclaimed_frames_come_back_to_the_host",
-            run: memory_comes_back,
+            run: || {
+                // Everything not young in the last of two passes.
+                memory_comes_back::<Svm>(16 * MIB, u64::MAX)
+            },
         },
     ],
 };
 
 const MIB: u64 = 1 << 20;
-
-fn new_vm(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    huge_pages: bool,
-    hook: Option<vm::Hook<Npt>>,
-) -> &'static Vm<Npt> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages,
-        boot_arg,
-    };
-    Box::leak(Vm::<Npt>::new(config, hook).expect("VM"))
-}
 
 fn vcpu_cpu() -> usize {
     kernel::smp::cpu_count() - 1
@@ -81,23 +66,20 @@ fn vcpu_cpu() -> usize {
 
 /// Runs `vm` on the last CPU while the aging thread runs `config` on CPU 0
 /// over it; returns how the VM stopped.
-fn run_with_aging(m: &Managed, config: AgingConfig) -> StopReason {
-    let vm = m.vm;
-    let vcpu = kernel::sched::spawn_on(vcpu_cpu(), "vcpu", move || {
-        vm::run_on_this_cpu::<Svm>(vm);
-    });
+fn run_with_aging(m: &Managed<Svm>, config: AgingConfig) -> StopReason {
+    let vcpu = vm::spawn_on(vcpu_cpu(), m.vm.clone());
     let ms = alloc::vec![m.clone()];
     let ager = kernel::sched::spawn_on(0, "aging", move || aging::run(ms, config));
     vcpu.join();
     aging::stop();
     ager.join();
-    vm.stop_reason().expect("stopped")
+    m.vm.stop_reason().expect("stopped")
 }
 
-static ACCURACY: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);
+static ACCURACY: spin::Mutex<Option<Managed<Svm>>> = spin::Mutex::new(None);
 static SCORER: HotSetScorer = HotSetScorer::new();
 
-fn accuracy_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
+fn accuracy_hook(_vm: &Vm<Svm>, e: &GuestEvent) {
     if let Some(m) = ACCURACY.lock().clone() {
         SCORER.on_event(&m, e);
     }
@@ -108,8 +90,8 @@ fn accuracy() {
     let arg = 12 | (100 << 16) | (48 << 32);
     // 4 KiB pages: a huge page ages as a unit, so its 512 pages are all
     // hot when one is.
-    let vm = new_vm(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
-    let m = Managed::new(vm, None);
+    let vm = new_vm::<Svm>(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
+    let m = Managed::new(&vm, None);
     *ACCURACY.lock() = Some(m.clone());
     let config = AgingConfig {
         interval_ms: 10,
@@ -128,12 +110,12 @@ fn accuracy() {
 
 fn nothing_lost() {
     let (ram, rounds) = (8 * MIB, 3);
-    let vm = new_vm(images::CHECKSUM, ram, rounds, false, Some(&pause_hook));
+    let vm = new_vm::<Svm>(images::CHECKSUM, ram, rounds, false, Some(&pause_hook));
     // Pages not young for 3 passes of 10 ms go. The guest waits 150 ms at
     // each mark (before rewriting a third of its pages, before verifying),
     // long enough for most of its memory to be reclaimed; its next sweep
     // brings the pages back while aging and reclaim keep running.
-    let m = Managed::new(vm, Some(ReclaimTarget::ColderThan(ColdAfter::Gens(3))));
+    let m = Managed::new(&vm, Some(ReclaimTarget::ColderThan(ColdAfter::Gens(3))));
     let t0 = kernel::time::now_ns();
     let config = AgingConfig {
         interval_ms: 10,
@@ -176,40 +158,8 @@ fn nothing_lost() {
 }
 
 /// Lets the guest wait at each mark, as a guest that sleeps between phases.
-fn pause_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
+fn pause_hook(_vm: &Vm<Svm>, e: &GuestEvent) {
     if matches!(e, GuestEvent::Mark(_)) {
         kernel::time::spin_until(kernel::time::now_ns() + 150_000_000);
     }
-}
-
-static COMES_BACK: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);
-static CHECKED: AtomicU64 = AtomicU64::new(0);
-
-/// At `MARK 1` (the guest has written all its data and waits): everything
-/// not young in the last of two passes is reclaimed, and the host's free
-/// frames are counted around it.
-fn comes_back_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
-    if *e != GuestEvent::Mark(1) || CHECKED.load(Ordering::Relaxed) != 0 {
-        return;
-    }
-    if let Some(m) = COMES_BACK.lock().clone() {
-        reclaim_and_account(&m, u64::MAX);
-        CHECKED.store(1, Ordering::Relaxed);
-    }
-}
-
-fn memory_comes_back() {
-    let vm = new_vm(images::CHECKSUM, 16 * MIB, 1, true, Some(&comes_back_hook));
-    let m = Managed::new(vm, None);
-    *COMES_BACK.lock() = Some(m.clone());
-    let reason = vm::run_on_this_cpu::<Svm>(vm);
-    *COMES_BACK.lock() = None;
-    assert_eq!(reason, StopReason::Exited(0));
-    assert_eq!(CHECKED.load(Ordering::Relaxed), 1, "the hook ran");
-    let pages = (16 * MIB - layout::DATA_START_GPA) / 4096;
-    assert_eq!(
-        vm.checksum_result(),
-        Some((pages, 0)),
-        "and everything came back intact"
-    );
 }

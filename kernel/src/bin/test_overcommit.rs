@@ -27,6 +27,7 @@ use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::Ordering;
 use kernel::aging::{self, Managed};
 use kernel::reclaim;
+use kernel::svm::Svm;
 use kernel::testing::overcommit::{
     MIB, data_pages, host_bytes, new_vm, over_host_bytes, print_vm, spawn_aging, spawn_vcpu,
 };
@@ -61,13 +62,13 @@ fn all_finish() {
     let taken0 = reclaim::FRAMES_TAKEN.load(Ordering::Relaxed);
     kernel::reclaim::timing::reset();
     let vms: Vec<_> = names.iter().map(|&n| new_vm(n, ram, 1 | SPARSE)).collect();
-    let ms: Vec<Managed> = vms.iter().map(|&vm| Managed::new(vm, None)).collect();
+    let ms: Vec<Managed<Svm>> = vms.iter().map(|vm| Managed::new(vm, None)).collect();
     let t0 = kernel::time::now_ns();
     let ager = spawn_aging(&ms);
     let vcpus: Vec<_> = vms
         .iter()
         .enumerate()
-        .map(|(i, &vm)| spawn_vcpu(i, vm))
+        .map(|(i, vm)| spawn_vcpu(i, vm))
         .collect();
     for v in vcpus {
         v.join();

@@ -65,18 +65,18 @@ fn hot_sets_exceed() {
     kernel::reclaim::timing::reset();
     let small = new_vm("small", small_ram, 6);
     let big = new_vm("big", big_ram, 1);
-    let ms = [Managed::new(small, None), Managed::new(big, None)];
+    let ms = [Managed::new(&small, None), Managed::new(&big, None)];
     let ager = spawn_aging(&ms);
     // The small VM first, so its memory is its own before the big one
     // takes the rest.
-    let v_small = spawn_vcpu(0, small);
+    let v_small = spawn_vcpu(0, &small);
     assert!(
         wait_until(30_000, || small.memory.resident().0
             >= data_pages(small_ram)
             || small.stop_reason().is_some()),
         "the small VM filled its memory"
     );
-    let v_big = spawn_vcpu(1, big);
+    let v_big = spawn_vcpu(1, &big);
     v_small.join();
     // The big VM runs out: it is paused, and stays paused with nothing
     // left to reclaim.
@@ -103,8 +103,8 @@ fn hot_sets_exceed() {
     aging::stop();
     ager.join();
     kernel::reclaim::timing::print("overcommit");
-    print_vm(small, &ms[0]);
-    print_vm(big, &ms[1]);
+    print_vm(&small, &ms[0]);
+    print_vm(&big, &ms[1]);
     assert!(big_ram > host, "the big VM alone exceeds the host");
     assert_eq!(
         small.stop_reason(),

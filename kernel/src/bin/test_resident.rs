@@ -14,15 +14,15 @@
 
 extern crate alloc;
 
-use alloc::boxed::Box;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::guest_layout as layout;
-use hvcore::npt::Npt;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
+use kernel::svm::Svm;
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, GuestEvent, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -43,23 +43,7 @@ const MIB: u64 = 1 << 20;
 /// The resident limit of both VMs, in 4 KiB pages (1 MiB).
 const LIMIT_PAGES: u64 = 256;
 
-fn new_vm(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    hook: Option<vm::Hook<Npt>>,
-) -> &'static Vm<Npt> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages: false,
-        boot_arg,
-    };
-    Box::leak(Vm::<Npt>::new(config, hook).expect("VM"))
-}
-
-fn resident_pages(m: &Managed) -> u64 {
+fn resident_pages(m: &Managed<Svm>) -> u64 {
     let now = kernel::reclaim::now_ms();
     m.mm.lock()
         .gens
@@ -68,13 +52,13 @@ fn resident_pages(m: &Managed) -> u64 {
         .sum()
 }
 
-static SLEEPER: spin::Mutex<Option<Managed>> = spin::Mutex::new(None);
+static SLEEPER: spin::Mutex<Option<Managed<Svm>>> = spin::Mutex::new(None);
 /// The sleeper's resident pages at the end of its sleep (+1, 0 = unset).
 static SLEPT_RESIDENT: AtomicU64 = AtomicU64::new(0);
 
 /// At `MARK 1` (its data written): the guest sleeps 1.5 s while the aging
 /// thread reclaims it toward the limit.
-fn sleep_hook(_vm: &Vm<Npt>, e: &GuestEvent) {
+fn sleep_hook(_vm: &Vm<Svm>, e: &GuestEvent) {
     if *e != GuestEvent::Mark(1) {
         return;
     }
@@ -91,21 +75,17 @@ fn busy_and_sleeping() {
     // 40 intervals of 50 ms (busy through the sleeper's whole sleep); the
     // hot set is every data page.
     let busy_arg = 40 | (50 << 16) | (busy_pages << 32);
-    let busy = new_vm(images::PATTERN, busy_ram, busy_arg, None);
+    let busy = new_vm::<Svm>(images::PATTERN, busy_ram, busy_arg, false, None);
     let sleeper_ram = 8 * MIB;
     let sleeper_pages = (sleeper_ram - layout::DATA_START_GPA) / 4096;
-    let sleeper = new_vm(images::CHECKSUM, sleeper_ram, 1, Some(&sleep_hook));
+    let sleeper = new_vm::<Svm>(images::CHECKSUM, sleeper_ram, 1, false, Some(&sleep_hook));
     let target = Some(ReclaimTarget::ResidentLimit { pages: LIMIT_PAGES });
-    let (mb, ms) = (Managed::new(busy, target), Managed::new(sleeper, target));
+    let (mb, ms) = (Managed::new(&busy, target), Managed::new(&sleeper, target));
     *SLEEPER.lock() = Some(ms.clone());
     let n = kernel::smp::cpu_count();
     let cpu = |i: usize| if n > 1 { 1 + i % (n - 1) } else { 0 };
-    let vb = kernel::sched::spawn_on(cpu(0), "vcpu", move || {
-        vm::run_on_this_cpu::<Svm>(busy);
-    });
-    let vs = kernel::sched::spawn_on(cpu(1), "vcpu", move || {
-        vm::run_on_this_cpu::<Svm>(sleeper);
-    });
+    let vb = vm::spawn_on(cpu(0), busy.clone());
+    let vs = vm::spawn_on(cpu(1), sleeper.clone());
     // 150 ms: with a resident limit a page must miss two passes before it
     // can go (`RESIDENT_LIMIT_MIN_GENS`), so the busy guest keeps its pages
     // unless its vCPU thread gets no host time for 300 ms. At 50 ms, with

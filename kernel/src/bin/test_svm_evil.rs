@@ -8,14 +8,13 @@
 
 extern crate alloc;
 
-use alloc::boxed::Box;
 use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::Ordering;
 use hvcore::exit::AccessKind;
-use hvcore::npt::Npt;
+use kernel::svm::Svm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::{self, StopReason, Vm, VmConfig, images};
 use kernel::{sched, smp, time};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -73,7 +72,7 @@ static SCENARIO: Scenario = Scenario {
 
 const RAM: u64 = 8 << 20;
 
-fn evil(scenario: u64, address: u64) -> Box<Vm<Npt>> {
+fn evil(scenario: u64, address: u64) -> Arc<Vm<Svm>> {
     Vm::new(
         VmConfig {
             name: "evil",
@@ -87,11 +86,11 @@ fn evil(scenario: u64, address: u64) -> Box<Vm<Npt>> {
     .expect("VM")
 }
 
-fn run(vm: &Vm<Npt>) -> StopReason {
-    vm::run_on_this_cpu::<Svm>(vm)
+fn run(vm: &Arc<Vm<Svm>>) -> StopReason {
+    vm::run_on_this_cpu(vm)
 }
 
-fn reports(vm: &Vm<Npt>) -> u64 {
+fn reports(vm: &Vm<Svm>) -> u64 {
     vm.stats.reports.load(Ordering::Relaxed)
 }
 
@@ -173,7 +172,7 @@ fn xsave_refused() {
 fn endless_loop() {
     let cpus = smp::cpu_count();
     assert!(time::has_timer(), "QEMU gives a timer");
-    let looping: Arc<Vm<Npt>> = Arc::from(evil(7, 0));
+    let looping: Arc<Vm<Svm>> = evil(7, 0);
     let spinner = {
         let vm = looping.clone();
         // On one CPU the loop shares it with this thread: preemption is
@@ -183,7 +182,7 @@ fn endless_loop() {
         })
     };
     // Another VM runs to completion meanwhile (on CPU 0).
-    let hello = Vm::<Npt>::new(
+    let hello = Vm::<Svm>::new(
         VmConfig {
             name: "hello",
             image: images::HELLO.bytes,

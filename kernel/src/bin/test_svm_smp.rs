@@ -10,9 +10,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::{AtomicUsize, Ordering};
-use hvcore::npt::Npt;
+use kernel::svm::Svm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::{self, StopReason, Vm, VmConfig, images};
 use kernel::{sched, smp};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -48,19 +48,17 @@ fn one_vm_per_cpu() {
     let mut handles = Vec::new();
     let mut vms = Vec::new();
     for cpu in 0..cpus {
-        let vm: Arc<Vm<Npt>> = Arc::from(
-            Vm::new(
-                VmConfig {
-                    name: NAMES[cpu % NAMES.len()],
-                    image: images::CHECKSUM.bytes,
-                    ram_bytes: 24 << 20,
-                    huge_pages: cpu % 2 == 0,
-                    boot_arg: 2,
-                },
-                None,
-            )
-            .expect("VM"),
-        );
+        let vm: Arc<Vm<Svm>> = Vm::new(
+            VmConfig {
+                name: NAMES[cpu % NAMES.len()],
+                image: images::CHECKSUM.bytes,
+                ram_bytes: 24 << 20,
+                huge_pages: cpu % 2 == 0,
+                boot_arg: 2,
+            },
+            None,
+        )
+        .expect("VM");
         vms.push(vm.clone());
         let (started, running, most) = (started.clone(), running.clone(), most_at_once.clone());
         handles.push(sched::spawn_on(cpu, "vcpu", move || {
@@ -71,7 +69,7 @@ fn one_vm_per_cpu() {
             }
             let now = running.fetch_add(1, Ordering::AcqRel) + 1;
             most.fetch_max(now, Ordering::AcqRel);
-            let reason = vm::run_on_this_cpu::<Svm>(&vm);
+            let reason = vm::run_on_this_cpu(&vm);
             running.fetch_sub(1, Ordering::AcqRel);
             assert_eq!(reason, StopReason::Exited(0), "VM on CPU {cpu}");
         }));

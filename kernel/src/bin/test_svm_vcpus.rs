@@ -7,6 +7,10 @@
 //! host stop); EXIT or a fault on any vCPU stops the whole VM, reported
 //! once naming the vCPU; bad string I/O stops a VM with a clear line. Run
 //! with `-smp 4`.
+//!
+//! HLT without a wake-up, every vCPU halted, bad string I/O and the long
+//! REP OUTSB are written once in `kernel::testing::smp::cases` and run by
+//! `test_vmx_vcpus` too.
 #![no_std]
 #![no_main]
 
@@ -19,15 +23,15 @@ use core::sync::atomic::Ordering;
 use hvcore::addr::GuestPhysAddr;
 use hvcore::exit::AccessKind;
 use hvcore::flush::TlbFlush;
-use hvcore::npt::Npt;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::reclaim::Shootdown;
+use kernel::svm::Svm;
 use kernel::testing::smp::{
-    REGION_PAGES, RELEASE_GPA, prepare_regions, region_ad_mismatches, smp_vm,
+    REGION_PAGES, RELEASE_GPA, cases, prepare_regions, region_ad_mismatches, smp_vm,
 };
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, StopReason, Svm, Vm, VmConfig, images};
+use kernel::vm::{self, StopReason, Vm, VmConfig, images};
 use kernel::{sched, smp, time};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -55,11 +59,11 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "hlt_with_nothing_to_wake_stops_the_vm",
-            run: hlt_without_wakeup,
+            run: cases::hlt_without_wakeup::<Svm>,
         },
         TestCase {
             name: "every_vcpu_halted_with_nothing_to_wake_stops_the_vm",
-            run: all_halted,
+            run: cases::all_halted::<Svm>,
         },
         TestCase {
             name: "host_stop_wakes_halted_vcpus",
@@ -75,11 +79,11 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "bad_string_io_stops_the_vm",
-            run: bad_string_io,
+            run: cases::bad_string_io::<Svm>,
         },
         TestCase {
             name: "long_rep_outs_runs_in_batches",
-            run: long_rep_outs,
+            run: cases::long_rep_outs::<Svm>,
         },
     ],
 };
@@ -89,35 +93,33 @@ const MIB: u64 = 1 << 20;
 const LIMIT_PAGES: u64 = 24;
 
 /// Runs the boot vCPU of `vm` on a thread pinned to `cpu`.
-fn spawn_boot(cpu: usize, vm: &Arc<Vm<Npt>>) -> sched::JoinHandle {
+fn spawn_boot(cpu: usize, vm: &Arc<Vm<Svm>>) -> sched::JoinHandle {
     let vm = vm.clone();
     sched::spawn_on(cpu, "vcpu0", move || {
-        vm::run_on_this_cpu::<Svm>(&vm);
+        vm::run_on_this_cpu(&vm);
     })
 }
 
 fn four_vcpus_with_another_vm() {
     let cpus = smp::cpu_count();
     assert!(cpus >= 2, "run this scenario with -smp 2 or more");
-    let vm = smp_vm::<Npt>(0, 4);
+    let vm = smp_vm::<Svm>(0, 4);
     prepare_regions(&*vm);
-    let other = Arc::new(
-        Vm::<Npt>::new(
-            VmConfig {
-                name: "checksum",
-                image: images::CHECKSUM.bytes,
-                ram_bytes: 24 * MIB,
-                huge_pages: true,
-                boot_arg: 2,
-            },
-            None,
-        )
-        .expect("VM"),
-    );
+    let other = Vm::<Svm>::new(
+        VmConfig {
+            name: "checksum",
+            image: images::CHECKSUM.bytes,
+            ram_bytes: 24 * MIB,
+            huge_pages: true,
+            boot_arg: 2,
+        },
+        None,
+    )
+    .expect("VM");
     let checksum = {
         let other = other.clone();
         sched::spawn_on(1, "vcpu-checksum", move || {
-            vm::run_on_this_cpu::<Svm>(&other);
+            vm::run_on_this_cpu(&other);
         })
     };
     let start_ns = time::now_ns();
@@ -154,7 +156,7 @@ fn four_vcpus_with_another_vm() {
 /// for the new generation before it runs guest code again.
 fn flush_reaches_every_vcpu() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(5, 4);
+    let vm = smp_vm::<Svm>(5, 4);
     let boot = spawn_boot(cpus - 1, &vm);
     let deadline = time::now_ns() + 10_000_000_000;
     while vm.running_vcpus() < 4 {
@@ -201,10 +203,9 @@ fn reclaim_under_four_vcpus() {
     let cpus = smp::cpu_count();
     // vCPU 0 sleeps 300 ms before it checks the others' regions: they are
     // cold by then, reclaimed, and come back when it reads them.
-    let vm = smp_vm::<Npt>(300 << 16, 4);
-    let vm_static: &'static Vm<Npt> = alloc::boxed::Box::leak(alloc::boxed::Box::new(vm.clone()));
+    let vm = smp_vm::<Svm>(300 << 16, 4);
     let m = Managed::new(
-        vm_static,
+        &vm,
         Some(ReclaimTarget::ResidentLimit { pages: LIMIT_PAGES }),
     );
     let config = AgingConfig {
@@ -234,35 +235,9 @@ fn reclaim_under_four_vcpus() {
     vm.memory.check_isolation().expect("isolation");
 }
 
-fn hlt_without_wakeup() {
-    let vm = smp_vm::<Npt>(1, 1);
-    let reason = vm::run_on_this_cpu::<Svm>(&vm);
-    assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
-    assert_eq!(
-        vm.stats.halts.load(Ordering::Relaxed),
-        1,
-        "the deadline HLT waited"
-    );
-}
-
-/// Three vCPUs, one of which WAKEs another first, then all HLT with no
-/// deadline: no vCPU runs, so nothing can ever send a WAKE, and the VM
-/// stops on its own instead of hanging until the host gives up on it.
-fn all_halted() {
-    let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(6, 3);
-    spawn_boot(cpus - 1, &vm).join();
-    let reason = vm.stop_reason();
-    assert!(
-        matches!(reason, Some(StopReason::Halted { .. })),
-        "{reason:?}"
-    );
-    assert_eq!(vm.running_vcpus(), 0);
-}
-
 fn stop_wakes_halted() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(2, 2);
+    let vm = smp_vm::<Svm>(2, 2);
     let boot = spawn_boot(cpus - 1, &vm);
     let deadline = time::now_ns() + 10_000_000_000;
     while vm.running_vcpus() < 2 {
@@ -286,7 +261,7 @@ fn stop_wakes_halted() {
 
 fn exit_on_secondary() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(3, 3);
+    let vm = smp_vm::<Svm>(3, 3);
     spawn_boot(cpus - 1, &vm).join();
     // vCPU 0 spun without exits: only the IPI got it out of the guest.
     assert_eq!(vm.stop_reason(), Some(StopReason::Exited(7)));
@@ -295,7 +270,7 @@ fn exit_on_secondary() {
 
 fn fault_on_secondary() {
     let cpus = smp::cpu_count();
-    let vm = smp_vm::<Npt>(4, 2);
+    let vm = smp_vm::<Svm>(4, 2);
     spawn_boot(cpus - 1, &vm).join();
     match vm.stop_reason() {
         Some(StopReason::OutsideRam { gpa, access, .. }) => {
@@ -305,49 +280,4 @@ fn fault_on_secondary() {
         other => panic!("expected a stop outside RAM, got {other:?}"),
     }
     vm.memory.check_isolation().expect("isolation");
-}
-
-fn evil(scenario: u64, address: u64) -> StopReason {
-    let vm = Vm::<Npt>::new(
-        VmConfig {
-            name: "evil",
-            image: images::EVIL.bytes,
-            ram_bytes: 8 * MIB,
-            huge_pages: true,
-            boot_arg: scenario | (address << 8),
-        },
-        None,
-    )
-    .expect("VM");
-    vm::run_on_this_cpu::<Svm>(&vm)
-}
-
-fn bad_string_io() {
-    match evil(13, 0) {
-        StopReason::StringIo { va, .. } => assert_eq!(va, 512 << 30),
-        other => panic!("scenario 13: {other:?}"),
-    }
-    match evil(14, 0) {
-        StopReason::StringIo { va, .. } => assert_eq!(va, 8 * MIB + 0x1000),
-        other => panic!("scenario 14: {other:?}"),
-    }
-    assert!(matches!(evil(16, 0), StopReason::StringIo { va: 0, .. }));
-}
-
-fn long_rep_outs() {
-    let vm = Vm::<Npt>::new(
-        VmConfig {
-            name: "evil",
-            image: images::EVIL.bytes,
-            ram_bytes: 8 * MIB,
-            huge_pages: true,
-            boot_arg: 15,
-        },
-        None,
-    )
-    .expect("VM");
-    assert_eq!(vm::run_on_this_cpu::<Svm>(&vm), StopReason::Exited(0));
-    assert_eq!(vm.stats.string_io_elements.load(Ordering::Relaxed), 10_000);
-    // 4096 elements per exit: at least 3 exits for the one instruction.
-    assert!(vm.stats.exits.load(Ordering::Relaxed) >= 3);
 }

@@ -17,17 +17,16 @@
 
 extern crate alloc;
 
-use alloc::boxed::Box;
 use bootloader_api::{BootInfo, entry_point};
-use core::sync::atomic::{AtomicU64, Ordering};
-use hvcore::ept::Ept;
+use core::sync::atomic::Ordering;
 use hvcore::generations::ColdAfter;
 use hvcore::guest_layout as layout;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
-use kernel::testing::aging::{HotSetScorer, reclaim_and_account};
+use kernel::testing::aging::{HotSetScorer, memory_comes_back};
+use kernel::testing::guests::new_vm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, GuestEvent, StopReason, Vm, VmConfig, images};
+use kernel::vm::{self, GuestEvent, StopReason, Vm, images};
 use kernel::vmx::vcpu::Vmx;
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -54,29 +53,16 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "reclaimed_frames_come_back_to_the_host",
-            run: memory_comes_back,
+            run: || {
+                // Data in one 2 MiB page, 128 pages reclaimed (one huge page split
+                // for them; more would only cost emulated time).
+                memory_comes_back::<Vmx>(6 * MIB, 128)
+            },
         },
     ],
 };
 
 const MIB: u64 = 1 << 20;
-
-fn new_vm(
-    image: images::Image,
-    ram_bytes: u64,
-    boot_arg: u64,
-    huge_pages: bool,
-    hook: Option<vm::Hook<Ept>>,
-) -> &'static Vm<Ept> {
-    let config = VmConfig {
-        name: image.name,
-        image: image.bytes,
-        ram_bytes,
-        huge_pages,
-        boot_arg,
-    };
-    Box::leak(Vm::<Ept>::new(config, hook).expect("VM"))
-}
 
 /// The precondition of this scenario: the bed is in cooperative mode, and
 /// the banner says where aging runs.
@@ -90,12 +76,12 @@ fn no_timer() {
     assert!(line.contains("on VM exits"), "{line}");
 }
 
-static ACCURACY: spin::Mutex<Option<Managed<Ept>>> = spin::Mutex::new(None);
+static ACCURACY: spin::Mutex<Option<Managed<Vmx>>> = spin::Mutex::new(None);
 static SCORER: HotSetScorer = HotSetScorer::new();
 
 /// A page is hot if a pass since the previous boundary (on exits, or the
 /// one the scorer makes there) found it young.
-fn accuracy_hook(_vm: &Vm<Ept>, e: &GuestEvent) {
+fn accuracy_hook(_vm: &Vm<Vmx>, e: &GuestEvent) {
     if let Some(m) = ACCURACY.lock().clone() {
         SCORER.on_event(&m, e);
     }
@@ -105,8 +91,8 @@ fn accuracy() {
     // 12 intervals of 1 ms of the virtual clock, 48 hot pages, over 12 MiB
     // (8 MiB of data), 4 KiB pages (a huge page ages as a unit).
     let arg = 12 | (1 << 16) | (48 << 32);
-    let vm = new_vm(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
-    let m = Managed::new(vm, None);
+    let vm = new_vm::<Vmx>(images::PATTERN, 12 * MIB, arg, false, Some(&accuracy_hook));
+    let m = Managed::new(&vm, None);
     *ACCURACY.lock() = Some(m.clone());
     let config = AgingConfig {
         interval_ms: 1,
@@ -121,7 +107,7 @@ fn accuracy() {
         !aging::on_exits(m.clone(), config, 64),
         "a VM takes exit work once"
     );
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     *ACCURACY.lock() = None;
     let passes = m.mm.lock().gens.max_seq();
     let a = SCORER.summary();
@@ -140,12 +126,12 @@ fn nothing_lost() {
     // Small: every page reclaimed (compressed) and faulted back costs
     // emulated time (about 0.1 s each, measured on the bed).
     let (ram, rounds) = (layout::MIN_RAM_BYTES, 1);
-    let vm = new_vm(images::CHECKSUM, ram, rounds, false, None);
+    let vm = new_vm::<Vmx>(images::CHECKSUM, ram, rounds, false, None);
     // Pages not young for 3 passes go, at most 8 per pass. A pass every 16
     // exits: the guest's EPT violations (first touches, then refaults) are
     // most of its exits, so its sweeps and the reclaimer take turns on this
     // one CPU, and a page swept early is reclaimed while the sweep goes on.
-    let m = Managed::new(vm, Some(ReclaimTarget::ColderThan(ColdAfter::Gens(3))));
+    let m = Managed::new(&vm, Some(ReclaimTarget::ColderThan(ColdAfter::Gens(3))));
     let config = AgingConfig {
         interval_ms: 1,
         detail_every: 100,
@@ -154,7 +140,7 @@ fn nothing_lost() {
         ..AgingConfig::default()
     };
     assert!(aging::on_exits(m.clone(), config, 16));
-    let reason = vm::run_on_this_cpu::<Vmx>(vm);
+    let reason = vm::run_on_this_cpu(&vm);
     aging::final_line(&m, &config);
     let mm = m.mm.lock();
     let s = mm.rec.stats();
@@ -180,39 +166,4 @@ fn nothing_lost() {
         "the reclaimer took a good part of the pages while the guest ran"
     );
     assert!(s.refaults > 0, "and the guest brought them back");
-}
-
-static COMES_BACK: spin::Mutex<Option<Managed<Ept>>> = spin::Mutex::new(None);
-static CHECKED: AtomicU64 = AtomicU64::new(0);
-
-/// At `MARK 1` (the guest has written all its data and waits): 128 pages
-/// not young in the last of two passes are reclaimed (one huge page split
-/// for them; more would only cost emulated time), and the host's free
-/// frames are counted around it.
-fn comes_back_hook(_vm: &Vm<Ept>, e: &GuestEvent) {
-    if *e != GuestEvent::Mark(1) || CHECKED.load(Ordering::Relaxed) != 0 {
-        return;
-    }
-    if let Some(m) = COMES_BACK.lock().clone() {
-        reclaim_and_account(&m, 128);
-        CHECKED.store(1, Ordering::Relaxed);
-    }
-}
-
-fn memory_comes_back() {
-    // Data in one 2 MiB page.
-    let ram = 6 * MIB;
-    let vm = new_vm(images::CHECKSUM, ram, 1, true, Some(&comes_back_hook));
-    let m = Managed::new(vm, None);
-    *COMES_BACK.lock() = Some(m.clone());
-    let reason = vm::run_on_this_cpu::<Vmx>(vm);
-    *COMES_BACK.lock() = None;
-    assert_eq!(reason, StopReason::Exited(0));
-    assert_eq!(CHECKED.load(Ordering::Relaxed), 1, "the hook ran");
-    let pages = (ram - layout::DATA_START_GPA) / 4096;
-    assert_eq!(
-        vm.checksum_result(),
-        Some((pages, 0)),
-        "and everything came back intact"
-    );
 }

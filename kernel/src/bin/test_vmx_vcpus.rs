@@ -10,6 +10,10 @@
 //! Not here (they need a second CPU or a timer: a vCPU spinning in the
 //! guest without exits never gives the one CPU back): `EXIT` or a fault on
 //! one vCPU while another spins, and the flush-reaches-every-vCPU case.
+//!
+//! HLT without a wake-up, every vCPU halted, bad string I/O and the long
+//! REP OUTSB are written once in `kernel::testing::smp::cases` and run by
+//! `test_svm_vcpus` too.
 #![no_std]
 #![no_main]
 
@@ -19,10 +23,9 @@ use alloc::sync::Arc;
 use bootloader_api::{BootInfo, entry_point};
 use core::sync::atomic::Ordering;
 use hvcore::cpu_features::Backend;
-use hvcore::ept::Ept;
-use kernel::testing::smp::{REGION_PAGES, prepare_regions, region_ad_mismatches};
+use kernel::testing::smp::{REGION_PAGES, cases, prepare_regions, region_ad_mismatches};
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, StopReason, Vm, VmConfig, images};
+use kernel::vm::{self, StopReason, Vm};
 use kernel::vmx::vcpu::Vmx;
 use kernel::{sched, time};
 
@@ -42,11 +45,11 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "hlt_with_nothing_to_wake_stops_the_vm",
-            run: hlt_without_wakeup,
+            run: cases::hlt_without_wakeup::<Vmx>,
         },
         TestCase {
             name: "every_vcpu_halted_with_nothing_to_wake_stops_the_vm",
-            run: all_halted,
+            run: cases::all_halted::<Vmx>,
         },
         TestCase {
             name: "host_stop_wakes_halted_vcpus",
@@ -54,25 +57,28 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "bad_string_io_stops_the_vm",
-            run: bad_string_io,
+            run: cases::bad_string_io::<Vmx>,
         },
         TestCase {
             name: "long_rep_outs_runs_in_batches",
-            run: long_rep_outs,
+            run: cases::long_rep_outs::<Vmx>,
         },
     ],
 };
 
-const MIB: u64 = 1 << 20;
-fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Ept>> {
-    assert_eq!(vm::backend(), Some(Backend::Vmx), "the bed offers VMX");
+fn smp_vm(mode: u64, vcpus: u32) -> Arc<Vm<Vmx>> {
+    assert_eq!(
+        kernel::launch::backend(),
+        Some(Backend::Vmx),
+        "the bed offers VMX"
+    );
     kernel::testing::smp::smp_vm(mode, vcpus)
 }
 
 fn four_vcpus() {
     let vm = smp_vm(0, 4);
     prepare_regions(&*vm);
-    assert_eq!(vm::run_on_this_cpu::<Vmx>(&vm), StopReason::Exited(0));
+    assert_eq!(vm::run_on_this_cpu(&vm), StopReason::Exited(0));
     assert_eq!(vm.running_vcpus(), 0);
     let mismatched = region_ad_mismatches(&*vm, "vmx_vcpus");
     kernel::println!(
@@ -85,27 +91,12 @@ fn four_vcpus() {
     vm.memory.check_isolation().expect("isolation");
 }
 
-fn hlt_without_wakeup() {
-    let vm = smp_vm(1, 1);
-    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
-    assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
-}
-
-/// Three vCPUs on the one CPU, one WAKEs another first, then all HLT with
-/// no deadline: the VM stops on its own.
-fn all_halted() {
-    let vm = smp_vm(6, 3);
-    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
-    assert!(matches!(reason, StopReason::Halted { .. }), "{reason:?}");
-    assert_eq!(vm.running_vcpus(), 0);
-}
-
 fn stop_wakes_halted() {
     let vm = smp_vm(2, 2);
     let boot = {
         let vm = vm.clone();
         sched::spawn_on(0, "vcpu0", move || {
-            vm::run_on_this_cpu::<Vmx>(&vm);
+            vm::run_on_this_cpu(&vm);
         })
     };
     // Cooperative: this thread sleeps, the vCPUs run until both halt.
@@ -117,40 +108,4 @@ fn stop_wakes_halted() {
     vm.request_stop();
     boot.join();
     assert_eq!(vm.stop_reason(), Some(StopReason::Killed));
-}
-
-fn evil(scenario: u64) -> (Arc<Vm<Ept>>, StopReason) {
-    let vm: Arc<Vm<Ept>> = Arc::from(
-        Vm::<Ept>::new(
-            VmConfig {
-                name: "evil",
-                image: images::EVIL.bytes,
-                ram_bytes: 8 * MIB,
-                huge_pages: true,
-                boot_arg: scenario,
-            },
-            None,
-        )
-        .expect("VM"),
-    );
-    let reason = vm::run_on_this_cpu::<Vmx>(&vm);
-    (vm, reason)
-}
-
-fn bad_string_io() {
-    match evil(13).1 {
-        StopReason::StringIo { va, .. } => assert_eq!(va, 512 << 30),
-        other => panic!("scenario 13: {other:?}"),
-    }
-    match evil(14).1 {
-        StopReason::StringIo { va, .. } => assert_eq!(va, 8 * MIB + 0x1000),
-        other => panic!("scenario 14: {other:?}"),
-    }
-    assert!(matches!(evil(16).1, StopReason::StringIo { va: 0, .. }));
-}
-
-fn long_rep_outs() {
-    let (vm, reason) = evil(15);
-    assert_eq!(reason, StopReason::Exited(0));
-    assert_eq!(vm.stats.string_io_elements.load(Ordering::Relaxed), 10_000);
 }

@@ -23,7 +23,7 @@
 //! as guest memory come from frames directly.
 
 use super::{FrameSize, alloc_frame, phys};
-use crate::sched::lock::IrqSpinLock;
+use crate::lock::IrqSpinLock;
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::addr::{PAGE_SIZE_2M, PAGE_SIZE_4K};

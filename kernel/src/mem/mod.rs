@@ -21,7 +21,7 @@ pub mod heap;
 pub mod map;
 pub mod phys;
 
-use crate::sched::lock::IrqSpinLock;
+use crate::lock::IrqSpinLock;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::addr::{HostPhysAddr, PAGE_SIZE_4K};

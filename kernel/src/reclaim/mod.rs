@@ -4,8 +4,9 @@
 //! overcommit wait.
 //!
 //! Key types: [`VmMm`] (one VM's generation bookkeeping, reclaimer and
-//! pass counters, behind one spin lock, registered by the VM's table root
-//! so the fault path finds it), [`KernelFrames`] (the reclaimer's
+//! pass counters, behind one spin lock; the VM's memory holds it as its
+//! `vm::memory::PageReclaimer`, so the fault path reaches it without a
+//! global lookup), [`KernelFrames`] (the reclaimer's
 //! `GuestFrames`: the frame allocator plus the VM's frame map),
 //! [`Shootdown`].
 //!
@@ -27,15 +28,18 @@
 //! guest, so it cannot deadlock with a fault that waits for the lock.
 //!
 //! Neighbours: `crate::aging` (the thread that drives passes and reclaim),
-//! `crate::vm::memory` (calls [`fault_in_hook`]), `hvcore::{reclaim, store,
+//! `crate::vm::memory` (holds each VM's [`VmMm`] as its `PageReclaimer`,
+//! and calls [`wait_for_memory`] through `set_memory_wait`), `hvcore::{reclaim, store,
 //! feedback, generations, report}`.
 
-pub mod timing;
+pub use crate::vm::timing;
 
 use crate::mem::{self, phys};
-use crate::vm::memory::{FaultOutcome, GuestFrame, PhysTables};
+use crate::vm::memory::{
+    FaultOutcome, FrameTables, GuestFrame, GuestMemory, PageReclaimer, PhysTables,
+};
 use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
@@ -63,27 +67,30 @@ pub struct VmMm {
     pub target: Option<ReclaimTarget>,
     /// Resident pages not young in the last pass, as the last pass counted
     /// them, less the pages reclaimed since: for [`cold_pages`], which has
-    /// no tables to walk (the registry knows VMs by table root only).
+    /// no tables to walk (the registry knows only each VM's `VmMm`).
     pub cold_pages: u64,
 }
 
-/// A registered VM: its table root and state.
-type Entry = (u64, Arc<spin::Mutex<VmMm>>);
-
-static REGISTRY: spin::Mutex<Vec<Entry>> = spin::Mutex::new(Vec::new());
+/// Every managed VM's state, for the host-wide figures of the pressure
+/// reclaimer ([`cold_pages`], whether any VM is managed); a VM's state goes
+/// with its memory, which holds the only other reference. Never taken on a
+/// fault.
+static REGISTRY: spin::Mutex<Vec<Weak<spin::Mutex<VmMm>>>> = spin::Mutex::new(Vec::new());
 
 /// Frames given back by reclaimers, and taken for fault-ins, host-wide.
 pub static FRAMES_FREED: AtomicU64 = AtomicU64::new(0);
 /// See [`FRAMES_FREED`].
 pub static FRAMES_TAKEN: AtomicU64 = AtomicU64::new(0);
 
-/// Registers the VM with tables `tables`; every page already mapped starts
-/// in the current generation (its age counts from now).
+/// Manages the VM whose memory is `memory`: every page already mapped
+/// starts in the current generation (its age counts from now), and the
+/// memory's fault path reaches the returned state as its reclaimer.
 pub fn register<F: EntryFormat>(
     name: &'static str,
-    tables: &Tables<F, PhysTables>,
+    memory: &GuestMemory<F>,
     target: Option<ReclaimTarget>,
 ) -> Arc<spin::Mutex<VmMm>> {
+    let tables = memory.tables();
     let now = now_ms();
     let gens = Generations::new(now);
     gens.adopt(tables);
@@ -96,21 +103,18 @@ pub fn register<F: EntryFormat>(
         target,
         cold_pages: 0,
     }));
-    REGISTRY.lock().push((tables.root().as_u64(), mm.clone()));
+    let installed = memory.set_reclaimer(mm.clone());
+    debug_assert!(installed, "a VM is managed once");
+    crate::vm::memory::set_memory_wait(wait_for_memory);
+    let mut registry = REGISTRY.lock();
+    registry.retain(|mm| mm.strong_count() > 0);
+    registry.push(Arc::downgrade(&mm));
     mm
 }
 
-/// Forgets the VM with table root `root` (before its memory goes).
-pub fn unregister(root: HostPhysAddr) {
-    REGISTRY.lock().retain(|(r, _)| *r != root.as_u64());
-}
-
-fn lookup(root: HostPhysAddr) -> Option<Arc<spin::Mutex<VmMm>>> {
-    REGISTRY
-        .lock()
-        .iter()
-        .find(|(r, _)| *r == root.as_u64())
-        .map(|(_, mm)| mm.clone())
+/// The state of every managed VM whose memory still exists.
+fn managed() -> Vec<Arc<spin::Mutex<VmMm>>> {
+    REGISTRY.lock().iter().filter_map(Weak::upgrade).collect()
 }
 
 /// Milliseconds since boot.
@@ -281,47 +285,44 @@ impl TlbFlush for Shootdown<'_> {
     }
 }
 
-/// Called by the nested page fault path with the VM's writer lock held,
-/// before it backs a page: brings back a page the reclaimer took. `None`:
-/// not a reclaimed page (or the VM is not managed), the normal path goes on.
-pub fn fault_in_hook<F: EntryFormat>(
-    tables: &Tables<F, PhysTables>,
-    mapper: &mut Mapper<crate::vm::memory::FrameTables>,
-    frames: &mut BTreeMap<u64, GuestFrame>,
-    gpa: GuestPhysAddr,
-) -> Option<FaultOutcome> {
-    let mm = lookup(tables.root())?;
-    let mut mm = mm.lock();
-    let VmMm {
-        gens, rec, name, ..
-    } = &mut *mm;
-    let mut kf = KernelFrames::new(frames);
-    match rec.fault_in(tables, mapper, &mut kf, gens, gpa, now_ms()) {
-        Ok(FaultIn::NotReclaimed) => None,
-        Ok(FaultIn::Restored(_)) => {
-            let page = gpa.align_down(4096);
-            if let Some(t) = tables.translate(page) {
-                kf.note_mapped(page.as_u64(), t.hpa);
+/// The fault path's view of one VM's reclaimer (`vm::memory` calls it with
+/// the VM's writer lock held: lock order writer, then `VmMm`).
+impl<F: EntryFormat> PageReclaimer<F> for spin::Mutex<VmMm> {
+    fn fault_in(
+        &self,
+        tables: &Tables<F, PhysTables>,
+        mapper: &mut Mapper<FrameTables>,
+        frames: &mut BTreeMap<u64, GuestFrame>,
+        gpa: GuestPhysAddr,
+    ) -> Option<FaultOutcome> {
+        let mut mm = self.lock();
+        let VmMm {
+            gens, rec, name, ..
+        } = &mut *mm;
+        let mut kf = KernelFrames::new(frames);
+        match rec.fault_in(tables, mapper, &mut kf, gens, gpa, now_ms()) {
+            Ok(FaultIn::NotReclaimed) => None,
+            Ok(FaultIn::Restored(_)) => {
+                let page = gpa.align_down(4096);
+                if let Some(t) = tables.translate(page) {
+                    kf.note_mapped(page.as_u64(), t.hpa);
+                }
+                Some(FaultOutcome::Mapped(FrameSize::Size4K))
             }
-            Some(FaultOutcome::Mapped(FrameSize::Size4K))
-        }
-        Err(FaultError::NoFrame) => Some(FaultOutcome::OutOfMemory),
-        Err(e) => {
-            crate::println!(
-                "vm {name}: page at GPA {:#x} cannot be brought back: {e}",
-                gpa.as_u64()
-            );
-            Some(FaultOutcome::OutOfMemory)
+            Err(FaultError::NoFrame) => Some(FaultOutcome::OutOfMemory),
+            Err(e) => {
+                crate::println!(
+                    "vm {name}: page at GPA {:#x} cannot be brought back: {e}",
+                    gpa.as_u64()
+                );
+                Some(FaultOutcome::OutOfMemory)
+            }
         }
     }
-}
 
-/// Whether the reclaimer of the VM with table root `root` holds the page
-/// at `gpa` (not mapped now, contents in its store). The hypervisor's own
-/// reads of guest memory fault such a page back in instead of reading
-/// zeros.
-pub fn is_reclaimed(root: HostPhysAddr, gpa: GuestPhysAddr) -> bool {
-    lookup(root).is_some_and(|mm| mm.lock().rec.state(gpa) != hvcore::reclaim::PageState::Resident)
+    fn holds(&self, gpa: GuestPhysAddr) -> bool {
+        self.lock().rec.state(gpa) != hvcore::reclaim::PageState::Resident
+    }
 }
 
 /// Free frames below which reclaim is driven by host memory pressure, and
@@ -354,8 +355,7 @@ pub static PAUSES: AtomicU64 = AtomicU64::new(0);
 /// reclaimed since ([`VmMm::cold_pages`]; whether reclaiming them frees
 /// frames depends on how they compress).
 pub fn cold_pages() -> u64 {
-    let all: Vec<_> = REGISTRY.lock().iter().map(|(_, mm)| mm.clone()).collect();
-    all.iter().map(|mm| mm.lock().cold_pages).sum()
+    managed().iter().map(|mm| mm.lock().cold_pages).sum()
 }
 
 /// The overcommit wait: a fault of VM `name` at `gpa` found no free frame
@@ -374,7 +374,7 @@ pub fn cold_pages() -> u64 {
 /// memory.
 /// Called without any lock held.
 pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> bool) -> bool {
-    if REGISTRY.lock().is_empty() {
+    if managed().is_empty() {
         return false; // no reclaimer runs: nothing will free memory
     }
     let t0 = now_ms();

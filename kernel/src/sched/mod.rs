@@ -1,7 +1,8 @@
 //! Kernel threads and their scheduler.
 //!
-//! Every CPU has its own run queue ([`CpuSched`]); a thread belongs to one
-//! CPU for its whole life (pinned by [`spawn_on`], or placed round-robin by
+//! Every CPU has its own run queue (`CpuSched`, in the scheduler's own
+//! per-CPU array: `smp::percpu` holds no scheduler types); a thread
+//! belongs to one CPU for its whole life (pinned by [`spawn_on`], or placed round-robin by
 //! [`spawn`]), so a thread never runs on two CPUs and its saved context is
 //! always complete before its own CPU can pick it again. Threads:
 //! - switch when they [`yield_now`], [`park`] (block until [`Thread::unpark`];
@@ -31,16 +32,14 @@
 //! under the thread's run-queue lock, so a wake-up between a waiter's check
 //! and its block is never lost; callers loop on their condition.
 
-pub mod lock;
-
-use crate::smp::{self, percpu};
+use crate::lock::IrqSpinLock;
+use crate::smp::{self, MAX_CPUS};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use lock::IrqSpinLock;
 use x86_64::instructions::interrupts;
 
 /// Vector of the reschedule IPI.
@@ -118,8 +117,8 @@ impl Thread {
     /// Wakes the thread if it is parked; otherwise its next [`park`] returns
     /// at once. Works from any CPU and from interrupt handlers.
     pub fn unpark(self: &Arc<Self>) {
-        let cpu = percpu::get(self.cpu);
-        let mut rq = cpu.sched.rq.lock();
+        let cpu = cpu_sched(self.cpu);
+        let mut rq = cpu.rq.lock();
         self.token.store(true, Ordering::Release);
         if self.state.load(Ordering::Acquire) == PARKED {
             self.state.store(READY, Ordering::Release);
@@ -142,7 +141,7 @@ fn kick(cpu: usize) {
 
 /// One CPU's scheduler state.
 #[derive(Debug)]
-pub struct CpuSched {
+struct CpuSched {
     rq: IrqSpinLock<RunQueue>,
     running: AtomicBool,
 }
@@ -160,7 +159,7 @@ struct RunQueue {
 
 impl CpuSched {
     /// An empty scheduler (for the per-CPU statics).
-    pub const fn new() -> Self {
+    const fn new() -> Self {
         Self {
             rq: IrqSpinLock::new(RunQueue {
                 ready: VecDeque::new(),
@@ -174,6 +173,23 @@ impl CpuSched {
     }
 }
 
+/// Each CPU's scheduler, by CPU index (the scheduler's own per-CPU data:
+/// `smp::percpu` knows nothing of threads).
+static CPUS: [CpuSched; MAX_CPUS] = [const { CpuSched::new() }; MAX_CPUS];
+
+/// The scheduler of the CPU executing this.
+fn this_cpu() -> &'static CpuSched {
+    &CPUS[smp::cpu_index()]
+}
+
+/// CPU `index`'s scheduler.
+///
+/// # Panics
+/// If `index >= MAX_CPUS`.
+fn cpu_sched(index: usize) -> &'static CpuSched {
+    &CPUS[index]
+}
+
 impl Default for CpuSched {
     fn default() -> Self {
         Self::new()
@@ -185,7 +201,7 @@ static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether the scheduler runs on this CPU (its idle thread exists).
 pub fn is_running() -> bool {
-    smp::is_ready() && percpu::this().sched.running.load(Ordering::Acquire)
+    smp::is_ready() && this_cpu().running.load(Ordering::Acquire)
 }
 
 /// The thread running on this CPU.
@@ -193,8 +209,8 @@ pub fn is_running() -> bool {
 /// # Panics
 /// Before the scheduler runs on this CPU.
 pub fn current() -> Arc<Thread> {
-    let cpu = percpu::this();
-    let rq = cpu.sched.rq.lock();
+    let cpu = this_cpu();
+    let rq = cpu.rq.lock();
     rq.current
         .clone()
         .expect("sched::current before sched::init")
@@ -206,7 +222,8 @@ pub fn current() -> Arc<Thread> {
 /// block and sleep (the boot CPU's main path), and an idle thread is made
 /// for the CPU. Call once per CPU.
 pub fn init_this_cpu(becomes_idle: bool) {
-    let cpu = percpu::this();
+    let index = smp::cpu_index();
+    let cpu = this_cpu();
     let me = Arc::new(Thread {
         id: if becomes_idle {
             0
@@ -214,7 +231,7 @@ pub fn init_this_cpu(becomes_idle: bool) {
             NEXT_ID.fetch_add(1, Ordering::Relaxed)
         },
         name: if becomes_idle { "idle" } else { "boot" },
-        cpu: cpu.index,
+        cpu: index,
         state: AtomicU8::new(RUNNING),
         token: AtomicBool::new(false),
         rsp: UnsafeCell::new(0),
@@ -228,15 +245,17 @@ pub fn init_this_cpu(becomes_idle: bool) {
     let idle = if becomes_idle {
         me.clone()
     } else {
-        Arc::new(new_thread(0, "idle", cpu.index, Box::new(|| idle_loop())))
+        Arc::new(new_thread(0, "idle", index, Box::new(|| idle_loop())))
     };
     {
-        let mut rq = cpu.sched.rq.lock();
+        let mut rq = cpu.rq.lock();
         rq.idle = Some(idle);
         rq.current = Some(me);
     }
     crate::interrupts::set_handler(RESCHED_VECTOR, on_resched);
-    cpu.sched.running.store(true, Ordering::Release);
+    crate::time::set_tick_hook(on_tick);
+    crate::time::set_sleep_hook(sleep_if_running);
+    cpu.running.store(true, Ordering::Release);
 }
 
 /// The idle thread's loop: run whatever is ready, else wait for an interrupt.
@@ -302,8 +321,8 @@ pub fn spawn_on(cpu: usize, name: &'static str, f: impl FnOnce() + Send + 'stati
         cpu,
         Box::new(f),
     ));
-    let target = percpu::get(cpu);
-    target.sched.rq.lock().ready.push_back(thread.clone());
+    let target = cpu_sched(cpu);
+    target.rq.lock().ready.push_back(thread.clone());
     kick(cpu);
     JoinHandle { thread }
 }
@@ -377,9 +396,19 @@ pub fn sleep_until(deadline_ns: u64) {
     schedule(Reason::Sleep(deadline_ns));
 }
 
-/// Called by the timer tick (interrupts off): wakes sleepers and preempts
-/// the current thread if another is ready.
-pub fn on_tick() {
+/// Blocks the calling thread until `deadline_ns` when the scheduler runs
+/// on this CPU (`time::sleep_ms`'s hook); false when it does not.
+fn sleep_if_running(deadline_ns: u64) -> bool {
+    if !is_running() {
+        return false;
+    }
+    sleep_until(deadline_ns);
+    true
+}
+
+/// The timer tick's hook (interrupts off): wakes sleepers and preempts the
+/// current thread if another is ready.
+fn on_tick() {
     if is_running() {
         schedule(Reason::Preempt);
     }
@@ -405,9 +434,9 @@ enum Reason {
 fn schedule(reason: Reason) {
     let irqs_were_enabled = interrupts::are_enabled();
     interrupts::disable();
-    let cpu = percpu::this();
+    let cpu = this_cpu();
     // Interrupts are already off, so dropping the guard leaves them off.
-    let mut rq = cpu.sched.rq.lock();
+    let mut rq = cpu.rq.lock();
     let now = crate::time::now_ns();
     let mut i = 0;
     while i < rq.sleepers.len() {
@@ -520,7 +549,7 @@ fn schedule(reason: Reason) {
 /// Runs on the new thread right after every switch: frees a thread that
 /// ended on this CPU (its stack is no longer in use now).
 fn after_switch() {
-    let reaped = percpu::this().sched.rq.lock().reap.take();
+    let reaped = this_cpu().rq.lock().reap.take();
     drop(reaped);
 }
 

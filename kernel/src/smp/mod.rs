@@ -30,7 +30,6 @@ pub mod percpu;
 
 use crate::gdt::{CpuTables, IstStack};
 use crate::mem::{self, phys};
-use crate::sched;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use hvcore::acpi::{self, PhysRead};
@@ -101,7 +100,8 @@ impl PhysRead for PhysMem {
 
 /// Sets up the boot CPU's per-CPU data, then starts every other CPU the
 /// MADT lists. Call on the boot CPU after `mem::init` and `time::init`.
-pub fn init(rsdp_addr: Option<u64>) {
+pub fn init(rsdp_addr: Option<u64>, ap: ApEntry) {
+    AP_ENTRY.call_once(|| ap);
     percpu::install(0, percpu::current_apic_id());
     crate::logger::set_cpu_id_source(logger_cpu_id);
     percpu::get(0).online.store(true, Ordering::Release);
@@ -274,6 +274,19 @@ fn tramp_offset(sym: *const u8) -> u64 {
     sym as u64 - (&raw const thermocline_ap_tramp_start) as u64
 }
 
+/// What an AP runs of the layers above this one (the scheduler), once its
+/// CPU tables are loaded: `init` before it reports online, then `main`,
+/// for good.
+#[derive(Clone, Copy, Debug)]
+pub struct ApEntry {
+    /// Per-CPU setup that must be done before the CPU is online.
+    pub init: fn(),
+    /// The CPU's life after it reported online.
+    pub main: fn() -> !,
+}
+
+static AP_ENTRY: spin::Once<ApEntry> = spin::Once::new();
+
 /// Set by an AP once it runs its scheduler.
 static AP_STARTED: AtomicBool = AtomicBool::new(false);
 
@@ -374,12 +387,13 @@ extern "sysv64" fn ap_entry(index: u64, kernel_cr3: u64) -> ! {
     let tables: &'static mut CpuTables = Box::leak(Box::new(CpuTables::new(df_stack)));
     tables.load();
     crate::interrupts::load_idt();
-    sched::init_this_cpu(true);
+    let ap = AP_ENTRY.get().expect("set by init before any AP starts");
+    (ap.init)();
     percpu::get(index).online.store(true, Ordering::Release);
     crate::time::start_tick_this_cpu();
     log::info!("cpu{index} online (APIC ID {})", apic::id());
     AP_STARTED.store(true, Ordering::Release);
-    sched::idle_loop()
+    (ap.main)()
 }
 
 /// A cross-CPU call request; lives on the caller's stack until every target

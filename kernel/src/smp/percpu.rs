@@ -7,8 +7,7 @@
 //! VMX: the host-state area's GS base field).
 
 use super::apic;
-use crate::sched::CpuSched;
-use crate::sched::lock::IrqSpinLock;
+use crate::lock::IrqSpinLock;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use x86_64::VirtAddr;
@@ -29,8 +28,6 @@ pub struct PerCpu {
     pub apic_id: AtomicU32,
     /// Started and running its scheduler.
     pub online: AtomicBool,
-    /// Its scheduler.
-    pub sched: CpuSched,
     /// Closures other CPUs asked it to run (see `smp::run_on`).
     pub(super) calls: IrqSpinLock<VecDeque<super::CallRef>>,
 }
@@ -42,7 +39,6 @@ static CPUS: [PerCpu; MAX_CPUS] = {
             index: 0,
             apic_id: AtomicU32::new(u32::MAX),
             online: AtomicBool::new(false),
-            sched: CpuSched::new(),
             calls: IrqSpinLock::new(VecDeque::new()),
         }
     }; MAX_CPUS];

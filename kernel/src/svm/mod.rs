@@ -14,7 +14,8 @@
 //! decode assists, no clean bits (the VMCB clean field stays 0: everything
 //! is reloaded), VMEXIT_INVALID stored as 0xFFFF_FFFF (compared on 32 bits).
 //!
-//! Key types: [`SvmVcpu`] (implements `crate::vm::VirtCpu`), [`vmcb::Vmcb`].
+//! Key types: [`Svm`] (the extension, `crate::virt::Extension`),
+//! [`SvmVcpu`] (implements `crate::virt::VirtCpu`), [`vmcb::Vmcb`].
 //! Per-CPU state: the host save area and a host-state page for
 //! VMSAVE/VMLOAD, indexed by CPU index. The kernel's per-CPU data lives
 //! behind GS, which VMRUN does not switch: the VMSAVE/VMLOAD pair around
@@ -24,17 +25,17 @@ pub mod vmcb;
 
 use crate::hw;
 use crate::mem::{self, phys};
-use crate::vm::{EntryError, GuestRegs, VirtCpu};
+use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hvcore::addr::HostPhysAddr;
 use hvcore::exit::VmExit;
 use hvcore::frame::FrameSize;
+use hvcore::guest_cpu::MSR_EFER;
 use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
 use hvcore::guest_walk::GuestPaging;
 use hvcore::svm::{
-    self, EFER_SVME, EntryState, ExitState, IOPM_BYTES, MSR_EFER, MSR_VM_HSAVE_PA, MSRPM_BYTES,
-    intercept,
+    self, EFER_SVME, EntryState, ExitState, IOPM_BYTES, MSR_VM_HSAVE_PA, MSRPM_BYTES, intercept,
 };
 use spin::Once;
 use vmcb::{Segment, Vmcb};
@@ -599,5 +600,21 @@ impl VirtCpu for SvmVcpu {
         }
         self.vmcb.set(vmcb::EFER, value | EFER_SVME);
         true
+    }
+}
+
+/// The SVM extension.
+#[derive(Debug)]
+pub struct Svm;
+
+impl Extension for Svm {
+    type Format = hvcore::npt::Npt;
+    type Vcpu = SvmVcpu;
+    const NAME: &'static str = "SVM";
+    fn enable_on_this_cpu() -> Result<(), &'static str> {
+        enable_on_this_cpu()
+    }
+    fn create_vcpu(vm: VcpuSetup, regs: GuestRegs) -> Result<Self::Vcpu, &'static str> {
+        SvmVcpu::new(vm.table_root, regs)
     }
 }

@@ -9,12 +9,15 @@
 //! (`Generations::score_hot_set`, the one scorer), `crate::vm` (the guest
 //! events the probes run on).
 
+use super::guests::new_vm;
 use crate::aging::{self, AgingConfig, Managed};
-use crate::vm::GuestEvent;
+use crate::vm::{self, Extension, GuestEvent, Hook, StopReason, Vm, images};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::generations::ColdAfter;
-use hvcore::pte::EntryFormat;
+use hvcore::guest_layout as layout;
 use hvcore::reclaim::ReclaimTarget;
 
 /// A pass at an interval boundary: no per-pass line, no detail (the probe
@@ -63,7 +66,7 @@ impl HotSetScorer {
     /// counts as hot if any pass since the previous boundary found it
     /// young. The first interval is not scored: it also saw the image being
     /// loaded. Other events are ignored.
-    pub fn on_event<F: EntryFormat>(&self, m: &Managed<F>, e: &GuestEvent) {
+    pub fn on_event<E: Extension>(&self, m: &Managed<E>, e: &GuestEvent) {
         let GuestEvent::Touched {
             interval,
             first_pfn,
@@ -159,7 +162,7 @@ impl fmt::Display for Accuracy {
 /// reclaimer gave back reached the host: the free count rises by the frames
 /// freed, less the store's heap growth and one table page per huge page
 /// split. Panics (fails the case) otherwise.
-pub fn reclaim_and_account<F: EntryFormat>(m: &Managed<F>, max_pages: u64) {
+pub fn reclaim_and_account<E: Extension>(m: &Managed<E>, max_pages: u64) {
     aging::pass(m, &quiet());
     aging::pass(m, &quiet());
     let free0 = crate::mem::frame_stats().free_frames;
@@ -191,5 +194,54 @@ pub fn reclaim_and_account<F: EntryFormat>(m: &Managed<F>, max_pages: u64) {
         free1 + heap_frames + splits,
         free0 + freed,
         "the host got every reclaimed frame back"
+    );
+}
+
+/// What [`comes_back_hook`] runs at `MARK 1`, once; set by
+/// [`memory_comes_back`] (type-erased: a static cannot name the vendor).
+static COMES_BACK: spin::Mutex<Option<Box<dyn Fn() + Send>>> = spin::Mutex::new(None);
+
+/// At `MARK 1` (the guest has written all its data and waits): the
+/// reclaim of [`memory_comes_back`], once.
+fn comes_back_hook<E: Extension>(_vm: &Vm<E>, e: &GuestEvent) {
+    if *e != GuestEvent::Mark(1) {
+        return;
+    }
+    // Taken out first: the reclaim runs with the lock released.
+    let reclaim = COMES_BACK.lock().take();
+    if let Some(reclaim) = reclaim {
+        reclaim();
+    }
+}
+
+/// The `checksum` guest in `ram_bytes` of RAM with 2 MiB pages: at its
+/// `MARK 1`, at most `max_pages` pages not young in the last of two passes
+/// are reclaimed with the host's frames counted around it
+/// ([`reclaim_and_account`]: every frame freed reaches the host), and the
+/// guest then verifies every word intact. Run by `test_aging` and
+/// `test_vmx_aging` (smaller there: each page reclaimed costs emulated
+/// time).
+pub fn memory_comes_back<E: Extension>(ram_bytes: u64, max_pages: u64) {
+    let hook: Hook<E> = Box::leak(Box::new(comes_back_hook::<E>));
+    let vm = new_vm::<E>(images::CHECKSUM, ram_bytes, 1, true, Some(hook));
+    let m = Managed::new(&vm, None);
+    let ran = Arc::new(AtomicU64::new(0));
+    let reclaim = {
+        let (m, ran) = (m.clone(), ran.clone());
+        move || {
+            reclaim_and_account(&m, max_pages);
+            ran.store(1, Ordering::Relaxed);
+        }
+    };
+    *COMES_BACK.lock() = Some(Box::new(reclaim));
+    let reason = vm::run_on_this_cpu(&vm);
+    *COMES_BACK.lock() = None;
+    assert_eq!(reason, StopReason::Exited(0));
+    assert_eq!(ran.load(Ordering::Relaxed), 1, "the hook ran");
+    let pages = (ram_bytes - layout::DATA_START_GPA) / 4096;
+    assert_eq!(
+        vm.checksum_result(),
+        Some((pages, 0)),
+        "and everything came back intact"
     );
 }

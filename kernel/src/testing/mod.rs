@@ -19,10 +19,13 @@
 //! no unwinding.
 //!
 //! Neighbours: `panic` and `interrupts::exceptions` call [`fail_and_exit`];
-//! [`aging`] holds the probes the aging scenarios share, [`overcommit`] the
-//! set-up of the overcommit scenarios, [`smp`] that of the multi-vCPU ones.
+//! [`aging`] holds the probes the aging scenarios share, [`guests`] the
+//! guest cases both backends run, [`overcommit`] the set-up of the
+//! overcommit scenarios, [`smp`] that of the multi-vCPU ones (and their
+//! cases both backends run).
 
 pub mod aging;
+pub mod guests;
 pub mod overcommit;
 pub mod smp;
 

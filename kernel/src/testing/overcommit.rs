@@ -7,16 +7,16 @@
 //! test VMs are never torn down: the first case's memory stays allocated.
 
 use crate::aging::{self, AgingConfig, Managed};
-use crate::vm::{Svm, Vm, VmConfig, images};
-use alloc::boxed::Box;
+use crate::svm::Svm;
+use crate::vm::{Vm, VmConfig, images};
+use alloc::sync::Arc;
 use hvcore::guest_layout as layout;
-use hvcore::npt::Npt;
 
 /// One MiB in bytes.
 pub const MIB: u64 = 1 << 20;
 
 /// A `checksum` VM of `ram_bytes` with 4 KiB pages.
-pub fn new_vm(name: &'static str, ram_bytes: u64, boot_arg: u64) -> &'static Vm<Npt> {
+pub fn new_vm(name: &'static str, ram_bytes: u64, boot_arg: u64) -> Arc<Vm<Svm>> {
     let config = VmConfig {
         name,
         image: images::CHECKSUM.bytes,
@@ -24,7 +24,7 @@ pub fn new_vm(name: &'static str, ram_bytes: u64, boot_arg: u64) -> &'static Vm<
         huge_pages: false,
         boot_arg,
     };
-    Box::leak(Vm::<Npt>::new(config, None).expect("VM"))
+    Vm::new(config, None).expect("VM")
 }
 
 /// Bytes of RAM the frame allocator manages: the host, as guests see it.
@@ -64,21 +64,19 @@ pub fn vcpu_cpu(i: usize) -> usize {
 }
 
 /// Runs `vm` on [`vcpu_cpu`]`(i)`.
-pub fn spawn_vcpu(i: usize, vm: &'static Vm<Npt>) -> crate::sched::JoinHandle {
-    crate::sched::spawn_on(vcpu_cpu(i), "vcpu", move || {
-        crate::vm::run_on_this_cpu::<Svm>(vm);
-    })
+pub fn spawn_vcpu(i: usize, vm: &Arc<Vm<Svm>>) -> crate::sched::JoinHandle {
+    crate::vm::spawn_on(vcpu_cpu(i), vm.clone())
 }
 
 /// The aging thread on CPU 0 over `ms`.
-pub fn spawn_aging(ms: &[Managed]) -> crate::sched::JoinHandle {
+pub fn spawn_aging(ms: &[Managed<Svm>]) -> crate::sched::JoinHandle {
     let all = ms.to_vec();
     crate::sched::spawn_on(0, "aging", move || aging::run(all, aging_config()))
 }
 
 /// One `overcommit NAME:` line of the VM's outcome and reclaim counters,
 /// and one `timing overcommit NAME:` line of where reclaim spent its time.
-pub fn print_vm(vm: &Vm<Npt>, m: &Managed) {
+pub fn print_vm(vm: &Vm<Svm>, m: &Managed<Svm>) {
     let mm = m.mm.lock();
     let s = mm.rec.stats();
     let st = mm.rec.store_stats();

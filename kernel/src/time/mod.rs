@@ -13,8 +13,10 @@
 //!   clock that advances by [`VIRTUAL_STEP_NS`] at every read (monotonic, so
 //!   deadlines still pass), and threads switch only when they yield or block.
 //!
-//! Neighbours: `smp::apic` drives the APIC; `sched` receives [`TIMER_VECTOR`]
-//! ticks and implements sleeping for threads.
+//! Neighbours: `smp::apic` drives the APIC; the scheduler, a layer above,
+//! installs what it does on each tick ([`set_tick_hook`]) and how a thread
+//! blocks until a deadline ([`set_sleep_hook`]); this module never calls
+//! it.
 //! Follows: Intel SDM Vol. 3 "Time-Stamp Counter", "APIC Timer"; the 8254 PIT
 //! data sheet (mode 0, channel 2 gated by port 0x61).
 
@@ -95,13 +97,33 @@ pub fn spin_until(deadline_ns: u64) {
     }
 }
 
+/// Run on every tick, on the CPU that took it (the scheduler's preemption).
+static TICK_HOOK: spin::Once<fn()> = spin::Once::new();
+
+/// Blocks the calling thread until a deadline (`now_ns` time); false when
+/// it cannot (no scheduler runs on this CPU yet).
+pub type SleepHook = fn(deadline_ns: u64) -> bool;
+
+static SLEEP_HOOK: spin::Once<SleepHook> = spin::Once::new();
+
+/// Installs what every tick runs after its EOI (once; later calls are
+/// ignored). Ticks before it do nothing but count.
+pub fn set_tick_hook(hook: fn()) {
+    TICK_HOOK.call_once(|| hook);
+}
+
+/// Installs how [`sleep_ms`] blocks a thread (once; later calls are
+/// ignored).
+pub fn set_sleep_hook(hook: SleepHook) {
+    SLEEP_HOOK.call_once(|| hook);
+}
+
 /// Sleeps `ms` milliseconds: the thread blocks when the scheduler runs on
 /// this CPU, else the CPU spins.
 pub fn sleep_ms(ms: u64) {
     let deadline = now_ns().saturating_add(ms.saturating_mul(1_000_000));
-    if crate::sched::is_running() {
-        crate::sched::sleep_until(deadline);
-    } else {
+    let blocked = SLEEP_HOOK.get().is_some_and(|sleep| sleep(deadline));
+    if !blocked {
         spin_until(deadline);
     }
 }
@@ -213,7 +235,9 @@ pub fn start_tick_this_cpu() {
 fn on_timer(_frame: &mut InterruptFrame) {
     TICKS.fetch_add(1, Ordering::Relaxed);
     apic::eoi();
-    crate::sched::on_tick();
+    if let Some(tick) = TICK_HOOK.get() {
+        tick();
+    }
 }
 
 fn on_spurious(_frame: &mut InterruptFrame) {

@@ -1,4 +1,5 @@
-//! The test guests, built by `cargo xtask build-guests` (crate `guests/`)
+//! The test guests (crate `guests/`), built by `cargo xtask images` (and by
+//! `run` and `test`, which build the images)
 //! and embedded at kernel build time by `kernel/build.rs`. An image that
 //! was not built is empty; `Vm::new` refuses it with a message.
 

@@ -17,6 +17,7 @@ use crate::mem::{self, phys};
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use hvcore::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
 use hvcore::frame::FrameSize;
 use hvcore::guest_walk::GuestPhysRead;
@@ -96,13 +97,56 @@ pub enum FaultOutcome {
     OutOfMemory,
 }
 
+/// The reclaimer of one VM's memory as the fault path reaches it: a handle
+/// the memory holds, installed by the memory-management layer
+/// (`crate::reclaim`) when the VM is handed to it. Memory without one was
+/// never reclaimed from.
+pub trait PageReclaimer<F: EntryFormat>: Send + Sync + core::fmt::Debug {
+    /// Called by the nested page fault path with the VM's writer lock held
+    /// (`mapper`, `frames`), before it backs the page at `gpa`: brings back
+    /// a page the reclaimer took. `None`: not a reclaimed page, the normal
+    /// path goes on.
+    fn fault_in(
+        &self,
+        tables: &Tables<F, PhysTables>,
+        mapper: &mut Mapper<FrameTables>,
+        frames: &mut BTreeMap<u64, GuestFrame>,
+        gpa: GuestPhysAddr,
+    ) -> Option<FaultOutcome>;
+    /// Whether the reclaimer holds the page at `gpa` (not mapped now, its
+    /// contents in the reclaimer's store).
+    fn holds(&self, gpa: GuestPhysAddr) -> bool;
+}
+
+/// The overcommit wait: a fault of VM `name` at `gpa` found no free frame;
+/// returns true once the fault may be retried, false when the VM should
+/// stop (`give_up()` says its stop was requested, or nothing can free
+/// memory).
+pub type MemoryWait = fn(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> bool) -> bool;
+
+static MEMORY_WAIT: spin::Once<MemoryWait> = spin::Once::new();
+
+/// Installs the overcommit wait (the memory-management layer does, once it
+/// manages a VM); until then a fault that finds no frame stops its VM.
+pub fn set_memory_wait(wait: MemoryWait) {
+    MEMORY_WAIT.call_once(|| wait);
+}
+
+/// Waits for memory as [`MemoryWait`] says; false when no wait is
+/// installed (nothing reclaims, so nothing would ever free memory).
+pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> bool) -> bool {
+    MEMORY_WAIT
+        .get()
+        .is_some_and(|wait| wait(name, gpa, give_up))
+}
+
 /// Adds the time from its start to its drop (with the writer lock still
-/// held) to `reclaim::timing::FAULT_HELD`.
+/// held) to `vm::timing::FAULT_HELD`.
 struct FaultHeld(u64);
 
 impl Drop for FaultHeld {
     fn drop(&mut self) {
-        crate::reclaim::timing::FAULT_HELD.since(self.0);
+        crate::vm::timing::FAULT_HELD.since(self.0);
     }
 }
 
@@ -127,6 +171,8 @@ pub struct GuestMemory<F: EntryFormat> {
     /// Faults waiting for the writer lock (the reclaimer lets them in
     /// between its batches).
     fault_waiters: core::sync::atomic::AtomicU32,
+    /// The reclaimer, once the VM is managed.
+    reclaimer: spin::Once<Arc<dyn PageReclaimer<F>>>,
 }
 
 impl<F: EntryFormat> GuestMemory<F> {
@@ -147,6 +193,7 @@ impl<F: EntryFormat> GuestMemory<F> {
                 frames: BTreeMap::new(),
             }),
             fault_waiters: core::sync::atomic::AtomicU32::new(0),
+            reclaimer: spin::Once::new(),
         })
     }
 
@@ -158,6 +205,17 @@ impl<F: EntryFormat> GuestMemory<F> {
     /// The tables (root for the VMCB/VMCS, lockless walks for aging).
     pub fn tables(&self) -> &Tables<F, PhysTables> {
         &self.tables
+    }
+
+    /// Installs the reclaimer the fault path asks about reclaimed pages;
+    /// false (and `reclaimer` dropped) when one is installed already.
+    pub fn set_reclaimer(&self, reclaimer: Arc<dyn PageReclaimer<F>>) -> bool {
+        let mut installed = false;
+        self.reclaimer.call_once(|| {
+            installed = true;
+            reclaimer
+        });
+        installed
     }
 
     /// Runs `f` with the table writer and the frame map locked (the
@@ -198,14 +256,16 @@ impl<F: EntryFormat> GuestMemory<F> {
         let mut w = self.writer.lock();
         self.fault_waiters
             .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
-        let _held = FaultHeld(crate::reclaim::timing::FAULT_WRITER_WAIT.since(t0));
+        let _held = FaultHeld(crate::vm::timing::FAULT_WRITER_WAIT.since(t0));
         if self.tables.translate(gpa).is_some() {
             return FaultOutcome::AlreadyMapped;
         }
         // A page the reclaimer took comes back with its contents.
         let writer = &mut *w;
-        if let Some(outcome) =
-            crate::reclaim::fault_in_hook(&self.tables, &mut writer.mapper, &mut writer.frames, gpa)
+        if let Some(outcome) = self
+            .reclaimer
+            .get()
+            .and_then(|r| r.fault_in(&self.tables, &mut writer.mapper, &mut writer.frames, gpa))
         {
             return outcome;
         }
@@ -225,7 +285,7 @@ impl<F: EntryFormat> GuestMemory<F> {
         }
         let t_alloc = crate::time::now_ns();
         let frame = mem::alloc_guest_frame(FrameSize::Size4K);
-        crate::reclaim::timing::FRAME_ALLOC.since(t_alloc);
+        crate::vm::timing::FRAME_ALLOC.since(t_alloc);
         let Ok(frame) = frame else {
             return FaultOutcome::OutOfMemory;
         };
@@ -389,7 +449,7 @@ impl<F: EntryFormat> GuestPhysRead for GuestMemory<F> {
         }
         // A page the reclaimer took is brought back, not read as zeros.
         if self.tables.translate(gpa).is_none()
-            && crate::reclaim::is_reclaimed(self.tables.root(), gpa)
+            && self.reclaimer.get().is_some_and(|r| r.holds(gpa))
         {
             let _ = self.fault_in(gpa);
         }
@@ -414,7 +474,6 @@ impl<F: EntryFormat> GuestPhysRead for GuestMemory<F> {
 
 impl<F: EntryFormat> Drop for GuestMemory<F> {
     fn drop(&mut self) {
-        crate::reclaim::unregister(self.tables.root());
         let w = self.writer.get_mut();
         // The whole space, so every table below the root is unlinked too.
         let _ = w.mapper.unmap(

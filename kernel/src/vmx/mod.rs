@@ -296,7 +296,7 @@ pub fn invept_single_context(eptp: u64) -> Result<(), VmFail> {
 /// file itself (`vm::GuestRegs`, the layout both vendors' stubs address by
 /// offset). The stub loads and saves only the general-purpose slots; guest
 /// RSP, RIP and RFLAGS live in the VMCS, and the caller moves them.
-pub type Gprs = crate::vm::GuestRegs;
+pub type Gprs = crate::virt::GuestRegs;
 
 /// Fills the host-state area from the running CPU (SDM "Host-State
 /// Area"): control registers, selectors, bases. HOST_RSP and HOST_RIP are

@@ -1,4 +1,4 @@
-//! The VMX extension behind the vendor trait (`crate::vm::Extension`): a
+//! The VMX extension behind the vendor trait (`crate::virt::Extension`): a
 //! vCPU in Thermocline's boot state (`hvcore::guest_layout`: 64-bit long
 //! mode) on EPT with accessed/dirty flags, VPID, and exits decoded into the
 //! shared `VmExit` so `vm::run_vcpu` handles them as it does for SVM.
@@ -13,8 +13,9 @@
 //! EPTP before the next entry (required under nested KVM for cleared
 //! accessed flags to be set again; TESTBEDS section 1).
 //!
-//! Neighbours: `super` (the instructions), `crate::vm` (the trait and the
-//! exit handlers), `hvcore::vmx` (fields, controls, exit decoding).
+//! Neighbours: `super` (the instructions), `crate::virt` (the trait),
+//! `crate::vm` (the exit handlers), `hvcore::vmx` (fields, controls, exit
+//! decoding).
 
 use core::arch::asm;
 
@@ -22,13 +23,13 @@ use hvcore::addr::HostPhysAddr;
 use hvcore::ept::eptp;
 use hvcore::exit::VmExit;
 use hvcore::frame::FrameSize;
+use hvcore::guest_cpu::CR4_GUEST_WRITABLE;
 use hvcore::guest_layout::{self as layout, BOOT_CPU_STATE};
 use hvcore::guest_walk::GuestPaging;
-use hvcore::svm::CR4_GUEST_WRITABLE;
 use hvcore::vmx::{self, ControlMsrs, ExitReason, adjust_controls, ctl, ept_cap, field, msr};
 
 use super::{Entered, Vmcs, VmxError};
-use crate::vm::{EntryError, Extension, GuestRegs, VirtCpu, Vm};
+use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
 use crate::{hw, mem};
 
 /// The VMX extension.
@@ -60,17 +61,14 @@ impl Extension for Vmx {
         Ok(())
     }
 
-    fn create_vcpu_with(
-        vm: &Vm<Self::Format>,
-        regs: GuestRegs,
-    ) -> Result<Self::Vcpu, &'static str> {
+    fn create_vcpu(vm: VcpuSetup, regs: GuestRegs) -> Result<Self::Vcpu, &'static str> {
         // One VPID per VM, shared by its vCPUs: they run on one address
         // space, and a flush request reaches each of them through its own
         // INVEPT (`crate::vm`, "TLB flushes with several vCPUs").
         VmxVcpu::new(
-            vm.memory.tables().root(),
+            vm.table_root,
             regs,
-            u16::try_from(vm.id).unwrap_or(u16::MAX),
+            u16::try_from(vm.vm_id).unwrap_or(u16::MAX),
         )
     }
 }

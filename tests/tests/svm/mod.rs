@@ -25,7 +25,7 @@ fn expect_pass_on(kernel: &str, smp: u32, cases: usize) -> thermocline_tests::ru
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn svm_guests_run_with_nested_paging() {
-    let run = expect_pass_on("test_svm", 2, 11);
+    let run = expect_pass_on("test_svm", 2, 12);
     // The guest's own words reach the console with its VM's name.
     assert!(
         run.saw("[vm hello] hello from a Thermocline guest"),

@@ -1,0 +1,232 @@
+//! The exit handlers, written once for both vendors: CPUID, MSRs, CR4,
+//! invalid opcodes and virtualization instructions, nested page faults,
+//! shutdown; port I/O goes to `super::ports`, hypercalls to
+//! `super::hypercalls`, HLT to `super::vcpu`.
+
+use super::hypercalls::hypercall;
+use super::memory::FaultOutcome;
+use super::ports::port_io;
+use super::vcpu::{Next, halt};
+use super::{GuestRegs, StopReason, VirtCpu, Vm};
+use crate::virt::Extension;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use hvcore::exit::{VirtInsn, VmExit};
+use hvcore::guest_cpu;
+use hvcore::guest_walk;
+use hvcore::insn::{self, Insn};
+use hvcore::pte::EntryFormat;
+
+pub(super) fn handle_exit<E: Extension>(
+    vm: &Arc<Vm<E>>,
+    vcpu: &mut E::Vcpu,
+    exit: VmExit,
+    index: u32,
+) -> Next {
+    let rip = vcpu.regs().rip;
+    match exit {
+        VmExit::Cpuid => {
+            cpuid(vcpu.regs());
+            skip(vm, vcpu, Insn::Cpuid)
+        }
+        VmExit::MsrRead { msr } => {
+            if msr == guest_cpu::MSR_EFER {
+                let v = vcpu.guest_efer();
+                let r = vcpu.regs();
+                r.rax = v & 0xffff_ffff;
+                r.rdx = v >> 32;
+            } else {
+                vm.report_from(index, format_args!(
+                    "guest read unknown MSR {msr:#x} at RIP {rip:#x}: #GP injected, VM continues"
+                ));
+                vcpu.inject_exception(13, Some(0));
+                return Next::Resume;
+            }
+            skip(vm, vcpu, Insn::Rdmsr)
+        }
+        VmExit::MsrWrite { msr, value } => {
+            let ok = msr == guest_cpu::MSR_EFER && vcpu.set_guest_efer(value);
+            if !ok {
+                vm.report_from(index, format_args!(
+                    "guest wrote {value:#x} to MSR {msr:#x} at RIP {rip:#x}: refused, #GP injected, VM continues"
+                ));
+                vcpu.inject_exception(13, Some(0));
+                return Next::Resume;
+            }
+            skip(vm, vcpu, Insn::Wrmsr)
+        }
+        VmExit::Io(io) => port_io(vm, vcpu, io, index),
+        VmExit::Hlt => halt(vm, vcpu, index),
+        VmExit::Hypercall => hypercall(vm, vcpu, index),
+        VmExit::NestedPageFault(fault) => match vm.memory.fault_in(fault.gpa) {
+            FaultOutcome::Mapped(_) => {
+                // Mapped for the access the guest retries now: young, as
+                // that access will make it. A new entry starts old, and
+                // until the guest's retry sets A, a pass run on this exit
+                // (the exit-driven aging of the Bochs bed) would offer
+                // the page to the reclaimer as its coldest.
+                vm.memory
+                    .tables()
+                    .mark_accessed(fault.gpa, <E::Format as EntryFormat>::ACCESSED);
+                vm.stats.faults_served.fetch_add(1, Ordering::Relaxed);
+                Next::Resume
+            }
+            FaultOutcome::AlreadyMapped if !fault.present => Next::Resume,
+            FaultOutcome::AlreadyMapped => Next::Stop(StopReason::Unhandled { exit, rip }),
+            FaultOutcome::OutsideRam => Next::Stop(StopReason::OutsideRam {
+                gpa: fault.gpa.as_u64(),
+                access: fault.access,
+                rip,
+            }),
+            // Overcommit: wait for the reclaimer to free memory.
+            FaultOutcome::OutOfMemory
+                if super::memory::wait_for_memory(vm.name(), fault.gpa, &|| {
+                    vm.stop_requested()
+                }) =>
+            {
+                Next::Resume
+            }
+            FaultOutcome::OutOfMemory => Next::Stop(StopReason::OutOfMemory {
+                gpa: fault.gpa.as_u64(),
+            }),
+        },
+        VmExit::Shutdown => Next::Stop(StopReason::TripleFault { rip }),
+        // The host took the interrupt when the vCPU re-enabled them.
+        VmExit::ExternalInterrupt => Next::Resume,
+        VmExit::Exception { vector: 6, .. } => {
+            let mut bytes = [0u8; insn::MAX_INSN_LEN];
+            let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+            match insn::decode(&bytes[..n]) {
+                Some(insn::Decoded {
+                    insn: Insn::Virt(v),
+                    ..
+                }) => report_virt(vm, v, rip, index),
+                _ => vm.report_from(index, format_args!(
+                    "guest executed an invalid opcode {:02x?} at RIP {rip:#x}: #UD injected, VM continues",
+                    &bytes[..n.min(4)]
+                )),
+            }
+            vcpu.inject_exception(6, None);
+            Next::Resume
+        }
+        VmExit::Exception { vector, error_code } => {
+            vcpu.inject_exception(vector, error_code);
+            Next::Resume
+        }
+        VmExit::VirtInstruction(v) => {
+            report_virt(vm, v, rip, index);
+            vcpu.inject_exception(6, None);
+            Next::Resume
+        }
+        VmExit::CrWrite { cr } => cr_write(vm, vcpu, cr, index),
+        VmExit::Xsetbv { xcr, value } => {
+            vm.report_from(index, format_args!(
+                "guest wrote {value:#x} to XCR{xcr} at RIP {rip:#x}: extended state is not offered, #GP injected, VM continues"
+            ));
+            vcpu.inject_exception(13, Some(0));
+            Next::Resume
+        }
+        VmExit::Unknown { .. } => Next::Stop(StopReason::Unhandled { exit, rip }),
+    }
+}
+
+/// MOV to CR4 (the only control register intercepted): decode the source
+/// register, keep to the offered bits (`hvcore::guest_cpu::cr4_write`), flush the
+/// guest's TLB as the architecture does on CR4 changes.
+fn cr_write<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, cr: u8, index: u32) -> Next {
+    let rip = vcpu.regs().rip;
+    let mut bytes = [0u8; insn::MAX_INSN_LEN];
+    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let Some(insn::Decoded {
+        insn: Insn::MovToCr { cr: got, gpr },
+        len,
+    }) = insn::decode(&bytes[..n])
+    else {
+        return Next::Stop(StopReason::Undecodable { rip });
+    };
+    if got != cr || cr != 4 {
+        return Next::Stop(StopReason::Unhandled {
+            exit: VmExit::CrWrite { cr },
+            rip,
+        });
+    }
+    let value = vcpu.regs().gpr(gpr);
+    let long_mode = vcpu.guest_efer() & (1 << 10) != 0;
+    match guest_cpu::cr4_write(value, long_mode) {
+        Ok(cr4) if vcpu.set_guest_cr4(cr4) => {
+            vcpu.flush_tlb_on_entry();
+            let r = vcpu.regs();
+            r.rip = r.rip.wrapping_add(len as u64);
+        }
+        Ok(_) => {
+            return Next::Stop(StopReason::Unhandled {
+                exit: VmExit::CrWrite { cr },
+                rip,
+            });
+        }
+        Err(why) => {
+            vm.report_from(index, format_args!(
+                "guest wrote {value:#x} to CR4 at RIP {rip:#x}: {why}, #GP injected, VM continues"
+            ));
+            vcpu.inject_exception(13, Some(0));
+        }
+    }
+    Next::Resume
+}
+
+fn report_virt<E: Extension>(vm: &Vm<E>, v: VirtInsn, rip: u64, index: u32) {
+    vm.report_from(
+        index,
+        format_args!(
+            "guest executed {} ({} instruction) at RIP {rip:#x}: #UD injected, VM continues",
+            v.name(),
+            v.family()
+        ),
+    );
+}
+
+/// Steps over the intercepted instruction: NRIP when the CPU gives it,
+/// else the decoded length of the bytes at RIP, which must be `expect`.
+pub(super) fn skip<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, expect: Insn) -> Next {
+    if let Some(next) = vcpu.next_rip() {
+        vcpu.regs().rip = next;
+        return Next::Resume;
+    }
+    let rip = vcpu.regs().rip;
+    let mut bytes = [0u8; insn::MAX_INSN_LEN];
+    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let same = |got: Insn| {
+        got == expect
+            || (expect == Insn::Vmmcall && got == Insn::Vmcall)
+            || (expect == Insn::Vmcall && got == Insn::Vmmcall)
+    };
+    match insn::decode(&bytes[..n]) {
+        Some(d) if same(d.insn) => {
+            vcpu.regs().rip = rip.wrapping_add(d.len as u64);
+            Next::Resume
+        }
+        _ => Next::Stop(StopReason::Undecodable { rip }),
+    }
+}
+
+/// CPUID as the guest sees it: `hvcore::guest_cpu::guest_view` of the
+/// host's answer.
+fn cpuid(regs: &mut GuestRegs) {
+    let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+    let host = if guest_cpu::uses_host(leaf) {
+        let r = crate::hw::cpuid(leaf, subleaf);
+        guest_cpu::Cpuid {
+            eax: r.eax,
+            ebx: r.ebx,
+            ecx: r.ecx,
+            edx: r.edx,
+        }
+    } else {
+        guest_cpu::Cpuid::default()
+    };
+    let r = guest_cpu::guest_view(leaf, subleaf, host);
+    regs.rax = u64::from(r.eax);
+    regs.rbx = u64::from(r.ebx);
+    regs.rcx = u64::from(r.ecx);
+    regs.rdx = u64::from(r.edx);
+}

@@ -31,6 +31,7 @@ pub mod npt;
 pub mod pte;
 pub mod reclaim;
 pub mod report;
+pub mod run_config;
 pub mod store;
 pub mod string_io;
 pub mod svm;

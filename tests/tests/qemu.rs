@@ -213,6 +213,31 @@ fn runner_selftest_triple_fault_is_a_crash_with_console_tail() {
     );
 }
 
+/// `cargo xtask run`'s judgement (`qmp::run_watched`): QEMU exits with
+/// status 0 after a triple fault under -no-reboot, exactly as after a quit;
+/// the QMP shutdown reason must make it a crash, and the success exit must
+/// stay a clean end.
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn interactive_run_reports_a_triple_fault_as_a_crash() {
+    use thermocline_tests::qmp::{Verdict, run_watched};
+    let scratch = std::env::temp_dir().join(format!("thermocline-qmp-{}", std::process::id()));
+    let verdict = run_watched(
+        &machine("test_triple_fault", Firmware::Bios),
+        &scratch,
+        |_| {},
+    )
+    .expect("QEMU runs under the watcher");
+    assert!(
+        matches!(&verdict, Verdict::Crash(why) if why.contains("triple fault")),
+        "{verdict:?}"
+    );
+    let verdict = run_watched(&machine("test_basic", Firmware::Bios), &scratch, |_| {})
+        .expect("QEMU runs under the watcher");
+    assert!(matches!(verdict, Verdict::Clean(_)), "{verdict:?}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn runner_selftest_hang_times_out_and_is_killed() {

@@ -86,9 +86,10 @@ fn parse(args: &[String]) -> Result<BenchOptions, String> {
             }
             "--quick" => o.quick = true,
             "--" => o.cargo_args.extend(it.by_ref().cloned()),
+            "--help" | "-h" => return Err(crate::HELP_REQUESTED.into()),
             other => {
                 return Err(format!(
-                    "unknown bench option `{other}`; see `cargo xtask help`"
+                    "unknown bench option `{other}`; see `cargo xtask bench --help`"
                 ));
             }
         }

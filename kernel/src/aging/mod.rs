@@ -39,6 +39,7 @@ use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
 use hvcore::reclaim::{BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
 use hvcore::report::{self, Record};
+use hvcore::run_config::{self, ReclaimSetting};
 use hvcore::table::Tables;
 
 /// How the aging thread runs.
@@ -524,68 +525,39 @@ fn pressure<F: EntryFormat>(vms: &[Managed<F>], barren_until_ms: &mut [u64]) {
     }
 }
 
-/// Parses a decimal number with an optional `K`, `M` or `G` suffix (powers
-/// of 1024), in const context; `None` when malformed.
-const fn parse_size(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut n: u64 = 0;
-    while i < b.len() && b[i].is_ascii_digit() {
-        n = match n.checked_mul(10) {
-            Some(v) => v + (b[i] - b'0') as u64,
-            None => return None,
-        };
-        i += 1;
-    }
-    if i == 0 {
-        return None;
-    }
-    let shift = if i == b.len() {
-        0
-    } else if i + 1 == b.len() {
-        match b[i] {
-            b'K' | b'k' => 10,
-            b'M' | b'm' => 20,
-            b'G' | b'g' => 30,
-            _ => return None,
-        }
-    } else {
-        return None;
-    };
-    n.checked_mul(1 << shift)
-}
-
 /// `cargo xtask run --age-interval-ms N` (build-time variable
-/// `THERMOCLINE_AGE_INTERVAL_MS`); 1000 when unset or malformed.
+/// `THERMOCLINE_AGE_INTERVAL_MS`, parsed by `hvcore::run_config` like xtask
+/// does); 1000 when unset. A malformed value stops the build.
 pub const AGE_INTERVAL_MS: u64 = match option_env!("THERMOCLINE_AGE_INTERVAL_MS") {
-    Some(s) => match parse_size(s) {
-        Some(n) if n > 0 => n,
-        _ => 1000,
+    Some(s) => match run_config::parse_interval_ms(s) {
+        Ok(n) => n,
+        Err(_) => panic!(
+            "THERMOCLINE_AGE_INTERVAL_MS: expected a whole number of milliseconds from 1 to 3600000"
+        ),
     },
-    None => 1000,
+    None => run_config::DEFAULT_INTERVAL_MS,
 };
 
-/// `cargo xtask run --reclaim-target SIZE` (build-time variable
-/// `THERMOCLINE_RECLAIM_TARGET`): each VM's resident-memory limit in bytes,
-/// or `adaptive` (everything colder than the feedback loop's threshold);
-/// `None` (unset or `off`): aging only.
-pub const RECLAIM_TARGET_BYTES: Option<u64> = match option_env!("THERMOCLINE_RECLAIM_TARGET") {
-    Some(s) => parse_size(s),
-    None => None,
+/// `cargo xtask run --reclaim-target SIZE|adaptive|off` (build-time
+/// variable `THERMOCLINE_RECLAIM_TARGET`, parsed by `hvcore::run_config`);
+/// off when unset. A malformed value stops the build.
+pub const RECLAIM_SETTING: ReclaimSetting = match option_env!("THERMOCLINE_RECLAIM_TARGET") {
+    Some(s) => match run_config::parse_reclaim_target(s) {
+        Ok(t) => t,
+        Err(_) => panic!(
+            "THERMOCLINE_RECLAIM_TARGET: expected off, adaptive, or a size with an optional K, M or G suffix, a multiple of 4 KiB"
+        ),
+    },
+    None => ReclaimSetting::Off,
 };
-
-/// Whether the run reclaims adaptively (`--reclaim-target adaptive`).
-pub const RECLAIM_ADAPTIVE: bool = matches!(
-    option_env!("THERMOCLINE_RECLAIM_TARGET"),
-    Some(s) if s.len() == 8 && s.as_bytes()[0] == b'a'
-);
 
 /// The reclaim target of this run, from the build-time configuration.
 pub fn configured_target() -> Option<ReclaimTarget> {
-    if RECLAIM_ADAPTIVE {
-        return Some(ReclaimTarget::Adaptive);
+    match RECLAIM_SETTING {
+        ReclaimSetting::Off => None,
+        ReclaimSetting::Adaptive => Some(ReclaimTarget::Adaptive),
+        ReclaimSetting::ResidentBytes(b) => Some(ReclaimTarget::ResidentLimit { pages: b / 4096 }),
     }
-    RECLAIM_TARGET_BYTES.map(|b| ReclaimTarget::ResidentLimit { pages: b / 4096 })
 }
 
 /// The banner line describing the run's aging and reclaim configuration.

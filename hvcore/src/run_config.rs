@@ -11,8 +11,8 @@
 //!   [`MAX_INTERVAL_MS`]; no sign, no suffix, no unit (`1K` is not 1024).
 //! - reclaim target: `off`, `adaptive`, or a size: a whole number with a
 //!   suffix `K`, `M` or `G` (KiB, MiB, GiB; either case) or none (bytes),
-//!   a multiple of 4 KiB. Whether a size can be met depends on the VM (see
-//!   `crate::reclaim::target_unmeetable`), not on its spelling.
+//!   a multiple of 4 KiB. Whether a size can be met depends on the VM ([`target_note`]), not
+//!   on its spelling.
 //!
 //! `const fn` because the kernel evaluates them in constants.
 
@@ -155,6 +155,38 @@ pub const fn parse_reclaim_target(s: &str) -> Result<ReclaimSetting, ValueError>
     Ok(ReclaimSetting::ResidentBytes(bytes))
 }
 
+/// Why a resident limit is not being met, said once per VM on the console
+/// and as a `TCR event ... what=target_unmet` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetNote {
+    /// The limit is at least the VM's RAM: nothing is ever reclaimed to
+    /// meet it.
+    LargerThanRam,
+    /// After a round that took all it may, more is resident than the
+    /// limit: what is left was young in the last passes (never taken), so
+    /// the limit stays unmet while the guest keeps it hot.
+    NotMet,
+}
+
+/// Judges a resident limit of `limit_pages` for a VM of `ram_pages`, of
+/// which `resident_pages` stayed resident after a reclaim round that took
+/// `reclaimed_pages`. `None`: nothing to say (the limit is met, or the
+/// round made progress toward it).
+pub fn target_note(
+    limit_pages: u64,
+    ram_pages: u64,
+    resident_pages: u64,
+    reclaimed_pages: u64,
+) -> Option<TargetNote> {
+    if limit_pages >= ram_pages {
+        Some(TargetNote::LargerThanRam)
+    } else if resident_pages > limit_pages && reclaimed_pages == 0 {
+        Some(TargetNote::NotMet)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +245,25 @@ mod tests {
         ] {
             assert_eq!(parse_reclaim_target(bad), Err(why), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn unmeetable_targets_are_told() {
+        let ram = 16384; // 64 MiB
+        assert_eq!(
+            target_note(999 << 18, ram, 100, 0),
+            Some(TargetNote::LargerThanRam)
+        );
+        assert_eq!(
+            target_note(ram, ram, 100, 0),
+            Some(TargetNote::LargerThanRam)
+        );
+        // `0` and `1M` under a hot 2 MiB page: nothing more may go.
+        assert_eq!(target_note(0, ram, 512, 0), Some(TargetNote::NotMet));
+        assert_eq!(target_note(256, ram, 512, 0), Some(TargetNote::NotMet));
+        // Progress, or met: nothing to say.
+        assert_eq!(target_note(256, ram, 512, 64), None);
+        assert_eq!(target_note(4096, ram, 4000, 0), None);
     }
 
     #[test]

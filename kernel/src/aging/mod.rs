@@ -39,7 +39,7 @@ use hvcore::npt::Npt;
 use hvcore::pte::EntryFormat;
 use hvcore::reclaim::{BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
 use hvcore::report::{self, Record};
-use hvcore::run_config::{self, ReclaimSetting};
+use hvcore::run_config::{self, ReclaimSetting, TargetNote};
 use hvcore::table::Tables;
 
 /// How the aging thread runs.
@@ -409,21 +409,72 @@ pub fn print_timing<F: EntryFormat>(vms: &[Managed<F>], t_ms: u64) {
 fn vm_work<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
     let stats = pass(m, config);
     let target = m.mm.lock().target;
+    let detail_pass = stats.seq.is_multiple_of(config.detail_every.max(1));
     if let Some(target) = target {
         let b = reclaim_vm(m, target, config.reclaim_max_pages);
-        if (config.pass_lines && b.reclaimed > 0)
-            || stats.seq.is_multiple_of(config.detail_every.max(1))
-        {
-            let line = reclaim_line(
-                &m.mm.lock(),
-                m.vm.memory.tables(),
-                stats.seq,
-                config.interval_ms,
-            );
+        if (config.pass_lines && b.reclaimed > 0) || detail_pass {
+            let mm = m.mm.lock();
+            let line = reclaim_line(&mm, m.vm.memory.tables(), stats.seq, config.interval_ms);
+            drop(mm);
             crate::println!("{line}");
+            if let (ReclaimTarget::ResidentLimit { pages }, Record::Reclaim(r)) = (target, &line) {
+                say_if_unmet(m, pages, r.resident, b.reclaimed);
+            }
         }
+    } else if detail_pass && m.mm.lock().rec.stats().reclaimed_pages > 0 {
+        // No target, but host memory pressure took pages from this VM:
+        // show it, or `report` would say nothing was reclaimed.
+        let line = reclaim_line(
+            &m.mm.lock(),
+            m.vm.memory.tables(),
+            stats.seq,
+            config.interval_ms,
+        );
+        crate::println!("{line}");
     }
     stats
+}
+
+/// Says once per VM (console line and `TCR event ... what=target_unmet`)
+/// that its resident limit of `limit_pages` cannot be met
+/// (`hvcore::run_config::target_note`).
+fn say_if_unmet<F: EntryFormat>(m: &Managed<F>, limit_pages: u64, resident: u64, reclaimed: u64) {
+    let ram_pages = m.vm.config.ram_bytes / 4096;
+    let Some(note) = run_config::target_note(limit_pages, ram_pages, resident, reclaimed) else {
+        return;
+    };
+    {
+        let mut mm = m.mm.lock();
+        if mm.target_unmet_said {
+            return;
+        }
+        mm.target_unmet_said = true;
+    }
+    let (limit_kib, resident_kib, ram_kib) = (limit_pages * 4, resident * 4, ram_pages * 4);
+    let (text, detail) = match note {
+        TargetNote::LargerThanRam => (
+            alloc::format!(
+                "resident limit {limit_kib} KiB is not below the VM's {ram_kib} KiB of RAM: nothing is reclaimed to meet it"
+            ),
+            alloc::format!("limit_{limit_kib}_KiB_not_below_ram_{ram_kib}_KiB"),
+        ),
+        TargetNote::NotMet => (
+            alloc::format!(
+                "resident limit {limit_kib} KiB cannot be met: {resident_kib} KiB stay resident because they were young in the last passes (the limit is soft; reclaim goes on toward it)"
+            ),
+            alloc::format!("resident_{resident_kib}_KiB_stays_above_limit_{limit_kib}_KiB"),
+        ),
+    };
+    crate::println!("vm {}: {text}", m.vm.name());
+    crate::println!(
+        "{}",
+        Record::Event(report::EventLine {
+            vm: m.vm.name().into(),
+            t_ms: reclaim::now_ms(),
+            what: report::EventKind::TargetUnmet,
+            detail,
+        })
+    );
 }
 
 /// The last `reclaim` line of `m`, once it stopped.
@@ -567,7 +618,9 @@ pub fn banner_line() -> alloc::string::String {
             alloc::format!("resident limit {} KiB per VM", pages * 4)
         }
         Some(ReclaimTarget::Adaptive) => "adaptive (refaults under 0.2 %/min)".into(),
-        Some(ReclaimTarget::ColderThan(_)) | None => "off (aging only)".into(),
+        Some(ReclaimTarget::ColderThan(_)) | None => {
+            "off (aging only; host memory pressure still reclaims)".into()
+        }
     };
     // Without a timer no thread runs while a vCPU is in the guest.
     let driver = if crate::time::has_timer() {

@@ -54,7 +54,7 @@ RUN OPTIONS:
     --smp N           Number of CPUs (default 2)
     --mem SIZE        Memory of the emulated machine (Thermocline's host RAM)
                       in QEMU syntax, e.g. 512M, 2G (default 256M); at least
-                      23M with BIOS, 35M with UEFI (less does not boot)
+                      23M with BIOS, 48M with UEFI (less does not boot)
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
     --guest NAME      Guest to run: pattern (default: runs until you quit,

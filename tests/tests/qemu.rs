@@ -182,6 +182,29 @@ fn double_fault_is_handled_on_its_own_stack() {
     assert_eq!(report.failed, ["stack_overflow"], "{run}");
 }
 
+/// A kernel thread that recurses without end runs into the unmapped guard
+/// below its stack: the report names the thread, the case fails, and the
+/// run ends with the failure code (not a triple fault, not a hang).
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn thread_stack_overflow_hits_the_guard_and_names_the_thread() {
+    let run = boot("test_stack_guard", Firmware::Bios);
+    assert_eq!(run.outcome, Outcome::Failed, "{run}");
+    let report = run.report();
+    assert!(
+        report.exception.iter().any(|l| l.starts_with(
+            "stack overflow of thread recurser: the access hit the unmapped guard below its 262144-byte stack"
+        )),
+        "{run}"
+    );
+    assert_eq!(
+        report.passed,
+        ["a_thread_stack_has_a_guard_below_it"],
+        "{run}"
+    );
+    assert_eq!(report.failed, ["thread_stack_overflow"], "{run}");
+}
+
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn runner_selftest_failing_kernel_is_reported_failed() {

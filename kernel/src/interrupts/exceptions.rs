@@ -6,6 +6,12 @@
 //! the panic handler (`testing::fail_and_exit`). #BP (INT3) is the exception:
 //! it is reported and execution resumes after the INT3.
 //!
+//! A #PF or #DF whose address (or stack pointer) lies in the guard below a
+//! thread stack (`crate::mem::stacks`) adds a line naming the thread whose
+//! stack overflowed. #PF stays on the current stack (no IST): an overflow
+//! turns into #DF, which has its own stack, as Linux reports it; a #PF on
+//! an IST stack would be clobbered by a nested #PF in its own handler.
+//!
 //! Reports use the lock-free console writer: the exception may have hit while
 //! this CPU held the console lock.
 //!
@@ -107,12 +113,27 @@ pub fn write_report(w: &mut impl Write, frame: &InterruptFrame) -> core::fmt::Re
         "[exception] RIP={:#018x} CS={:#x} RFLAGS={:#x} RSP={:#018x} SS={:#x}",
         frame.rip, frame.cs, frame.rflags, frame.rsp, frame.ss
     )?;
+    let cr2 = hw::read_cr2();
     writeln!(
         w,
-        "[exception] CR2={:#018x} CR3={:#018x}",
-        hw::read_cr2(),
+        "[exception] CR2={cr2:#018x} CR3={:#018x}",
         hw::read_cr3()
     )?;
+    // A thread that ran off its stack hits the guard below it: #PF at the
+    // access, which becomes #DF when the CPU cannot push the #PF frame on
+    // that same stack (CR2 and the interrupted RSP then point at the guard).
+    if vector == PAGE_FAULT || vector == DOUBLE_FAULT {
+        let hit =
+            crate::mem::stacks::guard_hit(cr2).or_else(|| crate::mem::stacks::guard_hit(frame.rsp));
+        if let Some(name) = hit {
+            writeln!(
+                w,
+                "[exception] stack overflow of thread {}: the access hit the unmapped guard below its {}-byte stack",
+                name.unwrap_or("<none: a free stack slot>"),
+                crate::mem::stacks::STACK_BYTES
+            )?;
+        }
+    }
     let f = frame;
     writeln!(
         w,

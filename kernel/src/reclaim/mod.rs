@@ -428,7 +428,7 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> boo
         if now_ms() >= status_at {
             status_at += PAUSED_STATUS_EVERY_MS;
             crate::println!(
-                "vm {name}: still paused after {} s: {} free guest frames, {RESUME_FRAMES} needed to resume, {} cold pages left to reclaim",
+                "vm {name}: still paused after {} s: {} free guest frames, {RESUME_FRAMES} needed to resume; {} pages of the VMs not young in their last pass (reclaim under pressure has not freed enough from them)",
                 (now_ms() - t0) / 1000,
                 mem::guest_free_frames(),
                 cold_pages()

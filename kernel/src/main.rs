@@ -16,7 +16,7 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
     // so end the run instead of idling until the user quits. Where the exit
     // device is missing the CPU halts and the line says what to do.
     kernel::println!(
-        "thermocline: every VM has stopped: ending the run (if the emulator stays, quit it: Ctrl-A X in QEMU)"
+        "thermocline: every VM has stopped (how each ended is on its `vm NAME:` lines above): ending the run (if the emulator stays, quit it: Ctrl-A X in QEMU)"
     );
     kernel::hw::exit(kernel::hw::ExitCode::Success)
 }

@@ -216,6 +216,33 @@ mod tests {
         assert_eq!(o.mem, "256M");
     }
 
+    /// `cargo xtask run|test|bench --help` print their own options (they
+    /// said `unknown run option --help` before).
+    #[test]
+    fn each_command_has_its_help() {
+        for (command, section, option) in [
+            ("run", "RUN OPTIONS:", "--age-interval-ms"),
+            ("test", "TEST OPTIONS:", "--step NAME"),
+            ("bench", "BENCH OPTIONS:", "--quick"),
+        ] {
+            let h = command_help(crate::HELP, command, section);
+            assert!(h.contains(option), "{command}: {h}");
+            assert!(
+                h.contains(&format!("cargo xtask {command} [OPTIONS]")),
+                "{h}"
+            );
+        }
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            crate::cmd_test(&args(&["--help"])).unwrap_err(),
+            crate::HELP_REQUESTED
+        );
+        assert_eq!(
+            crate::bench::cmd_bench(&args(&["-h"])).unwrap_err(),
+            crate::HELP_REQUESTED
+        );
+    }
+
     #[test]
     fn command_help_is_its_section() {
         let help = "HEAD\n\nRUN OPTIONS:\n    --x   X\n\nTEST OPTIONS:\n    --y  Y\n";

@@ -166,13 +166,22 @@ pub fn run_watched(
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", machine.qemu))?;
     // QEMU waits halted (-S) until the watcher listens, so a triple fault
-    // in the first instructions is seen too.
-    let watcher = match Watcher::connect(&socket, !machine.gdb, Duration::from_secs(10)) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("cannot watch QEMU: {e}"));
+    // in the first instructions is seen too. QEMU may also end at once (a
+    // bad argument): then its status says why.
+    let start = Instant::now();
+    let watcher = loop {
+        match Watcher::connect(&socket, !machine.gdb, Duration::from_millis(100)) {
+            Ok(w) => break w,
+            Err(e) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Ok(judge_exit(status.code(), None));
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("cannot watch QEMU: {e}"));
+                }
+            }
         }
     };
     let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
@@ -197,6 +206,33 @@ mod tests {
             None
         );
         assert_eq!(shutdown_reason("{\"event\":\"SHUTDOWN\"}"), Some("unknown"));
+    }
+
+    /// A QEMU that ends before its monitor answers (a bad argument) is
+    /// judged by its status, without waiting out the watcher's patience.
+    #[test]
+    fn a_qemu_that_ends_at_once_is_judged_by_its_status() {
+        use crate::qemu::{Accel, Firmware, Machine};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("thermocline-qmp-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = dir.join("qemu");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho 'qemu: -bogus: invalid option' >&2\nexit 1\n",
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut m = Machine::new("unused.img", Firmware::Bios, Accel::Tcg);
+        m.qemu = script.to_string_lossy().into_owned();
+        let start = Instant::now();
+        let verdict = run_watched(&m, &dir, |_| {}).expect("judged");
+        assert_eq!(
+            verdict,
+            Verdict::Crash("QEMU ended with exit status 1".into())
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

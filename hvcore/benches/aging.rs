@@ -415,6 +415,15 @@ fn main() {
                 checked,
                 retired
             );
+            // One line per figure for `cargo xtask bench`'s table.
+            let key = format!("host.aging.{gib}g.{name}.{percent}pct");
+            println!(
+                "[bench] {key}.ours {:.3} ns/page age_pass, cold tables, best of {reps}",
+                per(ours)
+            );
+            println!(
+                "[bench] {key}.ours_over_kvm {med_ours_kvm:.2} x median ratio to a KVM-style pass (lower is better)"
+            );
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod port_bus;
 pub mod pte;
 pub mod reclaim;
 pub mod report;
+pub mod run_config;
 pub mod store;
 pub mod string_io;
 pub mod svm;

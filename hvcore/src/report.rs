@@ -16,6 +16,7 @@
 //! TCR ranges  vm=pattern n=12 t_ms=1200 hot=0x0-0x400000 cold=0x400000-0x4000000
 //! TCR reclaim vm=pattern n=12 t_ms=1200 resident=1384 reclaimed=15000 zero=9000 compressed=5000 raw=1000 cbytes=2100000 ratio=2.921 refaults=3 threshold_gens=4 threshold_ms=400 freed=15000
 //! TCR event   vm=pattern t_ms=1300 what=paused detail=no_free_frame_for_fault_at_0x1234000
+//! TCR event   vm=pattern t_ms=1400 what=target_unmet detail=resident_2048_KiB_stays_above_limit_1024_KiB
 //! ```
 //!
 //! Parsers ignore fields they do not know (the format may grow) but reject
@@ -155,6 +156,9 @@ pub enum EventKind {
     Resumed,
     /// Stopped.
     Stopped,
+    /// The VM's resident limit cannot be met (`crate::run_config::TargetNote`;
+    /// said once per VM).
+    TargetUnmet,
 }
 
 impl EventKind {
@@ -163,6 +167,7 @@ impl EventKind {
             EventKind::Paused => "paused",
             EventKind::Resumed => "resumed",
             EventKind::Stopped => "stopped",
+            EventKind::TargetUnmet => "target_unmet",
         }
     }
 }
@@ -442,7 +447,8 @@ fn parse_cells(s: &str) -> Result<Vec<Option<u64>>, ParseError> {
         } else {
             Some(v.parse::<u64>().map_err(|_| ParseError::Bad(KEY))?)
         };
-        if run == 0 || cells.len() + run > MAX_CELLS {
+        // `run` may be anything a corrupt line says: compare without adding.
+        if run == 0 || run > MAX_CELLS - cells.len() {
             return Err(ParseError::Bad(KEY));
         }
         cells.extend(core::iter::repeat_n(cell, run));
@@ -455,7 +461,13 @@ fn parse_ratio(s: &str) -> Option<u64> {
     if frac.len() != 3 {
         return None;
     }
-    Some(int.parse::<u64>().ok()?.checked_mul(1000)? + frac.parse::<u64>().ok()?)
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    int.parse::<u64>()
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(frac.parse::<u64>().ok()?)
 }
 
 /// Finds a record in `line`: `None` if there is no `TCR` marker, else the
@@ -555,6 +567,7 @@ fn parse_fields(kind: &str, f: &Fields<'_>) -> Result<Record, ParseError> {
                 "paused" => EventKind::Paused,
                 "resumed" => EventKind::Resumed,
                 "stopped" => EventKind::Stopped,
+                "target_unmet" => EventKind::TargetUnmet,
                 _ => return Err(ParseError::Bad("what")),
             },
             detail: f.string("detail")?,

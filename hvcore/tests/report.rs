@@ -95,8 +95,13 @@ fn record() -> impl Strategy<Value = Record> {
                 freed: v[12],
             })
         }),
-        (name(), n, 0..3u8, name()).prop_map(|(vm, t_ms, w, detail)| {
-            let what = [EventKind::Paused, EventKind::Resumed, EventKind::Stopped][usize::from(w)];
+        (name(), n, 0..4u8, name()).prop_map(|(vm, t_ms, w, detail)| {
+            let what = [
+                EventKind::Paused,
+                EventKind::Resumed,
+                EventKind::Stopped,
+                EventKind::TargetUnmet,
+            ][usize::from(w)];
             Record::Event(EventLine {
                 vm,
                 t_ms,
@@ -121,6 +126,44 @@ proptest! {
         let _ = parse_line(&format!("TCR {s}"));
         let _ = parse_line(&format!("TCR map vm=a n=1 t_ms=2 base=0 cell_kb=4 ages={s}"));
     }
+
+    /// Numbers at and past the edges of u64 in every numeric field: a
+    /// value or an error, never an overflow panic (a run count of
+    /// `usize::MAX`, a ratio of `u64::MAX` thousandths, panicked before).
+    #[test]
+    fn huge_numbers_never_panic(
+        a in prop_oneof![Just(u64::MAX), Just(u64::MAX / 1000), Just(u64::MAX / 1000 + 1), any::<u64>()],
+        b in prop_oneof![Just(usize::MAX as u64), Just(u64::MAX), any::<u64>()],
+        frac in prop_oneof![Just(String::from("999")), Just(String::from("+99")), "[0-9]{3}"],
+    ) {
+        let _ = parse_line(&format!("TCR map vm=a n={a} t_ms={a} base={a:#x} cell_kb={a} ages=0x{b},-x{b},{a}"));
+        let _ = parse_line(&format!(
+            "TCR reclaim vm=a n={a} t_ms={a} resident={a} reclaimed={a} zero={a} compressed={a} \
+             raw={a} cbytes={a} ratio={a}.{frac} refaults={a} threshold_gens={a} threshold_ms={a} freed={a}"
+        ));
+        let _ = parse_line(&format!("TCR hist vm=a n={a} t_ms={a} gens={a}:{b}:{a},{b}:{a}:{b}"));
+        let _ = parse_line(&format!("TCR ranges vm=a n={a} t_ms={a} hot=0x0-{a:#x} cold={b:#x}-{a:#x}"));
+    }
+}
+
+/// Found by a user (issue 19): these panicked with overflow in debug builds.
+#[test]
+fn overflowing_fields_are_errors() {
+    let huge = u64::MAX;
+    assert_eq!(
+        parse_line(&format!(
+            "TCR map vm=a n=1 t_ms=2 base=0 cell_kb=4 ages=0,1x{huge}"
+        )),
+        Some(Err(ParseError::Bad("ages")))
+    );
+    assert_eq!(
+        parse_line(&format!(
+            "TCR reclaim vm=a n=1 t_ms=2 resident=1 reclaimed=1 zero=1 compressed=1 raw=1 \
+             cbytes=1 ratio={}.999 refaults=1 threshold_gens=1 threshold_ms=1 freed=1",
+            huge / 1000
+        )),
+        Some(Err(ParseError::Bad("ratio")))
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //!   shared by `cargo xtask run` and the tests so both boot the same machine.
 //! - [`runner`]: runs one image to its end with a deadline, collecting the
 //!   console with timestamps, and classifies the result as [`runner::Outcome`].
+//! - [`qmp`]: why QEMU shut down (a triple fault or a quit: both exit 0),
+//!   from its QMP monitor, for `cargo xtask run`.
 //! - [`protocol`]: parses the console line protocol that test kernels speak
 //!   (`kernel/src/testing/mod.rs`); the Bochs bed's Python harness parses the same.
 //!
@@ -13,4 +15,5 @@
 
 pub mod protocol;
 pub mod qemu;
+pub mod qmp;
 pub mod runner;

@@ -162,6 +162,10 @@ pub struct Machine {
     pub mem: String,
     /// Start halted with a GDB server on TCP port 1234 (`-s -S`).
     pub gdb: bool,
+    /// A QMP monitor on this Unix socket (`crate::qmp::Watcher` reads why
+    /// QEMU shut down). The machine then starts halted (`-S`) until the
+    /// watcher, or GDB with [`Machine::gdb`], lets it run.
+    pub qmp: Option<PathBuf>,
     /// Further QEMU arguments.
     pub extra: Vec<String>,
     /// The QEMU program ([`Machine::program`] by default; the runner's own
@@ -179,6 +183,7 @@ impl Machine {
             smp: 2,
             mem: "256M".into(),
             gdb: false,
+            qmp: None,
             extra: Vec::new(),
             qemu: Self::program(),
         }
@@ -231,6 +236,13 @@ impl Machine {
         if self.gdb {
             cmd.args(["-s", "-S"]);
         }
+        if let Some(socket) = &self.qmp {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", socket.display()));
+            if !self.gdb {
+                cmd.arg("-S");
+            }
+        }
         cmd.args(&self.extra);
         Ok(cmd)
     }
@@ -275,6 +287,20 @@ mod tests {
         let a = args(&m).join(" ");
         assert!(a.starts_with("-accel kvm -cpu host -smp 4 -m 1G"), "{a}");
         assert!(a.ends_with("-s -S -d int"), "{a}");
+    }
+
+    #[test]
+    fn qmp_socket_starts_halted_once() {
+        let mut m = Machine::new("k.img", Firmware::Bios, Accel::Tcg);
+        m.qmp = Some("/tmp/x/qmp.sock".into());
+        let a = args(&m).join(" ");
+        assert!(
+            a.ends_with("-qmp unix:/tmp/x/qmp.sock,server=on,wait=off -S"),
+            "{a}"
+        );
+        m.gdb = true;
+        let a = args(&m).join(" ");
+        assert_eq!(a.matches("-S").count(), 1, "{a}");
     }
 
     #[test]

@@ -182,6 +182,29 @@ fn double_fault_is_handled_on_its_own_stack() {
     assert_eq!(report.failed, ["stack_overflow"], "{run}");
 }
 
+/// A kernel thread that recurses without end runs into the unmapped guard
+/// below its stack: the report names the thread, the case fails, and the
+/// run ends with the failure code (not a triple fault, not a hang).
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn thread_stack_overflow_hits_the_guard_and_names_the_thread() {
+    let run = boot("test_stack_guard", Firmware::Bios);
+    assert_eq!(run.outcome, Outcome::Failed, "{run}");
+    let report = run.report();
+    assert!(
+        report.exception.iter().any(|l| l.starts_with(
+            "stack overflow of thread recurser: the access hit the unmapped guard below its 262144-byte stack"
+        )),
+        "{run}"
+    );
+    assert_eq!(
+        report.passed,
+        ["a_thread_stack_has_a_guard_below_it"],
+        "{run}"
+    );
+    assert_eq!(report.failed, ["thread_stack_overflow"], "{run}");
+}
+
 #[test]
 #[ignore = "needs images: run `cargo xtask test`"]
 fn runner_selftest_failing_kernel_is_reported_failed() {
@@ -211,6 +234,31 @@ fn runner_selftest_triple_fault_is_a_crash_with_console_tail() {
         err.contains("| [scenario] triple_fault cases=1"),
         "tail in report: {err}"
     );
+}
+
+/// `cargo xtask run`'s judgement (`qmp::run_watched`): QEMU exits with
+/// status 0 after a triple fault under -no-reboot, exactly as after a quit;
+/// the QMP shutdown reason must make it a crash, and the success exit must
+/// stay a clean end.
+#[test]
+#[ignore = "needs images: run `cargo xtask test`"]
+fn interactive_run_reports_a_triple_fault_as_a_crash() {
+    use thermocline_tests::qmp::{Verdict, run_watched};
+    let scratch = std::env::temp_dir().join(format!("thermocline-qmp-{}", std::process::id()));
+    let verdict = run_watched(
+        &machine("test_triple_fault", Firmware::Bios),
+        &scratch,
+        |_| {},
+    )
+    .expect("QEMU runs under the watcher");
+    assert!(
+        matches!(&verdict, Verdict::Crash(why) if why.contains("triple fault")),
+        "{verdict:?}"
+    );
+    let verdict = run_watched(&machine("test_basic", Firmware::Bios), &scratch, |_| {})
+        .expect("QEMU runs under the watcher");
+    assert!(matches!(verdict, Verdict::Clean(_)), "{verdict:?}");
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 #[test]

@@ -86,9 +86,10 @@ fn parse(args: &[String]) -> Result<BenchOptions, String> {
             }
             "--quick" => o.quick = true,
             "--" => o.cargo_args.extend(it.by_ref().cloned()),
+            "--help" | "-h" => return Err(crate::HELP_REQUESTED.into()),
             other => {
                 return Err(format!(
-                    "unknown bench option `{other}`; see `cargo xtask help`"
+                    "unknown bench option `{other}`; see `cargo xtask bench --help`"
                 ));
             }
         }
@@ -114,7 +115,13 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
 /// `cargo bench -p hvcore`, its output passed through as it comes.
 fn host(o: &BenchOptions) -> Result<Vec<Figure>, String> {
     let mut cmd = cargo();
-    cmd.args(["bench", "-p", "hvcore"]).args(&o.cargo_args);
+    cmd.args(["bench", "-p", "hvcore"]);
+    // Only the bench targets: without this cargo also runs the library's
+    // unit tests in bench mode, one `... ignored` line each.
+    if !o.cargo_args.iter().any(|a| a == "--bench") {
+        cmd.arg("--benches");
+    }
+    cmd.args(&o.cargo_args);
     if o.quick {
         cmd.env("AGING_BENCH_QUICK", "1")
             .env("RECLAIM_BENCH_QUICK", "1");
@@ -122,8 +129,19 @@ fn host(o: &BenchOptions) -> Result<Vec<Figure>, String> {
     println!("    $ {}", show(&cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start cargo bench: {e}"))?;
+    // Cargo's own lines (`Running benches/aging.rs`) come on stderr: pass
+    // them on whole lines at a time, or they land inside a line of the
+    // bench's output.
+    let stderr = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                println!("{line}");
+            }
+        })
+    });
     let mut figures = Vec::new();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
@@ -135,6 +153,9 @@ fn host(o: &BenchOptions) -> Result<Vec<Figure>, String> {
     let status = child
         .wait()
         .map_err(|e| format!("waiting for cargo bench: {e}"))?;
+    if let Some(t) = stderr {
+        let _ = t.join();
+    }
     if !status.success() {
         return Err(format!("cargo bench failed ({status})"));
     }
@@ -198,19 +219,25 @@ fn loadavg() -> String {
 }
 
 fn print_table(figures: &[Figure]) {
+    print!("{}", table(figures));
+}
+
+/// Every figure, one aligned row each, under one heading.
+fn table(figures: &[Figure]) -> String {
     if figures.is_empty() {
-        return;
+        return String::new();
     }
     let w_key = figures.iter().map(|f| f.key.len()).max().unwrap_or(0);
     let w_val = figures.iter().map(|f| f.value.len()).max().unwrap_or(0);
     let w_unit = figures.iter().map(|f| f.unit.len()).max().unwrap_or(0);
-    println!("\n== benchmarks (docs/benchmarks.md) ==");
+    let mut out = String::from("\n== benchmarks (docs/benchmarks.md) ==\n");
     for f in figures {
-        println!(
-            "{:<4} {:<w_key$} {:>w_val$} {:<w_unit$}  {}",
+        out.push_str(&format!(
+            "{:<4} {:<w_key$} {:>w_val$} {:<w_unit$}  {}\n",
             f.bed, f.key, f.value, f.unit, f.what
-        );
+        ));
     }
+    out
 }
 
 #[cfg(test)]
@@ -234,5 +261,35 @@ mod tests {
         );
         assert!(parse_line("host", "bench: round 1 ...").is_none());
         assert!(parse_line("host", "[bench] lonely").is_none());
+    }
+
+    /// The lines the three host benches print (aging and frames print
+    /// `[bench]` lines too since issue 19) make one table, a row each.
+    #[test]
+    fn every_host_figure_is_in_the_table() {
+        let lines = [
+            "[bench] host.aging.1g.clustered.10pct.ours 0.412 ns/page age_pass, cold tables, best of 5",
+            "[bench] host.aging.1g.clustered.10pct.ours_over_kvm 0.81 x median ratio to a KVM-style pass (lower is better)",
+            "[bench] host.frames.alloc_4k 21.3 ns/op 4 KiB allocate, best of 3 rounds (target < 100)",
+            "[bench] host.reclaim.mixed 250000 pages/s reclaim, mixed",
+            "     Running benches/aging.rs (target/release/deps/aging-0123)",
+            "test insn::tests::decodes ... ignored",
+        ];
+        let figures: Vec<Figure> = lines.iter().filter_map(|l| parse_line("host", l)).collect();
+        assert_eq!(figures.len(), 4);
+        let t = table(&figures);
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("host ")).count(),
+            4,
+            "{t}"
+        );
+        for key in [
+            "aging.1g.clustered.10pct.ours ",
+            "frames.alloc_4k",
+            "reclaim.mixed",
+        ] {
+            assert!(t.contains(key), "{key} missing: {t}");
+        }
+        assert!(!t.contains("ignored") && !t.contains("Running"), "{t}");
     }
 }

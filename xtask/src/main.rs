@@ -17,6 +17,7 @@
 //! `target/loom` (different RUSTFLAGS would otherwise rebuild everything).
 
 mod bench;
+mod cli;
 mod guests;
 mod layers;
 mod linux;
@@ -36,7 +37,8 @@ USAGE:
 
 COMMANDS:
     run       Build the hypervisor and boot it in QEMU; the serial console is
-              this terminal (quit QEMU with Ctrl-A X)
+              this terminal (quit QEMU with Ctrl-A X); a triple fault or
+              the failure exit is reported as an error
     test      Run the whole test suite: rustfmt, the kernel's layers,
               clippy (host and kernel), host tests, loom models, the Bochs
               VMX bed, in-QEMU scenarios
@@ -59,17 +61,23 @@ RUN OPTIONS:
     --bios | --uefi   Firmware: SeaBIOS (default) or OVMF from /usr/share/OVMF
     --smp N           Number of CPUs (default 2)
     --mem SIZE        Memory of the emulated machine (Thermocline's host RAM)
-                      in QEMU syntax, e.g. 512M, 2G (default 256M)
+                      in QEMU syntax, e.g. 512M, 2G (default 256M); at least
+                      23M with BIOS, 48M with UEFI (less does not boot)
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
     --guest NAME      Guest to run: pattern (default: runs until you quit,
-                      aged live), hello, checksum, evil, smp (4 vCPUs)
+                      aged live), hello, checksum, evil (its scenarios 1-6
+                      and 8 in a row, one VM each), smp (4 vCPUs); the run
+                      ends once every VM has stopped
     --age-interval-ms N
-                      Time between aging passes (default 1000); the report
+                      Time between aging passes, whole milliseconds from 1 to
+                      3600000 (default 1000); the report
                       (docs/report-format.md) is printed live
     --reclaim-target SIZE|adaptive|off
-                      Reclaim each VM down to SIZE resident (e.g. 16M), or
-                      what the refault feedback allows; default off
+                      Reclaim each VM down to SIZE resident: bytes with an
+                      optional K, M or G suffix, a multiple of 4 KiB (e.g.
+                      16M); or what the refault feedback allows; default off
+                      (host memory pressure reclaims even then)
     -- ARGS...        Extra arguments passed to QEMU unchanged
 
 BENCH OPTIONS:
@@ -98,7 +106,16 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     };
+    // `cargo xtask run --help` (and test, bench): that command's options.
+    let section = match command.as_str() {
+        "run" => Some("RUN OPTIONS:"),
+        "test" => Some("TEST OPTIONS:"),
+        "bench" => Some("BENCH OPTIONS:"),
+        _ => None,
+    };
+    let help_first = rest.first().is_some_and(|a| cli::is_help(a));
     let result = match command.as_str() {
+        _ if help_first && section.is_some() => Err(HELP_REQUESTED.to_string()),
         "run" => cmd_run(rest),
         "test" => cmd_test(rest),
         "bench" => bench::cmd_bench(rest),
@@ -114,6 +131,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e == HELP_REQUESTED && section.is_some() => {
+            print!(
+                "{}",
+                cli::command_help(HELP, command, section.unwrap_or_default())
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("xtask: error: {e}");
             ExitCode::FAILURE
@@ -355,24 +379,33 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--gdb" => o.gdb = true,
             "--release" => o.profile = Profile::Release,
             "--guest" => o.guest = Some(value("--guest")?),
-            "--age-interval-ms" => o
-                .aging
-                .push(("THERMOCLINE_AGE_INTERVAL_MS", value("--age-interval-ms")?)),
-            "--reclaim-target" => o
-                .aging
-                .push(("THERMOCLINE_RECLAIM_TARGET", value("--reclaim-target")?)),
+            "--age-interval-ms" => o.aging.push((
+                "THERMOCLINE_AGE_INTERVAL_MS",
+                cli::check_age_interval(&value("--age-interval-ms")?)?,
+            )),
+            "--reclaim-target" => o.aging.push((
+                "THERMOCLINE_RECLAIM_TARGET",
+                cli::check_reclaim_target(&value("--reclaim-target")?)?,
+            )),
             "--" => {
                 o.qemu_args.extend(it.by_ref().cloned());
             }
+            "--help" | "-h" => return Err(HELP_REQUESTED.into()),
             other => {
                 return Err(format!(
-                    "unknown run option `{other}`; see `cargo xtask help`"
+                    "unknown run option `{other}`; see `cargo xtask run --help`"
                 ));
             }
         }
     }
+    // After every option: the smallest machine depends on the firmware.
+    o.mem = cli::check_mem(&o.mem, o.firmware == Firmware::Uefi)?;
     Ok(o)
 }
+
+/// What a command's parser returns for `--help`; `main` prints the
+/// command's help and succeeds.
+const HELP_REQUESTED: &str = "help requested";
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let o = parse_run(args)?;
@@ -404,30 +437,33 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     };
     println!("xtask: accelerator {accel}: {}", choice.reason);
     let scratch = target_dir().join("run");
-    let mut qemu = machine.command(&scratch)?;
-    println!("    $ {}", show(&qemu));
-    if o.gdb {
-        let elf = target_dir()
-            .join(KERNEL_TARGET)
-            .join(o.profile.dir())
-            .join("thermocline");
-        println!(
-            "xtask: QEMU waits for GDB on localhost:1234. In another terminal:\n    \
-             gdb {} -ex 'target remote :1234'\n    \
-             (symbols: the kernel logs its load address; see README, \"Debugging with GDB\")",
-            elf.display()
-        );
-    }
-    println!("xtask: serial console follows; quit QEMU with Ctrl-A X\n");
-    let status = qemu
-        .status()
-        .map_err(|e| format!("cannot start QEMU: {e}"))?;
-    match status.code() {
-        Some(thermocline_tests::qemu::EXIT_PASS) | Some(0) => Ok(()),
-        Some(thermocline_tests::qemu::EXIT_FAIL) => {
-            Err("the kernel exited with the failure code".into())
+    // A triple fault and a quit both end QEMU with status 0 (-no-reboot):
+    // QEMU's own shutdown reason tells them apart (`thermocline_tests::qmp`).
+    let verdict = thermocline_tests::qmp::run_watched(&machine, &scratch, |qemu| {
+        println!("    $ {}", show(qemu));
+        if o.gdb {
+            let elf = target_dir()
+                .join(KERNEL_TARGET)
+                .join(o.profile.dir())
+                .join("thermocline");
+            println!(
+                "xtask: QEMU waits for GDB on localhost:1234. In another terminal:\n    \
+                 gdb {} -ex 'target remote :1234'\n    \
+                 (symbols: the kernel logs its load address; see README, \"Debugging with GDB\")",
+                elf.display()
+            );
         }
-        _ => Err(format!("QEMU ended with {status}")),
+        println!(
+            "xtask: serial console follows; quit QEMU with Ctrl-A X (the run ends by itself \
+             once every VM has stopped)\n"
+        );
+    })?;
+    match verdict {
+        thermocline_tests::qmp::Verdict::Clean(why) => {
+            println!("\nxtask: {why}");
+            Ok(())
+        }
+        thermocline_tests::qmp::Verdict::Crash(why) => Err(why),
     }
 }
 
@@ -616,9 +652,10 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
                 selected.push(name);
             }
             "--release" => profile = Profile::Release,
+            "--help" | "-h" => return Err(HELP_REQUESTED.into()),
             other => {
                 return Err(format!(
-                    "unknown test option `{other}`; see `cargo xtask help`"
+                    "unknown test option `{other}`; see `cargo xtask test --help`"
                 ));
             }
         }

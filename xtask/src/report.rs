@@ -28,56 +28,124 @@ struct VmSummary {
     pauses: u64,
     resumes: u64,
     stopped: Option<String>,
+    target_unmet: Option<String>,
     maps: u64,
 }
 
-/// Parsed log: summaries by VM (in order of appearance) and bad lines.
-struct Log {
+/// One boot's records: a log may hold several (`tee -a`, `cat a b`).
+#[derive(Debug, Default)]
+struct Run {
+    /// First and last log line (1-based) of the run.
+    lines: (usize, usize),
+    /// Summaries by VM, and the VMs in order of appearance.
     vms: BTreeMap<String, VmSummary>,
     order: Vec<String>,
-    records: Vec<Record>,
+    /// Records with their log line numbers.
+    records: Vec<(usize, Record)>,
+}
+
+/// Parsed log: its runs, malformed lines, and warnings.
+struct Log {
+    runs: Vec<Run>,
     malformed: Vec<(usize, String)>,
+    warnings: Vec<String>,
+}
+
+/// The first banner line of every boot (`kernel/src/banner.rs`) contains
+/// this: a new run starts there.
+const BOOT_MARK: &str = ": x86_64 micro-hypervisor";
+
+fn record_vm(rec: &Record) -> &str {
+    match rec {
+        Record::Pass(p) => &p.vm,
+        Record::Hist(h) => &h.vm,
+        Record::Map(m) => &m.vm,
+        Record::Ranges(r) => &r.vm,
+        Record::Reclaim(r) => &r.vm,
+        Record::Event(e) => &e.vm,
+    }
+}
+
+fn record_t_ms(rec: &Record) -> u64 {
+    match rec {
+        Record::Pass(p) => p.t_ms,
+        Record::Hist(h) => h.t_ms,
+        Record::Map(m) => m.t_ms,
+        Record::Ranges(r) => r.t_ms,
+        Record::Reclaim(r) => r.t_ms,
+        Record::Event(e) => e.t_ms,
+    }
 }
 
 fn read_log(text: &str) -> Log {
     let mut log = Log {
-        vms: BTreeMap::new(),
-        order: Vec::new(),
-        records: Vec::new(),
+        runs: vec![Run::default()],
         malformed: Vec::new(),
+        warnings: Vec::new(),
     };
+    // A console log ends each line; one that stops mid-line was cut
+    // (a full disk, a killed `tee`): its last record may be short (a map
+    // cut at `ages=0` parses as one cell), so leave it out and say so.
+    let cut_line = match text.ends_with('\n') {
+        true => None,
+        false => Some(text.lines().count()),
+    };
+    let mut last_t: BTreeMap<String, u64> = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
+        let no = i + 1;
+        if line.contains(BOOT_MARK) {
+            if log.runs.last().is_some_and(|r| !r.records.is_empty()) {
+                log.runs.push(Run::default());
+            }
+            last_t.clear();
+            continue;
+        }
         let rec = match parse_line(line) {
             None => continue,
             Some(Err(e)) => {
-                log.malformed.push((i + 1, e.to_string()));
+                log.malformed.push((no, e.to_string()));
                 continue;
             }
             Some(Ok(r)) => r,
         };
-        let vm = match &rec {
-            Record::Pass(p) => &p.vm,
-            Record::Hist(h) => &h.vm,
-            Record::Map(m) => &m.vm,
-            Record::Ranges(r) => &r.vm,
-            Record::Reclaim(r) => &r.vm,
-            Record::Event(e) => &e.vm,
+        if cut_line == Some(no) {
+            log.warnings.push(format!(
+                "line {no}: the log ends in the middle of this line (no newline): its record is left out"
+            ));
+            continue;
         }
-        .clone();
-        if !log.vms.contains_key(&vm) {
-            log.order.push(vm.clone());
+        let vm = record_vm(&rec).to_string();
+        let t = record_t_ms(&rec);
+        if last_t.get(&vm).is_some_and(|&prev| t < prev) {
+            log.warnings.push(format!(
+                "line {no}: t_ms of VM {vm} went back ({} -> {t}) with no banner between: \
+                 a new run starts here",
+                last_t[&vm]
+            ));
+            log.runs.push(Run::default());
+            last_t.clear();
         }
-        let s = log.vms.entry(vm).or_default();
+        last_t.insert(vm.clone(), t);
+        let run = log.runs.last_mut().expect("one run at least");
+        if run.records.is_empty() {
+            run.lines.0 = no;
+        }
+        run.lines.1 = no;
+        if !run.vms.contains_key(&vm) {
+            run.order.push(vm.clone());
+        }
+        let s = run.vms.entry(vm).or_default();
+        // Saturating: a corrupt line's huge numbers must not panic the sums.
         match &rec {
             Record::Pass(p) => {
                 s.passes += 1;
                 s.first_t_ms.get_or_insert(p.t_ms);
                 s.last_t_ms = s.last_t_ms.max(p.t_ms);
-                s.dur_us_sum += p.dur_us;
+                s.dur_us_sum = s.dur_us_sum.saturating_add(p.dur_us);
                 s.dur_us_max = s.dur_us_max.max(p.dur_us);
-                s.young_sum += p.young;
+                s.young_sum = s.young_sum.saturating_add(p.young);
                 s.scanned_last = p.scanned;
-                s.skipped_sum += p.skipped;
+                s.skipped_sum = s.skipped_sum.saturating_add(p.skipped);
             }
             Record::Hist(h) => s.last_hist = Some(h.clone()),
             Record::Map(_) => s.maps += 1,
@@ -87,9 +155,13 @@ fn read_log(text: &str) -> Log {
                 EventKind::Paused => s.pauses += 1,
                 EventKind::Resumed => s.resumes += 1,
                 EventKind::Stopped => s.stopped = Some(e.detail.clone()),
+                EventKind::TargetUnmet => s.target_unmet = Some(e.detail.clone()),
             },
         }
-        log.records.push(rec);
+        run.records.push((no, rec));
+    }
+    if log.runs.len() > 1 && log.runs.last().is_some_and(|r| r.records.is_empty()) {
+        log.runs.pop();
     }
     log
 }
@@ -99,7 +171,7 @@ fn mib(pages: u64) -> String {
 }
 
 /// The summary table, as printed by `cargo xtask report`.
-fn summary(log: &Log) -> String {
+fn run_table(run: &Run) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "{:<12} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>10} {:>8} {:>8} {:>6} {:>8} {:>9} {:>7}\n",
@@ -119,10 +191,12 @@ fn summary(log: &Log) -> String {
         "refaults",
         "thresh"
     ));
-    for name in &log.order {
-        let s = &log.vms[name];
+    for name in &run.order {
+        let s = &run.vms[name];
         let per = |x: u64| x.checked_div(s.passes).unwrap_or(0);
-        let span_ms = s.last_t_ms - s.first_t_ms.unwrap_or(s.last_t_ms);
+        let span_ms = s
+            .last_t_ms
+            .saturating_sub(s.first_t_ms.unwrap_or(s.last_t_ms));
         let (resid, recl, zero, compr, raw, ratio, refaults, thresh) = match &s.last_reclaim {
             Some(r) => (
                 mib(r.resident),
@@ -164,10 +238,13 @@ fn summary(log: &Log) -> String {
             thresh
         ));
     }
-    for name in &log.order {
-        let s = &log.vms[name];
+    for name in &run.order {
+        let s = &run.vms[name];
         if let Some(h) = &s.last_hist {
-            let total: u64 = h.buckets.iter().map(|b| b.pages).sum();
+            let total = h
+                .buckets
+                .iter()
+                .fold(0u64, |t, b| t.saturating_add(b.pages));
             out.push_str(&format!(
                 "{name}: last histogram (pass {}): {} pages in {} generations",
                 h.n,
@@ -190,6 +267,36 @@ fn summary(log: &Log) -> String {
                     .unwrap_or_default()
             ));
         }
+        if let Some(d) = &s.target_unmet {
+            out.push_str(&format!("{name}: reclaim target not met: {d}\n"));
+        }
+    }
+    out
+}
+
+/// The summary, as printed by `cargo xtask report`: one table per run.
+fn summary(log: &Log) -> String {
+    let mut out = String::new();
+    let runs: Vec<&Run> = log.runs.iter().filter(|r| !r.records.is_empty()).collect();
+    if runs.len() > 1 {
+        out.push_str(&format!(
+            "the log holds {} runs (each starts at a banner, or where time goes back): one table each\n",
+            runs.len()
+        ));
+    }
+    for (i, run) in runs.iter().enumerate() {
+        if runs.len() > 1 {
+            out.push_str(&format!(
+                "\nrun {} (log lines {}-{}):\n",
+                i + 1,
+                run.lines.0,
+                run.lines.1
+            ));
+        }
+        out.push_str(&run_table(run));
+    }
+    for w in &log.warnings {
+        out.push_str(&format!("warning: {w}\n"));
     }
     if !log.malformed.is_empty() {
         out.push_str(&format!("{} malformed TCR lines:\n", log.malformed.len()));
@@ -197,7 +304,7 @@ fn summary(log: &Log) -> String {
             out.push_str(&format!("  line {line}: {e}\n"));
         }
     }
-    if log.order.is_empty() {
+    if runs.is_empty() {
         out.push_str("no TCR records in the log\n");
     }
     out
@@ -213,36 +320,78 @@ pub fn cmd_report(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask heatmap LOG -o FILE.png [--vm NAME]`.
+/// `cargo xtask heatmap LOG -o FILE.png [--vm NAME] [--run N]`.
 pub fn cmd_heatmap(args: &[String]) -> Result<(), String> {
+    const USAGE: &str = "usage: cargo xtask heatmap LOG -o FILE.png [--vm NAME] [--run N]";
     let mut log_path = None;
     let mut out = None;
     let mut vm = None;
+    let mut run_no = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "-o" => out = it.next().cloned(),
             "--vm" => vm = it.next().cloned(),
+            "--run" => {
+                let n = it
+                    .next()
+                    .ok_or("--run needs a run number (1 is the first)")?;
+                run_no = Some(
+                    n.parse::<usize>()
+                        .ok()
+                        .filter(|&n| n >= 1)
+                        .ok_or_else(|| format!("--run {n}: expected a run number from 1"))?,
+                );
+            }
             _ if log_path.is_none() => log_path = Some(a.clone()),
-            other => return Err(format!("unexpected argument `{other}`")),
+            other => return Err(format!("unexpected argument `{other}`; {USAGE}")),
         }
     }
     let (Some(log_path), Some(out)) = (log_path, out) else {
-        return Err("usage: cargo xtask heatmap LOG -o FILE.png [--vm NAME]".into());
+        return Err(USAGE.into());
     };
     let text = std::fs::read_to_string(&log_path).map_err(|e| format!("{log_path}: {e}"))?;
     let log = read_log(&text);
-    let vm = match vm {
-        Some(v) => v,
-        None => log
-            .order
+    for w in &log.warnings {
+        eprintln!("xtask: warning: {w}");
+    }
+    let runs = log.runs.len();
+    let has_maps = |r: &Run, vm: &Option<String>| {
+        r.vms
             .iter()
-            .find(|v| log.vms[*v].maps > 0)
-            .cloned()
+            .any(|(name, s)| s.maps > 0 && vm.as_ref().is_none_or(|v| v == name))
+    };
+    let index = match run_no {
+        Some(n) if n > runs => {
+            return Err(format!("--run {n}: the log holds {runs} run(s)"));
+        }
+        Some(n) => n - 1,
+        None => (0..runs)
+            .rev()
+            .find(|&i| has_maps(&log.runs[i], &vm))
             .ok_or("no `TCR map` records in the log")?,
     };
-    let (w, h) = heatmap(&log, &vm, Path::new(&out))?;
-    println!("{out}: {w}x{h} heatmap of VM {vm}");
+    let run = &log.runs[index];
+    if runs > 1 {
+        eprintln!(
+            "xtask: the log holds {runs} runs; drawing run {} (log lines {}-{}); choose with --run N",
+            index + 1,
+            run.lines.0,
+            run.lines.1
+        );
+    }
+    let vm = match vm {
+        Some(v) => v,
+        None => run
+            .order
+            .iter()
+            .find(|v| run.vms[*v].maps > 0)
+            .cloned()
+            .ok_or_else(|| format!("no `TCR map` records in run {}", index + 1))?,
+    };
+    let label = format!("run {} of {runs}", index + 1);
+    let (w, h) = heatmap(run, &label, &vm, Path::new(&out))?;
+    println!("{out}: {w}x{h} heatmap of VM {vm}, {label}");
     Ok(())
 }
 
@@ -269,7 +418,8 @@ fn colour(age: Option<u64>, max: u64) -> [u8; 3] {
     core::array::from_fn(|k| (a.1[k] + (b.1[k] - a.1[k]) * f).round() as u8)
 }
 
-/// 3x5 glyphs for tick labels (rows top to bottom, 3 bits each).
+/// 3x5 glyphs (rows top to bottom, 3 bits each); letters in capitals
+/// only, so lower case is drawn as upper case.
 fn glyph(c: char) -> [u8; 5] {
     match c {
         '0' => [7, 5, 5, 5, 7],
@@ -282,12 +432,43 @@ fn glyph(c: char) -> [u8; 5] {
         '7' => [7, 1, 1, 1, 1],
         '8' => [7, 5, 7, 5, 7],
         '9' => [7, 5, 7, 1, 7],
-        'M' => [5, 7, 7, 5, 5],
-        'K' => [5, 5, 6, 5, 5],
-        'G' => [7, 4, 5, 5, 7],
-        's' => [0, 3, 4, 1, 6],
         '+' => [0, 2, 7, 2, 0],
         '.' => [0, 0, 0, 0, 2],
+        ',' => [0, 0, 0, 2, 4],
+        '-' => [0, 0, 7, 0, 0],
+        ':' => [0, 2, 0, 2, 0],
+        '(' => [1, 2, 2, 2, 1],
+        ')' => [4, 2, 2, 2, 4],
+        '/' => [1, 1, 2, 4, 4],
+        '=' => [0, 7, 0, 7, 0],
+        '_' => [0, 0, 0, 0, 7],
+        'A' => [2, 5, 7, 5, 5],
+        'B' => [6, 5, 6, 5, 6],
+        'C' => [3, 4, 4, 4, 3],
+        'D' => [6, 5, 5, 5, 6],
+        'E' => [7, 4, 6, 4, 7],
+        'F' => [7, 4, 6, 4, 4],
+        'G' => [7, 4, 5, 5, 7],
+        'H' => [5, 5, 7, 5, 5],
+        'I' => [7, 2, 2, 2, 7],
+        'J' => [1, 1, 1, 5, 2],
+        'K' => [5, 5, 6, 5, 5],
+        'L' => [4, 4, 4, 4, 7],
+        'M' => [5, 7, 7, 5, 5],
+        'N' => [6, 5, 5, 5, 5],
+        'O' => [2, 5, 5, 5, 2],
+        'P' => [6, 5, 6, 4, 4],
+        'Q' => [2, 5, 5, 6, 3],
+        'R' => [6, 5, 6, 5, 5],
+        'S' => [3, 4, 2, 1, 6],
+        'T' => [7, 2, 2, 2, 2],
+        'U' => [5, 5, 5, 5, 7],
+        'V' => [5, 5, 5, 5, 2],
+        'W' => [5, 5, 7, 7, 5],
+        'X' => [5, 5, 2, 5, 5],
+        'Y' => [5, 5, 2, 2, 2],
+        'Z' => [7, 1, 2, 4, 7],
+        c if c.is_ascii_lowercase() => glyph(c.to_ascii_uppercase()),
         _ => [0; 5],
     }
 }
@@ -332,6 +513,21 @@ impl Canvas {
             }
         }
     }
+    /// Text at scale 2 turned a quarter left (read from bottom to top),
+    /// its first glyph's bottom-left corner at `(x, y)`.
+    fn text_up(&mut self, x: usize, y: usize, s: &str) {
+        for (i, ch) in s.chars().enumerate() {
+            let g = glyph(ch);
+            for (row, bits) in g.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (4 >> col) != 0 {
+                        let yy = y.saturating_sub(i * 8 + col * 2 + 2);
+                        self.rect(x + row * 2, yy, 2, 2, [0, 0, 0]);
+                    }
+                }
+            }
+        }
+    }
     fn text_width(s: &str) -> usize {
         s.chars().count() * 8
     }
@@ -349,25 +545,62 @@ fn size_label(bytes: u64) -> String {
     }
 }
 
-/// Draws the heatmap of `vm` into `out`; returns the image size.
-fn heatmap(log: &Log, vm: &str, out: &Path) -> Result<(usize, usize), String> {
-    let maps: Vec<&hvcore::report::MapLine> = log
+/// Margins around the plot: title and axis titles, tick labels, and the
+/// colour bar with its key on the right.
+const LEFT: usize = 88;
+const TOP: usize = 40;
+const RIGHT: usize = 200;
+const BOTTOM: usize = 60;
+
+/// Draws the heatmap of `vm` in `run` (`run_label`: which run, for the
+/// title) into `out`; returns the image size. Maps whose cell layout
+/// differs from the run's first (a line cut short, a different VM with the
+/// same name) are an error naming the line; sizes that overflow too.
+fn heatmap(run: &Run, run_label: &str, vm: &str, out: &Path) -> Result<(usize, usize), String> {
+    let maps: Vec<(usize, &hvcore::report::MapLine)> = run
         .records
         .iter()
-        .filter_map(|r| match r {
-            Record::Map(m) if m.vm == vm => Some(m),
+        .filter_map(|(no, r)| match r {
+            Record::Map(m) if m.vm == vm => Some((*no, m)),
             _ => None,
         })
         .collect();
-    if maps.is_empty() {
+    let Some(&(first_no, first)) = maps.first() else {
         return Err(format!("no `TCR map` records for VM {vm}"));
+    };
+    let cells = first.cells.len().max(1);
+    let cell_kb = first.cell_kb.max(4);
+    let base = first.base;
+    for &(no, m) in &maps {
+        if m.cells.len() != first.cells.len() || m.cell_kb != first.cell_kb || m.base != first.base
+        {
+            return Err(format!(
+                "line {no}: field ages/cell_kb/base: {} cells of {} KiB from {:#x}, where line \
+                 {first_no} has {} cells of {} KiB from {:#x}: the run's maps disagree (a cut line?)",
+                m.cells.len(),
+                m.cell_kb,
+                m.base,
+                first.cells.len(),
+                first.cell_kb,
+                first.base
+            ));
+        }
     }
-    let cells = maps.iter().map(|m| m.cells.len()).max().unwrap_or(0).max(1);
-    let cell_kb = maps[0].cell_kb.max(4);
-    let base = maps[0].base;
+    // Guest-physical span of the map, checked: a corrupt line may say
+    // anything.
+    let span = (cells as u64)
+        .checked_mul(cell_kb)
+        .and_then(|kb| kb.checked_mul(1024))
+        .filter(|span| base.checked_add(*span).is_some())
+        .ok_or_else(|| {
+            format!(
+                "line {first_no}: field cell_kb: {cells} cells of {cell_kb} KiB from base {base:#x} \
+                 pass the end of the 64-bit address space"
+            )
+        })?;
     let max_age = maps
         .iter()
-        .flat_map(|m| m.cells.iter().flatten())
+        .flat_map(|(_, m)| m.cells.iter().flatten())
         .copied()
         .max()
         .unwrap_or(1)
@@ -375,50 +608,79 @@ fn heatmap(log: &Log, vm: &str, out: &Path) -> Result<(usize, usize), String> {
     // Plot area: at least 2 px per column and per cell, within bounds.
     let plot_w = (maps.len() * 2).clamp(400, 1600);
     let plot_h = (cells * 2).clamp(300, 900);
-    let (left, top, right, bottom) = (64usize, 16usize, 96usize, 40usize);
-    let mut c = Canvas::new(left + plot_w + right, top + plot_h + bottom);
+    let (left, top) = (LEFT, TOP);
+    let mut c = Canvas::new(LEFT + plot_w + RIGHT, TOP + plot_h + BOTTOM);
     for x in 0..plot_w {
-        let m = maps[x * maps.len() / plot_w];
+        let m = maps[x * maps.len() / plot_w].1;
         for y in 0..plot_h {
             let cell = y * cells / plot_h;
             let age = m.cells.get(cell).copied().flatten();
             c.set(left + x, top + y, colour(age, max_age));
         }
     }
+    // Title: the VM, the run, the passes shown.
+    let (n0, n1) = (first.n, maps[maps.len() - 1].1.n);
+    c.text(
+        left,
+        8,
+        &format!("VM {vm}, {run_label}: age of guest memory, passes {n0}-{n1}"),
+    );
     // Frame.
     let black = [0, 0, 0];
     c.rect(left - 1, top - 1, plot_w + 2, 1, black);
     c.rect(left - 1, top + plot_h, plot_w + 2, 1, black);
     c.rect(left - 1, top - 1, 1, plot_h + 2, black);
     c.rect(left + plot_w, top - 1, 1, plot_h + 2, black);
-    // Y ticks: guest-physical addresses.
-    let span = cells as u64 * cell_kb * 1024;
+    // Y ticks: guest-physical addresses, and the axis title.
     for k in 0..=4u64 {
         let y = top + (plot_h as u64 * k / 4) as usize;
         c.rect(left - 6, y.min(top + plot_h), 5, 1, black);
-        let label = size_label(base + span * k / 4);
+        let label = size_label(base + span / 4 * k);
         let lx = left.saturating_sub(8 + Canvas::text_width(&label));
         c.text(lx, y.saturating_sub(5).max(top), &label);
     }
-    // X ticks: time in seconds.
-    let (t0, t1) = (maps[0].t_ms, maps[maps.len() - 1].t_ms);
+    c.text_up(
+        8,
+        top + plot_h / 2 + Canvas::text_width("guest-physical address") / 2,
+        "guest-physical address",
+    );
+    // X ticks: time in seconds since boot, and the axis title.
+    let (t0, t1) = (first.t_ms, maps[maps.len() - 1].1.t_ms);
+    let dt = t1.saturating_sub(t0);
     for k in 0..=4u64 {
         let x = left + (plot_w as u64 * k / 4) as usize;
         c.rect(x.min(left + plot_w), top + plot_h + 1, 1, 5, black);
-        let t = t0 + (t1 - t0) * k / 4;
+        let t = t0.saturating_add(dt / 4 * k);
         let label = format!("{}.{}s", t / 1000, (t % 1000) / 100);
         let lx = x.saturating_sub(Canvas::text_width(&label) / 2);
         c.text(lx, top + plot_h + 10, &label);
     }
-    // Legend: age 0 at the top to the oldest at the bottom.
+    let x_title = "time since boot";
+    c.text(
+        left + plot_w / 2 - Canvas::text_width(x_title) / 2,
+        top + plot_h + 32,
+        x_title,
+    );
+    // Colour bar: age 0 at the top to the oldest at the bottom, with its
+    // unit; ages stop being told apart at `EXACT_GENS` passes, so that end
+    // reads "255+".
     let lx = left + plot_w + 24;
     for y in 0..plot_h {
         let age = ((max_age as f64 + 1.0).powf(y as f64 / plot_h as f64) - 1.0).round() as u64;
         c.rect(lx, top + y, 16, 1, colour(Some(age), max_age));
     }
-    // Ages in passes.
+    c.text(lx, top - 14, "age, passes");
     c.text(lx + 20, top, "0");
-    c.text(lx + 20, top + plot_h - 10, &max_age.to_string());
+    let oldest = if max_age >= hvcore::generations::EXACT_GENS {
+        format!("{}+", hvcore::generations::EXACT_GENS)
+    } else {
+        max_age.to_string()
+    };
+    c.text(lx + 20, top + plot_h - 10, &oldest);
+    // Key for what has no age: not resident (never touched, or reclaimed).
+    let ky = top + plot_h + 10;
+    c.rect(lx, ky, 16, 10, colour(None, max_age));
+    c.text(lx + 20, ky, "not resident");
     write_png(out, &c)?;
     Ok((c.w, c.h))
 }
@@ -545,23 +807,27 @@ mod tests {
     #[test]
     fn report_summarises_the_sample() {
         let log = read_log(&sample_log());
-        assert_eq!(log.order, vec!["pattern".to_string()]);
-        let s = &log.vms["pattern"];
+        assert_eq!(log.runs.len(), 1);
+        let run = &log.runs[0];
+        assert_eq!(run.order, vec!["pattern".to_string()]);
+        let s = &run.vms["pattern"];
         assert_eq!(s.passes, 120);
         assert_eq!(s.maps, 120);
         assert_eq!(log.malformed.len(), 1);
+        assert!(log.warnings.is_empty(), "{:?}", log.warnings);
         let table = summary(&log);
         println!("{table}");
         assert!(table.contains("pattern"));
         assert!(table.contains("3.253"));
         assert!(table.contains("1 malformed TCR lines"));
+        assert!(!table.contains("runs"), "{table}");
     }
 
     #[test]
     fn heatmap_draws_the_sample() {
         let log = read_log(&sample_log());
         let out = std::env::temp_dir().join("thermocline-heatmap-test.png");
-        let (w, h) = heatmap(&log, "pattern", &out).unwrap();
+        let (w, h) = heatmap(&log.runs[0], "run 1 of 1", "pattern", &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
@@ -575,13 +841,158 @@ mod tests {
             let i = (y * w + x) * 3;
             [buf[i], buf[i + 1], buf[i + 2]]
         };
-        let (left, top) = (64, 16);
-        let plot_w = w - 64 - 96;
-        let plot_h = h - 16 - 40;
+        let (left, top) = (LEFT, TOP);
+        let plot_w = w - LEFT - RIGHT;
+        let plot_h = h - TOP - BOTTOM;
         let hot = px(left + plot_w - 2, top + plot_h / 20);
         let cold = px(left + plot_w - 2, top + plot_h * 3 / 8);
         assert_eq!(hot, colour(Some(0), 1), "hot region colour");
         assert!(cold[0] < 120 && cold[1] < 60, "cold region colour {cold:?}");
+        // The title, the axis titles and the key are drawn: ink in the
+        // margins above, left of and below the plot, and the key's swatch
+        // is the not-resident colour.
+        let ink = |x0: usize, y0: usize, x1: usize, y1: usize| {
+            (y0..y1).any(|y| (x0..x1).any(|x| px(x, y) == [0, 0, 0]))
+        };
+        assert!(ink(left, 0, left + plot_w, TOP - 2), "title");
+        assert!(ink(0, top, 24, top + plot_h), "y axis title");
+        assert!(
+            ink(left, top + plot_h + 28, left + plot_w, h),
+            "x axis title"
+        );
+        let key = px(left + plot_w + 24 + 8, top + plot_h + 15);
+        assert_eq!(key, colour(None, 1), "key swatch");
+    }
+
+    /// A log holding several runs (`tee -a`, `cat run.log run.log`) is told
+    /// apart into runs: by the banner, or where time goes back. Before,
+    /// `report` summed them and `heatmap` panicked subtracting times.
+    #[test]
+    fn several_runs_in_one_log_are_told_apart() {
+        let one = sample_log();
+        let banner = "Thermocline 0.1.0: x86_64 micro-hypervisor with second-level memory aging\n";
+        for (text, warned) in [
+            (format!("{one}{one}"), true),
+            (format!("{banner}{one}{banner}{one}"), false),
+        ] {
+            let log = read_log(&text);
+            assert_eq!(log.runs.len(), 2, "{:?}", log.warnings);
+            assert_eq!(!log.warnings.is_empty(), warned, "{:?}", log.warnings);
+            for run in &log.runs {
+                assert_eq!(run.vms["pattern"].passes, 120);
+            }
+            let table = summary(&log);
+            assert!(table.contains("the log holds 2 runs"), "{table}");
+            assert_eq!(table.matches("\npattern ").count(), 2, "{table}");
+            let out = std::env::temp_dir().join("thermocline-heatmap-runs.png");
+            heatmap(&log.runs[1], "run 2 of 2", "pattern", &out).unwrap();
+        }
+    }
+
+    /// A log cut in the middle of its last line (here a map line cut at
+    /// `ages=0`, which parses as a one-cell map) leaves that record out,
+    /// with a warning naming the line.
+    #[test]
+    fn a_log_cut_mid_line_is_flagged() {
+        let full = sample_log();
+        let map_at = full.rfind("TCR map").unwrap();
+        let ages_at = map_at + full[map_at..].find("ages=").unwrap() + "ages=0".len();
+        let cut = &full[..ages_at];
+        let log = read_log(cut);
+        let last_line = cut.lines().count();
+        assert_eq!(
+            log.warnings,
+            [format!(
+                "line {last_line}: the log ends in the middle of this line (no newline): its record is left out"
+            )]
+        );
+        assert_eq!(log.runs[0].vms["pattern"].maps, 119);
+        assert!(summary(&log).contains("warning: line"), "{}", summary(&log));
+        let out = std::env::temp_dir().join("thermocline-heatmap-cut.png");
+        heatmap(&log.runs[0], "run 1 of 1", "pattern", &out).unwrap();
+    }
+
+    /// Huge numbers in TCR lines (issue 19: overflow panics at the sums,
+    /// the map's span and the time ticks) give figures or an error naming
+    /// the line and field.
+    #[test]
+    fn huge_numbers_give_errors_not_panics() {
+        let max = u64::MAX;
+        let text = format!(
+            "TCR pass vm=a n=1 t_ms=5 scanned=1 young={max} skipped={max} dur_us={max}\n\
+             TCR pass vm=a n=2 t_ms={max} scanned={max} young={max} skipped={max} dur_us={max}\n\
+             TCR map vm=a n=2 t_ms={max} base=0x10 cell_kb={max} ages=0x3\n"
+        );
+        let log = read_log(&text);
+        let table = summary(&log);
+        assert!(table.contains(&max.to_string()), "{table}");
+        let out = std::env::temp_dir().join("thermocline-heatmap-huge.png");
+        let e = heatmap(&log.runs[0], "run 1 of 1", "a", &out).unwrap_err();
+        assert!(e.starts_with("line 3: field cell_kb"), "{e}");
+        let text = "TCR map vm=a n=1 t_ms=1 base=0 cell_kb=4 ages=0x4\n\
+                    TCR map vm=a n=2 t_ms=2 base=0 cell_kb=4 ages=0x5\n";
+        let e = heatmap(&read_log(text).runs[0], "run 1 of 1", "a", &out).unwrap_err();
+        assert!(e.starts_with("line 2: field ages"), "{e}");
+    }
+
+    /// Any log at all (lines from every record kind with any numbers, cut
+    /// anywhere, runs mixed): `report` gives a table and `heatmap` an image
+    /// or an error, never a panic.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u64..300).prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                Just(u64::MAX.to_string()),
+                Just("0x0".to_string()),
+                Just("-1".to_string()),
+                "[0-9a-fx.:,~-]{0,6}",
+            ]
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            let n = number;
+            prop_oneof![
+                (n(), n(), n(), n()).prop_map(|(a, b, c, d)| format!(
+                    "TCR pass vm=v n={a} t_ms={b} scanned={c} young={d} skipped={a} dur_us={b}"
+                )),
+                (n(), n(), n(), n()).prop_map(|(a, b, c, d)| format!(
+                    "TCR map vm=v n={a} t_ms={b} base={c} cell_kb={d} ages={a},-x{c},{d}x3"
+                )),
+                (n(), n(), n()).prop_map(|(a, b, c)| format!(
+                    "TCR hist vm=v n={a} t_ms={b} gens={c}:{a}:{b},{b}:{c}:{a}"
+                )),
+                (n(), n(), n()).prop_map(|(a, b, c)| format!(
+                    "TCR reclaim vm=v n={a} t_ms={b} resident={c} reclaimed={a} zero={b} \
+                     compressed={c} raw={a} cbytes={b} ratio={c}.{a} refaults={b} \
+                     threshold_gens={c} threshold_ms={a} freed={b}"
+                )),
+                (n(), n())
+                    .prop_map(|(a, b)| format!("TCR event vm=v t_ms={a} what=paused detail={b}")),
+                Just("Thermocline 0.1.0: x86_64 micro-hypervisor".to_string()),
+                "\\PC{0,40}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn any_log_gives_a_table_or_an_error(lines in prop::collection::vec(line(), 0..12), cut in any::<bool>()) {
+                let mut text = lines.join("\n");
+                if !cut {
+                    text.push('\n');
+                }
+                let log = read_log(&text);
+                let _ = summary(&log);
+                let out = std::env::temp_dir().join(format!("thermocline-fuzz-{}.png", std::process::id()));
+                for (i, run) in log.runs.iter().enumerate() {
+                    let _ = heatmap(run, &format!("run {}", i + 1), "v", &out);
+                }
+            }
+        }
     }
 
     #[test]

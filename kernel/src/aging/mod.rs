@@ -38,6 +38,7 @@ use hvcore::generations::ColdAfter;
 use hvcore::pte::EntryFormat;
 use hvcore::reclaim::{BatchStats, ReclaimTarget, VictimCandidate, pressure_round};
 use hvcore::report::{self, Record};
+use hvcore::run_config::{self, ReclaimSetting, TargetNote};
 use hvcore::table::Tables;
 
 /// How the aging thread runs.
@@ -417,21 +418,72 @@ pub fn print_timing<E: Extension>(vms: &[Managed<E>], t_ms: u64) {
 fn vm_work<E: Extension>(m: &Managed<E>, config: &AgingConfig) -> PassStats {
     let stats = pass(m, config);
     let target = m.mm.lock().target;
+    let detail_pass = stats.seq.is_multiple_of(config.detail_every.max(1));
     if let Some(target) = target {
         let b = reclaim_vm(m, target, config.reclaim_max_pages);
-        if (config.pass_lines && b.reclaimed > 0)
-            || stats.seq.is_multiple_of(config.detail_every.max(1))
-        {
-            let line = reclaim_line(
-                &m.mm.lock(),
-                m.vm.memory.tables(),
-                stats.seq,
-                config.interval_ms,
-            );
+        if (config.pass_lines && b.reclaimed > 0) || detail_pass {
+            let mm = m.mm.lock();
+            let line = reclaim_line(&mm, m.vm.memory.tables(), stats.seq, config.interval_ms);
+            drop(mm);
             crate::println!("{line}");
+            if let (ReclaimTarget::ResidentLimit { pages }, Record::Reclaim(r)) = (target, &line) {
+                say_if_unmet(m, pages, r.resident, b.reclaimed);
+            }
         }
+    } else if detail_pass && m.mm.lock().rec.stats().reclaimed_pages > 0 {
+        // No target, but host memory pressure took pages from this VM:
+        // show it, or `report` would say nothing was reclaimed.
+        let line = reclaim_line(
+            &m.mm.lock(),
+            m.vm.memory.tables(),
+            stats.seq,
+            config.interval_ms,
+        );
+        crate::println!("{line}");
     }
     stats
+}
+
+/// Says once per VM (console line and `TCR event ... what=target_unmet`)
+/// that its resident limit of `limit_pages` cannot be met
+/// (`hvcore::run_config::target_note`).
+fn say_if_unmet<E: Extension>(m: &Managed<E>, limit_pages: u64, resident: u64, reclaimed: u64) {
+    let ram_pages = m.vm.config.ram_bytes / 4096;
+    let Some(note) = run_config::target_note(limit_pages, ram_pages, resident, reclaimed) else {
+        return;
+    };
+    {
+        let mut mm = m.mm.lock();
+        if mm.target_unmet_said {
+            return;
+        }
+        mm.target_unmet_said = true;
+    }
+    let (limit_kib, resident_kib, ram_kib) = (limit_pages * 4, resident * 4, ram_pages * 4);
+    let (text, detail) = match note {
+        TargetNote::LargerThanRam => (
+            alloc::format!(
+                "resident limit {limit_kib} KiB is not below the VM's {ram_kib} KiB of RAM: nothing is reclaimed to meet it"
+            ),
+            alloc::format!("limit_{limit_kib}_KiB_not_below_ram_{ram_kib}_KiB"),
+        ),
+        TargetNote::NotMet => (
+            alloc::format!(
+                "resident limit {limit_kib} KiB cannot be met: {resident_kib} KiB stay resident because they were young in the last passes (the limit is soft; reclaim goes on toward it)"
+            ),
+            alloc::format!("resident_{resident_kib}_KiB_stays_above_limit_{limit_kib}_KiB"),
+        ),
+    };
+    crate::println!("vm {}: {text}", m.vm.name());
+    crate::println!(
+        "{}",
+        Record::Event(report::EventLine {
+            vm: m.vm.name().into(),
+            t_ms: reclaim::now_ms(),
+            what: report::EventKind::TargetUnmet,
+            detail,
+        })
+    );
 }
 
 /// The last `reclaim` line of `m`, once it stopped.
@@ -539,68 +591,39 @@ fn pressure<E: Extension>(vms: &[Managed<E>], barren_until_ms: &mut [u64]) {
     }
 }
 
-/// Parses a decimal number with an optional `K`, `M` or `G` suffix (powers
-/// of 1024), in const context; `None` when malformed.
-const fn parse_size(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut n: u64 = 0;
-    while i < b.len() && b[i].is_ascii_digit() {
-        n = match n.checked_mul(10) {
-            Some(v) => v + (b[i] - b'0') as u64,
-            None => return None,
-        };
-        i += 1;
-    }
-    if i == 0 {
-        return None;
-    }
-    let shift = if i == b.len() {
-        0
-    } else if i + 1 == b.len() {
-        match b[i] {
-            b'K' | b'k' => 10,
-            b'M' | b'm' => 20,
-            b'G' | b'g' => 30,
-            _ => return None,
-        }
-    } else {
-        return None;
-    };
-    n.checked_mul(1 << shift)
-}
-
 /// `cargo xtask run --age-interval-ms N` (build-time variable
-/// `THERMOCLINE_AGE_INTERVAL_MS`); 1000 when unset or malformed.
+/// `THERMOCLINE_AGE_INTERVAL_MS`, parsed by `hvcore::run_config` like xtask
+/// does); 1000 when unset. A malformed value stops the build.
 pub const AGE_INTERVAL_MS: u64 = match option_env!("THERMOCLINE_AGE_INTERVAL_MS") {
-    Some(s) => match parse_size(s) {
-        Some(n) if n > 0 => n,
-        _ => 1000,
+    Some(s) => match run_config::parse_interval_ms(s) {
+        Ok(n) => n,
+        Err(_) => panic!(
+            "THERMOCLINE_AGE_INTERVAL_MS: expected a whole number of milliseconds from 1 to 3600000"
+        ),
     },
-    None => 1000,
+    None => run_config::DEFAULT_INTERVAL_MS,
 };
 
-/// `cargo xtask run --reclaim-target SIZE` (build-time variable
-/// `THERMOCLINE_RECLAIM_TARGET`): each VM's resident-memory limit in bytes,
-/// or `adaptive` (everything colder than the feedback loop's threshold);
-/// `None` (unset or `off`): aging only.
-pub const RECLAIM_TARGET_BYTES: Option<u64> = match option_env!("THERMOCLINE_RECLAIM_TARGET") {
-    Some(s) => parse_size(s),
-    None => None,
+/// `cargo xtask run --reclaim-target SIZE|adaptive|off` (build-time
+/// variable `THERMOCLINE_RECLAIM_TARGET`, parsed by `hvcore::run_config`);
+/// off when unset. A malformed value stops the build.
+pub const RECLAIM_SETTING: ReclaimSetting = match option_env!("THERMOCLINE_RECLAIM_TARGET") {
+    Some(s) => match run_config::parse_reclaim_target(s) {
+        Ok(t) => t,
+        Err(_) => panic!(
+            "THERMOCLINE_RECLAIM_TARGET: expected off, adaptive, or a size with an optional K, M or G suffix, a multiple of 4 KiB"
+        ),
+    },
+    None => ReclaimSetting::Off,
 };
-
-/// Whether the run reclaims adaptively (`--reclaim-target adaptive`).
-pub const RECLAIM_ADAPTIVE: bool = matches!(
-    option_env!("THERMOCLINE_RECLAIM_TARGET"),
-    Some(s) if s.len() == 8 && s.as_bytes()[0] == b'a'
-);
 
 /// The reclaim target of this run, from the build-time configuration.
 pub fn configured_target() -> Option<ReclaimTarget> {
-    if RECLAIM_ADAPTIVE {
-        return Some(ReclaimTarget::Adaptive);
+    match RECLAIM_SETTING {
+        ReclaimSetting::Off => None,
+        ReclaimSetting::Adaptive => Some(ReclaimTarget::Adaptive),
+        ReclaimSetting::ResidentBytes(b) => Some(ReclaimTarget::ResidentLimit { pages: b / 4096 }),
     }
-    RECLAIM_TARGET_BYTES.map(|b| ReclaimTarget::ResidentLimit { pages: b / 4096 })
 }
 
 /// The banner line describing the run's aging and reclaim configuration.
@@ -610,7 +633,9 @@ pub fn banner_line() -> alloc::string::String {
             alloc::format!("resident limit {} KiB per VM", pages * 4)
         }
         Some(ReclaimTarget::Adaptive) => "adaptive (refaults under 0.2 %/min)".into(),
-        Some(ReclaimTarget::ColderThan(_)) | None => "off (aging only)".into(),
+        Some(ReclaimTarget::ColderThan(_)) | None => {
+            "off (aging only; host memory pressure still reclaims)".into()
+        }
     };
     // Without a timer no thread runs while a vCPU is in the guest.
     let driver = if crate::time::has_timer() {

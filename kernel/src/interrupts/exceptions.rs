@@ -6,6 +6,12 @@
 //! the panic handler (`testing::fail_and_exit`). #BP (INT3) is the exception:
 //! it is reported and execution resumes after the INT3.
 //!
+//! A #PF or #DF whose address (or stack pointer) lies in the guard below a
+//! thread stack (`crate::mem::stacks`) adds a line naming the thread whose
+//! stack overflowed. #PF stays on the current stack (no IST): an overflow
+//! turns into #DF, which has its own stack, as Linux reports it; a #PF on
+//! an IST stack would be clobbered by a nested #PF in its own handler.
+//!
 //! Reports use the lock-free console writer: the exception may have hit while
 //! this CPU held the console lock.
 //!
@@ -15,6 +21,20 @@
 use super::InterruptFrame;
 use crate::{console, hw};
 use core::fmt::Write;
+
+/// Names the thread whose stack guard an address lies in: `Some(None)` for
+/// a guard of a free slot, `None` outside every guard.
+pub type GuardLookup = fn(u64) -> Option<Option<&'static str>>;
+
+/// The stack allocator's lookup and its stack size in bytes, installed by
+/// `mem::stacks` (a layer above this report) when it maps its first stack.
+static GUARD_LOOKUP: spin::Once<(GuardLookup, usize)> = spin::Once::new();
+
+/// Lets the report name a stack overflow: `lookup` answers for guard pages,
+/// `stack_bytes` is each thread stack's size. The first call wins.
+pub fn set_guard_lookup(lookup: GuardLookup, stack_bytes: usize) {
+    GUARD_LOOKUP.call_once(|| (lookup, stack_bytes));
+}
 
 /// Vector of #DF.
 pub const DOUBLE_FAULT: usize = 8;
@@ -107,12 +127,28 @@ pub fn write_report(w: &mut impl Write, frame: &InterruptFrame) -> core::fmt::Re
         "[exception] RIP={:#018x} CS={:#x} RFLAGS={:#x} RSP={:#018x} SS={:#x}",
         frame.rip, frame.cs, frame.rflags, frame.rsp, frame.ss
     )?;
+    let cr2 = hw::read_cr2();
     writeln!(
         w,
-        "[exception] CR2={:#018x} CR3={:#018x}",
-        hw::read_cr2(),
+        "[exception] CR2={cr2:#018x} CR3={:#018x}",
         hw::read_cr3()
     )?;
+    // A thread that ran off its stack hits the guard below it: #PF at the
+    // access, which becomes #DF when the CPU cannot push the #PF frame on
+    // that same stack (CR2 and the interrupted RSP then point at the guard).
+    if vector == PAGE_FAULT || vector == DOUBLE_FAULT {
+        let hit = GUARD_LOOKUP
+            .get()
+            .and_then(|&(lookup, bytes)| Some((lookup(cr2).or_else(|| lookup(frame.rsp))?, bytes)));
+        if let Some((name, stack_bytes)) = hit {
+            writeln!(
+                w,
+                "[exception] stack overflow of thread {}: the access hit the unmapped guard below its {}-byte stack",
+                name.unwrap_or("<none: a free stack slot>"),
+                stack_bytes
+            )?;
+        }
+    }
     let f = frame;
     writeln!(
         w,

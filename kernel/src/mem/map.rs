@@ -13,7 +13,9 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-struct Frames;
+/// Page-table pages for the kernel's tables, from the frame allocator
+/// (also used by `super::stacks`).
+pub(super) struct Frames;
 
 // SAFETY: every frame returned is a fresh 4 KiB frame from the frame
 // allocator, owned by the page tables from now on.
@@ -24,11 +26,15 @@ unsafe impl FrameAllocator<Size4KiB> for Frames {
     }
 }
 
-fn with_tables<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
+/// Runs `f` on the active kernel page tables (also used by `super::stacks`,
+/// which serialises its own changes).
+pub(super) fn with_tables<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
     let l4_phys = HostPhysAddr::new(crate::hw::read_cr3() & 0x000F_FFFF_FFFF_F000);
     // SAFETY: CR3 holds the active PML4, reached through the mapping of
     // physical memory; windows are created and changed by one caller at a
-    // time (the `&self`/`&mut` use of `ScratchPage` is the test's).
+    // time (the `&self`/`&mut` use of `ScratchPage` is the test's), and the
+    // stack pool changes only its own PML4 slot, under its own lock (two
+    // users never write one table page).
     let l4: &'static mut PageTable = unsafe { &mut *phys::ptr::<PageTable>(l4_phys) };
     // SAFETY: all physical memory is mapped at `phys::offset()`.
     let mut tables = unsafe { OffsetPageTable::new(l4, VirtAddr::new(phys::offset())) };

@@ -10,6 +10,7 @@
 //!   table pages and the heap, behind one interrupt-safe spin lock (see
 //!   `hvcore::frame` for why a lock rather than a lock-free design).
 //! - [`heap`]: the `#[global_allocator]`, growing in 2 MiB frames.
+//! - [`stacks`]: kernel thread stacks, each with an unmapped guard below it.
 //! - [`phys`]: host-physical address to pointer through the bootloader's
 //!   mapping of all physical memory, and the table-memory implementation the
 //!   aging core walks through.
@@ -20,6 +21,7 @@
 pub mod heap;
 pub mod map;
 pub mod phys;
+pub mod stacks;
 
 use crate::lock::IrqSpinLock;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};

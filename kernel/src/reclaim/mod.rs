@@ -69,6 +69,9 @@ pub struct VmMm {
     /// them, less the pages reclaimed since: for [`cold_pages`], which has
     /// no tables to walk (the registry knows only each VM's `VmMm`).
     pub cold_pages: u64,
+    /// Whether the console was told that `target` cannot be met
+    /// (`crate::aging`, once per VM).
+    pub target_unmet_said: bool,
 }
 
 /// Every managed VM's state, for the host-wide figures of the pressure
@@ -102,6 +105,7 @@ pub fn register<F: EntryFormat>(
         rec,
         target,
         cold_pages: 0,
+        target_unmet_said: false,
     }));
     let installed = memory.set_reclaimer(mm.clone());
     debug_assert!(installed, "a VM is managed once");
@@ -358,6 +362,9 @@ pub fn cold_pages() -> u64 {
     managed().iter().map(|mm| mm.lock().cold_pages).sum()
 }
 
+/// How often a VM paused for memory says it still waits.
+pub const PAUSED_STATUS_EVERY_MS: u64 = 10_000;
+
 /// The overcommit wait: a fault of VM `name` at `gpa` found no free frame
 /// (the reserve of `mem::alloc_guest_frame` reached). Prints the pause
 /// (`vm NAME: paused: no free host frame for GPA 0x... (free F, reserved
@@ -414,7 +421,19 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> boo
     PAUSED_NOW.fetch_add(1, Ordering::AcqRel);
     let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
     WAITING.lock().push(ticket);
+    let mut status_at = t0 + PAUSED_STATUS_EVERY_MS;
     let resumed = loop {
+        // A VM paused on memory it may never get back would otherwise say
+        // one line and then nothing for as long as it waits.
+        if now_ms() >= status_at {
+            status_at += PAUSED_STATUS_EVERY_MS;
+            crate::println!(
+                "vm {name}: still paused after {} s: {} free guest frames, {RESUME_FRAMES} needed to resume; {} pages of the VMs not young in their last pass (reclaim under pressure has not freed enough from them)",
+                (now_ms() - t0) / 1000,
+                mem::guest_free_frames(),
+                cold_pages()
+            );
+        }
         // The VM paused last goes first: when the hot sets exceed the
         // host, the VM that ran out first (the one whose demand could not
         // be met) keeps waiting while frames reclaimed from cold memory

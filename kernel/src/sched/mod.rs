@@ -17,9 +17,11 @@
 //! An AP's boot context becomes its idle thread; the boot CPU's becomes the
 //! thread `boot` and the CPU gets a separate idle thread. Idle threads halt
 //! until an interrupt when nothing is ready (spin in cooperative mode, where
-//! no interrupt would come). A canary at the bottom of every thread stack is
-//! checked at each switch away from the thread: an overflow panics, naming
-//! the thread.
+//! no interrupt would come). Every thread stack has an unmapped guard below
+//! it (`crate::mem::stacks`): an overflow faults at once, and the exception
+//! report names the thread. A canary at the bottom of the stack is also
+//! checked at each switch away from the thread (an overflow that skipped
+//! the canary's word panics there, naming the thread).
 //!
 //! Context switch: [`switch_stacks`] saves the callee-saved registers on the
 //! old stack, stores its stack pointer in the old thread, and loads the new
@@ -44,8 +46,9 @@ use x86_64::instructions::interrupts;
 
 /// Vector of the reschedule IPI.
 pub const RESCHED_VECTOR: u8 = 0xF0;
-/// Stack size of a spawned thread.
-pub const STACK_BYTES: usize = 256 * 1024;
+/// Stack size of a spawned thread (`crate::mem::stacks`: each stack has an
+/// unmapped guard below it).
+pub const STACK_BYTES: usize = crate::mem::stacks::STACK_BYTES;
 /// Written at the bottom of every thread stack; found changed = overflow.
 const STACK_CANARY: u64 = 0x57AC_CA4A_2D0F_F10E;
 
@@ -68,7 +71,7 @@ pub struct Thread {
     rsp: UnsafeCell<u64>,
     /// The thread's stack (None for a CPU's boot context); kept alive, never
     /// read, until the thread is dropped.
-    _stack: Option<Box<[u8]>>,
+    _stack: Option<crate::mem::stacks::ThreadStack>,
     /// Address of the canary word at the bottom of `_stack` (0: none).
     canary_at: u64,
     entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
@@ -329,7 +332,8 @@ pub fn spawn_on(cpu: usize, name: &'static str, f: impl FnOnce() + Send + 'stati
 
 /// A thread whose first switch-in enters `thread_start` and runs `entry`.
 fn new_thread(id: u64, name: &'static str, cpu: usize, entry: Box<dyn FnOnce() + Send>) -> Thread {
-    let mut stack = alloc::vec![0u8; STACK_BYTES].into_boxed_slice();
+    let mut stack = crate::mem::stacks::ThreadStack::new(name)
+        .unwrap_or_else(|why| panic!("sched: no stack for thread {name}: {why}"));
     // A thread that overflows its stack runs into this word first; the
     // scheduler checks it at every switch away from the thread.
     let canary_at = (stack.as_mut_ptr() as u64).next_multiple_of(8);

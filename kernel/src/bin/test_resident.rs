@@ -15,8 +15,11 @@
 extern crate alloc;
 
 use bootloader_api::{BootInfo, entry_point};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hvcore::addr::GuestPhysAddr;
 use hvcore::guest_layout as layout;
+use hvcore::guest_walk::GuestPaging;
+use hvcore::pte::EntryFormat;
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::svm::Svm;
@@ -33,10 +36,16 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
 
 static SCENARIO: Scenario = Scenario {
     name: "resident",
-    cases: &[TestCase {
-        name: "busy_guest_kept_sleeping_guest_reclaimed_to_its_limit",
-        run: busy_and_sleeping,
-    }],
+    cases: &[
+        TestCase {
+            name: "busy_guest_kept_sleeping_guest_reclaimed_to_its_limit",
+            run: busy_and_sleeping,
+        },
+        TestCase {
+            name: "hypervisor_fetches_see_guest_bytes_while_code_is_reclaimed",
+            run: fetch_while_reclaimed,
+        },
+    ],
 };
 
 const MIB: u64 = 1 << 20;
@@ -138,4 +147,117 @@ fn busy_and_sleeping() {
         sb.reclaimed_total * sleeper_pages * 3 < ss.reclaimed_total * busy_pages,
         "the busy guest was reclaimed under a third as much per data page as the sleeper"
     );
+}
+
+/// Pages the reclaimer of `fetch_while_reclaimed` takes over and over: the
+/// guest's page tables (PML4, PDPT, first PD) and its first code page,
+/// everything an instruction fetch at the image's start reads.
+const FETCHED_PAGES: [u64; 4] = [
+    layout::PML4_GPA,
+    layout::PDPT_GPA,
+    layout::PD_GPA,
+    layout::IMAGE_GPA,
+];
+
+/// The hypervisor's reads of guest memory (an intercepted instruction's
+/// bytes, fetched through the guest's page tables, as `skip` does under
+/// QEMU's missing NRIP save) against a reclaimer on another CPU that takes
+/// exactly those pages again and again, as a resident limit of 0 does:
+/// every fetch must give the image's bytes. Before the reads held the VM's
+/// writer lock, a read looked at the tables twice without it, and one that
+/// found the page mapped and then, a moment later, unmapped by the
+/// reclaimer (in flight, or unmapped to be rescued because its A bit was
+/// set) returned zeros: `cargo xtask run --reclaim-target 0` stopped the
+/// `pattern` VM with "cannot decode the intercepted instruction".
+/// Half of the rounds take the pages for real (A clear: stored, frame
+/// freed, brought back by the next read), half find them accessed and
+/// map them back at once (rescued).
+fn fetch_while_reclaimed() {
+    let vm = new_vm::<Svm>(images::HELLO, 8 * MIB, 0, true, None);
+    let m = Managed::new(&vm, None);
+    let paging = GuestPaging {
+        cr0: layout::BOOT_CPU_STATE.cr0,
+        cr3: layout::BOOT_CPU_STATE.cr3,
+        cr4: layout::BOOT_CPU_STATE.cr4,
+        efer: layout::BOOT_CPU_STATE.efer,
+    };
+    let want = &images::HELLO.bytes[..15];
+    const ROUNDS: u64 = 600;
+    static DONE: AtomicBool = AtomicBool::new(false);
+    static FETCHES: AtomicU64 = AtomicU64::new(0);
+    DONE.store(false, Ordering::Release);
+    FETCHES.store(0, Ordering::Release);
+    let cpu = kernel::smp::cpu_count() - 1;
+    let (rv, rm) = (vm.clone(), m.clone());
+    let reclaimer = kernel::sched::spawn_on(cpu, "reclaim-loop", move || {
+        let tables = rv.memory.tables();
+        for round in 0..ROUNDS {
+            // Two fetches between rounds: one that started after the last
+            // round brought the pages back (bounded, should the reader not
+            // be scheduled).
+            let (t0, seen) = (kernel::time::now_ns(), FETCHES.load(Ordering::Acquire));
+            while FETCHES.load(Ordering::Acquire) < seen + 2
+                && kernel::time::now_ns() - t0 < 50_000_000
+            {
+                core::hint::spin_loop();
+            }
+            for gpa in FETCHED_PAGES {
+                let gpa = GuestPhysAddr::new(gpa);
+                if round % 2 == 0 {
+                    tables.mark_accessed(gpa, <Svm as kernel::virt::Extension>::Format::ACCESSED);
+                } else {
+                    clear_accessed(tables, gpa);
+                }
+            }
+            rv.memory.with_writer(|mapper, frames| {
+                let mut mm = rm.mm.lock();
+                let kernel::reclaim::VmMm { gens, rec, .. } = &mut *mm;
+                let mut kf = kernel::reclaim::KernelFrames::new(frames);
+                let request = || rv.request_tlb_flush();
+                let mut flush = kernel::reclaim::Shootdown { request: &request };
+                rec.reclaim_pages(tables, mapper, &mut kf, &mut flush, gens, &FETCHED_PAGES);
+            });
+        }
+        DONE.store(true, Ordering::Release);
+    });
+    let (mut fetches, mut wrong, mut first_wrong) = (0u64, 0u64, None);
+    while !DONE.load(Ordering::Acquire) {
+        let mut got = [0u8; 15];
+        let n = hvcore::guest_walk::fetch(&vm.memory, paging, layout::IMAGE_GPA, &mut got);
+        fetches += 1;
+        FETCHES.store(fetches, Ordering::Release);
+        if n != got.len() || got[..] != want[..] {
+            wrong += 1;
+            first_wrong.get_or_insert((n, got));
+        }
+    }
+    reclaimer.join();
+    let s = m.mm.lock().rec.stats();
+    kernel::println!(
+        "fetch while reclaimed: {fetches} fetches, {wrong} wrong (first {first_wrong:02x?}); reclaimer took {} pages, rescued {}, {} brought back",
+        s.reclaimed_total,
+        s.rescued,
+        s.refaults
+    );
+    assert_eq!(wrong, 0, "every fetch gave the guest's bytes");
+    assert!(
+        fetches >= ROUNDS && s.reclaimed_total > 500 && s.rescued > 500 && s.refaults > 500,
+        "the fetches raced both kinds of reclaim"
+    );
+}
+
+/// Clears A on the leaf mapping `gpa` (the aging pass's test-and-clear,
+/// for one page).
+fn clear_accessed<F: EntryFormat, M: hvcore::table::TableMemory>(
+    tables: &hvcore::table::Tables<F, M>,
+    gpa: GuestPhysAddr,
+) {
+    let g = gpa.as_u64();
+    let mut walk = tables.walk(g, g + 1, 1, 0);
+    while let Some(e) = walk.next() {
+        if F::is_present(e.old) && F::is_leaf(e.old, e.level) {
+            walk.slot()
+                .fetch_and(!F::ACCESSED, hvcore::sync::Ordering::AcqRel);
+        }
+    }
 }

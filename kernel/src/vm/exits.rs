@@ -13,7 +13,6 @@ use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use hvcore::exit::{VirtInsn, VmExit};
 use hvcore::guest_cpu;
-use hvcore::guest_walk;
 use hvcore::insn::{self, Insn};
 use hvcore::pte::EntryFormat;
 
@@ -95,7 +94,10 @@ pub(super) fn handle_exit<E: Extension>(
         VmExit::ExternalInterrupt => Next::Resume,
         VmExit::Exception { vector: 6, .. } => {
             let mut bytes = [0u8; insn::MAX_INSN_LEN];
-            let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+            let n = match fetch_insn(vm, vcpu, rip, &mut bytes) {
+                Ok(n) => n,
+                Err(next) => return next,
+            };
             match insn::decode(&bytes[..n]) {
                 Some(insn::Decoded {
                     insn: Insn::Virt(v),
@@ -136,7 +138,10 @@ pub(super) fn handle_exit<E: Extension>(
 fn cr_write<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, cr: u8, index: u32) -> Next {
     let rip = vcpu.regs().rip;
     let mut bytes = [0u8; insn::MAX_INSN_LEN];
-    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let n = match fetch_insn(vm, vcpu, rip, &mut bytes) {
+        Ok(n) => n,
+        Err(next) => return next,
+    };
     let Some(insn::Decoded {
         insn: Insn::MovToCr { cr: got, gpr },
         len,
@@ -194,7 +199,10 @@ pub(super) fn skip<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, expect: Insn) -
     }
     let rip = vcpu.regs().rip;
     let mut bytes = [0u8; insn::MAX_INSN_LEN];
-    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let n = match fetch_insn(vm, vcpu, rip, &mut bytes) {
+        Ok(n) => n,
+        Err(next) => return next,
+    };
     let same = |got: Insn| {
         got == expect
             || (expect == Insn::Vmmcall && got == Insn::Vmcall)
@@ -229,4 +237,23 @@ fn cpuid(regs: &mut GuestRegs) {
     regs.rbx = u64::from(r.ebx);
     regs.rcx = u64::from(r.ecx);
     regs.rdx = u64::from(r.edx);
+}
+
+/// The bytes at the guest's `rip` (up to `bytes.len()`; how many were
+/// read), through its paging. A page of the instruction or of the guest's
+/// page tables that was reclaimed comes back first; one that cannot for
+/// lack of a host frame pauses the vCPU as a nested page fault does, and
+/// when the wait ends without memory the VM stops for that
+/// (`StopReason::OutOfMemory`), never on bytes that are not the guest's.
+pub(super) fn fetch_insn<E: Extension>(
+    vm: &Vm<E>,
+    vcpu: &mut E::Vcpu,
+    rip: u64,
+    bytes: &mut [u8],
+) -> Result<usize, Next> {
+    vm.memory
+        .fetch(vcpu.paging(), rip, bytes, vm.name(), &|| {
+            vm.stop_requested()
+        })
+        .map_err(|gpa| Next::Stop(StopReason::OutOfMemory { gpa: gpa.as_u64() }))
 }

@@ -245,27 +245,40 @@ impl<F: EntryFormat> GuestMemory<F> {
         )
     }
 
+    /// The writer lock, counted in [`Self::faults_waiting`] while it is
+    /// awaited (the reclaimer lets such waiters in between its batches).
+    /// Interrupts must be on: the reclaimer holds the lock across a
+    /// shootdown that waits for every CPU to take an interrupt.
+    fn lock_writer(&self) -> spin::MutexGuard<'_, Writer> {
+        self.fault_waiters
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+        let w = self.writer.lock();
+        self.fault_waiters
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+        w
+    }
+
     /// Backs the page holding `gpa` if it is RAM and not backed yet.
     pub fn fault_in(&self, gpa: GuestPhysAddr) -> FaultOutcome {
         if gpa.as_u64() >= self.ram_bytes {
             return FaultOutcome::OutsideRam;
         }
         let t0 = crate::time::now_ns();
-        self.fault_waiters
-            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
-        let mut w = self.writer.lock();
-        self.fault_waiters
-            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+        let mut w = self.lock_writer();
         let _held = FaultHeld(crate::vm::timing::FAULT_WRITER_WAIT.since(t0));
+        self.fault_in_locked(&mut w, gpa)
+    }
+
+    /// [`Self::fault_in`] with the writer lock held.
+    fn fault_in_locked(&self, w: &mut Writer, gpa: GuestPhysAddr) -> FaultOutcome {
         if self.tables.translate(gpa).is_some() {
             return FaultOutcome::AlreadyMapped;
         }
         // A page the reclaimer took comes back with its contents.
-        let writer = &mut *w;
         if let Some(outcome) = self
             .reclaimer
             .get()
-            .and_then(|r| r.fault_in(&self.tables, &mut writer.mapper, &mut writer.frames, gpa))
+            .and_then(|r| r.fault_in(&self.tables, &mut w.mapper, &mut w.frames, gpa))
         {
             return outcome;
         }
@@ -274,7 +287,7 @@ impl<F: EntryFormat> GuestMemory<F> {
             && big.as_u64() + PAGE_SIZE_2M <= self.ram_bytes
             && let Ok(frame) = mem::alloc_guest_frame(FrameSize::Size2M)
         {
-            match self.map_zeroed(&mut w, big, frame, FrameSize::Size2M) {
+            match self.map_zeroed(w, big, frame, FrameSize::Size2M) {
                 Ok(()) => return FaultOutcome::Mapped(FrameSize::Size2M),
                 // Part of the 2 MiB range is mapped in 4 KiB pages: fall
                 // back to one small page.
@@ -289,12 +302,7 @@ impl<F: EntryFormat> GuestMemory<F> {
         let Ok(frame) = frame else {
             return FaultOutcome::OutOfMemory;
         };
-        match self.map_zeroed(
-            &mut w,
-            gpa.align_down(PAGE_SIZE_4K),
-            frame,
-            FrameSize::Size4K,
-        ) {
+        match self.map_zeroed(w, gpa.align_down(PAGE_SIZE_4K), frame, FrameSize::Size4K) {
             Ok(()) => FaultOutcome::Mapped(FrameSize::Size4K),
             Err(MapError::OutOfMemory) => {
                 let _ = mem::free_frame(frame, FrameSize::Size4K);
@@ -303,6 +311,96 @@ impl<F: EntryFormat> GuestMemory<F> {
             Err(_) => {
                 let _ = mem::free_frame(frame, FrameSize::Size4K);
                 FaultOutcome::AlreadyMapped
+            }
+        }
+    }
+
+    /// Runs `f` on the host address backing `gpa` with the writer lock
+    /// held, so the reclaimer can neither unmap the page nor free its frame
+    /// until `f` returns: a lockless translate-then-copy could read a page
+    /// the reclaimer unmapped between two looks at the tables (zeros) or a
+    /// frame it freed and the allocator handed out again (another page's
+    /// bytes). A reclaimed page is brought back first; an untouched page
+    /// is backed when `back` (a write), else `f` gets `None` (it reads as
+    /// zeros). Interrupts must be on (see [`Self::lock_writer`]).
+    fn with_page<R>(
+        &self,
+        gpa: GuestPhysAddr,
+        back: bool,
+        f: impl FnOnce(Option<HostPhysAddr>) -> R,
+    ) -> Result<R, AccessError> {
+        if gpa.as_u64() >= self.ram_bytes {
+            return Err(AccessError::OutsideRam);
+        }
+        let mut w = self.lock_writer();
+        if self.tables.translate(gpa).is_none() {
+            let outcome = if back {
+                Some(self.fault_in_locked(&mut w, gpa))
+            } else {
+                let w = &mut *w;
+                self.reclaimer
+                    .get()
+                    .and_then(|r| r.fault_in(&self.tables, &mut w.mapper, &mut w.frames, gpa))
+            };
+            match outcome {
+                None | Some(FaultOutcome::Mapped(_) | FaultOutcome::AlreadyMapped) => {}
+                Some(FaultOutcome::OutsideRam) => return Err(AccessError::OutsideRam),
+                Some(FaultOutcome::OutOfMemory) => return Err(AccessError::NoFrame { gpa }),
+            }
+        }
+        Ok(f(self.tables.translate(gpa).map(|t| t.hpa)))
+    }
+
+    /// Reads `buf.len()` bytes at `gpa` (the range stays inside one 4 KiB
+    /// page): the guest's bytes, with a reclaimed page brought back first
+    /// ([`Self::with_page`]); a page never backed reads as zeros.
+    pub fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), AccessError> {
+        let end = gpa
+            .as_u64()
+            .checked_add(buf.len() as u64)
+            .ok_or(AccessError::OutsideRam)?;
+        if end > self.ram_bytes {
+            return Err(AccessError::OutsideRam);
+        }
+        self.with_page(gpa, false, |hpa| match hpa {
+            // SAFETY: `hpa..+len` lies in one page of a frame this VM owns
+            // (the caller keeps the range inside one 4 KiB page), and the
+            // writer lock held by `with_page` keeps the reclaimer from
+            // freeing it; the guest may write it concurrently: bytes, no
+            // references.
+            Some(hpa) => unsafe {
+                core::ptr::copy_nonoverlapping(phys::to_virt(hpa), buf.as_mut_ptr(), buf.len());
+            },
+            None => buf.fill(0),
+        })
+    }
+
+    /// Fetches up to `buf.len()` bytes at guest-virtual `va` through the
+    /// guest's paging (`hvcore::guest_walk::fetch`, page tables and bytes
+    /// read with [`Self::read_bytes`]); returns how many were read. A page
+    /// that cannot come back for lack of a host frame pauses the caller as
+    /// a nested page fault does (`wait_for_memory`, as VM `name`, giving up
+    /// when `give_up()`), then the fetch is retried; `Err(gpa)` when the
+    /// wait ended without memory: the VM must stop for it, never decode
+    /// bytes that are not the guest's.
+    pub fn fetch(
+        &self,
+        paging: hvcore::guest_walk::GuestPaging,
+        va: u64,
+        buf: &mut [u8],
+        name: &str,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<usize, GuestPhysAddr> {
+        loop {
+            let read = NoFrameRead {
+                memory: self,
+                no_frame: core::cell::Cell::new(None),
+            };
+            let n = hvcore::guest_walk::fetch(&read, paging, va, buf);
+            match read.no_frame.get() {
+                None => return Ok(n),
+                Some(gpa) if wait_for_memory(name, gpa, give_up) => {}
+                Some(gpa) => return Err(gpa),
             }
         }
     }
@@ -328,39 +426,38 @@ impl<F: EntryFormat> GuestMemory<F> {
         Ok(())
     }
 
-    /// The host address backing `gpa`, backing it first if needed; `None`
-    /// outside RAM or when memory is exhausted.
-    fn backed(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
-        if let Some(t) = self.tables.translate(gpa) {
-            return Some(t.hpa);
-        }
-        match self.fault_in(gpa) {
-            FaultOutcome::Mapped(_) | FaultOutcome::AlreadyMapped => {
-                self.tables.translate(gpa).map(|t| t.hpa)
-            }
-            _ => None,
-        }
-    }
-
-    /// Copies `bytes` into guest RAM at `gpa` (backing pages as needed).
-    /// Fails if any byte is outside RAM.
+    /// Copies `bytes` into guest RAM at `gpa` (backing pages as needed,
+    /// each page under the writer lock as [`Self::with_page`] says, its
+    /// leaf given A and D as the CPU's own write would: the reclaimer drops
+    /// a page whose D is clear when it holds a clean copy of it). Fails if
+    /// any byte is outside RAM or no frame is free.
     pub fn write(&self, gpa: GuestPhysAddr, bytes: &[u8]) -> Result<(), &'static str> {
         let mut done = 0usize;
         while done < bytes.len() {
-            let at = gpa.as_u64() + done as u64;
-            if at >= self.ram_bytes {
+            let at = GuestPhysAddr::new(gpa.as_u64() + done as u64);
+            if at.as_u64() >= self.ram_bytes {
                 return Err("write past the end of guest RAM");
             }
-            let n = ((PAGE_SIZE_4K - at % PAGE_SIZE_4K) as usize).min(bytes.len() - done);
-            let hpa = self
-                .backed(GuestPhysAddr::new(at))
-                .ok_or("no frame to back guest RAM")?;
-            // SAFETY: `hpa..hpa + n` lies inside one frame this VM owns (the
-            // copy stays within the 4 KiB page of `at`); the guest may run
-            // concurrently, which makes the contents racy but never unsafe
-            // for the host (plain bytes, no references held).
-            unsafe {
-                core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), phys::to_virt(hpa), n);
+            let n = ((PAGE_SIZE_4K - at.as_u64() % PAGE_SIZE_4K) as usize).min(bytes.len() - done);
+            let copied = self.with_page(at, true, |hpa| {
+                let Some(hpa) = hpa else { return false };
+                self.tables.mark_accessed(at, F::ACCESSED | F::DIRTY);
+                // SAFETY: `hpa..hpa + n` lies inside one frame this VM owns
+                // (the copy stays within the 4 KiB page of `at`), kept by
+                // the writer lock `with_page` holds; the guest may run
+                // concurrently, which makes the contents racy but never
+                // unsafe for the host (plain bytes, no references held).
+                unsafe {
+                    core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), phys::to_virt(hpa), n);
+                }
+                true
+            });
+            match copied {
+                Ok(true) => {}
+                Ok(false) | Err(AccessError::NoFrame { .. }) => {
+                    return Err("no frame to back guest RAM");
+                }
+                Err(AccessError::OutsideRam) => return Err("write past the end of guest RAM"),
             }
             done += n;
         }
@@ -441,34 +538,44 @@ impl<F: EntryFormat> GuestMemory<F> {
 }
 
 impl<F: EntryFormat> GuestPhysRead for GuestMemory<F> {
-    /// Reads RAM; pages never backed read as zeros; outside RAM is `None`.
+    /// [`GuestMemory::read_bytes`]; `None` outside RAM and when a
+    /// reclaimed page cannot come back for lack of a frame (never zeros in
+    /// its place).
     fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
-        let end = gpa.as_u64().checked_add(buf.len() as u64)?;
-        if end > self.ram_bytes {
-            return None;
-        }
-        // A page the reclaimer took is brought back, not read as zeros.
-        if self.tables.translate(gpa).is_none()
-            && self.reclaimer.get().is_some_and(|r| r.holds(gpa))
-        {
-            let _ = self.fault_in(gpa);
-        }
-        match self.tables.translate(gpa) {
-            Some(t) => {
-                // SAFETY: `t.hpa..+len` lies in one page of a frame this VM
-                // owns (the caller keeps the range inside one 4 KiB page);
-                // the guest may write it concurrently: bytes, no references.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        phys::to_virt(t.hpa),
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                    );
-                }
+        self.read_bytes(gpa, buf).ok()
+    }
+}
+
+/// Why the hypervisor's own access to guest RAM failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessError {
+    /// The address is not guest RAM.
+    OutsideRam,
+    /// The page at `gpa` was reclaimed (or never backed, for a write) and
+    /// no host frame is free to hold it.
+    NoFrame {
+        /// The page's address.
+        gpa: GuestPhysAddr,
+    },
+}
+
+/// [`GuestMemory::read_bytes`] as a `GuestPhysRead` for the guest-page
+/// walk, remembering a page that could not come back.
+struct NoFrameRead<'a, F: EntryFormat> {
+    memory: &'a GuestMemory<F>,
+    no_frame: core::cell::Cell<Option<GuestPhysAddr>>,
+}
+
+impl<F: EntryFormat> GuestPhysRead for NoFrameRead<'_, F> {
+    fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
+        match self.memory.read_bytes(gpa, buf) {
+            Ok(()) => Some(()),
+            Err(AccessError::NoFrame { gpa }) => {
+                self.no_frame.set(Some(gpa));
+                None
             }
-            None => buf.fill(0),
+            Err(AccessError::OutsideRam) => None,
         }
-        Some(())
     }
 }
 

@@ -3,19 +3,18 @@
 //! registered on it), and guest RAM as the hypervisor reads and writes it
 //! on the guest's behalf.
 
-use super::exits::skip;
-use super::memory::{FaultOutcome, GuestMemory};
+use super::exits::{fetch_insn, skip};
+use super::memory::GuestMemory;
 use super::vcpu::Next;
 use super::{StopReason, VirtCpu, Vm};
 use crate::virt::Extension;
 use core::sync::atomic::Ordering;
 use hvcore::addr::GuestPhysAddr;
 use hvcore::exit::{IoAccess, IoDir};
-use hvcore::guest_walk::{self, GuestPhysRead, GuestPhysWrite};
+use hvcore::guest_walk::{GuestPhysRead, GuestPhysWrite};
 use hvcore::insn::{self, Insn};
 use hvcore::pte::EntryFormat;
 use hvcore::string_io;
-use x86_64::instructions::interrupts;
 
 pub(super) fn port_io<E: Extension>(
     vm: &Vm<E>,
@@ -94,7 +93,10 @@ const STRING_IO_BATCH: u64 = 4096;
 fn string_io<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, io: IoAccess, index: u32) -> Next {
     let rip = vcpu.regs().rip;
     let mut bytes = [0u8; insn::MAX_INSN_LEN];
-    let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);
+    let n = match fetch_insn(vm, vcpu, rip, &mut bytes) {
+        Ok(n) => n,
+        Err(next) => return next,
+    };
     let decoded = match insn::decode(&bytes[..n]) {
         Some(insn::Decoded {
             insn: Insn::StringIo(s),
@@ -169,55 +171,23 @@ impl<E: Extension> string_io::Ports for VmPorts<'_, E> {
 }
 
 /// Guest RAM for the hypervisor's own accesses on the guest's behalf
-/// (string I/O). A page that is mapped is copied with interrupts off: the
-/// reclaimer unmaps, then shoots down (waiting for this CPU to take an
-/// interrupt), and only then reads and frees the frame, so the frame
-/// cannot go away mid-copy and a write lands before the reclaimer reads.
-/// The leaf gets A (and D for a write) first, and its ancestors A, as the
-/// CPU's own access would set them (`hvcore::table::Tables::mark_accessed`):
-/// the reclaimer drops a page whose D is clear when it holds a clean copy,
-/// so a write with D left clear would be lost, and the aging pass counts
-/// the page young. A page
-/// that is not mapped is backed (or brought back) with interrupts on,
-/// since that takes the VM's writer lock, which the reclaimer holds across
-/// its shootdown.
+/// (string I/O), through `GuestMemory::read_bytes` and `write`: each copy
+/// holds the VM's writer lock, so the reclaimer can neither unmap the page
+/// nor free its frame mid-copy, and a reclaimed page comes back first. The
+/// leaf gets A (and D for a write, which `GuestMemory::write` sets) as the
+/// CPU's own access would (`hvcore::table::Tables::mark_accessed`): the
+/// aging pass counts the page young.
 struct GuestRam<'a, F: EntryFormat>(&'a GuestMemory<F>);
 
 impl<F: EntryFormat> GuestPhysRead for GuestRam<'_, F> {
     fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
-        let mapped = interrupts::without_interrupts(|| {
-            self.0
-                .tables()
-                .mark_accessed(gpa, F::ACCESSED)
-                .then(|| self.0.read(gpa, &mut *buf))
-        });
-        // Not mapped: never-backed pages read as zeros, reclaimed ones
-        // come back first.
-        mapped.unwrap_or_else(|| self.0.read(gpa, buf))
+        self.0.tables().mark_accessed(gpa, F::ACCESSED);
+        self.0.read_bytes(gpa, buf).ok()
     }
 }
 
 impl<F: EntryFormat> GuestPhysWrite for GuestRam<'_, F> {
     fn write(&self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()> {
-        // A page reclaimed between the fault-in and the copy is faulted
-        // in again; a few rounds make that race practically impossible to
-        // lose, and losing it fails the access, never the host.
-        for _ in 0..4 {
-            let done = interrupts::without_interrupts(|| {
-                self.0
-                    .tables()
-                    .mark_accessed(gpa, F::ACCESSED | F::DIRTY)
-                    .then(|| self.0.write(gpa, buf).is_ok())
-            });
-            match done {
-                Some(true) => return Some(()),
-                Some(false) => return None,
-                None => match self.0.fault_in(gpa) {
-                    FaultOutcome::Mapped(_) | FaultOutcome::AlreadyMapped => {}
-                    FaultOutcome::OutsideRam | FaultOutcome::OutOfMemory => return None,
-                },
-            }
-        }
-        None
+        self.0.write(gpa, buf).ok()
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::svm::Svm;
 use crate::virt::Extension;
-use crate::vm::{Vm, VmConfig, images, spawn_on};
+use crate::vm::{StopReason, Vm, VmConfig, images, spawn_on};
 use crate::vmx::vcpu::Vmx;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -31,19 +31,60 @@ const SELECTED_RAM_BYTES: u64 = 64 << 20;
 /// Runs [`SELECTED_GUEST`] the way `cargo xtask run` shows it, on the
 /// backend this machine has (chosen here, once): on a vCPU thread pinned
 /// to the last CPU, waiting until it stops. `evil` runs each of its
-/// scenarios that ends by itself, one VM each.
-pub fn run_selected_guest() {
+/// scenarios that ends by itself, one VM each. Returns how many VMs did
+/// not end as expected ([`ended_as_expected`]), each said on a
+/// `thermocline: vm NAME ...` line; a guest that could not run at all
+/// counts as one.
+pub fn run_selected_guest() -> u32 {
     match backend() {
         Some(Backend::Svm) => run_selected::<Svm>(),
         Some(Backend::Vmx) => run_selected::<Vmx>(),
-        None => crate::println!("vm: no usable virtualization extension: no guest runs"),
+        None => {
+            crate::println!("vm: no usable virtualization extension: no guest runs");
+            1
+        }
     }
 }
 
-fn run_selected<E: Extension>() {
+/// Whether a VM of `guest` started with `boot_arg` ended the way it
+/// should: the guest's own `EXIT` with code 0, except for the `evil`
+/// scenarios whose misbehaviour stops the VM by design (1 and 2 touch
+/// memory outside RAM, 6 triple-faults; docs/guests.md). Anything else
+/// (a stop on an instruction the hypervisor could not decode, no memory
+/// for the guest, a guest that reported failure) is a failed run.
+pub fn ended_as_expected(guest: &str, boot_arg: u64, reason: Option<&StopReason>) -> bool {
+    match (guest, boot_arg & 0xff, reason) {
+        ("evil", 1 | 2, Some(StopReason::OutsideRam { .. })) => true,
+        ("evil", 6, Some(StopReason::TripleFault { .. })) => true,
+        ("evil", 1 | 2 | 6, _) => false,
+        (_, _, Some(StopReason::Exited(0))) => true,
+        _ => false,
+    }
+}
+
+/// Says (and counts) a VM that did not end as expected.
+fn judge<E: Extension>(vm: &Vm<E>, boot_arg: u64) -> u32 {
+    let reason = vm.stop_reason();
+    if ended_as_expected(vm.name(), boot_arg, reason.as_ref()) {
+        return 0;
+    }
+    match reason {
+        Some(r) => crate::println!(
+            "thermocline: vm {} (boot argument {boot_arg:#x}) did not end cleanly: {r}",
+            vm.name()
+        ),
+        None => crate::println!(
+            "thermocline: vm {} (boot argument {boot_arg:#x}) did not end cleanly: no stop reason",
+            vm.name()
+        ),
+    }
+    1
+}
+
+fn run_selected<E: Extension>() -> u32 {
     let Some(image) = images::by_name(SELECTED_GUEST) else {
         crate::println!("vm: no guest called {SELECTED_GUEST}");
-        return;
+        return 1;
     };
     let boot_args: Vec<u64> = if image.name == "evil" {
         vec![1, 2 | ((256 << 30) << 8), 3, 4, 5, 6, 8]
@@ -51,6 +92,7 @@ fn run_selected<E: Extension>() {
         vec![0]
     };
     let cpu = crate::smp::cpu_count() - 1;
+    let mut failed = 0;
     for boot_arg in boot_args {
         let config = VmConfig {
             name: image.name,
@@ -60,14 +102,14 @@ fn run_selected<E: Extension>() {
             boot_arg,
         };
         if image.name == "smp" {
-            run_selected_smp::<E>(config, cpu);
+            failed += run_selected_smp::<E>(config, cpu);
             continue;
         }
         let vm = match Vm::<E>::new(config, None) {
             Ok(vm) => vm,
             Err(why) => {
                 crate::println!("vm {}: not created: {why}", image.name);
-                return;
+                return failed + 1;
             }
         };
         crate::println!(
@@ -79,8 +121,10 @@ fn run_selected<E: Extension>() {
         // The aging thread reports on the guest while it runs (VM exits
         // drive it where there is no timer), and reclaims toward
         // `cargo xtask run --reclaim-target`.
-        crate::aging::run_selected(vm, cpu);
+        crate::aging::run_selected(vm.clone(), cpu);
+        failed += judge(&vm, boot_arg);
     }
+    failed
 }
 
 /// vCPUs of the `smp` guest that `cargo xtask run --guest smp` shows.
@@ -89,15 +133,19 @@ const SELECTED_SMP_VCPUS: u32 = 4;
 /// `cargo xtask run --guest smp`: the guest with
 /// [`SELECTED_SMP_VCPUS`] vCPUs, its boot vCPU on CPU `cpu` (no aging
 /// thread: the run shows the vCPUs, not the aging report).
-fn run_selected_smp<E: Extension>(config: VmConfig, cpu: usize) {
-    let name = config.name;
+fn run_selected_smp<E: Extension>(config: VmConfig, cpu: usize) -> u32 {
+    let (name, boot_arg) = (config.name, config.boot_arg);
     match Vm::<E>::new_smp(config, SELECTED_SMP_VCPUS, None) {
         Ok(vm) => {
             crate::println!(
                 "vm {name}: starting with {SELECTED_SMP_VCPUS} vCPUs, the boot vCPU on CPU {cpu}"
             );
-            spawn_on(cpu, vm).join();
+            spawn_on(cpu, vm.clone()).join();
+            judge(&vm, boot_arg)
         }
-        Err(why) => crate::println!("vm {name}: not created: {why}"),
+        Err(why) => {
+            crate::println!("vm {name}: not created: {why}");
+            1
+        }
     }
 }

@@ -120,7 +120,11 @@ pub fn judge_exit(code: Option<i32>, reason: Option<&str>) -> Verdict {
     use crate::qemu::{EXIT_FAIL, EXIT_PASS};
     match (code, reason) {
         (Some(EXIT_PASS), _) => Verdict::Clean("the kernel exited with the success code".into()),
-        (Some(EXIT_FAIL), _) => Verdict::Crash("the kernel exited with the failure code".into()),
+        (Some(EXIT_FAIL), _) => Verdict::Crash(
+            "the kernel exited with the failure code (a VM that did not end cleanly, a panic \
+             or a fatal exception: see the last console lines)"
+                .into(),
+        ),
         (Some(0), Some("guest-reset")) => Verdict::Crash(
             "the machine reset (a triple fault; -no-reboot turned it into an exit): \
              see the last console lines"

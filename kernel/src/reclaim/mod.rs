@@ -362,6 +362,57 @@ pub fn cold_pages() -> u64 {
     managed().iter().map(|mm| mm.lock().cold_pages).sum()
 }
 
+/// What reclaim under pressure achieved since a vCPU paused for memory:
+/// the figures that say why it still waits.
+struct PressureSince {
+    frames_freed: u64,
+    kept_incompressible: u64,
+}
+
+impl PressureSince {
+    fn now() -> Self {
+        PressureSince {
+            frames_freed: FRAMES_FREED.load(Ordering::Relaxed),
+            kept_incompressible: kept_incompressible(),
+        }
+    }
+
+    /// Why the memory did not come back, in words with the figures:
+    /// the cold pages (not young in the last pass), the frames reclaim
+    /// freed since, and the cold pages it tried and left resident
+    /// because they do not compress. Under pressure a page that does not
+    /// compress stays resident (docs/ARCHITECTURE.md, "Overcommit"): a
+    /// raw copy would cost the heap the frame it frees, so memory of
+    /// dense data cannot shrink, and the wait lasts until a VM stops.
+    fn why(&self) -> alloc::string::String {
+        let cold = cold_pages();
+        let freed = FRAMES_FREED
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.frames_freed);
+        let kept = kept_incompressible().saturating_sub(self.kept_incompressible);
+        let verdict = if cold == 0 {
+            "every resident page was young in the last pass: the VMs' hot sets exceed the host"
+        } else if kept > 0 {
+            "the cold pages do not compress, and under pressure such a page stays resident (a raw copy would cost the heap the frame it frees): the VMs' memory cannot shrink: memory comes back only when a VM stops"
+        } else {
+            "reclaim under pressure has not freed enough from them yet"
+        };
+        alloc::format!(
+            "{cold} pages of the VMs not young in their last pass; since the pause, reclaim under pressure freed {freed} frames and found {kept} cold pages incompressible (tries); {verdict}"
+        )
+    }
+}
+
+/// Pages the pressure reclaimer left resident because they do not
+/// compress, over every managed VM, since each was registered (a page
+/// tried again counts again).
+fn kept_incompressible() -> u64 {
+    managed()
+        .iter()
+        .map(|mm| mm.lock().rec.stats().kept_incompressible)
+        .sum()
+}
+
 /// How often a VM paused for memory says it still waits.
 pub const PAUSED_STATUS_EVERY_MS: u64 = 10_000;
 
@@ -417,6 +468,7 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> boo
         );
         return false;
     }
+    let since = PressureSince::now();
     PAUSES.fetch_add(1, Ordering::Relaxed);
     PAUSED_NOW.fetch_add(1, Ordering::AcqRel);
     let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
@@ -428,10 +480,10 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> boo
         if now_ms() >= status_at {
             status_at += PAUSED_STATUS_EVERY_MS;
             crate::println!(
-                "vm {name}: still paused after {} s: {} free guest frames, {RESUME_FRAMES} needed to resume; {} pages of the VMs not young in their last pass (reclaim under pressure has not freed enough from them)",
+                "vm {name}: still paused after {} s: {} free guest frames, {RESUME_FRAMES} needed to resume; {}",
                 (now_ms() - t0) / 1000,
                 mem::guest_free_frames(),
-                cold_pages()
+                since.why()
             );
         }
         // The VM paused last goes first: when the hot sets exceed the
@@ -454,7 +506,10 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> boo
     if resumed {
         crate::println!("vm {name}: resumed after {waited_ms} ms");
     } else {
-        crate::println!("vm {name}: stopped while paused for memory ({waited_ms} ms)");
+        crate::println!(
+            "vm {name}: stopped while paused for memory ({waited_ms} ms): {}",
+            since.why()
+        );
     }
     let (what, detail) = if resumed {
         (hvcore::report::EventKind::Resumed, "memory_freed")

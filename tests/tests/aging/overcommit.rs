@@ -124,6 +124,15 @@ fn overcommit_hot_sets_over_the_host_pause_one_vm() {
         "{run}"
     );
     assert!(run.saw("vm big: stopped while paused for memory"), "{run}");
+    // Why it could never resume: its dense data does not compress, so
+    // reclaim under pressure leaves it resident.
+    assert!(
+        run.console.iter().any(|l| l
+            .text
+            .starts_with("vm big: stopped while paused for memory")
+            && l.text.contains("the cold pages do not compress")),
+        "the stop line does not say why the memory never came back: {run}"
+    );
 }
 
 #[test]

@@ -323,10 +323,6 @@ impl<F: EntryFormat> PageReclaimer<F> for spin::Mutex<VmMm> {
             }
         }
     }
-
-    fn holds(&self, gpa: GuestPhysAddr) -> bool {
-        self.lock().rec.state(gpa) != hvcore::reclaim::PageState::Resident
-    }
 }
 
 /// Free frames below which reclaim is driven by host memory pressure, and

@@ -113,9 +113,6 @@ pub trait PageReclaimer<F: EntryFormat>: Send + Sync + core::fmt::Debug {
         frames: &mut BTreeMap<u64, GuestFrame>,
         gpa: GuestPhysAddr,
     ) -> Option<FaultOutcome>;
-    /// Whether the reclaimer holds the page at `gpa` (not mapped now, its
-    /// contents in the reclaimer's store).
-    fn holds(&self, gpa: GuestPhysAddr) -> bool;
 }
 
 /// The overcommit wait: a fault of VM `name` at `gpa` found no free frame;

@@ -158,6 +158,7 @@
 //! A pass that cleared any A bit asks its [`TlbFlush`] for one flush at the
 //! end ([`crate::flush`]).
 
+use crate::entry::{Change, Update, update_entry};
 use crate::flush::{FlushPolicy, TlbFlush};
 use crate::generations::{CHECK_EVERY, EXACT_GENS, Generations, TAGS, decode, tag_of};
 use crate::pte::EntryFormat;
@@ -176,17 +177,36 @@ pub enum Stamp {
     Retire,
 }
 
-/// Result of [`test_and_clear_young`].
+/// Result of [`test_and_clear_young`]. The outcomes that wrote carry the
+/// value the helper replaced (`was`, which may differ from the caller's
+/// snapshot in A, D, the rescan mark or the tag: the exchange was retried)
+/// and the value it wrote (`wrote`): a walk that steps into the table under
+/// an aged entry follows exactly `wrote` ([`crate::walk::Walk::wrote`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClearYoung {
     /// A was set in the examined entry and is now clear in it, with the
     /// pass's tag (a non-leaf entry is also marked [`EntryFormat::RESCAN`]).
-    Cleared,
+    Cleared {
+        /// The value replaced.
+        was: u64,
+        /// The value written.
+        wrote: u64,
+    },
     /// A non-leaf entry with A clear but marked for one more scan: the mark
     /// is cleared, the tag written, and the walk must scan its table.
-    Rescan,
+    Rescan {
+        /// The value replaced.
+        was: u64,
+        /// The value written.
+        wrote: u64,
+    },
     /// [`Stamp::Retire`]: the entry was not young and its tag is now old.
-    Retired,
+    Retired {
+        /// The value replaced.
+        was: u64,
+        /// The value written.
+        wrote: u64,
+    },
     /// Nothing to do: A was already clear (the snapshot or a concurrent
     /// pass), or, retiring, the entry is young or already old.
     WasOld,
@@ -229,10 +249,10 @@ pub fn test_and_clear_young<F: EntryFormat>(
     level: u8,
     stamp: Stamp,
 ) -> ClearYoung {
-    let outcome = |old: u64| match stamp {
-        Stamp::Retire => ClearYoung::Retired,
-        Stamp::Young(_) if old & F::ACCESSED != 0 => ClearYoung::Cleared,
-        Stamp::Young(_) => ClearYoung::Rescan,
+    let outcome = |was: u64, wrote: u64| match stamp {
+        Stamp::Retire => ClearYoung::Retired { was, wrote },
+        Stamp::Young(_) if was & F::ACCESSED != 0 => ClearYoung::Cleared { was, wrote },
+        Stamp::Young(_) => ClearYoung::Rescan { was, wrote },
     };
     #[cfg(hvcore_broken_aging)]
     {
@@ -245,23 +265,21 @@ pub fn test_and_clear_young<F: EntryFormat>(
             return ClearYoung::WasOld;
         }
         slot.store(new, Ordering::Release);
-        return outcome(v);
+        return outcome(v, new);
     }
     #[cfg(not(hvcore_broken_aging))]
     {
-        let mut old = snapshot;
-        loop {
-            let new = aged::<F>(old, level, stamp);
-            if new == old {
-                return ClearYoung::WasOld;
-            }
-            match slot.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return outcome(old),
-                // Only bits that move under us without changing what the
-                // entry maps: retry on the new value.
-                Err(now) if (now ^ old) & !F::MOVING == 0 => old = now,
-                Err(now) => return ClearYoung::Changed(now),
-            }
+        // A failed exchange is retried when only bits that move under us
+        // without changing what the entry maps ([`EntryFormat::MOVING`])
+        // differ from the snapshot; otherwise the entry is no longer the
+        // one examined.
+        let update = update_entry::<F>(slot, snapshot, Change::Moving, |cur| {
+            ((cur ^ snapshot) & !F::MOVING == 0).then(|| aged::<F>(cur, level, stamp))
+        });
+        match update {
+            Update::Wrote { was, wrote } => outcome(was, wrote),
+            Update::Unchanged(_) => ClearYoung::WasOld,
+            Update::Declined(now) => ClearYoung::Changed(now),
         }
     }
 }
@@ -331,10 +349,10 @@ impl<T: FnMut(u64, u8, u64)> YoungSink for T {
 
 /// Handles one entry of an aging walk: clears A with the one helper and,
 /// for a leaf, reports it young. A non-leaf entry is cleared before the walk
-/// steps into it; the value it held when the helper replaced it is returned
-/// (the pass decodes the generation its table had, and the walk follows
-/// what the helper wrote). An entry that changed under the pass is handled
-/// again with its new value.
+/// steps into it; the value the helper replaced and the value it wrote are
+/// returned (the pass decodes the generation the table had from the first,
+/// and the walk follows the second). An entry that changed under the pass
+/// is handled again with its new value.
 #[inline(always)]
 fn age_entry<F: EntryFormat>(
     slot: &AtomicU64,
@@ -344,28 +362,28 @@ fn age_entry<F: EntryFormat>(
     tag: u64,
     stats: &mut PassStats,
     young: &mut impl YoungSink,
-) -> Option<u64> {
+) -> Option<(u64, u64)> {
     let mut old = snapshot;
     loop {
         if !F::is_present(old) {
             return None;
         }
         match test_and_clear_young::<F>(slot, old, level, Stamp::Young(tag)) {
-            ClearYoung::WasOld | ClearYoung::Retired => return None,
-            ClearYoung::Rescan => {
+            ClearYoung::WasOld | ClearYoung::Retired { .. } => return None,
+            ClearYoung::Rescan { was, wrote } => {
                 stats.tables_rescanned += 1;
-                return Some(old);
+                return Some((was, wrote));
             }
-            ClearYoung::Cleared => {
+            ClearYoung::Cleared { was, wrote } => {
                 stats.flush_needed = true;
-                if F::is_leaf(old, level) {
+                if F::is_leaf(was, level) {
                     stats.young_leaves += 1;
                     stats.young_pages += F::level_size(level) / 4096;
-                    young.leaf(gpa, level, old);
+                    young.leaf(gpa, level, was);
                     return None;
                 }
                 stats.tables_entered += 1;
-                return Some(old);
+                return Some((was, wrote));
             }
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
@@ -403,14 +421,14 @@ fn age_chunk<F: EntryFormat>(
             continue;
         }
         match test_and_clear_young::<F>(slot, snapshot, 1, Stamp::Young(tag)) {
-            ClearYoung::Cleared => {
+            ClearYoung::Cleared { was, .. } => {
                 cleared |= 1 << k;
-                *o = snapshot;
+                *o = was;
                 if per_page {
-                    young.leaf(chunk.gpa + k as u64 * 4096, 1, snapshot);
+                    young.leaf(chunk.gpa + k as u64 * 4096, 1, was);
                 }
             }
-            ClearYoung::WasOld | ClearYoung::Rescan | ClearYoung::Retired => {}
+            ClearYoung::WasOld | ClearYoung::Rescan { .. } | ClearYoung::Retired { .. } => {}
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
                 age_entry::<F>(slot, chunk.gpa + k as u64 * 4096, 1, now, tag, stats, young);
@@ -480,7 +498,7 @@ pub fn retire_stale<F: EntryFormat>(
             let mut old = slot.load(Ordering::Acquire);
             loop {
                 match test_and_clear_young::<F>(slot, old, level, Stamp::Retire) {
-                    ClearYoung::Retired => stats.retired += 1,
+                    ClearYoung::Retired { .. } => stats.retired += 1,
                     ClearYoung::Changed(now) if F::is_present(now) => {
                         // Replaced meanwhile: writers give a new entry tag
                         // 0 or the stale entry's own (split, collapse), so
@@ -529,7 +547,7 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
             Batch::Entry(e) => {
                 stats.leaf_entries_read += u64::from(e.level == 1);
                 let slot = walk.slot();
-                let Some(old) =
+                let Some((old, wrote)) =
                     age_entry::<F>(slot, e.gpa, e.level, e.old, tag, &mut stats, &mut young)
                 else {
                     // Not stamped by this pass (a leaf, gone, or aged by
@@ -538,10 +556,14 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
                     walk.skip_children();
                     continue;
                 };
-                // Scan the table under the entry as stamped, not whatever
-                // a writer may link there next (its children's tags decode
-                // against this stamp).
-                walk.wrote(aged::<F>(old, e.level, Stamp::Young(tag)));
+                // Scan the table under the entry as the helper stamped it,
+                // not whatever a writer may link there next (its children's
+                // tags decode against this stamp).
+                debug_assert!(
+                    F::is_table(wrote, e.level) && F::gen_tag(wrote) == tag,
+                    "the pass steps only into a table entry it stamped"
+                );
+                walk.wrote(wrote);
                 // A table the walk is about to scan: check its children's
                 // tags if its parent is old or its turn came since it was
                 // last scanned (the invariant of `crate::generations`).

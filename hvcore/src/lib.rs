@@ -15,6 +15,7 @@ pub mod age;
 #[cfg(all(feature = "std", not(loom)))]
 pub mod arena;
 pub mod cpu_features;
+pub mod entry;
 pub mod epoch;
 pub mod ept;
 pub mod exit;

@@ -84,75 +84,15 @@
 //! recorded only if the page is touched again after the flush.
 //!
 //! # Measured
-//! `cargo bench -p hvcore --bench aging` (what `cargo xtask bench` runs) on the
-//! project's 2-core AMD EPYC VM, one thread, tables evicted from every cache
-//! before each pass, NPT format, best of 15 rounds in which the three
-//! passes take turns; 2026-11-25, 21:15-21:22 UTC, load average 1.0-1.4
-//! (the churn rows from the next run, 21:24 UTC, after the churn warm-up
-//! was lengthened to reach retirements). ns per 4 KiB guest page. `ours` =
-//! [`age_pass`] (each young page's generation written by its clear);
-//! `floor` = a plain read of every leaf entry; `kvm` = a load of every leaf
-//! and an atomic AND on every young one, no skipping, nothing recorded (an
-//! idealised KVM-style pass: real KVM costs 20-28 ns per page); `med o/k`
-//! = the median over the rounds of ours/kvm within a round; `skipped` =
-//! subtrees skipped through a clear parent A; `churn` = a new random 1 %
-//! in every pass, after 1100 untimed passes (`checked` / `retired`: tables
-//! the pass checked and tags it retired, module docs of
-//! [`crate::generations`]).
-//!
-//! ```text
-//!  guest   pattern  touch |    ours   floor     kvm | ours/flr ours/kvm  med o/k |     young   skipped
-//!    1Gi clustered     0% |   0.010   0.333   0.348 |     0.03     0.03     0.03 |         0         1
-//!    1Gi clustered     1% |   0.032   0.267   0.316 |     0.12     0.10     0.10 |      1024       510
-//!    1Gi clustered    10% |   0.297   0.266   0.505 |     1.12     0.59     0.59 |     25600       462
-//!    1Gi clustered    50% |   1.355   0.318   1.371 |     4.26     0.99     1.01 |    134656       249
-//!    1Gi clustered   100% |   2.356   0.328   2.372 |     7.17     0.99     1.05 |    262144         0
-//!    1Gi scattered     1% |   0.382   0.335   0.392 |     1.14     0.97     0.96 |      2633         2
-//!    1Gi scattered    10% |   0.840   0.320   1.191 |     2.62     0.71     0.71 |     26007         0
-//!    1Gi scattered    50% |   1.484   0.337   3.178 |     4.40     0.47     0.47 |    130649         0
-//!    1Gi     churn     1% |   0.364   0.270   0.390 |     1.35     0.93     1.01 |      2599         0   checked 0, retired 0
-//!    4Gi clustered     0% |   0.002   0.299   0.313 |     0.01     0.01     0.01 |         0         1
-//!    4Gi clustered     1% |   0.034   0.300   0.328 |     0.11     0.10     0.10 |      7168      2034
-//!    4Gi clustered    10% |   0.326   0.294   0.527 |     1.11     0.62     0.61 |    112640      1828
-//!    4Gi clustered    50% |   1.304   0.304   1.333 |     4.28     0.98     0.99 |    523264      1026
-//!    4Gi clustered   100% |   2.347   0.313   2.371 |     7.50     0.99     1.00 |   1048576         0
-//!    4Gi scattered     1% |   0.365   0.299   0.377 |     1.22     0.97     0.99 |     10389        10
-//!    4Gi scattered    10% |   0.828   0.332   1.204 |     2.49     0.69     0.75 |    104677         0
-//!    4Gi scattered    50% |   1.464   0.300   3.165 |     4.88     0.46     0.47 |    524683         0
-//!    4Gi     churn     1% |   0.369   0.322   0.383 |     1.14     0.96     0.99 |     10329         0   checked 2, retired 84
-//!   16Gi clustered     0% |   0.001   0.325   0.330 |     0.00     0.00     0.00 |         0         1
-//!   16Gi clustered     1% |   0.046   0.293   0.355 |     0.16     0.13     0.11 |     48128      8098
-//!   16Gi clustered    10% |   0.301   0.292   0.514 |     1.03     0.58     0.57 |    412672      7386
-//!   16Gi clustered    50% |   1.334   0.312   1.354 |     4.28     0.98     0.99 |   2120192      4051
-//!   16Gi clustered   100% |   2.369   0.307   2.389 |     7.72     0.99     1.00 |   4194304         0
-//!   16Gi scattered     1% |   0.368   0.298   0.377 |     1.23     0.98     0.98 |     41937        42
-//!   16Gi scattered    10% |   0.822   0.308   1.183 |     2.67     0.69     0.69 |    420089         0
-//!   16Gi scattered    50% |   1.471   0.295   3.193 |     4.98     0.46     0.47 |   2098105         0
-//!   16Gi     churn     1% |   0.360   0.305   0.378 |     1.18     0.95     0.95 |     42384         1   checked 8, retired 330
-//! ```
-//!
-//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.046 ns per
-//! page (target <= 0.1). 100 % touched: 2.37 ns (target <= 3.5). Flat 1 %:
-//! 1.23x the read floor (target 1.3x). Every case at least 8x under KVM's
-//! published 20-28 ns. Against the KVM-style loop, best of 15: at most
-//! 0.99x everywhere (0.97-0.98x at scattered 1 %, the case the byte-array
-//! design missed at 1.06-1.10x); the medians per round are 0.95-1.01 at
-//! scattered and churn 1 % and 0.99-1.05 at clustered 50-100 %, where both
-//! passes are bound by one locked instruction per young page and are at
-//! parity (A/A runs of this method move by 3-6 %, `docs/aging.md`). The
-//! generation costs nothing per young page because it rides in the clear;
-//! the churn rows include the steady-state table checks and retirements
-//! (8 tables checked and 330 tags retired per 16 GiB pass).
-//!
-//! The leaf scan ([`crate::walk::LeafRun::for_each_chunk`]) computes a
-//! chunk's young mask with a shift and a mask per entry and no branch, and
-//! `age_chunk` walks the set bits with `tzcnt`: per young entry one load
-//! (L1), one `lock cmpxchg` and a bit set (checked with `objdump -d` on the
-//! benchmark). A locked instruction costs about 2.3 ns here whether it is
-//! `lock and` or `lock cmpxchg`, so at high density both passes are bound by
-//! it; `cmpxchg16b` over two adjacent entries would halve the locked
-//! instructions but needs 128-bit atomics over the table (not expressible
-//! without `unsafe` here).
+//! `cargo bench -p hvcore --bench aging` (what `cargo xtask bench` runs)
+//! compares [`age_pass`] with a plain read of every leaf (the floor) and an
+//! idealised KVM-style loop (an atomic AND on every young leaf, no
+//! skipping); its figures, with machine and date, are in `docs/aging.md`
+//! ("Measured"). Per young entry the hot path is one load (L1), one
+//! `lock cmpxchg` and a bit set: at high density the pass is bound by the
+//! locked instruction, as the KVM-style loop is; `cmpxchg16b` over two
+//! adjacent entries would halve the locked instructions but needs 128-bit
+//! atomics over the table (not expressible without `unsafe` here).
 //!
 //! # Flush
 //! A pass that cleared any A bit asks its [`TlbFlush`] for one flush at the

@@ -64,15 +64,9 @@ pub struct WalkEntry {
 /// is mispredicted at most once per chunk on its way in and once on the way
 /// out of the handler's loop over the set bits, instead of once per line
 /// (8 entries) or per entry: at 10 % of entries young and randomly placed,
-/// the "any bit in this line?" branch is a coin toss. Measured with a
-/// standalone loop (2 MiB of entries evicted from the caches, a
-/// compare-exchange per young entry, best of 41; 2-core AMD EPYC VM), ns
-/// per entry at 1 / 10 / 50 / 100 % young: per-line OR then mask (the
-/// previous scan) 0.41 / 1.11 / 2.00 / 2.32; 8-entry chunks 0.38 / 0.94 /
-/// 1.43 / 2.32; 32-entry chunks 0.37 / 0.53 / 1.23 / 2.32; 64-entry chunks
-/// 0.47 / 0.60 / 1.47 / 2.52 (too often non-empty at 1 %). A plain
-/// `lock and` per young entry (KVM) in the same loop: 0.38 / 0.91 / 3.12 /
-/// 2.37.
+/// the "any bit in this line?" branch is a coin toss. 8-, 32- and 64-entry
+/// chunks were measured against each other (`docs/aging.md`, "Leaf scan:
+/// chunk size"); 64 is too often non-empty at 1 % young.
 pub const CHUNK: usize = 32;
 
 /// Up to [`CHUNK`] consecutive leaf entries, as [`LeafRun::for_each_chunk`]

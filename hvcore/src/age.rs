@@ -454,6 +454,27 @@ pub fn retire_stale<F: EntryFormat>(
     }
 }
 
+/// The invariant of [`crate::generations`], checked where the pass has
+/// just moved a table's parent from generation `was` to `seq`: every child
+/// that is not young decodes to the same generation against the new stamp
+/// as against the old, that is, it is less than [`TAGS`] passes older than
+/// its parent (after the table's check, if one was due).
+#[cfg(debug_assertions)]
+fn debug_check_tags<F: EntryFormat>(table: &[AtomicU64], was: Option<u64>, seq: u64) {
+    for slot in table {
+        let v = slot.load(Ordering::Acquire);
+        let t = F::gen_tag(v);
+        if F::is_present(v) && t != 0 && v & (F::ACCESSED | F::RESCAN) == 0 {
+            debug_assert_eq!(
+                decode(was, t),
+                decode(Some(seq), t),
+                "{}: tag {t} of {v:#x} is too old for its parent (generation {was:?}, now {seq})",
+                F::NAME
+            );
+        }
+    }
+}
+
 /// Ages `[start, end)` as part of pass `gens.max_seq()`: every entry with A
 /// set is cleared by the one helper and takes the pass's generation tag,
 /// skipping cold subtrees and lines; stale tags in the tables it scans are
@@ -518,6 +539,10 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
                     && child.len() == F::ENTRIES
                 {
                     retire_stale::<F>(child, e.level - 1, was, seq, &mut stats);
+                }
+                #[cfg(debug_assertions)]
+                if let Some(child) = tables.mem().table(F::addr(wrote)) {
+                    debug_check_tags::<F>(child, was, seq);
                 }
             }
             Batch::Leaves(run) => {

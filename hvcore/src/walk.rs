@@ -321,6 +321,15 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
 
     /// The current entry, if the walk has not ended.
     pub fn current(&self) -> Option<WalkEntry> {
+        debug_assert!(
+            self.done
+                || (self.min_level..=F::LEVELS).contains(&self.level)
+                    && self.gpa.is_multiple_of(F::level_size(self.level))
+                    && self.gpa < self.end
+                    && self.gpa + F::level_size(self.level) > self.start
+                    && self.index == F::index(self.gpa, self.level),
+            "the walk stands on an entry outside its range or level"
+        );
         (self.started && !self.done).then_some(WalkEntry {
             gpa: self.gpa,
             level: self.level,
@@ -603,6 +612,7 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
             let lines = ((F::ENTRIES - self.index) / line)
                 .min(((self.end - self.gpa) / line_bytes) as usize);
             if lines > 0 {
+                debug_assert!(self.gpa >= self.start && self.index + lines * line <= F::ENTRIES);
                 let table = self.tables[0].unwrap_or(&[]);
                 let slots = &table[self.index..self.index + lines * line];
                 let gpa = self.gpa;

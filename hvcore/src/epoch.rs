@@ -17,9 +17,10 @@
 //! them have not yet published their epoch (`pending`), and the smallest
 //! epoch its walkers published (`epoch`, meaningful while `count > 0`).
 //!
-//! * **Pin** (walker, once per walk, not per entry): join a slot with one
-//!   `fetch_add` that counts the walker in and marks it pending (an empty
-//!   slot if a scan of the slots finds one, else the least busy); read the
+//! * **Pin** (walker, once per walk, not per entry): join a slot, counted
+//!   in and marked pending, with one read-modify-write (a compare-exchange
+//!   that claims the first empty slot, or, when none is empty, a
+//!   `fetch_add` on the least busy); read the
 //!   global epoch *with a read-modify-write* (`fetch_add(0)`), `e`; merge
 //!   `e` into the slot (its epoch becomes the smaller of the two) and leave
 //!   `pending` in one compare-exchange. Unpin leaves the slot (release),
@@ -129,28 +130,10 @@ impl<const SLOTS: usize> EpochDomain<SLOTS> {
     /// reachable when `pin` returned is freed. Never waits for another
     /// walker: a busy slot is shared.
     pub fn pin(&self) -> EpochGuard<'_, SLOTS> {
-        // An empty slot if there is one, else the least busy. The loads
-        // only choose: two walkers that choose the same empty slot share it.
-        let mut slot = 0;
-        let mut least = u64::MAX;
-        for (i, s) in self.slots.iter().enumerate() {
-            let n = count(s.load(Ordering::Relaxed));
-            if n < least {
-                (slot, least) = (i, n);
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-        let joined = self.slots[slot].fetch_add(COUNT | PENDING, Ordering::AcqRel);
-        debug_assert!(
-            count(joined) < MAX_IN_SLOT && pending(joined) < MAX_IN_SLOT,
-            "more than {MAX_IN_SLOT} walkers in one epoch slot"
-        );
+        let (slot, mut cur) = self.join();
         // An RMW, not a load: see the module docs.
         let e = self.global.fetch_add(0, Ordering::AcqRel);
         debug_assert!(e >> (64 - EPOCH_SHIFT) == 0, "epoch overflow");
-        let mut cur = joined + (COUNT | PENDING);
         loop {
             // The slot's epoch is the oldest of its walkers': the first
             // walker to publish sets it, the others can only lower it.
@@ -168,6 +151,29 @@ impl<const SLOTS: usize> EpochDomain<SLOTS> {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Joins a slot as a pending walker: claims the first empty slot with a
+    /// compare-exchange from 0 (an empty slot's word is 0), or, when none
+    /// is empty, joins the least busy one seen with a `fetch_add`. Returns
+    /// the slot and its word as the join left it. (With few walkers the
+    /// first exchange succeeds: a pin then costs three atomic operations,
+    /// as many as one with exclusive slots.)
+    fn join(&self) -> (usize, u64) {
+        let mut least = (0, u64::MAX);
+        for (i, s) in self.slots.iter().enumerate() {
+            match s.compare_exchange(0, COUNT | PENDING, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return (i, COUNT | PENDING),
+                Err(v) if count(v) < least.1 => least = (i, count(v)),
+                Err(_) => {}
+            }
+        }
+        let joined = self.slots[least.0].fetch_add(COUNT | PENDING, Ordering::AcqRel);
+        debug_assert!(
+            count(joined) < MAX_IN_SLOT && pending(joined) < MAX_IN_SLOT,
+            "more than {MAX_IN_SLOT} walkers in one epoch slot"
+        );
+        (least.0, joined + (COUNT | PENDING))
     }
 
     /// Called by a writer after the stores that unlink some pages: returns

@@ -98,7 +98,7 @@
 //! A pass that cleared any A bit asks its [`TlbFlush`] for one flush at the
 //! end ([`crate::flush`]).
 
-use crate::entry::{Change, Update, update_entry};
+use crate::entry::{Change, Retry, Update, update_entry};
 use crate::flush::{FlushPolicy, TlbFlush};
 use crate::generations::{CHECK_EVERY, EXACT_GENS, Generations, TAGS, decode, tag_of};
 use crate::pte::EntryFormat;
@@ -213,8 +213,8 @@ pub fn test_and_clear_young<F: EntryFormat>(
         // without changing what the entry maps ([`EntryFormat::MOVING`])
         // differ from the snapshot; otherwise the entry is no longer the
         // one examined.
-        let update = update_entry::<F>(slot, snapshot, Change::Moving, |cur| {
-            ((cur ^ snapshot) & !F::MOVING == 0).then(|| aged::<F>(cur, level, stamp))
+        let update = update_entry::<F>(slot, snapshot, Change::Moving, Retry::WhileSame, |cur| {
+            Some(aged::<F>(cur, level, stamp))
         });
         match update {
             Update::Wrote { was, wrote } => outcome(was, wrote),

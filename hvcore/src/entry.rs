@@ -41,6 +41,20 @@ pub enum Change {
     Replace,
 }
 
+/// When [`update_entry`] tries again after a failed exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// With whatever the entry holds now (`decide` judges it).
+    Always,
+    /// Only while the entry still maps what the snapshot mapped: the value
+    /// found differs from the snapshot in [`EntryFormat::MOVING`] bits only
+    /// (the CPU set A or D, a pass aged it). Otherwise the entry is no
+    /// longer the one examined: [`Update::Declined`] with the value found.
+    /// Tested on the failure path only, so the first exchange costs nothing
+    /// extra (the aging pass's hot path).
+    WhileSame,
+}
+
 /// What [`update_entry`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Update {
@@ -63,9 +77,10 @@ pub enum Update {
 /// the value `decide(current)` returns, with a compare-exchange against
 /// the value it was computed from. When the exchange fails (the CPU set
 /// A or D, another walker wrote, a writer replaced the entry), `decide` is
-/// called again with the value found; `None` stops without writing. So
-/// nothing is ever written over a value `decide` has not seen, and no bit
-/// another agent set between the read and the write is lost.
+/// called again with the value found, if `retry` allows; `None` stops
+/// without writing. So nothing is ever written over a value `decide` has
+/// not seen, and no bit another agent set between the read and the write
+/// is lost.
 ///
 /// Every exchange has `AcqRel` success and `Acquire` failure ordering: the
 /// written value is published to walkers that acquire-load the entry, and
@@ -76,6 +91,7 @@ pub fn update_entry<F: EntryFormat>(
     slot: &AtomicU64,
     snapshot: u64,
     change: Change,
+    retry: Retry,
     mut decide: impl FnMut(u64) -> Option<u64>,
 ) -> Update {
     let mut cur = snapshot;
@@ -93,6 +109,9 @@ pub fn update_entry<F: EntryFormat>(
                     was: cur,
                     wrote: new,
                 };
+            }
+            Err(now) if retry == Retry::WhileSame && (now ^ snapshot) & !F::MOVING != 0 => {
+                return Update::Declined(now);
             }
             Err(now) => cur = now,
         }
@@ -143,7 +162,7 @@ mod tests {
         let slot = AtomicU64::new(leaf() | Npt::DIRTY);
         let mut seen = Vec::new();
         // The caller's snapshot predates the CPU setting D.
-        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, |v| {
+        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, Retry::Always, |v| {
             seen.push(v);
             Some(v | Npt::ACCESSED)
         });
@@ -162,11 +181,27 @@ mod tests {
     }
 
     #[test]
+    fn retrying_while_same_stops_at_a_remapped_entry() {
+        let remapped = Npt::make_leaf(HostPhysAddr::new(0x9000), 1, Perms::RW);
+        let slot = AtomicU64::new(remapped);
+        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, Retry::WhileSame, |v| {
+            Some(v | Npt::ACCESSED)
+        });
+        assert_eq!(r, Update::Declined(remapped));
+        assert_eq!(slot.load(Ordering::Relaxed), remapped);
+        slot.store(leaf() | Npt::DIRTY, Ordering::Relaxed);
+        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, Retry::WhileSame, |v| {
+            Some(v | Npt::ACCESSED)
+        });
+        assert!(matches!(r, Update::Wrote { .. }), "{r:?}");
+    }
+
+    #[test]
     fn declining_or_asking_for_the_same_value_writes_nothing() {
         let slot = AtomicU64::new(leaf());
-        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, |_| None);
+        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, Retry::Always, |_| None);
         assert_eq!(r, Update::Declined(leaf()));
-        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, Some);
+        let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, Retry::Always, Some);
         assert_eq!(r, Update::Unchanged(leaf()));
         assert_eq!(slot.load(Ordering::Relaxed), leaf());
     }
@@ -176,7 +211,7 @@ mod tests {
     #[should_panic(expected = "keeps an entry present")]
     fn making_an_entry_present_by_exchange_is_refused() {
         let slot = AtomicU64::new(0);
-        update_entry::<Npt>(&slot, 0, Change::Moving, |_| Some(leaf()));
+        update_entry::<Npt>(&slot, 0, Change::Moving, Retry::Always, |_| Some(leaf()));
     }
 
     #[test]
@@ -184,6 +219,8 @@ mod tests {
     #[should_panic(expected = "more than A/D/rescan/tag")]
     fn a_moving_change_may_not_remap() {
         let slot = AtomicU64::new(leaf());
-        update_entry::<Npt>(&slot, leaf(), Change::Moving, |v| Some(v + 0x1000));
+        update_entry::<Npt>(&slot, leaf(), Change::Moving, Retry::Always, |v| {
+            Some(v + 0x1000)
+        });
     }
 }

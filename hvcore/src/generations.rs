@@ -71,7 +71,7 @@
 //! sequence number and a ring of 256 pass timestamps.
 
 use crate::addr::{GuestPhysAddr, PAGE_SIZE_4K};
-use crate::entry::{Change, Update, update_entry};
+use crate::entry::{Change, Retry, Update, update_entry};
 use crate::pte::EntryFormat;
 use crate::sync::Ordering;
 use crate::table::{TableMemory, Tables};
@@ -200,9 +200,10 @@ impl Generations {
             if !F::is_present(e.old) {
                 continue;
             }
-            let update = update_entry::<F>(walk.slot(), e.old, Change::Moving, |cur| {
-                F::is_present(cur).then(|| F::with_gen_tag(cur, tag))
-            });
+            let update =
+                update_entry::<F>(walk.slot(), e.old, Change::Moving, Retry::Always, |cur| {
+                    F::is_present(cur).then(|| F::with_gen_tag(cur, tag))
+                });
             if let Update::Wrote { wrote: v, .. } | Update::Unchanged(v) = update
                 && F::is_leaf(v, e.level)
             {

@@ -45,7 +45,7 @@
 //!    changed.
 
 use crate::addr::{GuestPhysAddr, HostPhysAddr};
-use crate::entry::{Change, Update, update_entry};
+use crate::entry::{Change, Retry, Update, update_entry};
 use crate::epoch::EpochDomain;
 use crate::pte::{EntryFormat, Perms};
 use crate::sync::{AtomicU64, Ordering};
@@ -297,7 +297,7 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
                 continue;
             }
             let level = e.level;
-            let update = update_entry::<F>(slot, e.old, Change::Moving, |cur| {
+            let update = update_entry::<F>(slot, e.old, Change::Moving, Retry::Always, |cur| {
                 (F::is_present(cur) && F::is_leaf(cur, level)).then_some(cur | bits)
             });
             if let Update::Declined(_) = update {
@@ -318,9 +318,13 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
 fn set_accessed_if_table<F: EntryFormat>(slot: &AtomicU64) {
     // Any level from 2 up reads a table entry the same way (present, not
     // large).
-    update_entry::<F>(slot, slot.load(Ordering::Acquire), Change::Moving, |cur| {
-        F::is_table(cur, 2).then_some(cur | F::ACCESSED)
-    });
+    update_entry::<F>(
+        slot,
+        slot.load(Ordering::Acquire),
+        Change::Moving,
+        Retry::Always,
+        |cur| F::is_table(cur, 2).then_some(cur | F::ACCESSED),
+    );
 }
 
 /// The writer of one guest's tree. See the module docs for its rules.
@@ -573,8 +577,12 @@ impl<A: TableAlloc> Mapper<A> {
         // tried against, again on every retry (the CPU or a pass changed A,
         // D or the tag meanwhile): rule 1, the release of the exchange
         // publishes them.
-        let update =
-            update_entry::<F>(slot, slot.load(Ordering::Acquire), Change::Replace, |old| {
+        let update = update_entry::<F>(
+            slot,
+            slot.load(Ordering::Acquire),
+            Change::Replace,
+            Retry::Always,
+            |old| {
                 if !F::is_present(old) || !F::is_leaf(old, level) || level == 1 {
                     return None;
                 }
@@ -593,7 +601,8 @@ impl<A: TableAlloc> Mapper<A> {
                     );
                 }
                 Some(F::make_table(page) | (old & F::GEN_MASK))
-            });
+            },
+        );
         if let Update::Declined(_) = update {
             self.alloc.free_table(page); // never linked
         }
@@ -688,9 +697,13 @@ impl<A: TableAlloc> Mapper<A> {
             // invariant of `crate::generations`): as young as its youngest
             // page, never colder than any.
             let snapshot = e.old;
-            let update = update_entry::<F>(walk.slot(), snapshot, Change::Replace, |cur| {
-                ((cur ^ snapshot) & !F::MOVING == 0).then_some(leaf | flags | (cur & F::GEN_MASK))
-            });
+            let update = update_entry::<F>(
+                walk.slot(),
+                snapshot,
+                Change::Replace,
+                Retry::WhileSame,
+                |cur| Some(leaf | flags | (cur & F::GEN_MASK)),
+            );
             if let Update::Declined(_) = update {
                 return Err(MapError::NotCollapsible(gpa));
             }
@@ -702,9 +715,13 @@ impl<A: TableAlloc> Mapper<A> {
                 late |= c.swap(0, Ordering::AcqRel) & (F::ACCESSED | F::DIRTY);
             }
             if late != 0 {
-                update_entry::<F>(slot, slot.load(Ordering::Acquire), Change::Moving, |cur| {
-                    F::is_present(cur).then_some(cur | late)
-                });
+                update_entry::<F>(
+                    slot,
+                    slot.load(Ordering::Acquire),
+                    Change::Moving,
+                    Retry::Always,
+                    |cur| F::is_present(cur).then_some(cur | late),
+                );
             }
             if (flags | late) & F::ACCESSED != 0 {
                 for a in ancestors.iter().flatten() {
@@ -747,9 +764,11 @@ impl<A: TableAlloc> Mapper<A> {
                 continue;
             }
             let level = e.level;
-            let update = update_entry::<F>(walk.slot(), e.old, Change::Perms, |cur| {
-                (F::is_present(cur) && F::is_leaf(cur, level)).then(|| F::with_perms(cur, perms))
-            });
+            let update =
+                update_entry::<F>(walk.slot(), e.old, Change::Perms, Retry::Always, |cur| {
+                    (F::is_present(cur) && F::is_leaf(cur, level))
+                        .then(|| F::with_perms(cur, perms))
+                });
             match update {
                 Update::Wrote { .. } => {
                     done.pages += F::level_size(level) / 4096;

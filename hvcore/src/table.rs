@@ -40,9 +40,10 @@
 //! 6. Generation tags ([`EntryFormat::GEN_MASK`]) belong to the
 //!    aging pass ([`crate::generations`]): new entries start with tag 0
 //!    (old); a split gives the new table entry and its children the huge
-//!    leaf's tag; a collapse gives the huge leaf the table entry's tag;
-//!    compare-exchange loops retry when only [`EntryFormat::MOVING`] bits
-//!    changed.
+//!    leaf's tag; a collapse gives the huge leaf the table entry's tag
+//!    (the helper asserts a split or collapse keeps it); its exchange is
+//!    retried when only [`EntryFormat::MOVING`] bits changed
+//!    ([`crate::entry::Retry::WhileSame`]).
 
 use crate::addr::{GuestPhysAddr, HostPhysAddr};
 use crate::entry::{Change, Retry, Update, update_entry};

@@ -44,7 +44,7 @@ use hvcore::generations::Generations;
 use hvcore::guest_layout::DATA_START_GPA;
 use hvcore::npt::Npt;
 use hvcore::pte::Perms;
-use hvcore::reclaim::{FaultIn, GuestFrames, ReclaimConfig, Reclaimer};
+use hvcore::reclaim::{FaultIn, FlushedFrame, GuestFrames, ReclaimConfig, Reclaimer};
 use hvcore::store::{PAGE_BYTES, PageStore};
 use hvcore::table::{Mapper, PageSize, Tables};
 use std::hint::black_box;
@@ -88,8 +88,8 @@ impl GuestFrames for HostFrames {
     fn free_frame(&mut self, frame: HostPhysAddr) {
         self.free.push((frame.as_u64() - FRAME_BASE) / 4096);
     }
-    fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]) {
-        out.copy_from_slice(self.slot(frame));
+    fn read_frame(&mut self, frame: &FlushedFrame, out: &mut [u8; PAGE_BYTES]) {
+        out.copy_from_slice(self.slot(frame.frame()));
     }
     fn write_frame(&mut self, frame: HostPhysAddr, data: &[u8; PAGE_BYTES]) {
         self.slot(frame).copy_from_slice(data);

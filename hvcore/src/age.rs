@@ -84,80 +84,21 @@
 //! recorded only if the page is touched again after the flush.
 //!
 //! # Measured
-//! `cargo bench -p hvcore --bench aging` (what `cargo xtask bench` runs) on the
-//! project's 2-core AMD EPYC VM, one thread, tables evicted from every cache
-//! before each pass, NPT format, best of 15 rounds in which the three
-//! passes take turns; 2026-11-25, 21:15-21:22 UTC, load average 1.0-1.4
-//! (the churn rows from the next run, 21:24 UTC, after the churn warm-up
-//! was lengthened to reach retirements). ns per 4 KiB guest page. `ours` =
-//! [`age_pass`] (each young page's generation written by its clear);
-//! `floor` = a plain read of every leaf entry; `kvm` = a load of every leaf
-//! and an atomic AND on every young one, no skipping, nothing recorded (an
-//! idealised KVM-style pass: real KVM costs 20-28 ns per page); `med o/k`
-//! = the median over the rounds of ours/kvm within a round; `skipped` =
-//! subtrees skipped through a clear parent A; `churn` = a new random 1 %
-//! in every pass, after 1100 untimed passes (`checked` / `retired`: tables
-//! the pass checked and tags it retired, module docs of
-//! [`crate::generations`]).
-//!
-//! ```text
-//!  guest   pattern  touch |    ours   floor     kvm | ours/flr ours/kvm  med o/k |     young   skipped
-//!    1Gi clustered     0% |   0.010   0.333   0.348 |     0.03     0.03     0.03 |         0         1
-//!    1Gi clustered     1% |   0.032   0.267   0.316 |     0.12     0.10     0.10 |      1024       510
-//!    1Gi clustered    10% |   0.297   0.266   0.505 |     1.12     0.59     0.59 |     25600       462
-//!    1Gi clustered    50% |   1.355   0.318   1.371 |     4.26     0.99     1.01 |    134656       249
-//!    1Gi clustered   100% |   2.356   0.328   2.372 |     7.17     0.99     1.05 |    262144         0
-//!    1Gi scattered     1% |   0.382   0.335   0.392 |     1.14     0.97     0.96 |      2633         2
-//!    1Gi scattered    10% |   0.840   0.320   1.191 |     2.62     0.71     0.71 |     26007         0
-//!    1Gi scattered    50% |   1.484   0.337   3.178 |     4.40     0.47     0.47 |    130649         0
-//!    1Gi     churn     1% |   0.364   0.270   0.390 |     1.35     0.93     1.01 |      2599         0   checked 0, retired 0
-//!    4Gi clustered     0% |   0.002   0.299   0.313 |     0.01     0.01     0.01 |         0         1
-//!    4Gi clustered     1% |   0.034   0.300   0.328 |     0.11     0.10     0.10 |      7168      2034
-//!    4Gi clustered    10% |   0.326   0.294   0.527 |     1.11     0.62     0.61 |    112640      1828
-//!    4Gi clustered    50% |   1.304   0.304   1.333 |     4.28     0.98     0.99 |    523264      1026
-//!    4Gi clustered   100% |   2.347   0.313   2.371 |     7.50     0.99     1.00 |   1048576         0
-//!    4Gi scattered     1% |   0.365   0.299   0.377 |     1.22     0.97     0.99 |     10389        10
-//!    4Gi scattered    10% |   0.828   0.332   1.204 |     2.49     0.69     0.75 |    104677         0
-//!    4Gi scattered    50% |   1.464   0.300   3.165 |     4.88     0.46     0.47 |    524683         0
-//!    4Gi     churn     1% |   0.369   0.322   0.383 |     1.14     0.96     0.99 |     10329         0   checked 2, retired 84
-//!   16Gi clustered     0% |   0.001   0.325   0.330 |     0.00     0.00     0.00 |         0         1
-//!   16Gi clustered     1% |   0.046   0.293   0.355 |     0.16     0.13     0.11 |     48128      8098
-//!   16Gi clustered    10% |   0.301   0.292   0.514 |     1.03     0.58     0.57 |    412672      7386
-//!   16Gi clustered    50% |   1.334   0.312   1.354 |     4.28     0.98     0.99 |   2120192      4051
-//!   16Gi clustered   100% |   2.369   0.307   2.389 |     7.72     0.99     1.00 |   4194304         0
-//!   16Gi scattered     1% |   0.368   0.298   0.377 |     1.23     0.98     0.98 |     41937        42
-//!   16Gi scattered    10% |   0.822   0.308   1.183 |     2.67     0.69     0.69 |    420089         0
-//!   16Gi scattered    50% |   1.471   0.295   3.193 |     4.98     0.46     0.47 |   2098105         0
-//!   16Gi     churn     1% |   0.360   0.305   0.378 |     1.18     0.95     0.95 |     42384         1   checked 8, retired 330
-//! ```
-//!
-//! Against the targets (16 GiB): 1 % of 2 MiB regions touched: 0.046 ns per
-//! page (target <= 0.1). 100 % touched: 2.37 ns (target <= 3.5). Flat 1 %:
-//! 1.23x the read floor (target 1.3x). Every case at least 8x under KVM's
-//! published 20-28 ns. Against the KVM-style loop, best of 15: at most
-//! 0.99x everywhere (0.97-0.98x at scattered 1 %, the case the byte-array
-//! design missed at 1.06-1.10x); the medians per round are 0.95-1.01 at
-//! scattered and churn 1 % and 0.99-1.05 at clustered 50-100 %, where both
-//! passes are bound by one locked instruction per young page and are at
-//! parity (A/A runs of this method move by 3-6 %, `docs/aging.md`). The
-//! generation costs nothing per young page because it rides in the clear;
-//! the churn rows include the steady-state table checks and retirements
-//! (8 tables checked and 330 tags retired per 16 GiB pass).
-//!
-//! The leaf scan ([`crate::walk::LeafRun::for_each_chunk`]) computes a
-//! chunk's young mask with a shift and a mask per entry and no branch, and
-//! `age_chunk` walks the set bits with `tzcnt`: per young entry one load
-//! (L1), one `lock cmpxchg` and a bit set (checked with `objdump -d` on the
-//! benchmark). A locked instruction costs about 2.3 ns here whether it is
-//! `lock and` or `lock cmpxchg`, so at high density both passes are bound by
-//! it; `cmpxchg16b` over two adjacent entries would halve the locked
-//! instructions but needs 128-bit atomics over the table (not expressible
-//! without `unsafe` here).
+//! `cargo bench -p hvcore --bench aging` (what `cargo xtask bench` runs)
+//! compares [`age_pass`] with a plain read of every leaf (the floor) and an
+//! idealised KVM-style loop (an atomic AND on every young leaf, no
+//! skipping); its figures, with machine and date, are in `docs/aging.md`
+//! ("Measured"). Per young entry the hot path is one load (L1), one
+//! `lock cmpxchg` and a bit set: at high density the pass is bound by the
+//! locked instruction, as the KVM-style loop is; `cmpxchg16b` over two
+//! adjacent entries would halve the locked instructions but needs 128-bit
+//! atomics over the table (not expressible without `unsafe` here).
 //!
 //! # Flush
 //! A pass that cleared any A bit asks its [`TlbFlush`] for one flush at the
 //! end ([`crate::flush`]).
 
+use crate::entry::{Change, Retry, Update, update_entry};
 use crate::flush::{FlushPolicy, TlbFlush};
 use crate::generations::{CHECK_EVERY, EXACT_GENS, Generations, TAGS, decode, tag_of};
 use crate::pte::EntryFormat;
@@ -176,17 +117,36 @@ pub enum Stamp {
     Retire,
 }
 
-/// Result of [`test_and_clear_young`].
+/// Result of [`test_and_clear_young`]. The outcomes that wrote carry the
+/// value the helper replaced (`was`, which may differ from the caller's
+/// snapshot in A, D, the rescan mark or the tag: the exchange was retried)
+/// and the value it wrote (`wrote`): a walk that steps into the table under
+/// an aged entry follows exactly `wrote` ([`crate::walk::Walk::wrote`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClearYoung {
     /// A was set in the examined entry and is now clear in it, with the
     /// pass's tag (a non-leaf entry is also marked [`EntryFormat::RESCAN`]).
-    Cleared,
+    Cleared {
+        /// The value replaced.
+        was: u64,
+        /// The value written.
+        wrote: u64,
+    },
     /// A non-leaf entry with A clear but marked for one more scan: the mark
     /// is cleared, the tag written, and the walk must scan its table.
-    Rescan,
+    Rescan {
+        /// The value replaced.
+        was: u64,
+        /// The value written.
+        wrote: u64,
+    },
     /// [`Stamp::Retire`]: the entry was not young and its tag is now old.
-    Retired,
+    Retired {
+        /// The value replaced.
+        was: u64,
+        /// The value written.
+        wrote: u64,
+    },
     /// Nothing to do: A was already clear (the snapshot or a concurrent
     /// pass), or, retiring, the entry is young or already old.
     WasOld,
@@ -229,10 +189,10 @@ pub fn test_and_clear_young<F: EntryFormat>(
     level: u8,
     stamp: Stamp,
 ) -> ClearYoung {
-    let outcome = |old: u64| match stamp {
-        Stamp::Retire => ClearYoung::Retired,
-        Stamp::Young(_) if old & F::ACCESSED != 0 => ClearYoung::Cleared,
-        Stamp::Young(_) => ClearYoung::Rescan,
+    let outcome = |was: u64, wrote: u64| match stamp {
+        Stamp::Retire => ClearYoung::Retired { was, wrote },
+        Stamp::Young(_) if was & F::ACCESSED != 0 => ClearYoung::Cleared { was, wrote },
+        Stamp::Young(_) => ClearYoung::Rescan { was, wrote },
     };
     #[cfg(hvcore_broken_aging)]
     {
@@ -245,23 +205,21 @@ pub fn test_and_clear_young<F: EntryFormat>(
             return ClearYoung::WasOld;
         }
         slot.store(new, Ordering::Release);
-        return outcome(v);
+        return outcome(v, new);
     }
     #[cfg(not(hvcore_broken_aging))]
     {
-        let mut old = snapshot;
-        loop {
-            let new = aged::<F>(old, level, stamp);
-            if new == old {
-                return ClearYoung::WasOld;
-            }
-            match slot.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return outcome(old),
-                // Only bits that move under us without changing what the
-                // entry maps: retry on the new value.
-                Err(now) if (now ^ old) & !F::MOVING == 0 => old = now,
-                Err(now) => return ClearYoung::Changed(now),
-            }
+        // A failed exchange is retried when only bits that move under us
+        // without changing what the entry maps ([`EntryFormat::MOVING`])
+        // differ from the snapshot; otherwise the entry is no longer the
+        // one examined.
+        let update = update_entry::<F>(slot, snapshot, Change::Moving, Retry::WhileSame, |cur| {
+            Some(aged::<F>(cur, level, stamp))
+        });
+        match update {
+            Update::Wrote { was, wrote } => outcome(was, wrote),
+            Update::Unchanged(_) => ClearYoung::WasOld,
+            Update::Declined(now) => ClearYoung::Changed(now),
         }
     }
 }
@@ -331,10 +289,10 @@ impl<T: FnMut(u64, u8, u64)> YoungSink for T {
 
 /// Handles one entry of an aging walk: clears A with the one helper and,
 /// for a leaf, reports it young. A non-leaf entry is cleared before the walk
-/// steps into it; the value it held when the helper replaced it is returned
-/// (the pass decodes the generation its table had, and the walk follows
-/// what the helper wrote). An entry that changed under the pass is handled
-/// again with its new value.
+/// steps into it; the value the helper replaced and the value it wrote are
+/// returned (the pass decodes the generation the table had from the first,
+/// and the walk follows the second). An entry that changed under the pass
+/// is handled again with its new value.
 #[inline(always)]
 fn age_entry<F: EntryFormat>(
     slot: &AtomicU64,
@@ -344,28 +302,28 @@ fn age_entry<F: EntryFormat>(
     tag: u64,
     stats: &mut PassStats,
     young: &mut impl YoungSink,
-) -> Option<u64> {
+) -> Option<(u64, u64)> {
     let mut old = snapshot;
     loop {
         if !F::is_present(old) {
             return None;
         }
         match test_and_clear_young::<F>(slot, old, level, Stamp::Young(tag)) {
-            ClearYoung::WasOld | ClearYoung::Retired => return None,
-            ClearYoung::Rescan => {
+            ClearYoung::WasOld | ClearYoung::Retired { .. } => return None,
+            ClearYoung::Rescan { was, wrote } => {
                 stats.tables_rescanned += 1;
-                return Some(old);
+                return Some((was, wrote));
             }
-            ClearYoung::Cleared => {
+            ClearYoung::Cleared { was, wrote } => {
                 stats.flush_needed = true;
-                if F::is_leaf(old, level) {
+                if F::is_leaf(was, level) {
                     stats.young_leaves += 1;
                     stats.young_pages += F::level_size(level) / 4096;
-                    young.leaf(gpa, level, old);
+                    young.leaf(gpa, level, was);
                     return None;
                 }
                 stats.tables_entered += 1;
-                return Some(old);
+                return Some((was, wrote));
             }
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
@@ -403,14 +361,14 @@ fn age_chunk<F: EntryFormat>(
             continue;
         }
         match test_and_clear_young::<F>(slot, snapshot, 1, Stamp::Young(tag)) {
-            ClearYoung::Cleared => {
+            ClearYoung::Cleared { was, .. } => {
                 cleared |= 1 << k;
-                *o = snapshot;
+                *o = was;
                 if per_page {
-                    young.leaf(chunk.gpa + k as u64 * 4096, 1, snapshot);
+                    young.leaf(chunk.gpa + k as u64 * 4096, 1, was);
                 }
             }
-            ClearYoung::WasOld | ClearYoung::Rescan | ClearYoung::Retired => {}
+            ClearYoung::WasOld | ClearYoung::Rescan { .. } | ClearYoung::Retired { .. } => {}
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
                 age_entry::<F>(slot, chunk.gpa + k as u64 * 4096, 1, now, tag, stats, young);
@@ -480,7 +438,7 @@ pub fn retire_stale<F: EntryFormat>(
             let mut old = slot.load(Ordering::Acquire);
             loop {
                 match test_and_clear_young::<F>(slot, old, level, Stamp::Retire) {
-                    ClearYoung::Retired => stats.retired += 1,
+                    ClearYoung::Retired { .. } => stats.retired += 1,
                     ClearYoung::Changed(now) if F::is_present(now) => {
                         // Replaced meanwhile: writers give a new entry tag
                         // 0 or the stale entry's own (split, collapse), so
@@ -492,6 +450,27 @@ pub fn retire_stale<F: EntryFormat>(
                 }
                 break;
             }
+        }
+    }
+}
+
+/// The invariant of [`crate::generations`], checked where the pass has
+/// just moved a table's parent from generation `was` to `seq`: every child
+/// that is not young decodes to the same generation against the new stamp
+/// as against the old, that is, it is less than [`TAGS`] passes older than
+/// its parent (after the table's check, if one was due).
+#[cfg(debug_assertions)]
+fn debug_check_tags<F: EntryFormat>(table: &[AtomicU64], was: Option<u64>, seq: u64) {
+    for slot in table {
+        let v = slot.load(Ordering::Acquire);
+        let t = F::gen_tag(v);
+        if F::is_present(v) && t != 0 && v & (F::ACCESSED | F::RESCAN) == 0 {
+            debug_assert_eq!(
+                decode(was, t),
+                decode(Some(seq), t),
+                "{}: tag {t} of {v:#x} is too old for its parent (generation {was:?}, now {seq})",
+                F::NAME
+            );
         }
     }
 }
@@ -529,7 +508,7 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
             Batch::Entry(e) => {
                 stats.leaf_entries_read += u64::from(e.level == 1);
                 let slot = walk.slot();
-                let Some(old) =
+                let Some((old, wrote)) =
                     age_entry::<F>(slot, e.gpa, e.level, e.old, tag, &mut stats, &mut young)
                 else {
                     // Not stamped by this pass (a leaf, gone, or aged by
@@ -538,10 +517,14 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
                     walk.skip_children();
                     continue;
                 };
-                // Scan the table under the entry as stamped, not whatever
-                // a writer may link there next (its children's tags decode
-                // against this stamp).
-                walk.wrote(aged::<F>(old, e.level, Stamp::Young(tag)));
+                // Scan the table under the entry as the helper stamped it,
+                // not whatever a writer may link there next (its children's
+                // tags decode against this stamp).
+                debug_assert!(
+                    F::is_table(wrote, e.level) && F::gen_tag(wrote) == tag,
+                    "the pass steps only into a table entry it stamped"
+                );
+                walk.wrote(wrote);
                 // A table the walk is about to scan: check its children's
                 // tags if its parent is old or its turn came since it was
                 // last scanned (the invariant of `crate::generations`).
@@ -556,6 +539,10 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
                     && child.len() == F::ENTRIES
                 {
                     retire_stale::<F>(child, e.level - 1, was, seq, &mut stats);
+                }
+                #[cfg(debug_assertions)]
+                if let Some(child) = tables.mem().table(F::addr(wrote)) {
+                    debug_check_tags::<F>(child, was, seq);
                 }
             }
             Batch::Leaves(run) => {

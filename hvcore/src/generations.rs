@@ -71,6 +71,7 @@
 //! sequence number and a ring of 256 pass timestamps.
 
 use crate::addr::{GuestPhysAddr, PAGE_SIZE_4K};
+use crate::entry::{Change, Retry, Update, update_entry};
 use crate::pte::EntryFormat;
 use crate::sync::Ordering;
 use crate::table::{TableMemory, Tables};
@@ -199,20 +200,13 @@ impl Generations {
             if !F::is_present(e.old) {
                 continue;
             }
-            let slot = walk.slot();
-            let mut old = e.old;
-            while let Err(now) = slot.compare_exchange(
-                old,
-                F::with_gen_tag(old, tag),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                old = now;
-                if !F::is_present(old) {
-                    break;
-                }
-            }
-            if F::is_present(old) && F::is_leaf(old, e.level) {
+            let update =
+                update_entry::<F>(walk.slot(), e.old, Change::Moving, Retry::Always, |cur| {
+                    F::is_present(cur).then(|| F::with_gen_tag(cur, tag))
+                });
+            if let Update::Wrote { wrote: v, .. } | Update::Unchanged(v) = update
+                && F::is_leaf(v, e.level)
+            {
                 pages += F::level_size(e.level) / PAGE_SIZE_4K;
             }
         }

@@ -16,6 +16,7 @@ pub mod age;
 pub mod arena;
 pub mod cpu_features;
 pub mod devices;
+pub mod entry;
 pub mod epoch;
 pub mod ept;
 pub mod exit;

@@ -116,10 +116,49 @@ pub trait GuestFrames {
         let _ = gfn;
         self.free_frame(frame);
     }
-    /// Copies the frame out.
-    fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]);
+    /// Copies the frame out. The [`FlushedFrame`] is the proof that reading
+    /// it is sound: the reclaimer unmapped the frame and a TLB flush
+    /// completed since, so no vCPU can write it any more (step 3 of the
+    /// module docs).
+    fn read_frame(&mut self, frame: &FlushedFrame, out: &mut [u8; PAGE_BYTES]);
     /// Fills the frame.
     fn write_frame(&mut self, frame: HostPhysAddr, data: &[u8; PAGE_BYTES]);
+}
+
+/// A frame that the reclaimer took out of the tables, after a TLB flush of
+/// the guest completed: no translation reaches it and every write through
+/// one has landed, so its contents are final until it is freed. Only the
+/// reclaimer makes these, from the proof its batch's flush returns (step 2
+/// of the module docs); [`GuestFrames::read_frame`] requires one.
+#[derive(Debug)]
+pub struct FlushedFrame {
+    frame: HostPhysAddr,
+}
+
+impl FlushedFrame {
+    /// The host frame.
+    pub fn frame(&self) -> HostPhysAddr {
+        self.frame
+    }
+}
+
+/// Proof that a batch's TLB flush completed after its unmaps: returned by
+/// [`flush_batch`] (step 2), needed to read the batch's frames (step 3).
+#[derive(Debug)]
+struct BatchFlushed(());
+
+impl BatchFlushed {
+    /// The proof for one frame the batch unmapped.
+    fn frame(&self, frame: HostPhysAddr) -> FlushedFrame {
+        FlushedFrame { frame }
+    }
+}
+
+/// Step 2 of a batch: one flush for every page unmapped so far, and the
+/// proof that it returned.
+fn flush_batch<T: TlbFlush>(flush: &mut T) -> BatchFlushed {
+    flush.flush_guest_tlb();
+    BatchFlushed(())
 }
 
 /// Where a guest page is.
@@ -713,31 +752,43 @@ impl Reclaimer {
             return b;
         }
         // Deliberately broken twin (`--cfg hvcore_broken_reclaim_order`,
-        // for the loom models only): the frames are read before the flush.
+        // for the loom models only): the frames are read before the flush,
+        // with a forged proof.
         #[cfg(hvcore_broken_reclaim_order)]
-        self.inspect(tables, mapper, frames, &in_flight, &mut b);
+        self.inspect(
+            tables,
+            mapper,
+            frames,
+            &in_flight,
+            &BatchFlushed(()),
+            &mut b,
+        );
         // Step 2: one flush for the whole batch.
-        flush.flush_guest_tlb();
+        let flushed = flush_batch(flush);
+        #[cfg(hvcore_broken_reclaim_order)]
+        drop(flushed);
         self.stats.flushes += 1;
         mapper.tlb_flushed(tables);
         let t_store = self.now_ns();
         self.times.flush_ns += t_store.saturating_sub(t_flush);
         // Step 3: only now look at the frames.
         #[cfg(not(hvcore_broken_reclaim_order))]
-        self.inspect(tables, mapper, frames, &in_flight, &mut b);
+        self.inspect(tables, mapper, frames, &in_flight, &flushed, &mut b);
         self.times.store_ns += self.now_ns().saturating_sub(t_store);
         self.in_flight = in_flight;
         b
     }
 
-    /// Step 3 of a batch: reads each in-flight frame (or drops it when D
-    /// was clear and a clean copy exists), stores it and frees the frame.
+    /// Step 3 of a batch, after `flushed`: reads each in-flight frame (or
+    /// drops it when D was clear and a clean copy exists), stores it and
+    /// frees the frame.
     fn inspect<F, M, A, G>(
         &mut self,
         tables: &Tables<F, M>,
         mapper: &mut Mapper<A>,
         frames: &mut G,
         in_flight: &[(u64, HostPhysAddr, u64)],
+        flushed: &BatchFlushed,
         b: &mut BatchStats,
     ) where
         F: EntryFormat,
@@ -751,7 +802,7 @@ impl Reclaimer {
                 self.stats.clean_drops += 1;
                 self.store.kind(gfn).ok_or(StoreError::Missing(gfn))
             } else {
-                frames.read_frame(frame, &mut self.page);
+                frames.read_frame(&flushed.frame(frame), &mut self.page);
                 self.store.put_as(gfn, &self.page, self.store_raw)
             };
             let kind = match kind {

@@ -23,8 +23,10 @@
 //!    instant are returned to the writer (a dirty bit is never lost on
 //!    unmap); after the swap the CPU cannot set them any more (it faults on a
 //!    non-present entry instead of writing A/D into it).
-//! 3. Entries that stay present change with compare-exchange loops that keep
-//!    A/D bits (protect, split).
+//! 3. Entries that stay present change only through the one compare-exchange
+//!    helper, [`crate::entry::update_entry`] (protect, split, collapse,
+//!    setting A), which keeps the A/D bits the CPU sets meanwhile and
+//!    checks these rules with debug assertions.
 //! 4. When software introduces an accessed bit the CPU did not set (collapse
 //!    ORs the children's A into the new huge leaf), it sets A on the
 //!    ancestors *afterwards*, so a later aging pass cannot skip the subtree
@@ -38,11 +40,13 @@
 //! 6. Generation tags ([`EntryFormat::GEN_MASK`]) belong to the
 //!    aging pass ([`crate::generations`]): new entries start with tag 0
 //!    (old); a split gives the new table entry and its children the huge
-//!    leaf's tag; a collapse gives the huge leaf the table entry's tag;
-//!    compare-exchange loops retry when only [`EntryFormat::MOVING`] bits
-//!    changed.
+//!    leaf's tag; a collapse gives the huge leaf the table entry's tag
+//!    (the helper asserts a split or collapse keeps it); its exchange is
+//!    retried when only [`EntryFormat::MOVING`] bits changed
+//!    ([`crate::entry::Retry::WhileSame`]).
 
 use crate::addr::{GuestPhysAddr, HostPhysAddr};
+use crate::entry::{Change, Retry, Update, update_entry};
 use crate::epoch::EpochDomain;
 use crate::pte::{EntryFormat, Perms};
 use crate::sync::{AtomicU64, Ordering};
@@ -293,15 +297,12 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
                 ancestors[usize::from(e.level) - 1] = Some(slot);
                 continue;
             }
-            let mut old = e.old;
-            loop {
-                if !F::is_present(old) || !F::is_leaf(old, e.level) {
-                    return false;
-                }
-                match slot.compare_exchange(old, old | bits, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => break,
-                    Err(now) => old = now,
-                }
+            let level = e.level;
+            let update = update_entry::<F>(slot, e.old, Change::Moving, Retry::Always, |cur| {
+                (F::is_present(cur) && F::is_leaf(cur, level)).then_some(cur | bits)
+            });
+            if let Update::Declined(_) = update {
+                return false;
             }
             for a in ancestors.iter().flatten() {
                 set_accessed_if_table::<F>(a);
@@ -316,15 +317,15 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
 /// entry a writer removed or replaced by a leaf meanwhile is left alone, so
 /// a non-present entry is never given bits.
 fn set_accessed_if_table<F: EntryFormat>(slot: &AtomicU64) {
-    let mut old = slot.load(Ordering::Acquire);
     // Any level from 2 up reads a table entry the same way (present, not
     // large).
-    while F::is_table(old, 2) && old & F::ACCESSED == 0 {
-        match slot.compare_exchange(old, old | F::ACCESSED, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return,
-            Err(now) => old = now,
-        }
-    }
+    update_entry::<F>(
+        slot,
+        slot.load(Ordering::Acquire),
+        Change::Moving,
+        Retry::Always,
+        |cur| F::is_table(cur, 2).then_some(cur | F::ACCESSED),
+    );
 }
 
 /// The writer of one guest's tree. See the module docs for its rules.
@@ -456,6 +457,10 @@ impl<A: TableAlloc> Mapper<A> {
                 }
                 continue;
             }
+            // Rules 1 and 2: a store only ever fills a non-present entry
+            // (nobody else makes one present: the CPU faults on it and the
+            // helper never writes one).
+            debug_assert!(!F::is_present(walk.slot().load(Ordering::Relaxed)));
             if fits {
                 let leaf = F::make_leaf(HostPhysAddr::new(frame), e.level, perms);
                 walk.slot().store(leaf, Ordering::Release);
@@ -569,36 +574,40 @@ impl<A: TableAlloc> Mapper<A> {
         let Some(children) = tables.mem.table(page) else {
             return Err(MapError::OutOfMemory);
         };
-        let mut old = slot.load(Ordering::Acquire);
-        loop {
-            if !F::is_present(old) || !F::is_leaf(old, level) || level == 1 {
-                self.alloc.free_table(page); // never linked
-                return Ok(());
-            }
-            let child_size = F::level_size(level - 1);
-            let base = F::addr(old).as_u64() & !(F::level_size(level) - 1);
-            // The children inherit A, D and the generation tag; the new
-            // table entry carries the same tag, so the children's tags
-            // decode against it exactly as the leaf's did against its
-            // parent (see `crate::generations`).
-            let flags = old & (F::ACCESSED | F::DIRTY | F::GEN_MASK);
-            for (i, c) in children.iter().enumerate() {
-                let frame = HostPhysAddr::new(base + i as u64 * child_size);
-                c.store(
-                    F::make_leaf(frame, level - 1, F::perms(old)) | flags,
-                    Ordering::Relaxed,
-                );
-            }
-            match slot.compare_exchange(
-                old,
-                F::make_table(page) | (old & F::GEN_MASK),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(now) => old = now,
-            }
+        // The children are written for the value the exchange will be
+        // tried against, again on every retry (the CPU or a pass changed A,
+        // D or the tag meanwhile): rule 1, the release of the exchange
+        // publishes them.
+        let update = update_entry::<F>(
+            slot,
+            slot.load(Ordering::Acquire),
+            Change::Replace,
+            Retry::Always,
+            |old| {
+                if !F::is_present(old) || !F::is_leaf(old, level) || level == 1 {
+                    return None;
+                }
+                let child_size = F::level_size(level - 1);
+                let base = F::addr(old).as_u64() & !(F::level_size(level) - 1);
+                // The children inherit A, D and the generation tag; the new
+                // table entry carries the same tag, so the children's tags
+                // decode against it exactly as the leaf's did against its
+                // parent (see `crate::generations`).
+                let flags = old & (F::ACCESSED | F::DIRTY | F::GEN_MASK);
+                for (i, c) in children.iter().enumerate() {
+                    let frame = HostPhysAddr::new(base + i as u64 * child_size);
+                    c.store(
+                        F::make_leaf(frame, level - 1, F::perms(old)) | flags,
+                        Ordering::Relaxed,
+                    );
+                }
+                Some(F::make_table(page) | (old & F::GEN_MASK))
+            },
+        );
+        if let Update::Declined(_) = update {
+            self.alloc.free_table(page); // never linked
         }
+        Ok(())
     }
 
     /// Splits the huge leaf of `level` that maps `gpa` into a table of
@@ -688,17 +697,16 @@ impl<A: TableAlloc> Mapper<A> {
             // generation tag, the youngest of its children's (the
             // invariant of `crate::generations`): as young as its youngest
             // page, never colder than any.
-            let mut old = e.old;
-            while let Err(now) = walk.slot().compare_exchange(
-                old,
-                leaf | flags | (old & F::GEN_MASK),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                if (now ^ old) & !F::MOVING != 0 {
-                    return Err(MapError::NotCollapsible(gpa));
-                }
-                old = now;
+            let snapshot = e.old;
+            let update = update_entry::<F>(
+                walk.slot(),
+                snapshot,
+                Change::Replace,
+                Retry::WhileSame,
+                |cur| Some(leaf | flags | (cur & F::GEN_MASK)),
+            );
+            if let Update::Declined(_) = update {
+                return Err(MapError::NotCollapsible(gpa));
             }
             let slot = walk.slot();
             drop(walk);
@@ -708,7 +716,13 @@ impl<A: TableAlloc> Mapper<A> {
                 late |= c.swap(0, Ordering::AcqRel) & (F::ACCESSED | F::DIRTY);
             }
             if late != 0 {
-                slot.fetch_or(late, Ordering::AcqRel);
+                update_entry::<F>(
+                    slot,
+                    slot.load(Ordering::Acquire),
+                    Change::Moving,
+                    Retry::Always,
+                    |cur| F::is_present(cur).then_some(cur | late),
+                );
             }
             if (flags | late) & F::ACCESSED != 0 {
                 for a in ancestors.iter().flatten() {
@@ -750,23 +764,19 @@ impl<A: TableAlloc> Mapper<A> {
                 done.flush_needed = true;
                 continue;
             }
-            let mut old = e.old;
-            loop {
-                if !F::is_present(old) || !F::is_leaf(old, e.level) {
-                    break;
+            let level = e.level;
+            let update =
+                update_entry::<F>(walk.slot(), e.old, Change::Perms, Retry::Always, |cur| {
+                    (F::is_present(cur) && F::is_leaf(cur, level))
+                        .then(|| F::with_perms(cur, perms))
+                });
+            match update {
+                Update::Wrote { .. } => {
+                    done.pages += F::level_size(level) / 4096;
+                    done.flush_needed = true;
                 }
-                let new = F::with_perms(old, perms);
-                match walk
-                    .slot()
-                    .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => {
-                        done.pages += F::level_size(e.level) / 4096;
-                        done.flush_needed |= new != old;
-                        break;
-                    }
-                    Err(now) => old = now,
-                }
+                Update::Unchanged(_) => done.pages += F::level_size(level) / 4096,
+                Update::Declined(_) => {}
             }
         }
         Ok(done)
@@ -784,6 +794,11 @@ impl<A: TableAlloc> Mapper<A> {
             let Some(entries) = tables.mem.table(page) else {
                 continue;
             };
+            // Rule 5: emptied with swap(0) before it is retired.
+            debug_assert!(
+                entries.iter().all(|e| e.load(Ordering::Relaxed) == 0),
+                "a retired table page still holds entries"
+            );
             entries[0].store(0, Ordering::Release);
             entries[1].store(r << 12, Ordering::Release);
             match self.retired_tail {

@@ -64,15 +64,9 @@ pub struct WalkEntry {
 /// is mispredicted at most once per chunk on its way in and once on the way
 /// out of the handler's loop over the set bits, instead of once per line
 /// (8 entries) or per entry: at 10 % of entries young and randomly placed,
-/// the "any bit in this line?" branch is a coin toss. Measured with a
-/// standalone loop (2 MiB of entries evicted from the caches, a
-/// compare-exchange per young entry, best of 41; 2-core AMD EPYC VM), ns
-/// per entry at 1 / 10 / 50 / 100 % young: per-line OR then mask (the
-/// previous scan) 0.41 / 1.11 / 2.00 / 2.32; 8-entry chunks 0.38 / 0.94 /
-/// 1.43 / 2.32; 32-entry chunks 0.37 / 0.53 / 1.23 / 2.32; 64-entry chunks
-/// 0.47 / 0.60 / 1.47 / 2.52 (too often non-empty at 1 %). A plain
-/// `lock and` per young entry (KVM) in the same loop: 0.38 / 0.91 / 3.12 /
-/// 2.37.
+/// the "any bit in this line?" branch is a coin toss. 8-, 32- and 64-entry
+/// chunks were measured against each other (`docs/aging.md`, "Leaf scan:
+/// chunk size"); 64 is too often non-empty at 1 % young.
 pub const CHUNK: usize = 32;
 
 /// Up to [`CHUNK`] consecutive leaf entries, as [`LeafRun::for_each_chunk`]
@@ -327,6 +321,15 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
 
     /// The current entry, if the walk has not ended.
     pub fn current(&self) -> Option<WalkEntry> {
+        debug_assert!(
+            self.done
+                || (self.min_level..=F::LEVELS).contains(&self.level)
+                    && self.gpa.is_multiple_of(F::level_size(self.level))
+                    && self.gpa < self.end
+                    && self.gpa + F::level_size(self.level) > self.start
+                    && self.index == F::index(self.gpa, self.level),
+            "the walk stands on an entry outside its range or level"
+        );
         (self.started && !self.done).then_some(WalkEntry {
             gpa: self.gpa,
             level: self.level,
@@ -609,6 +612,7 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
             let lines = ((F::ENTRIES - self.index) / line)
                 .min(((self.end - self.gpa) / line_bytes) as usize);
             if lines > 0 {
+                debug_assert!(self.gpa >= self.start && self.index + lines * line <= F::ENTRIES);
                 let table = self.tables[0].unwrap_or(&[]);
                 let slots = &table[self.index..self.index + lines * line];
                 let gpa = self.gpa;

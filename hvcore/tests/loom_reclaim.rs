@@ -27,7 +27,7 @@ use hvcore::age::age_pass;
 use hvcore::flush::{CountingFlush, FlushPolicy, TlbFlush};
 use hvcore::generations::Generations;
 use hvcore::pte::{EntryFormat, Perms, TinyFormat as T};
-use hvcore::reclaim::{FaultIn, GuestFrames, ReclaimConfig, Reclaimer};
+use hvcore::reclaim::{FaultIn, FlushedFrame, GuestFrames, ReclaimConfig, Reclaimer};
 use hvcore::store::PAGE_BYTES;
 use hvcore::sync::{AtomicBool, AtomicU64, Ordering};
 use hvcore::table::{Mapper, PageSize, TableAlloc, TableMemory, Tables};
@@ -97,9 +97,9 @@ impl GuestFrames for Frames {
         self.shared.frames[i].store(0xdead, Ordering::SeqCst);
         self.free.push(i);
     }
-    fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]) {
+    fn read_frame(&mut self, frame: &FlushedFrame, out: &mut [u8; PAGE_BYTES]) {
         out.fill(0);
-        let v = self.shared.frames[frame_index(frame)].load(Ordering::SeqCst);
+        let v = self.shared.frames[frame_index(frame.frame())].load(Ordering::SeqCst);
         out[..8].copy_from_slice(&v.to_le_bytes());
     }
     fn write_frame(&mut self, frame: HostPhysAddr, data: &[u8; PAGE_BYTES]) {

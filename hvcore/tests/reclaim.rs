@@ -17,7 +17,9 @@ use hvcore::flush::{FlushPolicy, TlbFlush};
 use hvcore::generations::{ColdAfter, Generations};
 use hvcore::npt::Npt;
 use hvcore::pte::{EntryFormat, Perms};
-use hvcore::reclaim::{FaultIn, GuestFrames, PageState, ReclaimConfig, ReclaimTarget, Reclaimer};
+use hvcore::reclaim::{
+    FaultIn, FlushedFrame, GuestFrames, PageState, ReclaimConfig, ReclaimTarget, Reclaimer,
+};
 use hvcore::store::PAGE_BYTES;
 use hvcore::sync::Ordering;
 use hvcore::table::{Mapper, PageSize, TableMemory, Tables};
@@ -101,8 +103,8 @@ impl GuestFrames for FramesRef<'_> {
         );
         f.freed += 1;
     }
-    fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]) {
-        out.copy_from_slice(self.0.borrow_mut().frame(frame.as_u64()));
+    fn read_frame(&mut self, frame: &FlushedFrame, out: &mut [u8; PAGE_BYTES]) {
+        out.copy_from_slice(self.0.borrow_mut().frame(frame.frame().as_u64()));
     }
     fn write_frame(&mut self, frame: HostPhysAddr, data: &[u8; PAGE_BYTES]) {
         self.0

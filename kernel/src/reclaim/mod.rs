@@ -48,7 +48,8 @@ use hvcore::frame::FrameSize;
 use hvcore::generations::Generations;
 use hvcore::pte::EntryFormat;
 use hvcore::reclaim::{
-    FaultError, FaultIn, GuestFrames, ReclaimConfig, ReclaimTarget, Reclaimer, Watermarks,
+    FaultError, FaultIn, FlushedFrame, GuestFrames, ReclaimConfig, ReclaimTarget, Reclaimer,
+    Watermarks,
 };
 use hvcore::store::PAGE_BYTES;
 use hvcore::table::{Mapper, Tables};
@@ -246,13 +247,18 @@ impl GuestFrames for KernelFrames<'_> {
         }
     }
 
-    fn read_frame(&mut self, frame: HostPhysAddr, out: &mut [u8; PAGE_BYTES]) {
-        // SAFETY: `frame` is a 4 KiB guest frame the reclaimer took out of
-        // the tables and flushed from every TLB (hvcore::reclaim's order):
-        // it is RAM in the physical-memory mapping, nobody writes it now,
-        // and the copy stays within the page.
+    fn read_frame(&mut self, frame: &FlushedFrame, out: &mut [u8; PAGE_BYTES]) {
+        // SAFETY: a `FlushedFrame` is a 4 KiB guest frame the reclaimer took
+        // out of the tables, made only after the flush of every TLB of the
+        // guest completed (hvcore::reclaim's order): it is RAM in the
+        // physical-memory mapping, nobody writes it now, and the copy stays
+        // within the page.
         unsafe {
-            core::ptr::copy_nonoverlapping(phys::to_virt(frame), out.as_mut_ptr(), PAGE_BYTES);
+            core::ptr::copy_nonoverlapping(
+                phys::to_virt(frame.frame()),
+                out.as_mut_ptr(),
+                PAGE_BYTES,
+            );
         }
     }
 

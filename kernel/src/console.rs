@@ -89,6 +89,25 @@ pub fn _print(args: fmt::Arguments<'_>) {
     });
 }
 
+/// Writes `bytes` as they are, without newline translation: a guest's
+/// console output (a Linux VM's COM1), which carries its own `\r\n`.
+pub fn write_raw(bytes: &[u8]) {
+    without_interrupts(|| match &mut *CONSOLE.lock() {
+        Sink::Raw => bytes.iter().copied().for_each(hw::com1_write_byte),
+        Sink::Uart(uart) => uart.send_bytes_exact(bytes),
+    });
+}
+
+/// Bytes typed on the console since the last call, at most `buf.len()`
+/// (none when the UART failed its presence check: raw mode cannot tell a
+/// missing receiver from an idle one).
+pub fn read_input(buf: &mut [u8]) -> usize {
+    without_interrupts(|| match &mut *CONSOLE.lock() {
+        Sink::Raw => 0,
+        Sink::Uart(uart) => uart.receive_bytes(buf),
+    })
+}
+
 /// A lock-free console writer for panic and exception reports.
 #[derive(Debug)]
 pub struct EmergencyWriter;

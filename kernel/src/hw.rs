@@ -102,6 +102,21 @@ pub fn mask_legacy_pic() {
     }
 }
 
+/// Reads register `index` (0-0x7F) of the host's CMOS clock/NVRAM. NMIs
+/// stay enabled (bit 7 of the index clear).
+pub fn cmos_read(index: u8) -> u8 {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        // SAFETY: the CMOS index and data ports of every PC; selecting a
+        // register and reading it changes nothing but the index latch,
+        // which only this function uses (with interrupts off, so no other
+        // code on this CPU interleaves).
+        unsafe {
+            outb(0x70, index & 0x7f);
+            inb(0x71)
+        }
+    })
+}
+
 /// Sends one byte on COM1 without a lock, waiting a bounded time for the
 /// transmitter. Used where the console lock may be held (panic, exceptions)
 /// and as the fallback when the UART did not pass `uart_16550`'s presence check.

@@ -196,6 +196,18 @@ pub enum StopReason {
     },
     /// The host asked the VM to stop.
     Killed,
+    /// The guest asked for a system reset (i8042 command 0xFE: Linux's
+    /// `reboot -f`, or its reboot after a panic with `panic=-1`).
+    ResetRequested {
+        /// RIP of the OUT.
+        rip: u64,
+    },
+    /// HLT with interrupts disabled on a PC: nothing can wake it (Linux's
+    /// `poweroff -f` with no ACPI ends so, "reboot: System halted").
+    PoweredOff {
+        /// RIP after the HLT.
+        rip: u64,
+    },
 }
 
 impl fmt::Display for StopReason {
@@ -230,6 +242,14 @@ impl fmt::Display for StopReason {
             Self::OutOfMemory { gpa } => write!(f, "no host frame for guest RAM at GPA {gpa:#x}"),
             Self::Unhandled { exit, rip } => write!(f, "unhandled exit {exit:?} at RIP {rip:#x}"),
             Self::Killed => write!(f, "stopped by the host"),
+            Self::ResetRequested { rip } => write!(
+                f,
+                "guest asked for a reset through the i8042 (reboot) at RIP {rip:#x}"
+            ),
+            Self::PoweredOff { rip } => write!(
+                f,
+                "guest halted with interrupts off (power off without ACPI) at RIP {rip:#x}"
+            ),
         }
     }
 }
@@ -285,6 +305,49 @@ const REPORT_LINES_MAX: u64 = 32;
 
 static NEXT_VM_ID: AtomicU32 = AtomicU32::new(1);
 
+/// The VM whose serial port the console's input goes to (0: none): the
+/// first Linux VM made.
+static CONSOLE_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// `cmdline` with `tsc_early_khz=KHZ` appended, unless it sets it or the
+/// frequency is unknown (0). Linux takes the TSC frequency from CPUID only
+/// on Intel CPUs (`native_calibrate_tsc`); elsewhere it calibrates against
+/// the PIT, which under an emulator or a loaded host fails or errs ("tsc:
+/// Unable to calibrate against PIT", TSC marked unstable, jiffies as the
+/// clocksource). The hypervisor knows the frequency, and the guest's TSC
+/// is the host's, so the guest clock then follows the host's.
+fn with_tsc_khz(cmdline: &[u8], khz: u64) -> Vec<u8> {
+    let mut out = cmdline.to_vec();
+    let given = cmdline
+        .split(|&b| b == b' ')
+        .any(|w| w.starts_with(b"tsc_early_khz="));
+    if !given && khz != 0 {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(alloc::format!("tsc_early_khz={khz}").as_bytes());
+    }
+    out
+}
+
+/// Why a Linux VM was not made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinuxVmError {
+    /// The image, initrd, command line or RAM size (`hvcore::linux_boot`).
+    Boot(hvcore::linux_boot::LinuxBootError),
+    /// The hypervisor could not set it up.
+    Setup(&'static str),
+}
+
+impl fmt::Display for LinuxVmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Boot(e) => write!(f, "{e}"),
+            Self::Setup(why) => f.write_str(why),
+        }
+    }
+}
+
 /// A virtual machine.
 pub struct Vm<E: Extension> {
     /// Unique id (also passed to the guest in RDX).
@@ -295,8 +358,12 @@ pub struct Vm<E: Extension> {
     pub memory: GuestMemory<E::Format>,
     /// Counters.
     pub stats: VmStats,
-    /// The devices, by port.
-    ports: devices::Ports,
+    /// The devices, on one bus.
+    devices: spin::Mutex<devices::Devices>,
+    /// Linux's entry state, for a Linux VM (its vCPU starts in long mode).
+    linux: Option<hvcore::linux_boot::LinuxEntryState>,
+    /// Unknown MSRs already reported (one line each).
+    unknown_msrs: spin::Mutex<alloc::collections::BTreeSet<u32>>,
     stop_requested: AtomicBool,
     tlb_generation: AtomicU64,
     hook: Option<Hook<E>>,
@@ -344,6 +411,8 @@ struct VcpuSlot {
     /// its own: one shared value would let the first vCPU to see a request
     /// hide it from the others).
     seen_generation: AtomicU64,
+    /// Its emulated MSRs (`hvcore::guest_msr`).
+    msrs: spin::Mutex<hvcore::guest_msr::MsrState>,
 }
 
 /// Periodic work a vCPU runs after each exit, with no lock held: the
@@ -387,20 +456,71 @@ impl<E: Extension> Vm<E> {
         if config.ram_bytes < layout::MIN_RAM_BYTES || !config.ram_bytes.is_multiple_of(4096) {
             return Err("guest RAM must be a multiple of 4 KiB and at least 5 MiB");
         }
-        let ports =
-            devices::attach(&config).map_err(|_| "the VM's devices claim one port twice")?;
+        let devices = devices::Devices::for_layout(config.name)
+            .map_err(|_| "the VM's devices claim one port twice")?;
         let memory = GuestMemory::new(config.ram_bytes, config.huge_pages)
             .map_err(|_| "no memory for the guest's tables")?;
         for (gpa, value) in layout::boot_table_words() {
             memory.write(gpa, &value.to_le_bytes())?;
         }
         memory.write(GuestPhysAddr::new(layout::IMAGE_GPA), config.image)?;
-        Ok(Arc::new(Self {
+        Ok(Self::assemble(config, vcpus, hook, memory, devices, None))
+    }
+
+    /// Builds a Linux VM of one vCPU on a PC (`devices::Devices::for_pc`)
+    /// from `boot` (`hvcore::linux_boot`): checks the image, initrd and
+    /// command line, places them, copies them into guest RAM; the vCPU
+    /// starts at the kernel's 64-bit entry. A bad input is an error naming
+    /// it, before any guest memory is made.
+    pub fn new_linux(
+        name: &'static str,
+        boot: &hvcore::linux_boot::LinuxBootConfig<'_>,
+        huge_pages: bool,
+        hook: Option<Hook<E>>,
+    ) -> Result<Arc<Self>, LinuxVmError> {
+        let cmdline = with_tsc_khz(boot.cmdline, crate::time::tsc_hz() / 1000);
+        let boot = &hvcore::linux_boot::LinuxBootConfig {
+            cmdline: &cmdline,
+            ..*boot
+        };
+        let plan = hvcore::linux_boot::LinuxBoot::plan(boot).map_err(LinuxVmError::Boot)?;
+        let devices = devices::Devices::for_pc(devices::host_unix_seconds(), now_ns())
+            .map_err(|_| LinuxVmError::Setup("the PC's devices claim one port twice"))?;
+        let memory = GuestMemory::new(boot.ram_bytes, huge_pages)
+            .map_err(|_| LinuxVmError::Setup("no memory for the guest's tables"))?;
+        for w in plan.writes() {
+            memory.write(w.gpa, w.bytes).map_err(LinuxVmError::Setup)?;
+        }
+        let config = VmConfig {
+            name,
+            image: &[],
+            ram_bytes: boot.ram_bytes,
+            huge_pages,
+            boot_arg: 0,
+        };
+        let vm = Self::assemble(config, 1, hook, memory, devices, Some(*plan.entry()));
+        CONSOLE_OWNER
+            .compare_exchange(0, vm.id, Ordering::AcqRel, Ordering::Acquire)
+            .ok();
+        Ok(vm)
+    }
+
+    fn assemble(
+        config: VmConfig,
+        vcpus: u32,
+        hook: Option<Hook<E>>,
+        memory: GuestMemory<E::Format>,
+        devices: devices::Devices,
+        linux: Option<hvcore::linux_boot::LinuxEntryState>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
             config,
             memory,
             stats: VmStats::default(),
-            ports,
+            devices: spin::Mutex::new(devices),
+            linux,
+            unknown_msrs: spin::Mutex::new(alloc::collections::BTreeSet::new()),
             stop_requested: AtomicBool::new(false),
             tlb_generation: AtomicU64::new(0),
             hook,
@@ -412,7 +532,7 @@ impl<E: Extension> Vm<E> {
             idle_vcpus: AtomicU32::new(0),
             first_stop: spin::Mutex::new(None),
             threads: spin::Mutex::new(Vec::new()),
-        }))
+        })
     }
 
     /// The name lines about this VM carry.
@@ -438,7 +558,10 @@ impl<E: Extension> Vm<E> {
         VcpuSetup {
             table_root: self.memory.tables().root(),
             vm_id: self.id,
-            start: VcpuStart::Layout,
+            start: match self.linux {
+                Some(entry) => VcpuStart::Linux64(entry),
+                None => VcpuStart::Layout,
+            },
         }
     }
 
@@ -548,6 +671,16 @@ impl<E: Extension> Vm<E> {
 
     /// Prints one line about the guest's misbehaviour on vCPU `index`
     /// (rate-limited); the vCPU is named when the VM has several.
+    /// A line about this VM, always printed.
+    fn log(&self, args: fmt::Arguments<'_>) {
+        crate::println!("vm {}: {args}", self.name());
+    }
+
+    /// Whether this VM's serial port takes the console's input.
+    fn owns_console(&self) -> bool {
+        CONSOLE_OWNER.load(Ordering::Acquire) == self.id
+    }
+
     fn report_from(&self, index: u32, args: fmt::Arguments<'_>) {
         let n = self.stats.reports.fetch_add(1, Ordering::Relaxed);
         if n < REPORT_LINES_MAX {

@@ -1,0 +1,126 @@
+//! Scenario `linux`: Debian's unmodified kernel, with the project's
+//! initramfs, boots on the SVM backend from the bundle in the loader's
+//! ramdisk (`hvcore::linux_boot::bundle`; xtask's test step
+//! `linux-assets` writes it with `thermocline_test=thermocline`). The test
+//! init (xtask/src/linux/init.sh) reports the kernel release, memory and
+//! interrupts, runs the workload, marks uptime twice 20 s apart through the
+//! mark port, and ends the VM with the workload's status through the exit
+//! device; the host test (tests/tests/qemu/linux.rs) reads the console.
+//! Bad inputs (a truncated or garbage bzImage, an initrd that does not
+//! fit, a command line too long) are refused by `Vm::new_linux` with a
+//! message before any VM starts.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::vec;
+use bootloader_api::{BootInfo, entry_point};
+use hvcore::linux_boot::{LinuxBoot, LinuxBootConfig, bundle};
+use kernel::launch::{self, LINUX_RAM_BYTES};
+use kernel::svm::Svm;
+use kernel::testing::{Scenario, TestCase, run_scenario};
+use kernel::vm::{self, StopReason, Vm};
+
+entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info);
+    run_scenario(&SCENARIO)
+}
+
+static SCENARIO: Scenario = Scenario {
+    name: "linux",
+    cases: &[
+        TestCase {
+            name: "bad_linux_inputs_are_refused",
+            run: bad_inputs,
+        },
+        TestCase {
+            name: "linux_boots_and_exits_through_the_exit_device",
+            run: boots,
+        },
+    ],
+};
+
+fn the_bundle() -> bundle::Bundle<'static> {
+    let ramdisk =
+        kernel::ramdisk().expect("the image carries no Linux bundle (test step linux-assets)");
+    bundle::parse(ramdisk).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn refused(what: &str, boot: &LinuxBootConfig<'_>, needle: &str) {
+    match Vm::<Svm>::new_linux("bad", boot, true, None) {
+        Ok(_) => panic!("{what}: the VM was made"),
+        Err(e) => {
+            let msg = format!("{e}");
+            kernel::println!("linux: {what}: refused: {msg}");
+            assert!(
+                msg.contains(needle),
+                "{what}: `{msg}` should say `{needle}`"
+            );
+        }
+    }
+}
+
+fn bad_inputs() {
+    let b = the_bundle();
+    let good = LinuxBootConfig {
+        kernel_image: b.kernel,
+        initrd: b.initrd,
+        cmdline: b.cmdline,
+        ram_bytes: LINUX_RAM_BYTES,
+    };
+    refused(
+        "truncated bzImage",
+        &LinuxBootConfig {
+            kernel_image: &b.kernel[..b.kernel.len() / 2],
+            ..good
+        },
+        "truncated",
+    );
+    let garbage = vec![0x5au8; 64 * 1024];
+    refused(
+        "garbage kernel",
+        &LinuxBootConfig {
+            kernel_image: &garbage,
+            ..good
+        },
+        "bzImage",
+    );
+    // RAM that holds the kernel's init_size but only half the initrd.
+    let layout = *LinuxBoot::plan(&good).expect("the bundle boots").layout();
+    let kernel_end = layout.kernel.as_u64() + layout.kernel_extent_bytes;
+    let small_ram = (kernel_end + b.initrd.len() as u64 / 2).next_multiple_of(4096);
+    refused(
+        "initrd larger than RAM allows",
+        &LinuxBootConfig {
+            ram_bytes: small_ram,
+            ..good
+        },
+        "initrd does not fit",
+    );
+    let long = vec![b'x'; 1 << 20];
+    refused(
+        "command line too long",
+        &LinuxBootConfig {
+            cmdline: &long,
+            ..good
+        },
+        "command line too long",
+    );
+}
+
+fn boots() {
+    let vm = launch::new_linux_vm::<Svm>("linux", LINUX_RAM_BYTES).expect("Linux VM");
+    let start_ns = vm::now_ns();
+    let reason = vm::run_on_this_cpu(&vm);
+    let ms = (vm::now_ns() - start_ns) / 1_000_000;
+    kernel::println!(
+        "linux: VM stopped after {ms} ms: {reason}; {} exits, {} halts",
+        vm.stats.exits.load(core::sync::atomic::Ordering::Relaxed),
+        vm.stats.halts.load(core::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(reason, StopReason::Exited(0), "the test init's status");
+}

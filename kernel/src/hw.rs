@@ -21,6 +21,8 @@ use core::arch::asm;
 pub const EXIT_PORT: u16 = 0xF4;
 /// COM1 base port.
 pub const COM1: u16 = 0x3F8;
+/// The second serial port (the log while a guest owns COM1).
+pub const COM2: u16 = 0x2F8;
 
 /// How the kernel leaves the emulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

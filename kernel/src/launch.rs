@@ -127,7 +127,25 @@ fn run_linux<E: Extension>() {
         E::NAME,
         LINUX_RAM_BYTES >> 20
     );
+    // The shell owns COM1 from here: the log and the aging report go to
+    // COM2 (`cargo xtask run` writes it beside the run), if there is one.
+    if crate::console::divert_to_com2() {
+        crate::console::write_raw(
+            b"thermocline: the log and the aging report continue on COM2 (target/run/com2.log; `cargo xtask report target/run/com2.log`)\r\n",
+        );
+    }
+    let vm2 = vm.clone();
     crate::aging::run_selected(vm, cpu);
+    // The stop line where the user looks, too.
+    if let Some(reason) = vm2.stop_reason() {
+        crate::console::write_raw(
+            alloc::format!(
+                "\r\nthermocline: vm {}: {reason}: VM stopped\r\n",
+                vm2.name()
+            )
+            .as_bytes(),
+        );
+    }
 }
 
 /// A Linux VM of `ram_bytes` from the ramdisk's bundle, or `None` after a

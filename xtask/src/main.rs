@@ -62,8 +62,13 @@ RUN OPTIONS:
                       in QEMU syntax, e.g. 512M, 2G (default 256M)
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
-    --guest NAME      Guest to run: pattern (default: runs until you quit,
-                      aged live), hello, checksum, evil, smp (4 vCPUs)
+    --guest NAME      Guest to run: linux (Debian's kernel with a busybox
+                      shell as the console; Thermocline's log goes to
+                      target/run/com2.log), pattern (default: runs until you
+                      quit, aged live), hello, checksum, evil, smp (4 vCPUs)
+    --kernel PATH --initrd PATH --cmdline \"...\"
+                      With --guest linux: your own bzImage, initrd and
+                      kernel command line
     --age-interval-ms N
                       Time between aging passes (default 1000); the report
                       (docs/report-format.md) is printed live
@@ -495,6 +500,21 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     machine.mem = o.mem.clone();
     machine.gdb = o.gdb;
     machine.extra = o.qemu_args.clone();
+    if guest == LINUX_GUEST {
+        // COM2: the hypervisor's log and aging report while the Linux VM
+        // owns COM1 (kernel/src/console.rs, `divert_to_com2`).
+        let dir = target_dir().join("run");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let com2 = dir.join("com2.log");
+        machine
+            .extra
+            .splice(0..0, ["-serial".into(), format!("file:{}", com2.display())]);
+        println!(
+            "xtask: the Linux VM's console is this terminal; Thermocline's log and aging report go to {} (`cargo xtask report {}`)",
+            com2.display(),
+            com2.display()
+        );
+    }
     let accel = match choice.accel {
         Accel::Kvm => "KVM, -cpu host",
         Accel::Tcg => "TCG, -cpu max",

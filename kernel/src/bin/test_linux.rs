@@ -18,10 +18,12 @@ use alloc::format;
 use alloc::vec;
 use bootloader_api::{BootInfo, entry_point};
 use hvcore::linux_boot::{LinuxBoot, LinuxBootConfig, bundle};
+use hvcore::reclaim::ReclaimTarget;
 use kernel::launch::{self, LINUX_RAM_BYTES};
 use kernel::svm::Svm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, StopReason, Vm};
+use kernel::{aging, sched, smp};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -40,6 +42,14 @@ static SCENARIO: Scenario = Scenario {
         TestCase {
             name: "linux_boots_and_exits_through_the_exit_device",
             run: boots,
+        },
+        TestCase {
+            name: "linux_workload_intact_under_adaptive_reclaim",
+            run: under_adaptive_reclaim,
+        },
+        TestCase {
+            name: "linux_shell_answers_the_console",
+            run: interactive_shell,
         },
     ],
 };
@@ -123,4 +133,75 @@ fn boots() {
         vm.stats.halts.load(core::sync::atomic::Ordering::Relaxed)
     );
     assert_eq!(reason, StopReason::Exited(0), "the test init's status");
+}
+
+/// The command line of the reclaim case: the bundle's, with the test init
+/// told to run only the workload (bigger, more passes) and exit.
+const RECLAIM_CMDLINE: &[u8] = b"console=ttyS0 acpi=off nolapic noapic panic=-1 \
+thermocline_test=workload thermocline_workload=--size-mib,32,--passes,2";
+
+/// Aging every 100 ms with the adaptive reclaimer over the Linux VM (as
+/// `cargo xtask run --guest linux --reclaim-target adaptive
+/// --age-interval-ms 100` does): the workload verifies its 32 MiB intact,
+/// pages were reclaimed and the refaults counted.
+fn under_adaptive_reclaim() {
+    let b = the_bundle();
+    let boot = LinuxBootConfig {
+        kernel_image: b.kernel,
+        initrd: b.initrd,
+        cmdline: RECLAIM_CMDLINE,
+        ram_bytes: LINUX_RAM_BYTES,
+    };
+    let vm =
+        Vm::<Svm>::new_linux("linux-aged", &boot, true, None).unwrap_or_else(|e| panic!("{e}"));
+    let m = aging::Managed::new(&vm, Some(ReclaimTarget::Adaptive));
+    let config = aging::AgingConfig {
+        interval_ms: 100,
+        detail_every: 0,
+        pass_lines: false,
+        ..aging::AgingConfig::default()
+    };
+    let cpu = smp::cpu_count() - 1;
+    let vcpu = vm::spawn_on(cpu, vm.clone());
+    let managed = m.clone();
+    let ager = sched::spawn_on(0, "aging", move || aging::run(alloc::vec![managed], config));
+    vcpu.join();
+    aging::stop();
+    ager.join();
+    let stats = m.mm.lock().rec.stats();
+    kernel::println!(
+        "linux: under adaptive reclaim: {:?}; reclaimed {} pages in all, {} refaults",
+        vm.stop_reason(),
+        stats.reclaimed_total,
+        stats.refaults
+    );
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::Exited(0)),
+        "the workload's status"
+    );
+    assert!(
+        stats.reclaimed_total > 0,
+        "the adaptive reclaimer took pages"
+    );
+}
+
+/// The interactive path: the init's shell on the console (no
+/// `thermocline_test`); the host test types a command when the shell is
+/// up and `exit` after the reply, which powers the VM off.
+fn interactive_shell() {
+    let b = the_bundle();
+    let boot = LinuxBootConfig {
+        kernel_image: b.kernel,
+        initrd: b.initrd,
+        cmdline: b"console=ttyS0 acpi=off nolapic noapic panic=-1",
+        ram_bytes: LINUX_RAM_BYTES,
+    };
+    let vm =
+        Vm::<Svm>::new_linux("linux-shell", &boot, true, None).unwrap_or_else(|e| panic!("{e}"));
+    let reason = vm::run_on_this_cpu(&vm);
+    assert!(
+        matches!(reason, StopReason::PoweredOff { .. }),
+        "leaving the shell powers off: {reason}"
+    );
 }

@@ -100,7 +100,7 @@
 //! (`sched`, `smp`, `time`, `mem`); above, `crate::reclaim` and
 //! `crate::aging`, which reach a VM's memory through the handles of
 //! [`memory`] (`PageReclaimer`, `set_memory_wait`) and its exits through
-//! [`Vm::set_exit_work`]; `hvcore::{exit, insn, hypercall, uart, port_bus,
+//! [`Vm::set_exit_work`]; `hvcore::{exit, insn, hypercall, uart, devices, guest_msr,
 //! guest_cpu, guest_walk, guest_layout}` (the pure logic).
 
 pub mod devices;
@@ -306,7 +306,7 @@ const REPORT_LINES_MAX: u64 = 32;
 static NEXT_VM_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The VM whose serial port the console's input goes to (0: none): the
-/// first Linux VM made.
+/// Linux VM made last.
 static CONSOLE_OWNER: AtomicU32 = AtomicU32::new(0);
 
 /// `cmdline` with `tsc_early_khz=KHZ` appended, unless it sets it or the
@@ -316,18 +316,22 @@ static CONSOLE_OWNER: AtomicU32 = AtomicU32::new(0);
 /// Unable to calibrate against PIT", TSC marked unstable, jiffies as the
 /// clocksource). The hypervisor knows the frequency, and the guest's TSC
 /// is the host's, so the guest clock then follows the host's.
-fn with_tsc_khz(cmdline: &[u8], khz: u64) -> Vec<u8> {
-    let mut out = cmdline.to_vec();
+fn with_tsc_khz(cmdline: &[u8], khz: u64) -> alloc::borrow::Cow<'_, [u8]> {
+    /// Longer command lines are left alone: no kernel takes them
+    /// (`cmdline_size` is 2047 on x86), and the plan refuses them by name.
+    const APPEND_MAX_BYTES: usize = 4096;
     let given = cmdline
         .split(|&b| b == b' ')
         .any(|w| w.starts_with(b"tsc_early_khz="));
-    if !given && khz != 0 {
-        if !out.is_empty() {
-            out.push(b' ');
-        }
-        out.extend_from_slice(alloc::format!("tsc_early_khz={khz}").as_bytes());
+    if given || khz == 0 || cmdline.len() > APPEND_MAX_BYTES {
+        return alloc::borrow::Cow::Borrowed(cmdline);
     }
-    out
+    let mut out = cmdline.to_vec();
+    if !out.is_empty() {
+        out.push(b' ');
+    }
+    out.extend_from_slice(alloc::format!("tsc_early_khz={khz}").as_bytes());
+    alloc::borrow::Cow::Owned(out)
 }
 
 /// Why a Linux VM was not made.
@@ -499,9 +503,7 @@ impl<E: Extension> Vm<E> {
             boot_arg: 0,
         };
         let vm = Self::assemble(config, 1, hook, memory, devices, Some(*plan.entry()));
-        CONSOLE_OWNER
-            .compare_exchange(0, vm.id, Ordering::AcqRel, Ordering::Acquire)
-            .ok();
+        CONSOLE_OWNER.store(vm.id, Ordering::Release);
         Ok(vm)
     }
 

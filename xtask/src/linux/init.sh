@@ -10,6 +10,9 @@
 #                            marks 20 s apart that the hypervisor timestamps
 #                            (mark port 0xF5), then the workload's status
 #                            through the exit device (port 0xF4)
+#   thermocline_test=workload
+#                            only the workload, its status through the exit
+#                            device
 #   thermocline_workload=A,B,...
 #                            arguments of the workload in the smoke test
 #                            (commas become spaces; default:
@@ -54,6 +57,16 @@ thermocline)
     sleep 20
     echo "thermocline-init: uptime mark 2 $(cut -d' ' -f1 /proc/uptime)"
     outb 0xf5 2
+    echo "thermocline-init: exit status $status"
+    outb 0xf4 "$status"
+    poweroff -f
+    ;;
+workload)
+    args=$(param thermocline_workload | tr ',' ' ')
+    [ -n "$args" ] || args="--size-mib 64 --passes 20"
+    echo "thermocline-init: workload $args"
+    /bin/workload $args
+    status=$?
     echo "thermocline-init: exit status $status"
     outb 0xf4 "$status"
     poweroff -f

@@ -127,10 +127,17 @@ fn boots() {
     let start_ns = vm::now_ns();
     let reason = vm::run_on_this_cpu(&vm);
     let ms = (vm::now_ns() - start_ns) / 1_000_000;
+    let n = |c: &core::sync::atomic::AtomicU64| c.load(core::sync::atomic::Ordering::Relaxed);
     kernel::println!(
-        "linux: VM stopped after {ms} ms: {reason}; {} exits, {} halts",
-        vm.stats.exits.load(core::sync::atomic::Ordering::Relaxed),
-        vm.stats.halts.load(core::sync::atomic::Ordering::Relaxed)
+        "linux: VM stopped after {ms} ms: {reason}; {} exits, {} halts, {} interrupts injected, {} interrupt-window exits",
+        n(&vm.stats.exits),
+        n(&vm.stats.halts),
+        n(&vm.stats.interrupts_injected),
+        n(&vm.stats.window_exits)
+    );
+    assert!(
+        n(&vm.stats.interrupts_injected) > 0,
+        "the timer reached the guest"
     );
     assert_eq!(reason, StopReason::Exited(0), "the test init's status");
 }

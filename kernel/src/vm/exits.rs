@@ -127,6 +127,7 @@ pub(super) fn handle_exit<E: Extension>(
         // The window is open: the interrupt step before the next entry
         // injects (and asks again if it still cannot).
         VmExit::InterruptWindow => {
+            vm.stats.window_exits.fetch_add(1, Ordering::Relaxed);
             vcpu.set_interrupt_window(false);
             Next::Resume
         }

@@ -298,6 +298,10 @@ pub struct VmStats {
     pub halts: AtomicU64,
     /// Elements moved by emulated string I/O.
     pub string_io_elements: AtomicU64,
+    /// External interrupts injected (a PC's PIC vectors).
+    pub interrupts_injected: AtomicU64,
+    /// Interrupt-window exits (the guest could not take one at once).
+    pub window_exits: AtomicU64,
 }
 
 /// Lines about one VM's misbehaviour printed before they are only counted.

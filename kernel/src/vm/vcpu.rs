@@ -216,6 +216,7 @@ fn interrupt_step<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, polled_ns: &mut 
         Injection::InjectNow => {
             if let Some(vector) = devices.acknowledge() {
                 vcpu.inject_interrupt(vector);
+                vm.stats.interrupts_injected.fetch_add(1, Ordering::Relaxed);
             }
             vcpu.set_interrupt_window(false);
         }

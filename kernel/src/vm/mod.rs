@@ -20,10 +20,17 @@
 //!
 //! # What a guest gets (docs/guests.md)
 //! RAM `[0, ram_bytes)` faulted in on first touch, the boot state of
-//! `hvcore::guest_layout`, the devices of [`devices`] on its port bus (a
-//! 16550 UART at COM1 whose lines are printed as `[vm NAME] ...`; IN/OUT
-//! and INS/OUTS through `hvcore::string_io`), the hypercalls of
+//! `hvcore::guest_layout`, the devices of [`devices`] on its bus (a 16550
+//! UART at COM1 whose lines are printed as `[vm NAME] ...`; IN/OUT and
+//! INS/OUTS through `hvcore::string_io`), the hypercalls of
 //! docs/hypercalls.md, and nothing else.
+//!
+//! A Linux VM ([`Vm::new_linux`], one vCPU) instead starts at the kernel's
+//! 64-bit entry (`hvcore::linux_boot`) on a PC ([`devices::Devices::for_pc`]):
+//! before each entry the vCPU loop polls the PC's timers and the console's
+//! input and injects the PIC's interrupts (`vcpu.rs`, `interrupt_step`);
+//! HLT sleeps until the next timer deadline; CPUID and MSRs follow
+//! `hvcore::guest_cpu` and `hvcore::guest_msr`.
 //!
 //! # Several vCPUs
 //! A VM made by [`Vm::new_smp`] may have up to `vcpus` vCPUs. The boot
@@ -82,8 +89,11 @@
 //! | guest does | hypervisor does |
 //! |---|---|
 //! | touches GPA outside RAM | reports it, VM stopped |
-//! | port nobody emulates | IN reads all ones, OUT dropped, reported, continues |
-//! | unknown MSR, EFER.SVME | #GP injected, reported, continues |
+//! | port nobody emulates | IN reads all ones, OUT dropped, reported once per port, continues |
+//! | unknown MSR, refused MSR write, EFER.SVME | #GP injected, reported once per MSR, continues |
+//! | i8042 reset (Linux's reboot) | reported, VM stopped |
+//! | HLT with interrupts off on a PC (Linux's poweroff) | reported, VM stopped |
+//! | byte to the exit device (0xF4) | VM stopped with that status |
 //! | VMX/SVM instruction | #UD injected, reported, continues |
 //! | XSETBV, CR4.OSXSAVE (extended state is not offered) | #GP injected, reported, continues |
 //! | triple fault | reported, VM stopped |
@@ -677,6 +687,12 @@ impl<E: Extension> Vm<E> {
 
     /// Prints one line about the guest's misbehaviour on vCPU `index`
     /// (rate-limited); the vCPU is named when the VM has several.
+    /// Port (and MMIO) accesses no device claimed, counted by the bus
+    /// (each address is reported only on its first access).
+    pub fn unclaimed_accesses(&self) -> hvcore::devices::bus::UnclaimedCounts {
+        self.devices.lock().bus.unclaimed_counts()
+    }
+
     /// A line about this VM, always printed.
     fn log(&self, args: fmt::Arguments<'_>) {
         crate::println!("vm {}: {args}", self.name());

@@ -193,9 +193,10 @@ impl Devices {
         {
             s.push_input(input);
         }
-        let levels = self.levels.clone();
-        let pic = self.pic(ids)?;
-        levels.sync_into(pic);
+        let Some(Device::Pic(pic)) = self.bus.device_mut(ids.pic) else {
+            return None;
+        };
+        self.levels.sync_into(pic);
         pic.pending_vector()
     }
 

@@ -358,6 +358,32 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
+/// `cmdline` with `tsc_early_khz=KHZ` appended, unless it sets it already,
+/// the frequency is unknown (0), or the line is longer than any kernel takes
+/// (then the plan refuses it by name, and copying it would only cost
+/// memory). Linux takes the TSC frequency from CPUID only on Intel CPUs
+/// (`native_calibrate_tsc`); elsewhere it calibrates against the PIT, which
+/// under an emulator or a loaded host fails or errs ("tsc: Unable to
+/// calibrate against PIT", the TSC marked unstable, jiffies as the
+/// clocksource). The hypervisor knows the frequency and the guest's TSC is
+/// the host's, so with it the guest's clock follows the host's.
+pub fn with_tsc_early_khz(cmdline: &[u8], khz: u64) -> alloc::borrow::Cow<'_, [u8]> {
+    /// Longer lines are left alone (x86's `cmdline_size` is 2047).
+    const APPEND_MAX_BYTES: usize = 4096;
+    let given = cmdline
+        .split(|&b| b == b' ')
+        .any(|w| w.starts_with(b"tsc_early_khz="));
+    if given || khz == 0 || cmdline.len() > APPEND_MAX_BYTES {
+        return alloc::borrow::Cow::Borrowed(cmdline);
+    }
+    let mut out = cmdline.to_vec();
+    if !out.is_empty() {
+        out.push(b' ');
+    }
+    out.extend_from_slice(alloc::format!("tsc_early_khz={khz}").as_bytes());
+    alloc::borrow::Cow::Owned(out)
+}
+
 /// One write into guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestWrite<'a> {

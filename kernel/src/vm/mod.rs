@@ -323,31 +323,6 @@ static NEXT_VM_ID: AtomicU32 = AtomicU32::new(1);
 /// Linux VM made last.
 static CONSOLE_OWNER: AtomicU32 = AtomicU32::new(0);
 
-/// `cmdline` with `tsc_early_khz=KHZ` appended, unless it sets it or the
-/// frequency is unknown (0). Linux takes the TSC frequency from CPUID only
-/// on Intel CPUs (`native_calibrate_tsc`); elsewhere it calibrates against
-/// the PIT, which under an emulator or a loaded host fails or errs ("tsc:
-/// Unable to calibrate against PIT", TSC marked unstable, jiffies as the
-/// clocksource). The hypervisor knows the frequency, and the guest's TSC
-/// is the host's, so the guest clock then follows the host's.
-fn with_tsc_khz(cmdline: &[u8], khz: u64) -> alloc::borrow::Cow<'_, [u8]> {
-    /// Longer command lines are left alone: no kernel takes them
-    /// (`cmdline_size` is 2047 on x86), and the plan refuses them by name.
-    const APPEND_MAX_BYTES: usize = 4096;
-    let given = cmdline
-        .split(|&b| b == b' ')
-        .any(|w| w.starts_with(b"tsc_early_khz="));
-    if given || khz == 0 || cmdline.len() > APPEND_MAX_BYTES {
-        return alloc::borrow::Cow::Borrowed(cmdline);
-    }
-    let mut out = cmdline.to_vec();
-    if !out.is_empty() {
-        out.push(b' ');
-    }
-    out.extend_from_slice(alloc::format!("tsc_early_khz={khz}").as_bytes());
-    alloc::borrow::Cow::Owned(out)
-}
-
 /// Why a Linux VM was not made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinuxVmError {
@@ -496,7 +471,8 @@ impl<E: Extension> Vm<E> {
         huge_pages: bool,
         hook: Option<Hook<E>>,
     ) -> Result<Arc<Self>, LinuxVmError> {
-        let cmdline = with_tsc_khz(boot.cmdline, crate::time::tsc_hz() / 1000);
+        let cmdline =
+            hvcore::linux_boot::with_tsc_early_khz(boot.cmdline, crate::time::tsc_hz() / 1000);
         let boot = &hvcore::linux_boot::LinuxBootConfig {
             cmdline: &cmdline,
             ..*boot

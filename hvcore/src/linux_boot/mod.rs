@@ -358,29 +358,44 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-/// `cmdline` with `tsc_early_khz=KHZ` appended, unless it sets it already,
-/// the frequency is unknown (0), or the line is longer than any kernel takes
-/// (then the plan refuses it by name, and copying it would only cost
-/// memory). Linux takes the TSC frequency from CPUID only on Intel CPUs
+/// `cmdline` with `tsc_early_khz=KHZ tsc=reliable` appended (each unless
+/// the line sets it already), or unchanged when the frequency is unknown
+/// (0) or the line is longer than any kernel takes (then the plan refuses
+/// it by name, and copying it would only cost memory).
+///
+/// Why: Linux takes the TSC frequency from CPUID only on Intel CPUs
 /// (`native_calibrate_tsc`); elsewhere it calibrates against the PIT, which
 /// under an emulator or a loaded host fails or errs ("tsc: Unable to
 /// calibrate against PIT", the TSC marked unstable, jiffies as the
-/// clocksource). The hypervisor knows the frequency and the guest's TSC is
-/// the host's, so with it the guest's clock follows the host's.
+/// clocksource). And with no HPET or ACPI PM timer its clocksource
+/// watchdog checks the TSC against jiffies, which count PIT interrupts: a
+/// vCPU that was not scheduled for a while gets one late tick for several
+/// periods, jiffies fall behind, and the watchdog declares the TSC
+/// unstable and moves the clock to jiffies (likely what gave 20.0 s of
+/// guest uptime over 58.3 s of the hypervisor's clock once on a loaded
+/// host, before this was added). The
+/// guest's TSC is the host's, with the frequency the hypervisor measured:
+/// it is the reliable clock here, and `tsc=reliable` says so.
 pub fn with_tsc_early_khz(cmdline: &[u8], khz: u64) -> alloc::borrow::Cow<'_, [u8]> {
     /// Longer lines are left alone (x86's `cmdline_size` is 2047).
     const APPEND_MAX_BYTES: usize = 4096;
-    let given = cmdline
-        .split(|&b| b == b' ')
-        .any(|w| w.starts_with(b"tsc_early_khz="));
-    if given || khz == 0 || cmdline.len() > APPEND_MAX_BYTES {
+    let sets = |key: &[u8]| cmdline.split(|&b| b == b' ').any(|w| w.starts_with(key));
+    if khz == 0 || cmdline.len() > APPEND_MAX_BYTES {
         return alloc::borrow::Cow::Borrowed(cmdline);
     }
     let mut out = cmdline.to_vec();
-    if !out.is_empty() {
-        out.push(b' ');
+    let mut append = |word: &[u8]| {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word);
+    };
+    if !sets(b"tsc_early_khz=") {
+        append(alloc::format!("tsc_early_khz={khz}").as_bytes());
     }
-    out.extend_from_slice(alloc::format!("tsc_early_khz={khz}").as_bytes());
+    if !sets(b"tsc=") {
+        append(b"tsc=reliable");
+    }
     alloc::borrow::Cow::Owned(out)
 }
 

@@ -91,6 +91,11 @@ fn test_linux() {
     let guest_s = value(&run, "uptime mark 2 ") - value(&run, "uptime mark 1 ");
     let host_s = value(&run, "vm linux: mark 2 at ") - value(&run, "vm linux: mark 1 at ");
     let drift = (guest_s - host_s).abs() / host_s;
+    println!(
+        "test_linux: guest {guest_s:.3} s between the marks, hypervisor {host_s:.3} s ({:.2} %); run {:.1} s",
+        drift * 100.0,
+        run.elapsed.as_secs_f64()
+    );
     assert!(
         (19.0..30.0).contains(&host_s) && drift < 0.02,
         "guest {guest_s:.3} s against the hypervisor's {host_s:.3} s ({:.2} %): {run}",

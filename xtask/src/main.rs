@@ -38,8 +38,9 @@ COMMANDS:
     run       Build the hypervisor and boot it in QEMU; the serial console is
               this terminal (quit QEMU with Ctrl-A X)
     test      Run the whole test suite: rustfmt, the kernel's layers,
-              clippy (host and kernel), host tests, loom models, the Bochs
-              VMX bed, in-QEMU scenarios
+              clippy (host and kernel), host tests, loom models, the Linux
+              guest's assets, the Bochs VMX bed, in-QEMU scenarios (Linux
+              under Thermocline among them)
     bench     Run the benchmarks and print one table of their figures
               (docs/benchmarks.md): host (cargo bench -p hvcore), and with
               --guest the bench kernel in QEMU

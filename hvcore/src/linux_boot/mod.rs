@@ -43,6 +43,7 @@
 //! [`APIC_HOLE_START`] to 4 GiB, when the VM has that much, is reported
 //! reserved: it is where the I/O APIC and local APIC registers live on a PC.
 
+pub mod bundle;
 pub mod header;
 #[cfg(test)]
 mod tests;
@@ -356,6 +357,47 @@ const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+
+/// `cmdline` with `tsc_early_khz=KHZ tsc=reliable` appended (each unless
+/// the line sets it already), or unchanged when the frequency is unknown
+/// (0) or the line is longer than any kernel takes (then the plan refuses
+/// it by name, and copying it would only cost memory).
+///
+/// Why: Linux takes the TSC frequency from CPUID only on Intel CPUs
+/// (`native_calibrate_tsc`); elsewhere it calibrates against the PIT, which
+/// under an emulator or a loaded host fails or errs ("tsc: Unable to
+/// calibrate against PIT", the TSC marked unstable, jiffies as the
+/// clocksource). And with no HPET or ACPI PM timer its clocksource
+/// watchdog checks the TSC against jiffies, which count PIT interrupts: a
+/// vCPU that was not scheduled for a while gets one late tick for several
+/// periods, jiffies fall behind, and the watchdog declares the TSC
+/// unstable and moves the clock to jiffies (likely what gave 20.0 s of
+/// guest uptime over 58.3 s of the hypervisor's clock once on a loaded
+/// host, before this was added). The
+/// guest's TSC is the host's, with the frequency the hypervisor measured:
+/// it is the reliable clock here, and `tsc=reliable` says so.
+pub fn with_tsc_early_khz(cmdline: &[u8], khz: u64) -> alloc::borrow::Cow<'_, [u8]> {
+    /// Longer lines are left alone (x86's `cmdline_size` is 2047).
+    const APPEND_MAX_BYTES: usize = 4096;
+    let sets = |key: &[u8]| cmdline.split(|&b| b == b' ').any(|w| w.starts_with(key));
+    if khz == 0 || cmdline.len() > APPEND_MAX_BYTES {
+        return alloc::borrow::Cow::Borrowed(cmdline);
+    }
+    let mut out = cmdline.to_vec();
+    let mut append = |word: &[u8]| {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word);
+    };
+    if !sets(b"tsc_early_khz=") {
+        append(alloc::format!("tsc_early_khz={khz}").as_bytes());
+    }
+    if !sets(b"tsc=") {
+        append(b"tsc=reliable");
+    }
+    alloc::borrow::Cow::Owned(out)
+}
 
 /// One write into guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

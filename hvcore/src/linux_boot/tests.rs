@@ -635,3 +635,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_tsc_frequency_is_appended_once() {
+    assert_eq!(
+        &*with_tsc_early_khz(b"console=ttyS0", 2_899_795),
+        b"console=ttyS0 tsc_early_khz=2899795 tsc=reliable"
+    );
+    assert_eq!(
+        &*with_tsc_early_khz(b"", 1000),
+        b"tsc_early_khz=1000 tsc=reliable"
+    );
+    // The user's own values win; an unknown frequency adds nothing.
+    assert_eq!(
+        &*with_tsc_early_khz(b"quiet tsc_early_khz=5 x", 1000),
+        b"quiet tsc_early_khz=5 x tsc=reliable"
+    );
+    assert_eq!(
+        &*with_tsc_early_khz(b"tsc=unstable", 1000),
+        b"tsc=unstable tsc_early_khz=1000"
+    );
+    assert_eq!(&*with_tsc_early_khz(b"quiet", 0), b"quiet");
+    // A line no kernel takes is left for the plan to refuse.
+    let long = vec![b'x'; 5000];
+    assert_eq!(with_tsc_early_khz(&long, 1000).len(), 5000);
+}

@@ -20,10 +20,17 @@
 //!
 //! # What a guest gets (docs/guests.md)
 //! RAM `[0, ram_bytes)` faulted in on first touch, the boot state of
-//! `hvcore::guest_layout`, the devices of [`devices`] on its port bus (a
-//! 16550 UART at COM1 whose lines are printed as `[vm NAME] ...`; IN/OUT
-//! and INS/OUTS through `hvcore::string_io`), the hypercalls of
+//! `hvcore::guest_layout`, the devices of [`devices`] on its bus (a 16550
+//! UART at COM1 whose lines are printed as `[vm NAME] ...`; IN/OUT and
+//! INS/OUTS through `hvcore::string_io`), the hypercalls of
 //! docs/hypercalls.md, and nothing else.
+//!
+//! A Linux VM ([`Vm::new_linux`], one vCPU) instead starts at the kernel's
+//! 64-bit entry (`hvcore::linux_boot`) on a PC ([`devices::Devices::for_pc`]):
+//! before each entry the vCPU loop polls the PC's timers and the console's
+//! input and injects the PIC's interrupts (`vcpu.rs`, `interrupt_step`);
+//! HLT sleeps until the next timer deadline; CPUID and MSRs follow
+//! `hvcore::guest_cpu` and `hvcore::guest_msr`.
 //!
 //! # Several vCPUs
 //! A VM made by [`Vm::new_smp`] may have up to `vcpus` vCPUs. The boot
@@ -82,8 +89,11 @@
 //! | guest does | hypervisor does |
 //! |---|---|
 //! | touches GPA outside RAM | reports it, VM stopped |
-//! | port nobody emulates | IN reads all ones, OUT dropped, reported, continues |
-//! | unknown MSR, EFER.SVME | #GP injected, reported, continues |
+//! | port nobody emulates | IN reads all ones, OUT dropped, reported once per port, continues |
+//! | unknown MSR, refused MSR write, EFER.SVME | #GP injected, reported once per MSR, continues |
+//! | i8042 reset (Linux's reboot) | reported, VM stopped |
+//! | HLT with interrupts off on a PC (Linux's poweroff) | reported, VM stopped |
+//! | byte to the exit device (0xF4) | VM stopped with that status |
 //! | VMX/SVM instruction | #UD injected, reported, continues |
 //! | XSETBV, CR4.OSXSAVE (extended state is not offered) | #GP injected, reported, continues |
 //! | triple fault | reported, VM stopped |
@@ -100,7 +110,7 @@
 //! (`sched`, `smp`, `time`, `mem`); above, `crate::reclaim` and
 //! `crate::aging`, which reach a VM's memory through the handles of
 //! [`memory`] (`PageReclaimer`, `set_memory_wait`) and its exits through
-//! [`Vm::set_exit_work`]; `hvcore::{exit, insn, hypercall, uart, port_bus,
+//! [`Vm::set_exit_work`]; `hvcore::{exit, insn, hypercall, uart, devices, guest_msr,
 //! guest_cpu, guest_walk, guest_layout}` (the pure logic).
 
 pub mod devices;
@@ -112,7 +122,7 @@ mod ports;
 pub mod timing;
 mod vcpu;
 
-pub use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
+pub use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VcpuStart, VirtCpu};
 pub use vcpu::{finish, run_on_this_cpu, run_vcpu, spawn_on};
 
 use alloc::boxed::Box;
@@ -196,6 +206,18 @@ pub enum StopReason {
     },
     /// The host asked the VM to stop.
     Killed,
+    /// The guest asked for a system reset (i8042 command 0xFE: Linux's
+    /// `reboot -f`, or its reboot after a panic with `panic=-1`).
+    ResetRequested {
+        /// RIP of the OUT.
+        rip: u64,
+    },
+    /// HLT with interrupts disabled on a PC: nothing can wake it (Linux's
+    /// `poweroff -f` with no ACPI ends so, "reboot: System halted").
+    PoweredOff {
+        /// RIP after the HLT.
+        rip: u64,
+    },
 }
 
 impl fmt::Display for StopReason {
@@ -230,6 +252,14 @@ impl fmt::Display for StopReason {
             Self::OutOfMemory { gpa } => write!(f, "no host frame for guest RAM at GPA {gpa:#x}"),
             Self::Unhandled { exit, rip } => write!(f, "unhandled exit {exit:?} at RIP {rip:#x}"),
             Self::Killed => write!(f, "stopped by the host"),
+            Self::ResetRequested { rip } => write!(
+                f,
+                "guest asked for a reset through the i8042 (reboot) at RIP {rip:#x}"
+            ),
+            Self::PoweredOff { rip } => write!(
+                f,
+                "guest halted with interrupts off (power off without ACPI) at RIP {rip:#x}"
+            ),
         }
     }
 }
@@ -278,12 +308,38 @@ pub struct VmStats {
     pub halts: AtomicU64,
     /// Elements moved by emulated string I/O.
     pub string_io_elements: AtomicU64,
+    /// External interrupts injected (a PC's PIC vectors).
+    pub interrupts_injected: AtomicU64,
+    /// Interrupt-window exits (the guest could not take one at once).
+    pub window_exits: AtomicU64,
 }
 
 /// Lines about one VM's misbehaviour printed before they are only counted.
 const REPORT_LINES_MAX: u64 = 32;
 
 static NEXT_VM_ID: AtomicU32 = AtomicU32::new(1);
+
+/// The VM whose serial port the console's input goes to (0: none): the
+/// Linux VM made last.
+static CONSOLE_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Why a Linux VM was not made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinuxVmError {
+    /// The image, initrd, command line or RAM size (`hvcore::linux_boot`).
+    Boot(hvcore::linux_boot::LinuxBootError),
+    /// The hypervisor could not set it up.
+    Setup(&'static str),
+}
+
+impl fmt::Display for LinuxVmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Boot(e) => write!(f, "{e}"),
+            Self::Setup(why) => f.write_str(why),
+        }
+    }
+}
 
 /// A virtual machine.
 pub struct Vm<E: Extension> {
@@ -295,8 +351,12 @@ pub struct Vm<E: Extension> {
     pub memory: GuestMemory<E::Format>,
     /// Counters.
     pub stats: VmStats,
-    /// The devices, by port.
-    ports: devices::Ports,
+    /// The devices, on one bus.
+    devices: spin::Mutex<devices::Devices>,
+    /// Linux's entry state, for a Linux VM (its vCPU starts in long mode).
+    linux: Option<hvcore::linux_boot::LinuxEntryState>,
+    /// Unknown MSRs already reported (one line each).
+    unknown_msrs: spin::Mutex<alloc::collections::BTreeSet<u32>>,
     stop_requested: AtomicBool,
     tlb_generation: AtomicU64,
     hook: Option<Hook<E>>,
@@ -344,6 +404,8 @@ struct VcpuSlot {
     /// its own: one shared value would let the first vCPU to see a request
     /// hide it from the others).
     seen_generation: AtomicU64,
+    /// Its emulated MSRs (`hvcore::guest_msr`).
+    msrs: spin::Mutex<hvcore::guest_msr::MsrState>,
 }
 
 /// Periodic work a vCPU runs after each exit, with no lock held: the
@@ -387,20 +449,70 @@ impl<E: Extension> Vm<E> {
         if config.ram_bytes < layout::MIN_RAM_BYTES || !config.ram_bytes.is_multiple_of(4096) {
             return Err("guest RAM must be a multiple of 4 KiB and at least 5 MiB");
         }
-        let ports =
-            devices::attach(&config).map_err(|_| "the VM's devices claim one port twice")?;
+        let devices = devices::Devices::for_layout(config.name)
+            .map_err(|_| "the VM's devices claim one port twice")?;
         let memory = GuestMemory::new(config.ram_bytes, config.huge_pages)
             .map_err(|_| "no memory for the guest's tables")?;
         for (gpa, value) in layout::boot_table_words() {
             memory.write(gpa, &value.to_le_bytes())?;
         }
         memory.write(GuestPhysAddr::new(layout::IMAGE_GPA), config.image)?;
-        Ok(Arc::new(Self {
+        Ok(Self::assemble(config, vcpus, hook, memory, devices, None))
+    }
+
+    /// Builds a Linux VM of one vCPU on a PC (`devices::Devices::for_pc`)
+    /// from `boot` (`hvcore::linux_boot`): checks the image, initrd and
+    /// command line, places them, copies them into guest RAM; the vCPU
+    /// starts at the kernel's 64-bit entry. A bad input is an error naming
+    /// it, before any guest memory is made.
+    pub fn new_linux(
+        name: &'static str,
+        boot: &hvcore::linux_boot::LinuxBootConfig<'_>,
+        huge_pages: bool,
+        hook: Option<Hook<E>>,
+    ) -> Result<Arc<Self>, LinuxVmError> {
+        let cmdline =
+            hvcore::linux_boot::with_tsc_early_khz(boot.cmdline, crate::time::tsc_hz() / 1000);
+        let boot = &hvcore::linux_boot::LinuxBootConfig {
+            cmdline: &cmdline,
+            ..*boot
+        };
+        let plan = hvcore::linux_boot::LinuxBoot::plan(boot).map_err(LinuxVmError::Boot)?;
+        let devices = devices::Devices::for_pc(devices::host_unix_seconds(), now_ns())
+            .map_err(|_| LinuxVmError::Setup("the PC's devices claim one port twice"))?;
+        let memory = GuestMemory::new(boot.ram_bytes, huge_pages)
+            .map_err(|_| LinuxVmError::Setup("no memory for the guest's tables"))?;
+        for w in plan.writes() {
+            memory.write(w.gpa, w.bytes).map_err(LinuxVmError::Setup)?;
+        }
+        let config = VmConfig {
+            name,
+            image: &[],
+            ram_bytes: boot.ram_bytes,
+            huge_pages,
+            boot_arg: 0,
+        };
+        let vm = Self::assemble(config, 1, hook, memory, devices, Some(*plan.entry()));
+        CONSOLE_OWNER.store(vm.id, Ordering::Release);
+        Ok(vm)
+    }
+
+    fn assemble(
+        config: VmConfig,
+        vcpus: u32,
+        hook: Option<Hook<E>>,
+        memory: GuestMemory<E::Format>,
+        devices: devices::Devices,
+        linux: Option<hvcore::linux_boot::LinuxEntryState>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
             config,
             memory,
             stats: VmStats::default(),
-            ports,
+            devices: spin::Mutex::new(devices),
+            linux,
+            unknown_msrs: spin::Mutex::new(alloc::collections::BTreeSet::new()),
             stop_requested: AtomicBool::new(false),
             tlb_generation: AtomicU64::new(0),
             hook,
@@ -412,7 +524,7 @@ impl<E: Extension> Vm<E> {
             idle_vcpus: AtomicU32::new(0),
             first_stop: spin::Mutex::new(None),
             threads: spin::Mutex::new(Vec::new()),
-        }))
+        })
     }
 
     /// The name lines about this VM carry.
@@ -438,6 +550,10 @@ impl<E: Extension> Vm<E> {
         VcpuSetup {
             table_root: self.memory.tables().root(),
             vm_id: self.id,
+            start: match self.linux {
+                Some(entry) => VcpuStart::Linux64(entry),
+                None => VcpuStart::Layout,
+            },
         }
     }
 
@@ -547,6 +663,22 @@ impl<E: Extension> Vm<E> {
 
     /// Prints one line about the guest's misbehaviour on vCPU `index`
     /// (rate-limited); the vCPU is named when the VM has several.
+    /// Port (and MMIO) accesses no device claimed, counted by the bus
+    /// (each address is reported only on its first access).
+    pub fn unclaimed_accesses(&self) -> hvcore::devices::bus::UnclaimedCounts {
+        self.devices.lock().bus.unclaimed_counts()
+    }
+
+    /// A line about this VM, always printed.
+    fn log(&self, args: fmt::Arguments<'_>) {
+        crate::println!("vm {}: {args}", self.name());
+    }
+
+    /// Whether this VM's serial port takes the console's input.
+    fn owns_console(&self) -> bool {
+        CONSOLE_OWNER.load(Ordering::Acquire) == self.id
+    }
+
     fn report_from(&self, index: u32, args: fmt::Arguments<'_>) {
         let n = self.stats.reports.fetch_add(1, Ordering::Relaxed);
         if n < REPORT_LINES_MAX {

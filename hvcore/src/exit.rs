@@ -184,6 +184,10 @@ pub enum VmExit {
     Shutdown,
     /// A physical interrupt arrived while the guest ran.
     ExternalInterrupt,
+    /// The guest can take an external interrupt now: the exit that
+    /// `VirtCpu::set_interrupt_window(true)` asked for (VMX interrupt-window
+    /// exiting, SVM's VINTR intercept).
+    InterruptWindow,
     /// An intercepted exception in the guest.
     Exception {
         /// Vector (0-31).

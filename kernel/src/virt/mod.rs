@@ -121,6 +121,20 @@ pub trait VirtCpu {
     fn next_rip(&self) -> Option<u64>;
     /// Delivers an exception to the guest at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// RFLAGS.IF, the STI/MOV-SS interrupt shadow and whether an event is
+    /// already queued for the next entry, with the PIC's `pending_vector`,
+    /// as `hvcore::devices::inject::decide` needs them.
+    fn interruptibility(
+        &self,
+        pending_vector: Option<u8>,
+    ) -> hvcore::devices::inject::Interruptibility;
+    /// Queues external interrupt `vector` for the next entry. A queued
+    /// injection the CPU could not complete (IDT-vectoring info / EXITINTINFO
+    /// valid at the exit) is re-queued by the vendor itself on the next entry.
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for (`true`) or cancels an exit as soon as the guest can take an
+    /// external interrupt ([`VmExit::InterruptWindow`]).
+    fn set_interrupt_window(&mut self, on: bool);
     /// Flushes the guest's TLB at the next entry (after an aging pass).
     fn flush_tlb_on_entry(&mut self);
     /// EFER as the guest sees it.
@@ -141,6 +155,18 @@ pub struct VcpuSetup {
     pub table_root: HostPhysAddr,
     /// The VM's id (VMX tags its translations with it as the VPID).
     pub vm_id: u32,
+    /// The state the vCPU starts in.
+    pub start: VcpuStart,
+}
+
+/// How a vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuStart {
+    /// The project's own guests: the boot control state of `hvcore::guest_layout`.
+    Layout,
+    /// Linux's 64-bit boot protocol: long mode with paging, the loader's GDT
+    /// and identity map (`hvcore::linux_boot::LinuxEntryState`).
+    Linux64(hvcore::linux_boot::LinuxEntryState),
 }
 
 /// One virtualization extension, chosen once at boot. A VM is typed by

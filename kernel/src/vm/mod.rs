@@ -112,7 +112,7 @@ mod ports;
 pub mod timing;
 mod vcpu;
 
-pub use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
+pub use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VcpuStart, VirtCpu};
 pub use vcpu::{finish, run_on_this_cpu, run_vcpu, spawn_on};
 
 use alloc::boxed::Box;
@@ -438,6 +438,7 @@ impl<E: Extension> Vm<E> {
         VcpuSetup {
             table_root: self.memory.tables().root(),
             vm_id: self.id,
+            start: VcpuStart::Layout,
         }
     }
 

@@ -22,6 +22,9 @@ pub mod code {
     pub const INTR: u64 = 0x60;
     /// Physical NMI.
     pub const NMI: u64 = 0x61;
+    /// A virtual interrupt (V_IRQ) became deliverable: the interrupt
+    /// window.
+    pub const VINTR: u64 = 0x64;
     /// CPUID.
     pub const CPUID: u64 = 0x72;
     /// HLT.
@@ -70,6 +73,8 @@ pub mod intercept {
         pub const INTR: u32 = 1 << 0;
         /// Physical NMIs.
         pub const NMI: u32 = 1 << 1;
+        /// Virtual interrupts (VINTR): the exit of the interrupt window.
+        pub const VINTR: u32 = 1 << 4;
         /// CPUID.
         pub const CPUID: u32 = 1 << 18;
         /// HLT.
@@ -253,6 +258,30 @@ pub const fn event_inject_exception(vector: u8, error_code: Option<u32>) -> u64 
     v
 }
 
+/// EVENTINJ for an external interrupt (type 0) with `vector`.
+pub const fn event_inject_interrupt(vector: u8) -> u64 {
+    vector as u64 | (1 << 31)
+}
+
+/// Bits of the VMCB's virtual-interrupt word (offset 0x60), APM
+/// "Virtual Interrupt Control".
+pub mod vintr {
+    /// V_IRQ: a virtual interrupt is pending. With the VINTR intercept the
+    /// guest exits as soon as it could take it, which is how this
+    /// hypervisor asks for the interrupt window; nothing is delivered
+    /// through it.
+    pub const V_IRQ: u64 = 1 << 8;
+    /// V_INTR_PRIO, bits 19:16, at 15 so no TPR can hold the request back.
+    pub const V_INTR_PRIO_MAX: u64 = 0xf << 16;
+    /// V_IGN_TPR: the request ignores the guest's TPR.
+    pub const V_IGN_TPR: u64 = 1 << 20;
+    /// V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual
+    /// interrupts; physical ones follow the host's IF.
+    pub const V_INTR_MASKING: u64 = 1 << 24;
+    /// The bits that ask for the window.
+    pub const WINDOW_REQUEST: u64 = V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR;
+}
+
 /// The guest-state fields VMRUN checks for consistency.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryState {
@@ -349,6 +378,7 @@ pub fn decode_exit(s: &ExitState) -> VmExit {
         code::VMMCALL => VmExit::Hypercall,
         code::SHUTDOWN => VmExit::Shutdown,
         code::INTR | code::NMI => VmExit::ExternalInterrupt,
+        code::VINTR => VmExit::InterruptWindow,
         code::MSR if s.info1 == 0 => VmExit::MsrRead { msr: s.rcx as u32 },
         code::MSR if s.info1 == 1 => VmExit::MsrWrite {
             msr: s.rcx as u32,
@@ -601,5 +631,7 @@ mod tests {
         assert_eq!(event_inject_exception(6, None), 0x8000_0306);
         assert_eq!(event_inject_exception(13, Some(0)), 0x8000_0b0d);
         assert_eq!(event_inject_exception(14, Some(2)) >> 32, 2);
+        assert_eq!(event_inject_interrupt(0x30), 0x8000_0030);
+        assert_eq!(exit(code::VINTR, 0, 0), VmExit::InterruptWindow);
     }
 }

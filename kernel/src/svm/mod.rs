@@ -25,10 +25,11 @@ pub mod vmcb;
 
 use crate::hw;
 use crate::mem::{self, phys};
-use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
+use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VcpuStart, VirtCpu};
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hvcore::addr::HostPhysAddr;
+use hvcore::devices::inject::Interruptibility;
 use hvcore::exit::VmExit;
 use hvcore::frame::FrameSize;
 use hvcore::guest_cpu::MSR_EFER;
@@ -332,8 +333,8 @@ const ATTR_CODE64: u16 = 0xa9b;
 const ATTR_DATA: u16 = 0xc93;
 const ATTR_TSS64_BUSY: u16 = 0x08b;
 const ATTR_LDT: u16 = 0x082;
-/// VINTR: V_INTR_MASKING.
-const V_INTR_MASKING: u64 = 1 << 24;
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
 /// Power-on PAT.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// Exceptions the hypervisor intercepts: #UD, to name VMX/SVM instructions
@@ -361,7 +362,11 @@ impl SvmVcpu {
     /// A vCPU in Thermocline's boot state (`hvcore::guest_layout`) running
     /// on nested page tables rooted at `npt_root`. The VMCB is checked
     /// before the first VMRUN only by the CPU; see [`Self::entry_state`].
-    pub fn new(npt_root: HostPhysAddr, boot_regs: GuestRegs) -> Result<Self, &'static str> {
+    pub fn new(
+        npt_root: HostPhysAddr,
+        start: VcpuStart,
+        boot_regs: GuestRegs,
+    ) -> Result<Self, &'static str> {
         let maps = permission_maps()?;
         let (asid, shared_asid) = alloc_asid()?;
         let mut v = Vmcb::new().ok_or("no frame for a VMCB")?;
@@ -398,7 +403,7 @@ impl SvmVcpu {
         v.set(vmcb::IOPM_BASE_PA, maps.iopm.as_u64());
         v.set(vmcb::MSRPM_BASE_PA, maps.msrpm.as_u64());
         v.set(vmcb::GUEST_ASID, asid);
-        v.set(vmcb::VINTR, V_INTR_MASKING);
+        v.set(vmcb::VINTR, svm::vintr::V_INTR_MASKING);
         v.set(vmcb::NP_ENABLE, 1);
         v.set(vmcb::N_CR3, hvcore::npt::ncr3(npt_root));
         v.set(vmcb::CLEAN, 0);
@@ -445,9 +450,20 @@ impl SvmVcpu {
         v.set(vmcb::DR6, 0xffff_0ff0);
         v.set(vmcb::DR7, 0x400);
         v.set(vmcb::G_PAT, DEFAULT_PAT);
+        let mut regs = boot_regs;
+        if let VcpuStart::Linux64(entry) = start {
+            linux64_start(&mut v, &entry);
+            regs = GuestRegs {
+                rip: entry.rip,
+                rsi: entry.rsi,
+                rsp: entry.rsp,
+                rflags: entry.rflags,
+                ..GuestRegs::default()
+            };
+        }
         Ok(Self {
             vmcb: v,
-            regs: boot_regs,
+            regs,
             fpu: Box::new(FpuState::reset()),
             nrip: HAS_NRIP.load(Ordering::Acquire) != 0,
             flush_on_entry: true,
@@ -477,6 +493,35 @@ impl SvmVcpu {
     pub fn vmcb_mut(&mut self) -> &mut Vmcb {
         &mut self.vmcb
     }
+}
+
+/// Linux's 64-bit boot protocol state (boot.rst, "64-bit Boot Protocol"):
+/// long mode with the loader's identity map, CS a 64-bit code descriptor
+/// and the data segments flat, both from the loader's GDT (the hidden parts
+/// are what loading those selectors from that GDT would give).
+fn linux64_start(v: &mut Vmcb, entry: &hvcore::linux_boot::LinuxEntryState) {
+    let flat = |selector, attrib| Segment {
+        selector,
+        attrib,
+        limit: 0xffff_ffff,
+        base: 0,
+    };
+    v.set(vmcb::CS, flat(entry.code_selector, ATTR_CODE64));
+    for seg in [vmcb::DS, vmcb::ES, vmcb::SS, vmcb::FS, vmcb::GS] {
+        v.set(seg, flat(entry.data_selector, ATTR_DATA));
+    }
+    v.set(
+        vmcb::GDTR,
+        Segment {
+            limit: u32::from(entry.gdt_limit),
+            base: entry.gdt_base,
+            ..Segment::default()
+        },
+    );
+    v.set(vmcb::EFER, entry.efer | EFER_SVME);
+    v.set(vmcb::CR0, entry.cr0);
+    v.set(vmcb::CR3, entry.cr3);
+    v.set(vmcb::CR4, entry.cr4);
 }
 
 impl Drop for SvmVcpu {
@@ -535,6 +580,9 @@ impl VirtCpu for SvmVcpu {
                 reason: svm::entry_state_problem(&self.entry_state()),
             });
         }
+        // An event this entry injected was either delivered or comes back
+        // in EXITINTINFO; either way the field must not inject it twice.
+        v.set(vmcb::EVENT_INJ, 0);
         let int_info = v.get(vmcb::EXIT_INT_INFO);
         if int_info & (1 << 31) != 0 {
             self.reinject = Some(int_info);
@@ -576,6 +624,40 @@ impl VirtCpu for SvmVcpu {
         );
     }
 
+    fn interruptibility(&self, pending_vector: Option<u8>) -> Interruptibility {
+        Interruptibility {
+            pending_vector,
+            interrupts_enabled: self.regs.rflags & RFLAGS_IF != 0,
+            shadow: self.vmcb.get(vmcb::INTERRUPT_SHADOW) & 1 != 0,
+            event_in_flight: self.reinject.is_some()
+                || self.vmcb.get(vmcb::EVENT_INJ) & (1 << 31) != 0,
+        }
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.vmcb
+            .set(vmcb::EVENT_INJ, svm::event_inject_interrupt(vector));
+    }
+
+    fn set_interrupt_window(&mut self, on: bool) {
+        // APM "Virtual Interrupt Control": a pending V_IRQ with the VINTR
+        // intercept exits the guest at the first instruction boundary where
+        // RFLAGS.IF is 1 and no interrupt shadow holds, the interrupt window.
+        let vintr = self.vmcb.get(vmcb::VINTR);
+        let misc1 = self.vmcb.get(vmcb::INTERCEPT_MISC1);
+        if on {
+            self.vmcb
+                .set(vmcb::VINTR, vintr | svm::vintr::WINDOW_REQUEST);
+            self.vmcb
+                .set(vmcb::INTERCEPT_MISC1, misc1 | intercept::misc1::VINTR);
+        } else {
+            self.vmcb
+                .set(vmcb::VINTR, vintr & !svm::vintr::WINDOW_REQUEST);
+            self.vmcb
+                .set(vmcb::INTERCEPT_MISC1, misc1 & !intercept::misc1::VINTR);
+        }
+    }
+
     fn flush_tlb_on_entry(&mut self) {
         self.flush_on_entry = true;
     }
@@ -615,6 +697,6 @@ impl Extension for Svm {
         enable_on_this_cpu()
     }
     fn create_vcpu(vm: VcpuSetup, regs: GuestRegs) -> Result<Self::Vcpu, &'static str> {
-        SvmVcpu::new(vm.table_root, regs)
+        SvmVcpu::new(vm.table_root, vm.start, regs)
     }
 }

@@ -73,6 +73,8 @@ pub const GUEST_ASID: Field<u32> = Field::at(off::GUEST_ASID);
 pub const TLB_CONTROL: Field<u8> = Field::at(off::TLB_CONTROL);
 /// Virtual interrupt control.
 pub const VINTR: Field<u64> = Field::at(off::VINTR);
+/// Interrupt shadow (bit 0) of the guest.
+pub const INTERRUPT_SHADOW: Field<u64> = Field::at(off::INTERRUPT_SHADOW);
 /// EXITCODE.
 pub const EXIT_CODE: Field<u64> = Field::at(off::EXIT_CODE);
 /// EXITINFO1.

@@ -93,6 +93,12 @@ pub(super) fn handle_exit<E: Extension>(
         VmExit::Shutdown => Next::Stop(StopReason::TripleFault { rip }),
         // The host took the interrupt when the vCPU re-enabled them.
         VmExit::ExternalInterrupt => Next::Resume,
+        // The window is open: the interrupt step before the next entry
+        // injects (and asks again if it still cannot).
+        VmExit::InterruptWindow => {
+            vcpu.set_interrupt_window(false);
+            Next::Resume
+        }
         VmExit::Exception { vector: 6, .. } => {
             let mut bytes = [0u8; insn::MAX_INSN_LEN];
             let n = guest_walk::fetch(&vm.memory, vcpu.paging(), rip, &mut bytes);

@@ -88,9 +88,6 @@ impl Extension for Vmx {
     }
 
     fn create_vcpu(vm: VcpuSetup, regs: GuestRegs) -> Result<Self::Vcpu, &'static str> {
-        if vm.start != crate::virt::VcpuStart::Layout {
-            return Err("Linux's 64-bit start state is not implemented on VMX in this branch");
-        }
         // One VPID per VM, shared by its vCPUs: they run on one address
         // space, and a flush request reaches each of them through its own
         // INVEPT (`crate::vm`, "TLB flushes with several vCPUs").
@@ -869,54 +866,6 @@ impl VirtCpu for VmxVcpu {
 
     fn set_interrupt_window(&mut self, on: bool) {
         self.window = on;
-    }
-
-    // The three interrupt methods below are the minimum that keeps VMX
-    // building on linux-svm; the linux-vmx branch owns the VMX side of
-    // issue 12 (the interrupt-window exit decode among it) and replaces
-    // them.
-    fn interruptibility(
-        &self,
-        pending_vector: Option<u8>,
-    ) -> hvcore::devices::inject::Interruptibility {
-        let (blocking, queued) = with_vmcs(|| {
-            let _ = self.vmcs.load();
-            (
-                super::read(field::GUEST_INTERRUPTIBILITY).unwrap_or(0),
-                super::read(field::ENTRY_INTERRUPTION_INFO).unwrap_or(0),
-            )
-        });
-        hvcore::devices::inject::Interruptibility {
-            pending_vector,
-            interrupts_enabled: self.regs.rflags & (1 << 9) != 0,
-            // Blocking by STI (bit 0) or by MOV SS (bit 1).
-            shadow: blocking & 3 != 0,
-            event_in_flight: self.reinject.is_some() || queued & (1 << 31) != 0,
-        }
-    }
-
-    fn inject_interrupt(&mut self, vector: u8) {
-        with_vmcs(|| {
-            let _ = self.vmcs.load();
-            let _ = super::write(
-                field::ENTRY_INTERRUPTION_INFO,
-                u32::from(vector) | (1 << 31),
-            );
-        });
-    }
-
-    fn set_interrupt_window(&mut self, on: bool) {
-        const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
-        with_vmcs(|| {
-            let _ = self.vmcs.load();
-            let proc = super::read(field::PRIMARY_PROC_CONTROLS).unwrap_or(0);
-            let want = if on {
-                proc | INTERRUPT_WINDOW_EXITING
-            } else {
-                proc & !INTERRUPT_WINDOW_EXITING
-            };
-            let _ = super::write(field::PRIMARY_PROC_CONTROLS, want);
-        });
     }
 
     fn flush_tlb_on_entry(&mut self) {

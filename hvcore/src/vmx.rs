@@ -1711,7 +1711,7 @@ mod tests {
         // A byte-granular descriptor with a base in both pieces.
         let small: u64 = 0x0000_9312_3456_0fff;
         assert_eq!(segment_limit(small), 0xfff);
-        assert_eq!(segment_base(small), 0x1234_56);
+        assert_eq!(segment_base(small), 0x0012_3456);
         assert_eq!(segment_base(small | (0xab << 56)), 0xab12_3456);
     }
 

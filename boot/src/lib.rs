@@ -59,6 +59,21 @@ pub fn build_image(
     out_dir: &Path,
     firmware: Firmware,
 ) -> Result<PathBuf, String> {
+    build_image_with_ramdisk(kernel_elf, out_dir, firmware, None)
+}
+
+/// [`build_image`], with `ramdisk` (when given) as the loader's ramdisk:
+/// the loader reads it into memory and hands its address and length to the
+/// kernel in `BootInfo` (a Linux guest's bundle travels this way).
+///
+/// # Errors
+/// As [`build_image`].
+pub fn build_image_with_ramdisk(
+    kernel_elf: &Path,
+    out_dir: &Path,
+    firmware: Firmware,
+    ramdisk: Option<&Path>,
+) -> Result<PathBuf, String> {
     let name = kernel_elf
         .file_name()
         .and_then(|n| n.to_str())
@@ -68,12 +83,22 @@ pub fn build_image(
     let image = image_path(out_dir, name, firmware);
     let config = boot_config();
     let result = match firmware {
-        Firmware::Bios => BiosBoot::new(kernel_elf)
-            .set_boot_config(&config)
-            .create_disk_image(&image),
-        Firmware::Uefi => UefiBoot::new(kernel_elf)
-            .set_boot_config(&config)
-            .create_disk_image(&image),
+        Firmware::Bios => {
+            let mut b = BiosBoot::new(kernel_elf);
+            b.set_boot_config(&config);
+            if let Some(r) = ramdisk {
+                b.set_ramdisk(r);
+            }
+            b.create_disk_image(&image)
+        }
+        Firmware::Uefi => {
+            let mut b = UefiBoot::new(kernel_elf);
+            b.set_boot_config(&config);
+            if let Some(r) = ramdisk {
+                b.set_ramdisk(r);
+            }
+            b.create_disk_image(&image)
+        }
     };
     result.map_err(|e| {
         format!(

@@ -1,16 +1,17 @@
-//! `boot --out-dir DIR [--bios] [--uefi] KERNEL_ELF...`: writes
-//! `DIR/<kernel>.bios.img` and/or `DIR/<kernel>.uefi.img` for each kernel ELF
-//! (both firmwares when neither flag is given). xtask runs this; it is also
-//! usable by hand.
+//! `boot --out-dir DIR [--bios] [--uefi] [--ramdisk FILE] KERNEL_ELF...`:
+//! writes `DIR/<kernel>.bios.img` and/or `DIR/<kernel>.uefi.img` for each
+//! kernel ELF (both firmwares when neither flag is given), with FILE as the
+//! loader's ramdisk when given. xtask runs this; it is also usable by hand.
 
-use boot::{Firmware, build_image};
+use boot::{Firmware, build_image_with_ramdisk};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: boot --out-dir DIR [--bios] [--uefi] KERNEL_ELF...";
+const USAGE: &str = "usage: boot --out-dir DIR [--bios] [--uefi] [--ramdisk FILE] KERNEL_ELF...";
 
 fn main() -> ExitCode {
     let mut out_dir = None;
+    let mut ramdisk: Option<PathBuf> = None;
     let mut firmwares = Vec::new();
     let mut kernels = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
         match arg.as_str() {
             "--out-dir" => out_dir = args.next().map(PathBuf::from),
             "--bios" => firmwares.push(Firmware::Bios),
+            "--ramdisk" => ramdisk = args.next().map(PathBuf::from),
             "--uefi" => firmwares.push(Firmware::Uefi),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -43,7 +45,8 @@ fn main() -> ExitCode {
     }
     for kernel in &kernels {
         for &firmware in &firmwares {
-            if let Err(e) = build_image(kernel, &out_dir, firmware) {
+            if let Err(e) = build_image_with_ramdisk(kernel, &out_dir, firmware, ramdisk.as_deref())
+            {
                 eprintln!("boot: {e}");
                 return ExitCode::FAILURE;
             }

@@ -10,6 +10,11 @@
 //! Line endings: `\n` is sent as `\r\n` so a raw terminal shows lines; the
 //! harness strips the `\r`.
 //!
+//! A guest may own COM1 (`cargo xtask run --guest linux`: its shell is the
+//! console, [`write_raw`] and [`read_input`]); then [`divert_to_com2`]
+//! moves the kernel's own lines to COM2, which `cargo xtask run` writes to
+//! a file.
+//!
 //! Neighbours: `hw` (ports), `logger` (log facade), `panic`, `interrupts`.
 
 use crate::hw;
@@ -50,6 +55,40 @@ impl Write for Sink {
 
 static CONSOLE: Mutex<Sink> = Mutex::new(Sink::Raw);
 
+/// COM2, once [`divert_to_com2`] found it: where the log goes while a
+/// guest owns COM1.
+static COM2: Mutex<Option<Uart16550<PioBackend>>> = Mutex::new(None);
+/// Whether `print!`/`println!` go to COM2.
+static DIVERTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Sends `print!`/`println!` (the log, the aging report, VM lines) to COM2
+/// from now on, so a guest that owns COM1 as its console (a Linux VM's
+/// shell) is not garbled by them; panic and exception reports stay on COM1.
+/// Returns `false`, and changes nothing, when COM2 fails the UART presence
+/// check (no second serial port).
+pub fn divert_to_com2() -> bool {
+    without_interrupts(|| {
+        let mut com2 = COM2.lock();
+        if com2.is_none() {
+            // SAFETY: COM2 (0x2F8..0x2FF) is the standard second serial
+            // port; nothing else in this kernel uses those ports.
+            let Ok(mut uart) = (unsafe { Uart16550::new_port(hw::COM2) }) else {
+                return false;
+            };
+            let config = Config {
+                baud_rate: BaudRate::Baud115200,
+                ..Config::default()
+            };
+            if uart.init(config).is_err() {
+                return false;
+            }
+            *com2 = Some(uart);
+        }
+        DIVERTED.store(true, core::sync::atomic::Ordering::Release);
+        true
+    })
+}
+
 /// Initialises COM1 at 115200 8N1. Idempotent; called by [`crate::init`].
 /// Returns whether the UART passed the driver's presence check.
 pub fn init() -> bool {
@@ -85,8 +124,42 @@ pub fn _print(args: fmt::Arguments<'_>) {
     without_interrupts(|| {
         // Writes to the sink cannot fail; a formatting error from a Display
         // impl only truncates this message.
+        if DIVERTED.load(core::sync::atomic::Ordering::Acquire)
+            && let Some(com2) = COM2.lock().as_mut()
+        {
+            let _ = Com2Writer(com2).write_fmt(args);
+            return;
+        }
         let _ = CONSOLE.lock().write_fmt(args);
     });
+}
+
+struct Com2Writer<'a>(&'a mut Uart16550<PioBackend>);
+
+impl Write for Com2Writer<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_translated(s, |b| self.0.send_bytes_exact(b));
+        Ok(())
+    }
+}
+
+/// Writes `bytes` as they are, without newline translation: a guest's
+/// console output (a Linux VM's COM1), which carries its own `\r\n`.
+pub fn write_raw(bytes: &[u8]) {
+    without_interrupts(|| match &mut *CONSOLE.lock() {
+        Sink::Raw => bytes.iter().copied().for_each(hw::com1_write_byte),
+        Sink::Uart(uart) => uart.send_bytes_exact(bytes),
+    });
+}
+
+/// Bytes typed on the console since the last call, at most `buf.len()`
+/// (none when the UART failed its presence check: raw mode cannot tell a
+/// missing receiver from an idle one).
+pub fn read_input(buf: &mut [u8]) -> usize {
+    without_interrupts(|| match &mut *CONSOLE.lock() {
+        Sink::Raw => 0,
+        Sink::Uart(uart) => uart.receive_bytes(buf),
+    })
 }
 
 /// A lock-free console writer for panic and exception reports.

@@ -21,6 +21,8 @@ use core::arch::asm;
 pub const EXIT_PORT: u16 = 0xF4;
 /// COM1 base port.
 pub const COM1: u16 = 0x3F8;
+/// The second serial port (the log while a guest owns COM1).
+pub const COM2: u16 = 0x2F8;
 
 /// How the kernel leaves the emulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +102,21 @@ pub fn mask_legacy_pic() {
         outb(0x21, 0xFF);
         outb(0xA1, 0xFF);
     }
+}
+
+/// Reads register `index` (0-0x7F) of the host's CMOS clock/NVRAM. NMIs
+/// stay enabled (bit 7 of the index clear).
+pub fn cmos_read(index: u8) -> u8 {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        // SAFETY: the CMOS index and data ports of every PC; selecting a
+        // register and reading it changes nothing but the index latch,
+        // which only this function uses (with interrupts off, so no other
+        // code on this CPU interleaves).
+        unsafe {
+            outb(0x70, index & 0x7f);
+            inb(0x71)
+        }
+    })
 }
 
 /// Sends one byte on COM1 without a lock, waiting a bounded time for the

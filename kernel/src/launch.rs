@@ -41,6 +41,10 @@ pub fn run_selected_guest() {
 }
 
 fn run_selected<E: Extension>() {
+    if SELECTED_GUEST == LINUX_GUEST {
+        run_linux::<E>();
+        return;
+    }
     let Some(image) = images::by_name(SELECTED_GUEST) else {
         crate::println!("vm: no guest called {SELECTED_GUEST}");
         return;
@@ -80,6 +84,101 @@ fn run_selected<E: Extension>() {
         // drive it where there is no timer), and reclaims toward
         // `cargo xtask run --reclaim-target`.
         crate::aging::run_selected(vm, cpu);
+    }
+}
+
+/// The name `cargo xtask run --guest linux` selects.
+pub const LINUX_GUEST: &str = "linux";
+
+/// RAM of the Linux VM: Debian's kernel needs about 51 MiB from its 16 MiB
+/// load address to decompress (init_size), and the guest's page cache,
+/// initramfs and workload the rest.
+pub const LINUX_RAM_BYTES: u64 = match option_env!("THERMOCLINE_LINUX_RAM_MIB") {
+    Some(mib) => parse_mib(mib) << 20,
+    None => 256 << 20,
+};
+
+const fn parse_mib(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut v = 0u64;
+    while i < b.len() {
+        assert!(
+            b[i].is_ascii_digit(),
+            "THERMOCLINE_LINUX_RAM_MIB must be a number"
+        );
+        v = v * 10 + (b[i] - b'0') as u64;
+        i += 1;
+    }
+    v
+}
+
+/// The Linux VM of `cargo xtask run --guest linux`: its bzImage, initrd
+/// and command line come in the boot loader's ramdisk as one bundle
+/// (`hvcore::linux_boot::bundle`); aging runs over it as over any guest.
+fn run_linux<E: Extension>() {
+    let Some(vm) = new_linux_vm::<E>(LINUX_GUEST, LINUX_RAM_BYTES) else {
+        return;
+    };
+    let cpu = crate::smp::cpu_count() - 1;
+    crate::println!(
+        "vm {}: Linux starting on CPU {cpu} with {} ({} MiB RAM); its COM1 is the console",
+        vm.name(),
+        E::NAME,
+        LINUX_RAM_BYTES >> 20
+    );
+    // The shell owns COM1 from here: the log and the aging report go to
+    // COM2 (`cargo xtask run` writes it beside the run), if there is one.
+    if crate::console::divert_to_com2() {
+        crate::console::write_raw(
+            b"thermocline: the log and the aging report continue on COM2 (target/run/com2.log; `cargo xtask report target/run/com2.log`)\r\n",
+        );
+    }
+    let vm2 = vm.clone();
+    crate::aging::run_selected(vm, cpu);
+    // The stop line where the user looks, too.
+    if let Some(reason) = vm2.stop_reason() {
+        crate::console::write_raw(
+            alloc::format!(
+                "\r\nthermocline: vm {}: {reason}: VM stopped\r\n",
+                vm2.name()
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+/// A Linux VM of `ram_bytes` from the ramdisk's bundle, or `None` after a
+/// line saying why not.
+pub fn new_linux_vm<E: Extension>(
+    name: &'static str,
+    ram_bytes: u64,
+) -> Option<alloc::sync::Arc<Vm<E>>> {
+    let Some(ramdisk) = crate::ramdisk() else {
+        crate::println!(
+            "vm {name}: not created: the boot image carries no Linux bundle (build it with `cargo xtask run --guest linux`)"
+        );
+        return None;
+    };
+    let bundle = match hvcore::linux_boot::bundle::parse(ramdisk) {
+        Ok(b) => b,
+        Err(e) => {
+            crate::println!("vm {name}: not created: {e}");
+            return None;
+        }
+    };
+    let boot = hvcore::linux_boot::LinuxBootConfig {
+        kernel_image: bundle.kernel,
+        initrd: bundle.initrd,
+        cmdline: bundle.cmdline,
+        ram_bytes,
+    };
+    match Vm::<E>::new_linux(name, &boot, true, None) {
+        Ok(vm) => Some(vm),
+        Err(e) => {
+            crate::println!("vm {name}: not created: {e}");
+            None
+        }
     }
 }
 

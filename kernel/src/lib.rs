@@ -81,6 +81,24 @@ pub fn boot_info() -> Option<&'static BootInfo> {
     BOOT_INFO.get().copied()
 }
 
+/// The boot loader's ramdisk (`bootloader` 0.11: the file `set_ramdisk`
+/// put on the disk, loaded and mapped by the loader), once [`init`] has
+/// run; `None` when the image has none. A Linux guest's bundle travels
+/// this way (`hvcore::linux_boot::bundle`).
+pub fn ramdisk() -> Option<&'static [u8]> {
+    let info = boot_info()?;
+    let addr = info.ramdisk_addr.into_option()?;
+    let len = usize::try_from(info.ramdisk_len).ok()?;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: the loader mapped `[addr, addr + len)` read-only-for-us and
+    // reported it as in use (memory kind Bootloader), so the frame
+    // allocator never hands its frames out; the mapping lives as long as
+    // the kernel's page tables, which are never torn down.
+    Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
+}
+
 /// Brings up the boot CPU: console, logger, GDT/TSS, IDT, legacy PIC masked.
 /// Every binary calls this first. Later layers add their steps here, in
 /// dependency order, so every binary gets them.

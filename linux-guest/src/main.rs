@@ -11,7 +11,11 @@ use std::time::Instant;
 const MIB: f64 = (1 << 20) as f64;
 
 fn main() -> ExitCode {
-    match options::parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("outb") {
+        return outb_command(&args[1..]);
+    }
+    match options::parse(args) {
         Ok(Command::Help) => {
             print!("{}", options::USAGE);
             ExitCode::SUCCESS
@@ -22,6 +26,72 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `workload outb PORT VALUE`: writes byte VALUE to I/O port PORT (both
+/// decimal or 0x-hex), for Thermocline's exit device (0xF4: end the VM
+/// with that status; 0xF5: a mark line with the hypervisor's clock;
+/// docs/guests.md). Needs root (ioperm). Debian's kernel has no
+/// /dev/port, so a shell cannot do this.
+fn outb_command(args: &[String]) -> ExitCode {
+    let parse = |s: &String| {
+        let s = s.as_str();
+        match s.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => s.parse().ok(),
+        }
+    };
+    let (Some(port), Some(value)) = (
+        args.first()
+            .and_then(parse)
+            .and_then(|p| u16::try_from(p).ok()),
+        args.get(1)
+            .and_then(parse)
+            .and_then(|v| u8::try_from(v).ok()),
+    ) else {
+        eprintln!("workload: usage: workload outb PORT VALUE (PORT < 0x10000, VALUE < 256)");
+        return ExitCode::from(2);
+    };
+    match outb(port, value) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("workload: outb {port:#x}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `value` to `port` after asking the kernel for access to it.
+#[cfg(target_arch = "x86_64")]
+fn outb(port: u16, value: u8) -> Result<(), std::io::Error> {
+    /// ioperm(2) on x86-64.
+    const SYS_IOPERM: u64 = 173;
+    let ret: i64;
+    // SAFETY: ioperm(port, 1, 1) changes only this process's I/O bitmap;
+    // the syscall clobbers RCX and R11 (declared) and touches no memory of
+    // ours.
+    unsafe {
+        core::arch::asm!("syscall", inlateout("rax") SYS_IOPERM as i64 => ret,
+            in("rdi") u64::from(port), in("rsi") 1u64, in("rdx") 1u64,
+            lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    if ret < 0 {
+        return Err(std::io::Error::from_raw_os_error(
+            i32::try_from(-ret).unwrap_or(i32::MAX),
+        ));
+    }
+    // SAFETY: ioperm granted this port; OUT touches no memory. What the
+    // device does with the byte is the caller's intent.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value,
+            options(nomem, nostack, preserves_flags));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn outb(_port: u16, _value: u8) -> Result<(), std::io::Error> {
+    Err(std::io::Error::other("port I/O exists only on x86-64"))
 }
 
 /// Prints the frames of the hot window (format in docs/guests.md).

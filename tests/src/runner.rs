@@ -174,8 +174,20 @@ pub fn run(machine: &Machine, timeout: Duration) -> Run {
 /// and the outcome is [`Outcome::Stopped`]: for kernels that never exit (the
 /// hypervisor idling after its banner).
 pub fn run_until(machine: &Machine, timeout: Duration, stop_at: Option<&str>) -> Run {
+    run_typing(machine, timeout, stop_at, &[])
+}
+
+/// Like [`run_until`], and types on the console: when a line contains the
+/// first string of a pair (each pair once, in order), the second is
+/// written to QEMU's standard input (the serial port), as a person would.
+pub fn run_typing(
+    machine: &Machine,
+    timeout: Duration,
+    stop_at: Option<&str>,
+    typing: &[(&str, &str)],
+) -> Run {
     let scratch = scratch_dir();
-    let result = run_in(machine, timeout, &scratch, stop_at);
+    let result = run_in(machine, timeout, &scratch, stop_at, typing);
     // Best effort: a leftover scratch directory only costs disk space.
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -186,6 +198,7 @@ fn run_in(
     timeout: Duration,
     scratch: &std::path::Path,
     stop_at: Option<&str>,
+    typing: &[(&str, &str)],
 ) -> Run {
     let not_started = |command: String, e: String| Run {
         outcome: Outcome::NotStarted(e),
@@ -198,9 +211,13 @@ fn run_in(
         Err(e) => return not_started(machine.qemu.clone(), e),
     };
     let command = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if typing.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let start = Instant::now();
     let mut spawned = cmd.spawn();
     // ETXTBSY: the program file is still open for writing in a child that
@@ -233,6 +250,8 @@ fn run_in(
         readers.push(spawn_reader(err, start, tx.clone()));
     }
     drop(tx);
+    let mut stdin = child.0.stdin.take();
+    let mut typing = typing.iter().peekable();
 
     let deadline = start + timeout;
     let mut console = Vec::new();
@@ -257,6 +276,17 @@ fn run_in(
         let wait = (deadline - now).min(Duration::from_millis(50));
         match rx.recv_timeout(wait) {
             Ok(line) => {
+                if let Some((trigger, text)) = typing.peek()
+                    && line.text.contains(trigger)
+                    && let Some(input) = stdin.as_mut()
+                {
+                    use std::io::Write;
+                    // A failed write shows as the reply missing.
+                    let _ = input
+                        .write_all(text.as_bytes())
+                        .and_then(|()| input.flush());
+                    typing.next();
+                }
                 let stop = stop_at.is_some_and(|needle| line.text.contains(needle));
                 console.push(line);
                 if stop {

@@ -14,6 +14,8 @@ use thermocline_tests::runner::{Outcome, Run, run, run_until};
 
 /// The aging thread and the reclaimer (issue 7).
 mod aging;
+/// Linux guests (issue 12).
+mod linux;
 /// The platform layer's scenarios (issue 3), sharing the helpers below.
 mod platform;
 /// A resident-memory limit per VM (issue 7).

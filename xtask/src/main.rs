@@ -62,8 +62,13 @@ RUN OPTIONS:
                       in QEMU syntax, e.g. 512M, 2G (default 256M)
     --gdb             Start halted with a GDB server on localhost:1234
     --release         Build the kernel with the release profile
-    --guest NAME      Guest to run: pattern (default: runs until you quit,
-                      aged live), hello, checksum, evil, smp (4 vCPUs)
+    --guest NAME      Guest to run: linux (Debian's kernel with a busybox
+                      shell as the console; Thermocline's log goes to
+                      target/run/com2.log), pattern (default: runs until you
+                      quit, aged live), hello, checksum, evil, smp (4 vCPUs)
+    --kernel PATH --initrd PATH --cmdline \"...\"
+                      With --guest linux: your own bzImage, initrd and
+                      kernel command line
     --age-interval-ms N
                       Time between aging passes (default 1000); the report
                       (docs/report-format.md) is printed live
@@ -280,19 +285,37 @@ fn build_images(
             ));
         }
     }
-    let mut boot = cargo();
-    boot.args(["run", "--quiet", "-p", "boot", "--", "--out-dir"])
-        .arg(&image_dir);
-    for firmware in firmwares {
-        boot.arg(match firmware {
-            Firmware::Bios => "--bios",
-            Firmware::Uefi => "--uefi",
-        });
+    // Kernels that run a Linux guest get its bundle as the loader's
+    // ramdisk (docs/guests.md, "Linux guests"), one `boot` run each.
+    let (with_ramdisk, plain): (Vec<_>, Vec<_>) = bins
+        .iter()
+        .map(|bin| (bin, linux::ramdisk_for(&target_dir(), bin)))
+        .partition(|(_, r)| r.is_some());
+    let boot_run = |bins: &[&String], ramdisk: Option<&Path>| {
+        let mut boot = cargo();
+        boot.args(["run", "--quiet", "-p", "boot", "--", "--out-dir"])
+            .arg(&image_dir);
+        for firmware in firmwares {
+            boot.arg(match firmware {
+                Firmware::Bios => "--bios",
+                Firmware::Uefi => "--uefi",
+            });
+        }
+        if let Some(r) = ramdisk {
+            boot.arg("--ramdisk").arg(r);
+        }
+        for bin in bins {
+            boot.arg(stripped_dir.join(bin));
+        }
+        run_cmd(&mut boot)
+    };
+    let plain: Vec<&String> = plain.into_iter().map(|(b, _)| b).collect();
+    if !plain.is_empty() {
+        boot_run(&plain, None)?;
     }
-    for bin in &bins {
-        boot.arg(stripped_dir.join(bin));
+    for (bin, ramdisk) in with_ramdisk {
+        boot_run(&[bin], ramdisk.as_deref())?;
     }
-    run_cmd(&mut boot)?;
     Ok(image_dir)
 }
 
@@ -320,6 +343,14 @@ struct RunOptions {
     /// `--age-interval-ms`, `--reclaim-target`: carried into the image.
     aging: Vec<(&'static str, String)>,
     qemu_args: Vec<String>,
+    /// `--guest linux`: `--kernel`, `--initrd`, `--cmdline` (Debian's
+    /// kernel, the project's initramfs and `linux::RUN_CMDLINE` when not
+    /// given).
+    linux_kernel: Option<PathBuf>,
+    linux_initrd: Option<PathBuf>,
+    linux_cmdline: Option<String>,
+    /// `--mem` was given (else `--guest linux` raises the default).
+    mem_given: bool,
 }
 
 fn parse_run(args: &[String]) -> Result<RunOptions, String> {
@@ -332,6 +363,10 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
         guest: None,
         aging: Vec::new(),
         qemu_args: Vec::new(),
+        linux_kernel: None,
+        linux_initrd: None,
+        linux_cmdline: None,
+        mem_given: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -351,7 +386,13 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
                 }
                 o.smp = Some(n);
             }
-            "--mem" => o.mem = value("--mem")?,
+            "--mem" => {
+                o.mem = value("--mem")?;
+                o.mem_given = true;
+            }
+            "--kernel" => o.linux_kernel = Some(PathBuf::from(value("--kernel")?)),
+            "--initrd" => o.linux_initrd = Some(PathBuf::from(value("--initrd")?)),
+            "--cmdline" => o.linux_cmdline = Some(value("--cmdline")?),
             "--gdb" => o.gdb = true,
             "--release" => o.profile = Profile::Release,
             "--guest" => o.guest = Some(value("--guest")?),
@@ -374,10 +415,71 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
     Ok(o)
 }
 
+/// The `--guest` value that runs Linux (kernel/src/launch.rs).
+const LINUX_GUEST: &str = "linux";
+/// RAM of the Linux VM (kernel/src/launch.rs, `LINUX_RAM_BYTES`).
+const LINUX_RAM_BYTES: u64 = 256 << 20;
+
+/// `run --guest linux`: the bundle the image carries, from the user's
+/// files or Debian's kernel and the project's initramfs (fetched and built
+/// on first use).
+fn prepare_linux_run(o: &RunOptions) -> Result<(), String> {
+    let (kernel, initrd) = match (&o.linux_kernel, &o.linux_initrd) {
+        (Some(k), Some(i)) => (k.clone(), i.clone()),
+        (k, i) => {
+            let assets = linux::prepare(&target_dir(), false)?;
+            (
+                k.clone().unwrap_or(assets.kernel),
+                i.clone().unwrap_or(assets.initramfs),
+            )
+        }
+    };
+    let cmdline = o.linux_cmdline.as_deref().unwrap_or(linux::RUN_CMDLINE);
+    // Checked here too, so a bad file is named before anything boots (the
+    // hypervisor checks again and refuses the VM with the same message).
+    let image =
+        std::fs::read(&kernel).map_err(|e| format!("--kernel {}: {e}", kernel.display()))?;
+    let initrd_bytes =
+        std::fs::read(&initrd).map_err(|e| format!("--initrd {}: {e}", initrd.display()))?;
+    hvcore::linux_boot::LinuxBoot::plan(&hvcore::linux_boot::LinuxBootConfig {
+        kernel_image: &image,
+        initrd: &initrd_bytes,
+        cmdline: cmdline.as_bytes(),
+        ram_bytes: LINUX_RAM_BYTES,
+    })
+    .map_err(|e| {
+        format!(
+            "cannot boot {} with {}: {e}",
+            kernel.display(),
+            initrd.display()
+        )
+    })?;
+    let path = linux::write_bundle(&target_dir(), "thermocline", &kernel, &initrd, cmdline)?;
+    println!(
+        "xtask: Linux bundle {} (cmdline \"{cmdline}\")",
+        path.display()
+    );
+    Ok(())
+}
+
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let o = parse_run(args)?;
-    let guest = o.guest.as_deref().unwrap_or(guests::DEFAULT);
-    guests::check_name(guest)?;
+    let mut o = o;
+    let guest = o.guest.clone().unwrap_or_else(|| guests::DEFAULT.into());
+    let guest = guest.as_str();
+    let linux_options =
+        o.linux_kernel.is_some() || o.linux_initrd.is_some() || o.linux_cmdline.is_some();
+    if guest == LINUX_GUEST {
+        prepare_linux_run(&o)?;
+        if !o.mem_given {
+            // The Linux VM's 256 MiB, the bundle, and the host's own.
+            o.mem = "1G".into();
+        }
+    } else if linux_options {
+        return Err("--kernel, --initrd and --cmdline go with --guest linux".into());
+    } else {
+        guests::check_name(guest)?;
+    }
     // SAFETY: xtask is single-threaded; the variable reaches the kernel
     // build (read with `option_env!` in kernel/src/vm/mod.rs).
     unsafe { std::env::set_var("THERMOCLINE_GUEST", guest) };
@@ -398,6 +500,21 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     machine.mem = o.mem.clone();
     machine.gdb = o.gdb;
     machine.extra = o.qemu_args.clone();
+    if guest == LINUX_GUEST {
+        // COM2: the hypervisor's log and aging report while the Linux VM
+        // owns COM1 (kernel/src/console.rs, `divert_to_com2`).
+        let dir = target_dir().join("run");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let com2 = dir.join("com2.log");
+        machine
+            .extra
+            .splice(0..0, ["-serial".into(), format!("file:{}", com2.display())]);
+        println!(
+            "xtask: the Linux VM's console is this terminal; Thermocline's log and aging report go to {} (`cargo xtask report {}`)",
+            com2.display(),
+            com2.display()
+        );
+    }
     let accel = match choice.accel {
         Accel::Kvm => "KVM, -cpu host",
         Accel::Tcg => "TCG, -cpu max",
@@ -481,6 +598,11 @@ fn steps() -> Vec<Step> {
             run: step_loom,
         },
         Step {
+            name: "linux-assets",
+            what: "Debian's kernel and busybox, the initramfs, the test_linux bundle (target/linux)",
+            run: step_linux_assets,
+        },
+        Step {
             name: "images",
             what: "kernel ELFs and their BIOS/UEFI images",
             run: step_images,
@@ -559,6 +681,20 @@ fn step_loom(_: &TestContext) -> Result<(), String> {
         "--",
         "loom",
     ]))
+}
+
+fn step_linux_assets(_: &TestContext) -> Result<(), String> {
+    let target = target_dir();
+    let assets = linux::prepare(&target, false)?;
+    let path = linux::write_bundle(
+        &target,
+        "test_linux",
+        &assets.kernel,
+        &assets.initramfs,
+        linux::TEST_CMDLINE,
+    )?;
+    println!("Linux bundle for test_linux: {}", path.display());
+    Ok(())
 }
 
 fn step_images(ctx: &TestContext) -> Result<(), String> {

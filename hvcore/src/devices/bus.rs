@@ -56,6 +56,18 @@ pub enum BusEvent {
     /// The guest asked for a system reset (the i8042's pulse of the reset
     /// line, command 0xFE).
     ResetRequested,
+    /// A guest program ended the VM through the exit device
+    /// (`super::exit_port`) with `status`.
+    GuestExit {
+        /// The byte written.
+        status: u8,
+    },
+    /// A guest program asked for a mark line with the host's clock
+    /// (`super::exit_port`).
+    Mark {
+        /// The byte written.
+        tag: u8,
+    },
 }
 
 /// A device on the bus. `data` holds the access's bytes, little-endian,

@@ -28,6 +28,8 @@
 //! - [`i8042`]: the keyboard controller's status port and its reset
 //!   command (0xFE), which becomes a [`bus::BusEvent::ResetRequested`].
 //! - [`port80`]: the POST/delay port, a sink.
+//! - [`exit_port`]: Thermocline's own exit device (0xF4: end the VM with a
+//!   status; 0xF5: a mark line with the host's clock).
 //! - [`inject`]: the vCPU loop's decision whether to inject the PIC's
 //!   vector now, ask for an interrupt-window exit, or do nothing.
 //! - [`lines`]: interrupt lines as one atomic word, for devices that live
@@ -51,6 +53,7 @@
 //! and RTC report, and asks [`inject`] what to do before each VM entry.
 
 pub mod bus;
+pub mod exit_port;
 pub mod i8042;
 pub mod inject;
 pub mod lines;

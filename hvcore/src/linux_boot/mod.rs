@@ -43,6 +43,7 @@
 //! [`APIC_HOLE_START`] to 4 GiB, when the VM has that much, is reported
 //! reserved: it is where the I/O APIC and local APIC registers live on a PC.
 
+pub mod bundle;
 pub mod header;
 #[cfg(test)]
 mod tests;

@@ -152,6 +152,17 @@ fn permission_maps() -> Result<&'static PermissionMaps, &'static str> {
             core::ptr::write_bytes(phys::to_virt(iopm), 0xff, IOPM_BYTES);
             core::ptr::write_bytes(phys::to_virt(msrpm), 0xff, MSRPM_BYTES);
         }
+        // The MSRs VMLOAD/VMSAVE switch around every VMRUN (APM "VMSAVE
+        // and VMLOAD Instructions") are the guest's own while it runs:
+        // reaching them directly is safe and spares Linux an exit per
+        // context switch (`hvcore::guest_msr::CONTEXT_MSRS`).
+        for msr in hvcore::guest_msr::CONTEXT_MSRS {
+            if let Some((byte, bit)) = svm::msrpm_position(msr) {
+                // SAFETY: `byte` < MSRPM_BYTES (msrpm_position's ranges),
+                // inside the map written above, which nothing reads yet.
+                unsafe { *phys::to_virt(msrpm).add(byte) &= !(0b11 << bit) };
+            }
+        }
         Ok(PermissionMaps { iopm, msrpm })
     })
     .as_ref()

@@ -13,6 +13,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use hvcore::exit::{VirtInsn, VmExit};
 use hvcore::guest_cpu;
+use hvcore::guest_msr;
 use hvcore::guest_walk;
 use hvcore::insn::{self, Insn};
 use hvcore::pte::EntryFormat;
@@ -30,30 +31,60 @@ pub(super) fn handle_exit<E: Extension>(
             skip(vm, vcpu, Insn::Cpuid)
         }
         VmExit::MsrRead { msr } => {
-            if msr == guest_cpu::MSR_EFER {
-                let v = vcpu.guest_efer();
-                let r = vcpu.regs();
-                r.rax = v & 0xffff_ffff;
-                r.rdx = v >> 32;
+            let value = if msr == guest_cpu::MSR_EFER {
+                Some(vcpu.guest_efer())
             } else {
-                vm.report_from(index, format_args!(
-                    "guest read unknown MSR {msr:#x} at RIP {rip:#x}: #GP injected, VM continues"
-                ));
+                vm.vcpus[index as usize]
+                    .msrs
+                    .lock()
+                    .read(msr, crate::time::rdtsc())
+            };
+            let Some(v) = value else {
+                msr_refused(
+                    vm,
+                    index,
+                    msr,
+                    format_args!(
+                        "guest read unknown MSR {msr:#x} at RIP {rip:#x}: #GP injected, VM continues"
+                    ),
+                );
                 vcpu.inject_exception(13, Some(0));
                 return Next::Resume;
-            }
+            };
+            let r = vcpu.regs();
+            r.rax = v & 0xffff_ffff;
+            r.rdx = v >> 32;
             skip(vm, vcpu, Insn::Rdmsr)
         }
         VmExit::MsrWrite { msr, value } => {
-            let ok = msr == guest_cpu::MSR_EFER && vcpu.set_guest_efer(value);
-            if !ok {
-                vm.report_from(index, format_args!(
-                    "guest wrote {value:#x} to MSR {msr:#x} at RIP {rip:#x}: refused, #GP injected, VM continues"
-                ));
-                vcpu.inject_exception(13, Some(0));
-                return Next::Resume;
+            let result = if msr == guest_cpu::MSR_EFER {
+                if vcpu.set_guest_efer(value) {
+                    Ok(())
+                } else {
+                    Err(guest_msr::MsrError::Refused("only SCE and NXE may change"))
+                }
+            } else {
+                vm.vcpus[index as usize].msrs.lock().write(msr, value)
+            };
+            match result {
+                Ok(()) => skip(vm, vcpu, Insn::Wrmsr),
+                Err(e) => {
+                    let why = match e {
+                        guest_msr::MsrError::Unknown => "unknown MSR",
+                        guest_msr::MsrError::Refused(why) => why,
+                    };
+                    msr_refused(
+                        vm,
+                        index,
+                        msr,
+                        format_args!(
+                            "guest wrote {value:#x} to MSR {msr:#x} at RIP {rip:#x}: refused ({why}), #GP injected, VM continues"
+                        ),
+                    );
+                    vcpu.inject_exception(13, Some(0));
+                    Next::Resume
+                }
             }
-            skip(vm, vcpu, Insn::Wrmsr)
         }
         VmExit::Io(io) => port_io(vm, vcpu, io, index),
         VmExit::Hlt => halt(vm, vcpu, index),
@@ -96,6 +127,7 @@ pub(super) fn handle_exit<E: Extension>(
         // The window is open: the interrupt step before the next entry
         // injects (and asks again if it still cannot).
         VmExit::InterruptWindow => {
+            vm.stats.window_exits.fetch_add(1, Ordering::Relaxed);
             vcpu.set_interrupt_window(false);
             Next::Resume
         }
@@ -133,6 +165,21 @@ pub(super) fn handle_exit<E: Extension>(
             Next::Resume
         }
         VmExit::Unknown { .. } => Next::Stop(StopReason::Unhandled { exit, rip }),
+    }
+}
+
+/// Reports a refused MSR access, once per MSR (Linux probes many MSRs it
+/// can live without; one line each is enough to see which).
+fn msr_refused<E: Extension>(vm: &Vm<E>, index: u32, msr: u32, line: core::fmt::Arguments<'_>) {
+    /// MSRs remembered; past that every refusal is reported (and counted
+    /// against the VM's report lines).
+    const TRACKED_MSRS: usize = 64;
+    let first = {
+        let mut seen = vm.unknown_msrs.lock();
+        seen.len() >= TRACKED_MSRS || seen.insert(msr)
+    };
+    if first {
+        vm.report_from(index, line);
     }
 }
 
@@ -230,7 +277,8 @@ fn cpuid(regs: &mut GuestRegs) {
     } else {
         guest_cpu::Cpuid::default()
     };
-    let r = guest_cpu::guest_view(leaf, subleaf, host);
+    let tsc_khz = u32::try_from(crate::time::tsc_hz() / 1000).unwrap_or(0);
+    let r = guest_cpu::guest_view(leaf, subleaf, host, tsc_khz);
     regs.rax = u64::from(r.eax);
     regs.rbx = u64::from(r.ebx);
     regs.rcx = u64::from(r.ecx);

@@ -100,7 +100,7 @@
 //! (`sched`, `smp`, `time`, `mem`); above, `crate::reclaim` and
 //! `crate::aging`, which reach a VM's memory through the handles of
 //! [`memory`] (`PageReclaimer`, `set_memory_wait`) and its exits through
-//! [`Vm::set_exit_work`]; `hvcore::{exit, insn, hypercall, uart, port_bus,
+//! [`Vm::set_exit_work`]; `hvcore::{exit, insn, hypercall, uart, devices, guest_msr,
 //! guest_cpu, guest_walk, guest_layout}` (the pure logic).
 
 pub mod devices;
@@ -196,6 +196,18 @@ pub enum StopReason {
     },
     /// The host asked the VM to stop.
     Killed,
+    /// The guest asked for a system reset (i8042 command 0xFE: Linux's
+    /// `reboot -f`, or its reboot after a panic with `panic=-1`).
+    ResetRequested {
+        /// RIP of the OUT.
+        rip: u64,
+    },
+    /// HLT with interrupts disabled on a PC: nothing can wake it (Linux's
+    /// `poweroff -f` with no ACPI ends so, "reboot: System halted").
+    PoweredOff {
+        /// RIP after the HLT.
+        rip: u64,
+    },
 }
 
 impl fmt::Display for StopReason {
@@ -230,6 +242,14 @@ impl fmt::Display for StopReason {
             Self::OutOfMemory { gpa } => write!(f, "no host frame for guest RAM at GPA {gpa:#x}"),
             Self::Unhandled { exit, rip } => write!(f, "unhandled exit {exit:?} at RIP {rip:#x}"),
             Self::Killed => write!(f, "stopped by the host"),
+            Self::ResetRequested { rip } => write!(
+                f,
+                "guest asked for a reset through the i8042 (reboot) at RIP {rip:#x}"
+            ),
+            Self::PoweredOff { rip } => write!(
+                f,
+                "guest halted with interrupts off (power off without ACPI) at RIP {rip:#x}"
+            ),
         }
     }
 }
@@ -278,12 +298,63 @@ pub struct VmStats {
     pub halts: AtomicU64,
     /// Elements moved by emulated string I/O.
     pub string_io_elements: AtomicU64,
+    /// External interrupts injected (a PC's PIC vectors).
+    pub interrupts_injected: AtomicU64,
+    /// Interrupt-window exits (the guest could not take one at once).
+    pub window_exits: AtomicU64,
 }
 
 /// Lines about one VM's misbehaviour printed before they are only counted.
 const REPORT_LINES_MAX: u64 = 32;
 
 static NEXT_VM_ID: AtomicU32 = AtomicU32::new(1);
+
+/// The VM whose serial port the console's input goes to (0: none): the
+/// Linux VM made last.
+static CONSOLE_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// `cmdline` with `tsc_early_khz=KHZ` appended, unless it sets it or the
+/// frequency is unknown (0). Linux takes the TSC frequency from CPUID only
+/// on Intel CPUs (`native_calibrate_tsc`); elsewhere it calibrates against
+/// the PIT, which under an emulator or a loaded host fails or errs ("tsc:
+/// Unable to calibrate against PIT", TSC marked unstable, jiffies as the
+/// clocksource). The hypervisor knows the frequency, and the guest's TSC
+/// is the host's, so the guest clock then follows the host's.
+fn with_tsc_khz(cmdline: &[u8], khz: u64) -> alloc::borrow::Cow<'_, [u8]> {
+    /// Longer command lines are left alone: no kernel takes them
+    /// (`cmdline_size` is 2047 on x86), and the plan refuses them by name.
+    const APPEND_MAX_BYTES: usize = 4096;
+    let given = cmdline
+        .split(|&b| b == b' ')
+        .any(|w| w.starts_with(b"tsc_early_khz="));
+    if given || khz == 0 || cmdline.len() > APPEND_MAX_BYTES {
+        return alloc::borrow::Cow::Borrowed(cmdline);
+    }
+    let mut out = cmdline.to_vec();
+    if !out.is_empty() {
+        out.push(b' ');
+    }
+    out.extend_from_slice(alloc::format!("tsc_early_khz={khz}").as_bytes());
+    alloc::borrow::Cow::Owned(out)
+}
+
+/// Why a Linux VM was not made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinuxVmError {
+    /// The image, initrd, command line or RAM size (`hvcore::linux_boot`).
+    Boot(hvcore::linux_boot::LinuxBootError),
+    /// The hypervisor could not set it up.
+    Setup(&'static str),
+}
+
+impl fmt::Display for LinuxVmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Boot(e) => write!(f, "{e}"),
+            Self::Setup(why) => f.write_str(why),
+        }
+    }
+}
 
 /// A virtual machine.
 pub struct Vm<E: Extension> {
@@ -295,8 +366,12 @@ pub struct Vm<E: Extension> {
     pub memory: GuestMemory<E::Format>,
     /// Counters.
     pub stats: VmStats,
-    /// The devices, by port.
-    ports: devices::Ports,
+    /// The devices, on one bus.
+    devices: spin::Mutex<devices::Devices>,
+    /// Linux's entry state, for a Linux VM (its vCPU starts in long mode).
+    linux: Option<hvcore::linux_boot::LinuxEntryState>,
+    /// Unknown MSRs already reported (one line each).
+    unknown_msrs: spin::Mutex<alloc::collections::BTreeSet<u32>>,
     stop_requested: AtomicBool,
     tlb_generation: AtomicU64,
     hook: Option<Hook<E>>,
@@ -344,6 +419,8 @@ struct VcpuSlot {
     /// its own: one shared value would let the first vCPU to see a request
     /// hide it from the others).
     seen_generation: AtomicU64,
+    /// Its emulated MSRs (`hvcore::guest_msr`).
+    msrs: spin::Mutex<hvcore::guest_msr::MsrState>,
 }
 
 /// Periodic work a vCPU runs after each exit, with no lock held: the
@@ -387,20 +464,69 @@ impl<E: Extension> Vm<E> {
         if config.ram_bytes < layout::MIN_RAM_BYTES || !config.ram_bytes.is_multiple_of(4096) {
             return Err("guest RAM must be a multiple of 4 KiB and at least 5 MiB");
         }
-        let ports =
-            devices::attach(&config).map_err(|_| "the VM's devices claim one port twice")?;
+        let devices = devices::Devices::for_layout(config.name)
+            .map_err(|_| "the VM's devices claim one port twice")?;
         let memory = GuestMemory::new(config.ram_bytes, config.huge_pages)
             .map_err(|_| "no memory for the guest's tables")?;
         for (gpa, value) in layout::boot_table_words() {
             memory.write(gpa, &value.to_le_bytes())?;
         }
         memory.write(GuestPhysAddr::new(layout::IMAGE_GPA), config.image)?;
-        Ok(Arc::new(Self {
+        Ok(Self::assemble(config, vcpus, hook, memory, devices, None))
+    }
+
+    /// Builds a Linux VM of one vCPU on a PC (`devices::Devices::for_pc`)
+    /// from `boot` (`hvcore::linux_boot`): checks the image, initrd and
+    /// command line, places them, copies them into guest RAM; the vCPU
+    /// starts at the kernel's 64-bit entry. A bad input is an error naming
+    /// it, before any guest memory is made.
+    pub fn new_linux(
+        name: &'static str,
+        boot: &hvcore::linux_boot::LinuxBootConfig<'_>,
+        huge_pages: bool,
+        hook: Option<Hook<E>>,
+    ) -> Result<Arc<Self>, LinuxVmError> {
+        let cmdline = with_tsc_khz(boot.cmdline, crate::time::tsc_hz() / 1000);
+        let boot = &hvcore::linux_boot::LinuxBootConfig {
+            cmdline: &cmdline,
+            ..*boot
+        };
+        let plan = hvcore::linux_boot::LinuxBoot::plan(boot).map_err(LinuxVmError::Boot)?;
+        let devices = devices::Devices::for_pc(devices::host_unix_seconds(), now_ns())
+            .map_err(|_| LinuxVmError::Setup("the PC's devices claim one port twice"))?;
+        let memory = GuestMemory::new(boot.ram_bytes, huge_pages)
+            .map_err(|_| LinuxVmError::Setup("no memory for the guest's tables"))?;
+        for w in plan.writes() {
+            memory.write(w.gpa, w.bytes).map_err(LinuxVmError::Setup)?;
+        }
+        let config = VmConfig {
+            name,
+            image: &[],
+            ram_bytes: boot.ram_bytes,
+            huge_pages,
+            boot_arg: 0,
+        };
+        let vm = Self::assemble(config, 1, hook, memory, devices, Some(*plan.entry()));
+        CONSOLE_OWNER.store(vm.id, Ordering::Release);
+        Ok(vm)
+    }
+
+    fn assemble(
+        config: VmConfig,
+        vcpus: u32,
+        hook: Option<Hook<E>>,
+        memory: GuestMemory<E::Format>,
+        devices: devices::Devices,
+        linux: Option<hvcore::linux_boot::LinuxEntryState>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
             config,
             memory,
             stats: VmStats::default(),
-            ports,
+            devices: spin::Mutex::new(devices),
+            linux,
+            unknown_msrs: spin::Mutex::new(alloc::collections::BTreeSet::new()),
             stop_requested: AtomicBool::new(false),
             tlb_generation: AtomicU64::new(0),
             hook,
@@ -412,7 +538,7 @@ impl<E: Extension> Vm<E> {
             idle_vcpus: AtomicU32::new(0),
             first_stop: spin::Mutex::new(None),
             threads: spin::Mutex::new(Vec::new()),
-        }))
+        })
     }
 
     /// The name lines about this VM carry.
@@ -438,7 +564,10 @@ impl<E: Extension> Vm<E> {
         VcpuSetup {
             table_root: self.memory.tables().root(),
             vm_id: self.id,
-            start: VcpuStart::Layout,
+            start: match self.linux {
+                Some(entry) => VcpuStart::Linux64(entry),
+                None => VcpuStart::Layout,
+            },
         }
     }
 
@@ -548,6 +677,16 @@ impl<E: Extension> Vm<E> {
 
     /// Prints one line about the guest's misbehaviour on vCPU `index`
     /// (rate-limited); the vCPU is named when the VM has several.
+    /// A line about this VM, always printed.
+    fn log(&self, args: fmt::Arguments<'_>) {
+        crate::println!("vm {}: {args}", self.name());
+    }
+
+    /// Whether this VM's serial port takes the console's input.
+    fn owns_console(&self) -> bool {
+        CONSOLE_OWNER.load(Ordering::Acquire) == self.id
+    }
+
     fn report_from(&self, index: u32, args: fmt::Arguments<'_>) {
         let n = self.stats.reports.fetch_add(1, Ordering::Relaxed);
         if n < REPORT_LINES_MAX {

@@ -1,15 +1,17 @@
 //! Port I/O of the guest: IN/OUT and INS/OUTS (`hvcore::string_io`) go to
-//! the VM's port bus (`super::devices`: one dispatch, every device
-//! registered on it), and guest RAM as the hypervisor reads and writes it
-//! on the guest's behalf.
+//! the VM's bus (`super::devices`: one dispatch, every device registered
+//! on it), what a device asks of the VM (reset, exit, mark) is done here,
+//! and guest RAM as the hypervisor reads and writes it on the guest's
+//! behalf.
 
 use super::exits::skip;
 use super::memory::{FaultOutcome, GuestMemory};
 use super::vcpu::Next;
-use super::{StopReason, VirtCpu, Vm};
+use super::{StopReason, VirtCpu, Vm, now_ns};
 use crate::virt::Extension;
 use core::sync::atomic::Ordering;
 use hvcore::addr::GuestPhysAddr;
+use hvcore::devices::bus::{BusEvent, Space};
 use hvcore::exit::{IoAccess, IoDir};
 use hvcore::guest_walk::{self, GuestPhysRead, GuestPhysWrite};
 use hvcore::insn::{self, Insn};
@@ -29,19 +31,50 @@ pub(super) fn port_io<E: Extension>(
     let rip = vcpu.regs().rip;
     let mask = size_mask(io.size_bytes);
     let regs = vcpu.regs();
+    let mut event = None;
     match io.dir {
-        IoDir::Out => port_write(vm, io.port, io.size_bytes, regs.rax as u32, rip, index),
+        IoDir::Out => {
+            event = port_write(vm, io.port, io.size_bytes, regs.rax as u32, rip, index);
+        }
         IoDir::In => {
             let value = u64::from(port_read(vm, io.port, io.size_bytes, rip, index));
             regs.rax = (regs.rax & !mask) | value;
         }
     }
-    match io.next_rip {
+    let next = match io.next_rip {
         Some(next) => {
             vcpu.regs().rip = next;
             Next::Resume
         }
         None => skip(vm, vcpu, Insn::PortIo),
+    };
+    match event {
+        Some(event) => bus_event(vm, event, rip, index),
+        None => next,
+    }
+}
+
+/// What a device asked of the VM with a write.
+fn bus_event<E: Extension>(vm: &Vm<E>, event: BusEvent, rip: u64, index: u32) -> Next {
+    match event {
+        BusEvent::ResetRequested => Next::Stop(StopReason::ResetRequested { rip }),
+        BusEvent::GuestExit { status } => Next::Stop(StopReason::Exited(u64::from(status))),
+        BusEvent::Mark { tag } => {
+            let ns = now_ns();
+            vm.log(format_args!(
+                "mark {tag} at {}.{:03} s (hypervisor clock)",
+                ns / 1_000_000_000,
+                ns / 1_000_000 % 1000
+            ));
+            Next::Resume
+        }
+        _ => {
+            vm.report_from(
+                index,
+                format_args!("device event {event:?} at RIP {rip:#x} not handled, VM continues"),
+            );
+            Next::Resume
+        }
     }
 }
 
@@ -53,8 +86,9 @@ fn size_mask(size_bytes: u8) -> u64 {
     }
 }
 
-/// An OUT of `size_bytes` to `port`: to the device on the port bus that
-/// decodes it, else reported and dropped.
+/// An OUT of `size_bytes` to `port` through the VM's bus (an unclaimed
+/// port is reported once and the write dropped); a PC's serial output goes
+/// to the console. Returns what the device asked of the VM.
 fn port_write<E: Extension>(
     vm: &Vm<E>,
     port: u16,
@@ -62,26 +96,74 @@ fn port_write<E: Extension>(
     value: u32,
     rip: u64,
     index: u32,
-) {
+) -> Option<BusEvent> {
     let value = (u64::from(value) & size_mask(size_bytes)) as u32;
-    match vm.ports.find(port) {
-        Some((device, offset)) => device.write(offset, size_bytes, value),
-        None => vm.report_from(index, format_args!(
-            "guest wrote {value:#x} to unemulated port {port:#x} at RIP {rip:#x}: dropped, VM continues"
-        )),
+    let mut out = [0u8; 64];
+    let mut n = 0;
+    let outcome = {
+        let mut devices = vm.devices.lock();
+        let outcome = devices.bus.write(
+            Space::Port,
+            u64::from(port),
+            size_bytes,
+            u64::from(value),
+            now_ns(),
+        );
+        devices.drain_serial(|b| {
+            if n < out.len() {
+                out[n] = b;
+                n += 1;
+            }
+        });
+        outcome
+    };
+    if n > 0 {
+        crate::console::write_raw(&out[..n]);
+    }
+    match outcome {
+        Ok(o) => {
+            if o.first_unclaimed {
+                vm.report_from(index, format_args!(
+                    "guest wrote {value:#x} to unemulated port {port:#x} at RIP {rip:#x}: dropped (reported once per port), VM continues"
+                ));
+            }
+            o.event
+        }
+        Err(e) => {
+            vm.report_from(
+                index,
+                format_args!("guest port write at RIP {rip:#x}: {e}, dropped"),
+            );
+            None
+        }
     }
 }
 
-/// An IN of `size_bytes` from `port`: what the device on the port bus that
-/// decodes it answers, all ones for a port no device decodes.
+/// An IN of `size_bytes` from `port` through the VM's bus: all ones
+/// where no device answers (reported once per port).
 fn port_read<E: Extension>(vm: &Vm<E>, port: u16, size_bytes: u8, rip: u64, index: u32) -> u32 {
-    if let Some((device, offset)) = vm.ports.find(port) {
-        return (u64::from(device.read(offset, size_bytes)) & size_mask(size_bytes)) as u32;
+    let outcome = vm
+        .devices
+        .lock()
+        .bus
+        .read(Space::Port, u64::from(port), size_bytes, now_ns());
+    match outcome {
+        Ok(o) => {
+            if o.first_unclaimed {
+                vm.report_from(index, format_args!(
+                    "guest read unemulated port {port:#x} ({size_bytes} bytes) at RIP {rip:#x}: all ones returned (reported once per port), VM continues"
+                ));
+            }
+            (o.value & size_mask(size_bytes)) as u32
+        }
+        Err(e) => {
+            vm.report_from(
+                index,
+                format_args!("guest port read at RIP {rip:#x}: {e}, all ones"),
+            );
+            size_mask(size_bytes) as u32
+        }
     }
-    vm.report_from(index, format_args!(
-        "guest read unemulated port {port:#x} ({size_bytes} bytes) at RIP {rip:#x}: all ones returned, VM continues"
-    ));
-    size_mask(size_bytes) as u32
 }
 
 /// Elements one exit moves at most; a longer REP resumes the guest on the
@@ -118,7 +200,12 @@ fn string_io<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, io: IoAccess, index: 
         rcx: r.rcx,
         rflags: r.rflags,
     };
-    let mut ports = VmPorts { vm, rip, index };
+    let mut ports = VmPorts {
+        vm,
+        rip,
+        index,
+        event: None,
+    };
     let outcome = string_io::run(
         &op,
         io.port,
@@ -130,7 +217,8 @@ fn string_io<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, io: IoAccess, index: 
     );
     let r = vcpu.regs();
     (r.rsi, r.rdi, r.rcx) = (sregs.rsi, sregs.rdi, sregs.rcx);
-    match outcome {
+    let event = ports.event;
+    let next = match outcome {
         string_io::Outcome::Done { elements } => {
             vm.stats
                 .string_io_elements
@@ -149,6 +237,10 @@ fn string_io<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, io: IoAccess, index: 
             va,
             why: why.describe(),
         }),
+    };
+    match (next, event) {
+        (Next::Resume, Some(event)) => bus_event(vm, event, rip, index),
+        (next, _) => next,
     }
 }
 
@@ -157,6 +249,8 @@ struct VmPorts<'a, E: Extension> {
     vm: &'a Vm<E>,
     rip: u64,
     index: u32,
+    /// The last event a write raised, handled when the instruction ends.
+    event: Option<BusEvent>,
 }
 
 impl<E: Extension> string_io::Ports for VmPorts<'_, E> {
@@ -164,7 +258,9 @@ impl<E: Extension> string_io::Ports for VmPorts<'_, E> {
         port_read(self.vm, port, size_bytes, self.rip, self.index)
     }
     fn write(&mut self, port: u16, size_bytes: u8, value: u32) {
-        port_write(self.vm, port, size_bytes, value, self.rip, self.index);
+        if let Some(e) = port_write(self.vm, port, size_bytes, value, self.rip, self.index) {
+            self.event = Some(e);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use super::{
 };
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
+use hvcore::devices::inject::{HaltOutcome, Injection, decide, on_halt};
 use hvcore::guest_layout as layout;
 use hvcore::hypercall::HypercallError;
 use hvcore::insn::Insn;
@@ -89,9 +90,7 @@ pub fn finish<E: Extension>(vm: &Vm<E>, reason: StopReason) -> StopReason {
 
 /// Records and prints the VM's stop, which vCPU `index` caused.
 fn finish_as<E: Extension>(vm: &Vm<E>, reason: StopReason, index: u32) -> StopReason {
-    for device in vm.ports.devices() {
-        device.flush();
-    }
+    vm.devices.lock().flush();
     *vm.stopped.lock() = Some(reason);
     let action = match reason {
         StopReason::Exited(0) => "",
@@ -141,9 +140,14 @@ fn vcpu_loop<E: Extension>(vm: &Arc<Vm<E>>, vcpu: &mut E::Vcpu, index: u32) -> S
     // A new vCPU flushes at its first entry anyway (SVM: a fresh ASID or
     // the shared one's flush; VMX: INVEPT before the first entry).
     seen.store(vm.tlb_generation.load(Ordering::Acquire), Ordering::Release);
+    let pc = vm.devices.lock().is_pc();
+    let mut input_polled_ns = 0;
     loop {
         if vm.stop_requested() {
             return StopReason::Killed;
+        }
+        if pc {
+            interrupt_step(vm, vcpu, &mut input_polled_ns);
         }
         // From the flush check to VMRUN/VM entry with interrupts off: a
         // shootdown IPI (`reclaim::Shootdown`) that arrives after the
@@ -175,11 +179,102 @@ fn vcpu_loop<E: Extension>(vm: &Arc<Vm<E>>, vcpu: &mut E::Vcpu, index: u32) -> S
     }
 }
 
+/// How often the console's input is polled while a PC's guest runs or
+/// halts: often enough that typing feels immediate.
+const INPUT_POLL_NS: u64 = 10_000_000;
+
+/// Up to this many typed bytes are taken per poll.
+const INPUT_CHUNK_BYTES: usize = 64;
+
+/// The console's input for `vm` when it owns the console and the last poll
+/// is `INPUT_POLL_NS` old (`polled_ns` is updated); none otherwise.
+fn console_input<E: Extension>(
+    vm: &Vm<E>,
+    now: u64,
+    polled_ns: &mut u64,
+    buf: &mut [u8; INPUT_CHUNK_BYTES],
+) -> usize {
+    if !vm.owns_console() || now.saturating_sub(*polled_ns) < INPUT_POLL_NS {
+        return 0;
+    }
+    *polled_ns = now;
+    crate::console::read_input(buf)
+}
+
+/// The vCPU loop's interrupt step on a PC, before each entry: timers and
+/// input brought up to now, the lines folded into the PIC, then
+/// `hvcore::devices::inject::decide` on the vCPU's interruptibility:
+/// inject the PIC's vector now, or ask for the interrupt window, or
+/// neither.
+fn interrupt_step<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, polled_ns: &mut u64) {
+    let now = now_ns();
+    let mut buf = [0u8; INPUT_CHUNK_BYTES];
+    let n = console_input(vm, now, polled_ns, &mut buf);
+    let mut devices = vm.devices.lock();
+    let pending = devices.poll(now, &buf[..n]);
+    match decide(vcpu.interruptibility(pending)) {
+        Injection::InjectNow => {
+            if let Some(vector) = devices.acknowledge() {
+                vcpu.inject_interrupt(vector);
+                vm.stats.interrupts_injected.fetch_add(1, Ordering::Relaxed);
+            }
+            vcpu.set_interrupt_window(false);
+        }
+        Injection::RequestWindow => vcpu.set_interrupt_window(true),
+        Injection::Nothing => vcpu.set_interrupt_window(false),
+    }
+}
+
+/// HLT on a PC: step over it, then, until an interrupt can be delivered,
+/// sleep to the next timer deadline (at most `INPUT_POLL_NS`, to look at
+/// the console's input); with interrupts off nothing can wake it: the VM
+/// has powered off (`hvcore::devices::inject::on_halt`).
+fn pc_halt<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu) -> Next {
+    if let Next::Stop(reason) = skip(vm, vcpu, Insn::Hlt) {
+        return Next::Stop(reason);
+    }
+    let rip = vcpu.regs().rip;
+    let mut polled_ns = 0;
+    let mut waited = false;
+    let outcome = loop {
+        if vm.stop_requested() {
+            break Next::Resume;
+        }
+        let now = now_ns();
+        let mut buf = [0u8; INPUT_CHUNK_BYTES];
+        let n = console_input(vm, now, &mut polled_ns, &mut buf);
+        let (pending, deadline) = {
+            let mut devices = vm.devices.lock();
+            (devices.poll(now, &buf[..n]), devices.next_deadline(now))
+        };
+        let enabled = vcpu.interruptibility(pending).interrupts_enabled;
+        match on_halt(pending, enabled) {
+            HaltOutcome::Wake => break Next::Resume,
+            HaltOutcome::HaltedForever => break Next::Stop(StopReason::PoweredOff { rip }),
+            HaltOutcome::Sleep => {}
+        }
+        waited = true;
+        let until = deadline.unwrap_or(u64::MAX).min(now + INPUT_POLL_NS);
+        if crate::sched::is_running() {
+            crate::sched::park_until(until);
+        } else {
+            core::hint::spin_loop();
+        }
+    };
+    if waited {
+        vm.stats.halts.fetch_add(1, Ordering::Relaxed);
+    }
+    outcome
+}
+
 /// HLT: step over it, then wait (the thread parks) until a `WAKE` from
 /// another vCPU, the armed deadline, or a stop request. When this wait has
 /// no deadline and every other live vCPU is in such a wait too, nothing
 /// can ever wake any of them: the VM stops (module docs, "HLT waits").
 pub(super) fn halt<E: Extension>(vm: &Vm<E>, vcpu: &mut E::Vcpu, index: u32) -> Next {
+    if vm.linux.is_some() {
+        return pc_halt(vm, vcpu);
+    }
     if let Next::Stop(reason) = skip(vm, vcpu, Insn::Hlt) {
         return Next::Stop(reason);
     }

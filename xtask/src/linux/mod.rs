@@ -35,6 +35,54 @@ const WORKLOAD_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// on the first serial port, interrupts through the 8259 PIC only
 /// (TESTBEDS.md section 5).
 pub const CMDLINE: &str = "console=ttyS0 acpi=off nolapic noapic";
+/// The command line of the `test_linux` scenario: the test init of
+/// init.sh (`thermocline_test=thermocline`), a reboot (VM stop) on panic.
+pub const TEST_CMDLINE: &str =
+    "console=ttyS0 acpi=off nolapic noapic panic=-1 thermocline_test=thermocline";
+/// The command line of `cargo xtask run --guest linux`: an interactive
+/// shell; a panic stops the VM (reboot through the i8042).
+pub const RUN_CMDLINE: &str = "console=ttyS0 acpi=off nolapic noapic panic=-1";
+
+/// Where the bundle (`hvcore::linux_boot::bundle`) of kernel `name`
+/// lives: `target/linux/<name>.bundle`.
+pub fn bundle_path(target: &Path, name: &str) -> PathBuf {
+    target.join("linux").join(format!("{name}.bundle"))
+}
+
+/// The ramdisk the image of kernel binary `bin` carries, if any: the
+/// Linux bundle written for it (`test_linux` by the test step
+/// `linux-assets`, `thermocline` by `cargo xtask run --guest linux`).
+pub fn ramdisk_for(target: &Path, bin: &str) -> Option<PathBuf> {
+    let path = bundle_path(target, bin);
+    let wanted = bin == "test_linux"
+        || (bin == "thermocline" && std::env::var("THERMOCLINE_GUEST").as_deref() == Ok("linux"));
+    (wanted && path.is_file()).then_some(path)
+}
+
+/// Writes the bundle of `kernel`, `initrd` and `cmdline` for kernel binary
+/// `name` (only when it changed) and returns its path.
+///
+/// # Errors
+/// When a file cannot be read or written, or a part is too large.
+pub fn write_bundle(
+    target: &Path,
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+) -> Result<PathBuf, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let bytes =
+        hvcore::linux_boot::bundle::pack(cmdline.as_bytes(), &read(kernel)?, &read(initrd)?)
+            .map_err(|e| e.to_string())?;
+    let path = bundle_path(target, name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    write_if_changed(&path, &bytes)?;
+    Ok(path)
+}
+
 /// The `/init` script.
 const INIT_SCRIPT: &str = include_str!("init.sh");
 

@@ -114,6 +114,23 @@ pub fn guest_view(leaf: u32, subleaf: u32, host: Cpuid, tsc_khz: u32) -> Cpuid {
             };
         }
         0x4000_0010 => r.eax = tsc_khz,
+        // Intel's TSC/crystal ratio: none, so Linux does not derive a
+        // frequency from a crystal it cannot see.
+        0x15 => r = Cpuid::default(),
+        // Intel's base and maximum frequency in MHz, which Linux takes as
+        // the TSC's when leaf 0x15 is empty: the TSC the guest reads is the
+        // host's, so the host's measured frequency. An emulator's nominal
+        // value (Bochs: 3500 MHz with a TSC at its 50 MHz instruction rate)
+        // made Linux's clocksource watchdog mark the TSC unstable.
+        0x16 => {
+            let mhz = tsc_khz / 1000;
+            r = Cpuid {
+                eax: mhz,
+                ebx: mhz,
+                ecx: 0,
+                edx: 0,
+            };
+        }
         0x8000_0001 => {
             r.ecx &= !EXT1_ECX_HIDDEN;
             r.edx &= !EXT1_EDX_HIDDEN;
@@ -185,6 +202,11 @@ mod tests {
         assert_eq!(s.eax, HYPERVISOR_MAX_LEAF);
         assert_eq!(guest_view(0x4000_0010, 0, ALL, 2_400_000).eax, 2_400_000);
         assert_eq!(guest_view(0x4000_0010, 0, ALL, 2_400_000).ebx, 0);
+        // Intel's frequency leaves follow the host's measured TSC.
+        assert_eq!(guest_view(0x15, 0, ALL, 50_000), Cpuid::default());
+        let leaf16 = guest_view(0x16, 0, ALL, 50_000);
+        assert_eq!((leaf16.eax, leaf16.ebx, leaf16.ecx), (50, 50, 0));
+        assert_eq!(guest_view(0x16, 0, ALL, 0), Cpuid::default());
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //! either, so both agree), an APIC base with the local APIC disabled (the
 //! platform is the 8259 PIC; CPUID hides the APIC), PAT with the
 //! architecture's validity check, TSC_AUX stored, the microcode patch level,
-//! HWCR and the interrupt-pending message register (no C1E) as zero.
+//! HWCR and the interrupt-pending message register (no C1E) as zero, and
+//! on Intel a fixed IA32_MISC_ENABLE ([`MISC_ENABLE_VALUE`]). On VMX, PAT
+//! and TSC_AUX (where RDTSCP is enabled) are not intercepted either: the
+//! VMCS and the vCPU's MSR areas switch them (`kernel::vmx::vcpu`).
 
 /// IA32_TIME_STAMP_COUNTER.
 pub const MSR_TSC: u32 = 0x10;
@@ -24,6 +27,8 @@ pub const MSR_TSC: u32 = 0x10;
 pub const MSR_APIC_BASE: u32 = 0x1b;
 /// AMD's microcode patch level (Intel's IA32_BIOS_SIGN_ID at the same index).
 pub const MSR_PATCH_LEVEL: u32 = 0x8b;
+/// IA32_MISC_ENABLE (Intel).
+pub const MSR_MISC_ENABLE: u32 = 0x1a0;
 /// IA32_PAT.
 pub const MSR_PAT: u32 = 0x277;
 /// TSC_AUX (RDTSCP/RDPID's value).
@@ -54,6 +59,13 @@ pub const PAT_POWER_ON: u64 = 0x0007_0406_0007_0406;
 /// The APIC base a BSP reports: the default address with the BSP bit and
 /// the global enable bit clear (no local APIC is offered).
 pub const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 8);
+
+/// IA32_MISC_ENABLE as an Intel guest reads it: fast strings on (bit 0),
+/// branch trace storage and PEBS unavailable (bits 11, 12), XD not
+/// disabled (bit 34 clear). Linux reads it without a fixup in its very
+/// first instructions on an Intel CPU (verify_cpu, before it has an IDT),
+/// so #GP there would triple-fault the guest.
+pub const MISC_ENABLE_VALUE: u64 = (1 << 0) | (1 << 11) | (1 << 12);
 
 /// Why a write is refused; each becomes #GP in the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +111,7 @@ impl MsrState {
         match msr {
             MSR_TSC => Some(tsc),
             MSR_APIC_BASE => Some(APIC_BASE_VALUE),
+            MSR_MISC_ENABLE => Some(MISC_ENABLE_VALUE),
             MSR_PATCH_LEVEL | MSR_HWCR | MSR_INT_PENDING_MSG => Some(0),
             MSR_PAT => Some(self.pat),
             MSR_TSC_AUX => Some(self.tsc_aux),
@@ -120,6 +133,10 @@ impl MsrState {
             MSR_APIC_BASE => {
                 return Err(MsrError::Refused("no local APIC is offered"));
             }
+            // Linux writes it back only to change a bit it found set the
+            // other way; the value is fixed here.
+            MSR_MISC_ENABLE if value == MISC_ENABLE_VALUE => {}
+            MSR_MISC_ENABLE => return Err(MsrError::Refused("MISC_ENABLE is fixed here")),
             // A microcode load asks for the level to be re-read; no effect.
             MSR_PATCH_LEVEL => {}
             MSR_TSC => return Err(MsrError::Refused("the guest TSC follows the host's")),
@@ -154,6 +171,17 @@ mod tests {
         assert_eq!(s.read(MSR_APIC_BASE, 0).unwrap() & (1 << 11), 0);
         assert_eq!(s.write(MSR_APIC_BASE, APIC_BASE_VALUE), Ok(()));
         assert!(s.write(MSR_APIC_BASE, APIC_BASE_VALUE | (1 << 11)).is_err());
+        assert_eq!(s.read(MSR_MISC_ENABLE, 0), Some(MISC_ENABLE_VALUE));
+        assert_eq!(
+            s.read(MSR_MISC_ENABLE, 0).unwrap() & (1 << 34),
+            0,
+            "XD enabled"
+        );
+        assert_eq!(s.write(MSR_MISC_ENABLE, MISC_ENABLE_VALUE), Ok(()));
+        assert!(
+            s.write(MSR_MISC_ENABLE, MISC_ENABLE_VALUE | (1 << 34))
+                .is_err()
+        );
         assert_eq!(s.read(0x1234, 0), None);
         assert_eq!(s.write(0x1234, 0), Err(MsrError::Unknown));
         for m in CONTEXT_MSRS {

@@ -20,6 +20,7 @@ use core::fmt;
 
 use crate::addr::GuestPhysAddr;
 use crate::exit::{AccessKind, IoAccess, IoDir, NestedFault, VirtInsn, VmExit, pushes_error_code};
+use crate::linux_boot::LinuxEntryState;
 
 /// The width a VMCS field encoding declares in bits 14:13.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +138,12 @@ pub mod field {
     pub const IO_BITMAP_B: Field64 = Field64::new(0x2002);
     /// MSR bitmaps.
     pub const MSR_BITMAP: Field64 = Field64::new(0x2004);
+    /// VM-exit MSR-store address.
+    pub const EXIT_MSR_STORE_ADDR: Field64 = Field64::new(0x2006);
+    /// VM-exit MSR-load address.
+    pub const EXIT_MSR_LOAD_ADDR: Field64 = Field64::new(0x2008);
+    /// VM-entry MSR-load address.
+    pub const ENTRY_MSR_LOAD_ADDR: Field64 = Field64::new(0x200a);
     /// EPT pointer.
     pub const EPT_POINTER: Field64 = Field64::new(0x201a);
     /// Guest-physical address of an EPT violation or misconfiguration.
@@ -556,6 +563,16 @@ pub mod ctl {
     pub const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
     /// Pin-based: activate the VMX-preemption timer.
     pub const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
+    /// Primary: interrupt-window exiting.
+    pub const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+    /// Primary: CR3-load exiting.
+    pub const PROC_CR3_LOAD_EXITING: u32 = 1 << 15;
+    /// Primary: CR3-store exiting.
+    pub const PROC_CR3_STORE_EXITING: u32 = 1 << 16;
+    /// Primary: CR8-load exiting.
+    pub const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
+    /// Primary: CR8-store exiting.
+    pub const PROC_CR8_STORE_EXITING: u32 = 1 << 20;
     /// Primary: HLT exiting.
     pub const PROC_HLT_EXITING: u32 = 1 << 7;
     /// Primary: unconditional I/O exiting.
@@ -568,18 +585,26 @@ pub mod ctl {
     pub const PROC_SECONDARY_CONTROLS: u32 = 1 << 31;
     /// Secondary: enable EPT.
     pub const PROC2_ENABLE_EPT: u32 = 1 << 1;
+    /// Secondary: enable RDTSCP (else RDTSCP raises #UD).
+    pub const PROC2_ENABLE_RDTSCP: u32 = 1 << 3;
     /// Secondary: enable VPID.
     pub const PROC2_ENABLE_VPID: u32 = 1 << 5;
     /// Secondary: unrestricted guest.
     pub const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
     /// Exit: host address-space size (64-bit host).
     pub const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
+    /// Exit: save IA32_PAT.
+    pub const EXIT_SAVE_PAT: u32 = 1 << 18;
+    /// Exit: load IA32_PAT.
+    pub const EXIT_LOAD_PAT: u32 = 1 << 19;
     /// Exit: save IA32_EFER.
     pub const EXIT_SAVE_EFER: u32 = 1 << 20;
     /// Exit: load IA32_EFER.
     pub const EXIT_LOAD_EFER: u32 = 1 << 21;
     /// Entry: IA-32e mode guest.
     pub const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
+    /// Entry: load IA32_PAT.
+    pub const ENTRY_LOAD_PAT: u32 = 1 << 14;
     /// Entry: load IA32_EFER.
     pub const ENTRY_LOAD_EFER: u32 = 1 << 15;
 }
@@ -610,6 +635,8 @@ pub mod reason {
     pub const EXTERNAL_INTERRUPT: u16 = 1;
     /// Triple fault.
     pub const TRIPLE_FAULT: u16 = 2;
+    /// Interrupt window: the guest can take an external interrupt.
+    pub const INTERRUPT_WINDOW: u16 = 7;
     /// CPUID.
     pub const CPUID: u16 = 10;
     /// HLT.
@@ -699,6 +726,7 @@ impl ExitReason {
             reason::EXCEPTION_OR_NMI => "exception or NMI",
             reason::EXTERNAL_INTERRUPT => "external interrupt",
             reason::TRIPLE_FAULT => "triple fault",
+            reason::INTERRUPT_WINDOW => "interrupt window",
             reason::CPUID => "CPUID",
             reason::HLT => "HLT",
             reason::VMCALL => "VMCALL",
@@ -792,6 +820,7 @@ pub fn decode_exit(raw: &RawExit) -> VmExit {
         }
         reason::EXTERNAL_INTERRUPT => VmExit::ExternalInterrupt,
         reason::TRIPLE_FAULT => VmExit::Shutdown,
+        reason::INTERRUPT_WINDOW => VmExit::InterruptWindow,
         reason::CPUID => VmExit::Cpuid,
         reason::HLT => VmExit::Hlt,
         reason::VMCALL => VmExit::Hypercall,
@@ -866,6 +895,459 @@ pub fn decode_ept_violation(qualification: u64, gpa: u64) -> NestedFault {
         present: q & (0b111 << 3) != 0,
         in_guest_walk: q & (1 << 7) != 0 && q & (1 << 8) == 0,
     }
+}
+
+/// An event for the VM-entry interruption-information field, with the error
+/// code and instruction length that go with it (SDM "VM-Entry Controls for
+/// Event Injection"):
+///
+/// ```text
+///  bits 7:0  vector     bits 10:8  type: 0 external interrupt, 2 NMI,
+///  bit 11    deliver error code        3 hardware exception, 4 software
+///  bit 31    valid                     interrupt, 5 privileged software
+///                                      exception, 6 software exception
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryEvent {
+    /// The interruption-information value (valid bit set).
+    pub info: u32,
+    /// The error code, used when `info` says to deliver one.
+    pub error_code: u32,
+    /// The instruction length, used for the software types (4, 5, 6).
+    pub instruction_len: u32,
+}
+
+/// Interruption-information bits and types.
+pub mod event {
+    /// Bit 31: valid.
+    pub const VALID: u32 = 1 << 31;
+    /// Bit 11: deliver an error code.
+    pub const DELIVER_ERROR_CODE: u32 = 1 << 11;
+    /// Bits 10:8: the type.
+    pub const TYPE_MASK: u32 = 7 << 8;
+    /// Type 0: external interrupt.
+    pub const TYPE_EXTERNAL_INTERRUPT: u32 = 0;
+    /// Type 3: hardware exception.
+    pub const TYPE_HARDWARE_EXCEPTION: u32 = 3 << 8;
+    /// Type 4: software interrupt (INT n).
+    pub const TYPE_SOFTWARE_INTERRUPT: u32 = 4 << 8;
+    /// Type 5: privileged software exception (INT1).
+    pub const TYPE_PRIVILEGED_SOFTWARE_EXCEPTION: u32 = 5 << 8;
+    /// Type 6: software exception (INT3, INTO).
+    pub const TYPE_SOFTWARE_EXCEPTION: u32 = 6 << 8;
+}
+
+impl EntryEvent {
+    /// External interrupt `vector` (what the PIC acknowledged).
+    pub const fn external_interrupt(vector: u8) -> Self {
+        Self {
+            info: event::VALID | event::TYPE_EXTERNAL_INTERRUPT | vector as u32,
+            error_code: 0,
+            instruction_len: 0,
+        }
+    }
+
+    /// Hardware exception `vector`, with `error_code` where the vector
+    /// pushes one.
+    pub const fn exception(vector: u8, error_code: Option<u32>) -> Self {
+        Self {
+            info: inject_exception_info(vector, error_code.is_some()),
+            error_code: match error_code {
+                Some(code) => code,
+                None => 0,
+            },
+            instruction_len: 0,
+        }
+    }
+
+    /// The event a VM exit interrupted, from the exit's IDT-vectoring
+    /// information and error code and the exit's instruction length (SDM
+    /// "Information for VM Exits That Occur During Event Delivery"): `None`
+    /// when nothing was being delivered. The IDT-vectoring layout is the
+    /// injection layout except bit 12 (undefined there, reserved here),
+    /// so only the vector, type, error-code and valid bits are kept. A
+    /// software interrupt or exception is delivered again with the length
+    /// of the instruction that raised it; the others ignore the length.
+    pub const fn from_idt_vectoring(
+        info: u32,
+        error_code: u32,
+        instruction_len: u32,
+    ) -> Option<Self> {
+        if info & event::VALID == 0 {
+            return None;
+        }
+        let kept = info & (event::VALID | event::DELIVER_ERROR_CODE | event::TYPE_MASK | 0xff);
+        let software = matches!(
+            kept & event::TYPE_MASK,
+            event::TYPE_SOFTWARE_INTERRUPT
+                | event::TYPE_PRIVILEGED_SOFTWARE_EXCEPTION
+                | event::TYPE_SOFTWARE_EXCEPTION
+        );
+        Some(Self {
+            info: kept,
+            error_code: if kept & event::DELIVER_ERROR_CODE != 0 {
+                error_code
+            } else {
+                0
+            },
+            instruction_len: if software { instruction_len } else { 0 },
+        })
+    }
+
+    /// Whether this is an external interrupt.
+    pub const fn is_external_interrupt(self) -> bool {
+        self.info & event::TYPE_MASK == event::TYPE_EXTERNAL_INTERRUPT
+    }
+}
+
+/// Guest interruptibility-state bits (SDM "Guest Non-Register State").
+pub mod interruptibility {
+    /// Blocking by STI.
+    pub const BLOCKING_BY_STI: u32 = 1 << 0;
+    /// Blocking by MOV SS or POP SS.
+    pub const BLOCKING_BY_MOV_SS: u32 = 1 << 1;
+    /// The one-instruction shadow of either.
+    pub const SHADOW: u32 = BLOCKING_BY_STI | BLOCKING_BY_MOV_SS;
+}
+
+/// The interruptibility state after the hypervisor stepped the guest over
+/// the instruction that exited: an STI or MOV SS shadow covers only that
+/// instruction, so it ends (an entry that injects an external interrupt
+/// with a shadow still set fails its checks).
+pub const fn after_instruction_skipped(state: u32) -> u32 {
+    state & !interruptibility::SHADOW
+}
+
+/// VMCS access rights of a GDT code or data descriptor (SDM "Guest
+/// Register State": bits 7:0 are descriptor bits 47:40 (type, S, DPL, P),
+/// bits 15:12 are descriptor bits 55:52 (AVL, L, D/B, G)).
+pub const fn segment_access_rights(descriptor: u64) -> u32 {
+    (((descriptor >> 40) & 0xff) | (((descriptor >> 52) & 0xf) << 12)) as u32
+}
+
+/// The byte-granular limit of a GDT descriptor (its 20-bit limit, scaled
+/// by 4 KiB with the fill when G is set), as the VMCS limit field holds it.
+pub const fn segment_limit(descriptor: u64) -> u32 {
+    let raw = ((descriptor & 0xffff) | ((descriptor >> 32) & 0xf_0000)) as u32;
+    if descriptor & (1 << 55) != 0 {
+        (raw << 12) | 0xfff
+    } else {
+        raw
+    }
+}
+
+/// The base of a GDT code or data descriptor.
+pub const fn segment_base(descriptor: u64) -> u32 {
+    (((descriptor >> 16) & 0xff_ffff) | (((descriptor >> 56) & 0xff) << 24)) as u32
+}
+
+/// Where an MSR's read and write exits sit in the 4-KiB MSR bitmap, as
+/// bit numbers (SDM "MSR-Bitmap Address": read bitmaps for MSRs
+/// 0-0x1FFF and 0xC000_0000-0xC000_1FFF at bytes 0 and 1024, write
+/// bitmaps at 2048 and 3072). `None` for MSRs outside both ranges, which
+/// always exit.
+pub const fn msr_bitmap_bits(msr: u32) -> Option<(usize, usize)> {
+    let (offset, low) = match msr {
+        0..=0x1fff => (0, msr),
+        0xc000_0000..=0xc000_1fff => (1024 * 8, msr - 0xc000_0000),
+        _ => return None,
+    };
+    let read = offset + low as usize;
+    Some((read, read + 2048 * 8))
+}
+
+/// Clears the read and write exit bits of `msr` in `bitmap`: the guest
+/// then reads and writes the hardware MSR, so only an MSR the VMCS or an
+/// MSR area switches per vCPU may be passed. `false` for an MSR outside
+/// the bitmap's ranges.
+pub fn pass_through_msr(bitmap: &mut [u8; 4096], msr: u32) -> bool {
+    let Some((read, write)) = msr_bitmap_bits(msr) else {
+        return false;
+    };
+    for bit in [read, write] {
+        bitmap[bit / 8] &= !(1 << (bit % 8));
+    }
+    true
+}
+
+/// One entry of a VM-entry MSR-load, VM-exit MSR-store or VM-exit MSR-load
+/// area (SDM "VM-Exit Controls for MSRs": 16 bytes, the index in bits
+/// 31:0, bits 63:32 reserved, the value in bits 127:64).
+pub const fn msr_area_entry(index: u32, value: u64) -> [u64; 2] {
+    [index as u64, value]
+}
+
+/// The control-register bits the host must own under VMX: those the fixed
+/// MSRs pin to 1 (`fixed0`) or to 0 (clear in `fixed1`). With them in the
+/// guest/host mask, a guest MOV to CR that would change one exits (and is
+/// refused) instead of leaving a value the next entry rejects; the guest
+/// reads the read shadow for them.
+pub const fn host_owned_cr_bits(fixed0: u64, fixed1: u64) -> u64 {
+    fixed0 | !fixed1
+}
+
+/// One segment as the VMCS holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// Selector.
+    pub selector: u16,
+    /// Base.
+    pub base: u64,
+    /// Byte-granular limit.
+    pub limit: u32,
+    /// Access rights (bit 16: unusable).
+    pub access_rights: u32,
+}
+
+/// The guest state and controls the software checks read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestStateView {
+    /// The VM-entry controls.
+    pub entry_controls: u32,
+    /// Guest CR0.
+    pub cr0: u64,
+    /// Guest CR4.
+    pub cr4: u64,
+    /// Guest IA32_EFER (loaded: the load-EFER entry control is assumed).
+    pub efer: u64,
+    /// IA32_VMX_CR0_FIXED0 and FIXED1.
+    pub cr0_fixed: (u64, u64),
+    /// IA32_VMX_CR4_FIXED0 and FIXED1.
+    pub cr4_fixed: (u64, u64),
+    /// CS.
+    pub cs: Segment,
+    /// SS.
+    pub ss: Segment,
+    /// DS, ES, FS, GS.
+    pub data: [Segment; 4],
+    /// TR.
+    pub tr: Segment,
+    /// LDTR.
+    pub ldtr: Segment,
+    /// RIP.
+    pub rip: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// Interruptibility state.
+    pub interruptibility: u32,
+    /// Activity state.
+    pub activity: u32,
+    /// The VM-entry interruption information.
+    pub entry_event: u32,
+}
+
+const AR_UNUSABLE: u32 = 1 << 16;
+
+const fn canonical(va: u64) -> bool {
+    ((va as i64) << 16 >> 16) as u64 == va
+}
+
+const fn limit_matches_granularity(s: Segment) -> bool {
+    let g = s.access_rights & (1 << 15) != 0;
+    (s.limit & 0xfff == 0xfff || !g) && (s.limit >> 20 == 0 || g)
+}
+
+/// The first of the SDM's guest-state checks ("Checks on the Guest State
+/// Area": control registers, segment registers, RIP and RFLAGS,
+/// non-register state) that `s` breaks, by name; `Ok` when none of those
+/// checked here. A subset: the checks a 64-bit guest set up by this
+/// hypervisor can break, so an entry that fails with "invalid guest state"
+/// (exit reason 33) names its field.
+pub fn check_guest_state(s: &GuestStateView) -> Result<(), &'static str> {
+    const CR0_PG: u64 = 1 << 31;
+    const CR4_PAE: u64 = 1 << 5;
+    const EFER_LME: u64 = 1 << 8;
+    const EFER_LMA: u64 = 1 << 10;
+    const RFLAGS_IF: u64 = 1 << 9;
+    let ia32e = s.entry_controls & ctl::ENTRY_IA32E_MODE_GUEST != 0;
+    let (f0, f1) = s.cr0_fixed;
+    if s.cr0 & f0 != f0 || s.cr0 & !f1 != 0 {
+        return Err("guest CR0 breaks the VMX fixed bits (IA32_VMX_CR0_FIXED0/1)");
+    }
+    let (f0, f1) = s.cr4_fixed;
+    if s.cr4 & f0 != f0 || s.cr4 & !f1 != 0 {
+        return Err("guest CR4 breaks the VMX fixed bits (IA32_VMX_CR4_FIXED0/1)");
+    }
+    if ia32e && (s.cr0 & CR0_PG == 0 || s.cr4 & CR4_PAE == 0) {
+        return Err("IA-32e mode guest without CR0.PG and CR4.PAE");
+    }
+    if (s.efer & EFER_LMA != 0) != ia32e {
+        return Err("guest EFER.LMA differs from the IA-32e mode guest entry control");
+    }
+    if s.cr0 & CR0_PG != 0 && (s.efer & EFER_LME != 0) != (s.efer & EFER_LMA != 0) {
+        return Err("guest EFER.LME differs from EFER.LMA with paging on");
+    }
+    let cs = s.cs.access_rights;
+    if !matches!(cs & 0xf, 9 | 11 | 13 | 15) || cs & (1 << 4) == 0 || cs & (1 << 7) == 0 {
+        return Err("CS is not a present, accessed code segment");
+    }
+    if ia32e && cs & (1 << 13) != 0 && cs & (1 << 14) != 0 {
+        return Err("CS has both L and D/B set in an IA-32e mode guest");
+    }
+    if !limit_matches_granularity(s.cs) {
+        return Err("CS limit disagrees with its granularity bit");
+    }
+    let ss = s.ss.access_rights;
+    if ss & AR_UNUSABLE == 0 {
+        if !matches!(ss & 0xf, 3 | 7) || ss & (1 << 4) == 0 || ss & (1 << 7) == 0 {
+            return Err("SS is usable but not a present, writable, accessed data segment");
+        }
+        if !limit_matches_granularity(s.ss) {
+            return Err("SS limit disagrees with its granularity bit");
+        }
+    }
+    if s.ss.selector & 3 != s.cs.selector & 3 {
+        return Err("SS.RPL differs from CS.RPL");
+    }
+    if (ss >> 5) & 3 != u32::from(s.ss.selector & 3) {
+        return Err("SS.DPL differs from SS.RPL");
+    }
+    for d in s.data {
+        let ar = d.access_rights;
+        if ar & AR_UNUSABLE != 0 {
+            continue;
+        }
+        if ar & 1 == 0 || ar & (1 << 4) == 0 || ar & (1 << 7) == 0 || (ar & 8 != 0 && ar & 2 == 0) {
+            return Err("a usable DS/ES/FS/GS is not a present, accessed, readable segment");
+        }
+        if !limit_matches_granularity(d) {
+            return Err("a DS/ES/FS/GS limit disagrees with its granularity bit");
+        }
+    }
+    let tr = s.tr.access_rights;
+    let tr_type_ok = if ia32e {
+        tr & 0xf == 11
+    } else {
+        matches!(tr & 0xf, 3 | 11)
+    };
+    if tr & AR_UNUSABLE != 0 || !tr_type_ok || tr & (1 << 4) != 0 || tr & (1 << 7) == 0 {
+        return Err("TR is not a usable, present, busy TSS (64-bit in IA-32e mode)");
+    }
+    if s.tr.selector & 4 != 0 || !limit_matches_granularity(s.tr) {
+        return Err("TR selector has TI set or its limit disagrees with G");
+    }
+    let ldtr = s.ldtr.access_rights;
+    if ldtr & AR_UNUSABLE == 0 && (ldtr & 0xf != 2 || ldtr & (1 << 4) != 0 || ldtr & (1 << 7) == 0)
+    {
+        return Err("LDTR is usable but not a present LDT descriptor");
+    }
+    if ia32e && cs & (1 << 13) != 0 && !canonical(s.rip) {
+        return Err("RIP is not canonical in 64-bit mode");
+    }
+    const RFLAGS_RESERVED_ZERO: u64 = !0x3f_ffff | (1 << 15) | (1 << 5) | (1 << 3);
+    if s.rflags & 2 == 0 || s.rflags & RFLAGS_RESERVED_ZERO != 0 {
+        return Err("RFLAGS has bit 1 clear or a reserved bit set");
+    }
+    if ia32e && s.rflags & (1 << 17) != 0 {
+        return Err("RFLAGS.VM is set in an IA-32e mode guest");
+    }
+    let state = s.interruptibility;
+    if state & !0x1f != 0 {
+        return Err("interruptibility state has reserved bits set");
+    }
+    if state & interruptibility::SHADOW == interruptibility::SHADOW {
+        return Err("interruptibility state has both STI and MOV-SS blocking");
+    }
+    if state & interruptibility::BLOCKING_BY_STI != 0 && s.rflags & RFLAGS_IF == 0 {
+        return Err("blocking by STI with RFLAGS.IF clear");
+    }
+    if s.entry_event & event::VALID != 0
+        && s.entry_event & event::TYPE_MASK == event::TYPE_EXTERNAL_INTERRUPT
+        && state & interruptibility::SHADOW != 0
+    {
+        return Err("an external interrupt is injected inside an STI or MOV-SS shadow");
+    }
+    if s.activity != 0 {
+        return Err("activity state is not active");
+    }
+    Ok(())
+}
+
+/// The VMCS guest state for Linux's 64-bit entry (`LinuxEntryState`, the
+/// plan's GDT `gdt`): CS and the data segments from their descriptors, a
+/// busy 64-bit TSS at selector 0 for TR and an unusable LDTR (Linux loads
+/// its own before using either; the entry checks want a usable TR), CR0
+/// and CR4 with the VMX fixed bits added, and the IA-32e mode guest entry
+/// control in `entry_controls`. The caller writes CR3, GDTR, IDTR and the
+/// registers from `entry` as they are. Errors name a selector that is not
+/// in `gdt`.
+pub fn linux64_guest_state(
+    entry: &LinuxEntryState,
+    gdt: &[u64],
+    entry_controls: u32,
+    cr0_fixed: (u64, u64),
+    cr4_fixed: (u64, u64),
+) -> Result<GuestStateView, &'static str> {
+    let segment = |selector: u16| -> Result<Segment, &'static str> {
+        let descriptor = *gdt
+            .get(usize::from(selector >> 3))
+            .ok_or("a boot selector lies outside the boot GDT")?;
+        Ok(Segment {
+            selector,
+            base: u64::from(segment_base(descriptor)),
+            limit: segment_limit(descriptor),
+            access_rights: segment_access_rights(descriptor),
+        })
+    };
+    let data = segment(entry.data_selector)?;
+    Ok(GuestStateView {
+        entry_controls: entry_controls | ctl::ENTRY_IA32E_MODE_GUEST,
+        cr0: apply_fixed(entry.cr0, cr0_fixed.0, cr0_fixed.1),
+        cr4: apply_fixed(entry.cr4, cr4_fixed.0, cr4_fixed.1),
+        efer: entry.efer,
+        cr0_fixed,
+        cr4_fixed,
+        cs: segment(entry.code_selector)?,
+        ss: data,
+        data: [data; 4],
+        tr: Segment {
+            selector: 0,
+            base: 0,
+            limit: 0x67,
+            access_rights: 0x8b,
+        },
+        ldtr: Segment {
+            access_rights: AR_UNUSABLE,
+            ..Segment::default()
+        },
+        rip: entry.rip,
+        rflags: entry.rflags,
+        interruptibility: 0,
+        activity: 0,
+        entry_event: 0,
+    })
+}
+
+/// Which check a failed VM entry broke (SDM "VM-Entry Failures During or
+/// After Loading Guest State"): for "invalid guest state" (reason 33) the
+/// qualification names the PDPTE, NMI-injection and VMCS-link cases and is
+/// 0 otherwise, when `guest_check` (this module's [`check_guest_state`]
+/// over the VMCS) names the field if it can; for "MSR loading" (reason 34)
+/// the qualification is the 1-based entry of the VM-entry MSR-load area,
+/// named from `msr_load_list`. `None` for other reasons.
+pub fn describe_entry_failure(
+    reason: u32,
+    qualification: u64,
+    guest_check: Result<(), &'static str>,
+    msr_load_list: &[(u32, &'static str)],
+) -> Option<&'static str> {
+    let why = ExitReason(reason);
+    if !why.entry_failed() {
+        return None;
+    }
+    Some(match (why.basic(), qualification) {
+        (reason::INVALID_GUEST_STATE, 2) => "loading the guest's PDPTEs failed",
+        (reason::INVALID_GUEST_STATE, 3) => "NMI injection blocked by the guest state",
+        (reason::INVALID_GUEST_STATE, 4) => "invalid VMCS link pointer",
+        (reason::INVALID_GUEST_STATE, _) => match guest_check {
+            Err(field) => field,
+            Ok(()) => "invalid guest state that the software checks do not name",
+        },
+        (reason::MSR_LOADING, n) => msr_load_list
+            .get((n as usize).wrapping_sub(1))
+            .map_or("an MSR-load entry outside the list", |(_, name)| name),
+        _ => why.name(),
+    })
 }
 
 #[cfg(test)]
@@ -1163,5 +1645,266 @@ mod tests {
         assert_eq!(w.access, AccessKind::Write);
         assert!(w.present && w.in_guest_walk);
         assert_eq!(decode_ept_violation(1 << 2, 0).access, AccessKind::Execute);
+    }
+    #[test]
+    fn interrupt_window_exit_decodes() {
+        let raw = RawExit {
+            reason: u32::from(reason::INTERRUPT_WINDOW),
+            ..RawExit::default()
+        };
+        assert_eq!(decode_exit(&raw), VmExit::InterruptWindow);
+        assert_eq!(ExitReason(7).name(), "interrupt window");
+        assert!(!ExitReason(7).reports_instruction_len());
+    }
+
+    #[test]
+    fn external_interrupt_injection_info() {
+        let e = EntryEvent::external_interrupt(0x30);
+        assert_eq!(e.info, 0x8000_0030);
+        assert!(e.is_external_interrupt());
+        let pf = EntryEvent::exception(14, Some(0x6));
+        assert_eq!((pf.info, pf.error_code), (0x8000_0b0e, 6));
+        assert!(!pf.is_external_interrupt());
+        let ud = EntryEvent::exception(6, None);
+        assert_eq!((ud.info, ud.error_code), (0x8000_0306, 0));
+    }
+
+    #[test]
+    fn idt_vectoring_becomes_the_next_injection() {
+        assert_eq!(EntryEvent::from_idt_vectoring(0x30, 0, 0), None);
+        // An external interrupt whose delivery hit an EPT violation: bit 12
+        // (undefined in IDT-vectoring info) is dropped, no length, no code.
+        let irq = EntryEvent::from_idt_vectoring(0x8000_1030, 0xdead, 3).unwrap();
+        assert_eq!(irq, EntryEvent::external_interrupt(0x30));
+        // A page fault keeps its error code.
+        let pf = EntryEvent::from_idt_vectoring(0x8000_0b0e, 2, 0).unwrap();
+        assert_eq!(pf, EntryEvent::exception(14, Some(2)));
+        // INT 0x80 is delivered again with the length of its instruction.
+        let int80 = EntryEvent::from_idt_vectoring(0x8000_0480, 0x77, 2).unwrap();
+        assert_eq!(
+            int80,
+            EntryEvent {
+                info: 0x8000_0480,
+                error_code: 0,
+                instruction_len: 2
+            }
+        );
+        // INT3 (software exception) likewise; reserved bits 30:13 go.
+        let int3 = EntryEvent::from_idt_vectoring(0xc000_0603, 0, 1).unwrap();
+        assert_eq!((int3.info, int3.instruction_len), (0x8000_0603, 1));
+    }
+
+    #[test]
+    fn stepping_over_an_instruction_ends_the_shadow() {
+        assert_eq!(after_instruction_skipped(0b1011), 0b1000);
+        assert_eq!(after_instruction_skipped(0), 0);
+    }
+
+    #[test]
+    fn linux_boot_descriptors_as_vmcs_segments() {
+        let code = crate::linux_boot::GDT[2];
+        let data = crate::linux_boot::GDT[3];
+        assert_eq!(segment_access_rights(code), 0xa09b);
+        assert_eq!(segment_access_rights(data), 0xc093);
+        assert_eq!(segment_limit(code), 0xffff_ffff);
+        assert_eq!(segment_base(code), 0);
+        // A byte-granular descriptor with a base in both pieces.
+        let small: u64 = 0x0000_9312_3456_0fff;
+        assert_eq!(segment_limit(small), 0xfff);
+        assert_eq!(segment_base(small), 0x0012_3456);
+        assert_eq!(segment_base(small | (0xab << 56)), 0xab12_3456);
+    }
+
+    #[test]
+    fn msr_bitmap_positions() {
+        assert_eq!(msr_bitmap_bits(0x277), Some((0x277, 0x4000 + 0x277)));
+        assert_eq!(
+            msr_bitmap_bits(0xc000_0082),
+            Some((0x2000 + 0x82, 0x6000 + 0x82))
+        );
+        assert_eq!(msr_bitmap_bits(0x2000), None);
+        assert_eq!(msr_bitmap_bits(0x4000_0000), None);
+        let mut map = [0xffu8; 4096];
+        assert!(!pass_through_msr(&mut map, 0x4b56_4d00));
+        assert!(map.iter().all(|b| *b == 0xff));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pass_through_clears_exactly_two_bits(msr in proptest::prop_oneof![0u32..0x2000, 0xc000_0000u32..0xc000_2000]) {
+            let mut map = [0xffu8; 4096];
+            proptest::prop_assert!(pass_through_msr(&mut map, msr));
+            let cleared: u32 = map.iter().map(|b| b.count_zeros()).sum();
+            proptest::prop_assert_eq!(cleared, 2);
+            let (read, write) = msr_bitmap_bits(msr).unwrap();
+            proptest::prop_assert_eq!(map[read / 8] & (1 << (read % 8)), 0);
+            proptest::prop_assert_eq!(map[write / 8] & (1 << (write % 8)), 0);
+        }
+    }
+
+    #[test]
+    fn host_owns_the_fixed_cr_bits() {
+        // Bochs bed: CR0 fixed0 PE|NE|PG, fixed1 all 32 bits; CR4 fixed0 VMXE.
+        let cr0 = host_owned_cr_bits(0x8000_0021, 0xffff_ffff);
+        assert_eq!(cr0 & 0xffff_ffff, 0x8000_0021);
+        assert_eq!(cr0 >> 32, 0xffff_ffff);
+        let cr4 = host_owned_cr_bits(0x2000, 0x0037_2fff);
+        assert_eq!(cr4 & CR4_VMXE, CR4_VMXE);
+        // PAE, PGE, OSFXSR... stay the guest's; LA57 (12), not offered, is the host's.
+        assert_eq!(cr4 & 0xfff, 0);
+        assert_ne!(cr4 & (1 << 12), 0);
+    }
+
+    const BOCHS_CR0_FIXED: (u64, u64) = (0x8000_0021, 0xffff_ffff);
+    const BOCHS_CR4_FIXED: (u64, u64) = (0x2000, 0x0037_2fff);
+
+    fn linux_entry() -> LinuxEntryState {
+        LinuxEntryState {
+            rip: 0x10_0200,
+            rsi: 0x7000,
+            rsp: 0x8000,
+            rflags: 2,
+            cr0: 0x8000_0031,
+            cr3: 0x2000,
+            cr4: 1 << 5,
+            efer: (1 << 8) | (1 << 10),
+            gdt_base: crate::linux_boot::GDT_GPA,
+            gdt_limit: 31,
+            code_selector: 0x10,
+            data_selector: 0x18,
+        }
+    }
+
+    fn linux_view() -> GuestStateView {
+        linux64_guest_state(
+            &linux_entry(),
+            &crate::linux_boot::GDT,
+            ctl::ENTRY_LOAD_EFER,
+            BOCHS_CR0_FIXED,
+            BOCHS_CR4_FIXED,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn linux64_state_passes_the_guest_state_checks() {
+        let v = linux_view();
+        assert_eq!(check_guest_state(&v), Ok(()));
+        assert_eq!(v.cs.access_rights, 0xa09b);
+        assert_eq!((v.ss.selector, v.data[0].selector), (0x18, 0x18));
+        assert_ne!(v.entry_controls & ctl::ENTRY_IA32E_MODE_GUEST, 0);
+        assert_ne!(v.cr4 & CR4_VMXE, 0);
+        let bad_selector = LinuxEntryState {
+            code_selector: 0x28,
+            ..linux_entry()
+        };
+        assert_eq!(
+            linux64_guest_state(
+                &bad_selector,
+                &crate::linux_boot::GDT,
+                0,
+                BOCHS_CR0_FIXED,
+                BOCHS_CR4_FIXED
+            ),
+            Err("a boot selector lies outside the boot GDT")
+        );
+    }
+
+    #[test]
+    fn each_broken_check_is_named() {
+        let ok = linux_view();
+        let named = |v: GuestStateView| check_guest_state(&v).unwrap_err();
+        assert!(
+            named(GuestStateView {
+                cr0: ok.cr0 & !(1 << 5),
+                ..ok
+            })
+            .contains("CR0")
+        );
+        assert!(
+            named(GuestStateView {
+                cr4: ok.cr4 & !CR4_VMXE,
+                ..ok
+            })
+            .contains("CR4")
+        );
+        assert!(named(GuestStateView { efer: 1 << 8, ..ok }).contains("LMA"));
+        let mut cs = ok.cs;
+        cs.access_rights |= 1 << 14;
+        assert!(named(GuestStateView { cs, ..ok }).contains("L and D/B"));
+        let mut tr = ok.tr;
+        tr.access_rights = AR_UNUSABLE;
+        assert!(named(GuestStateView { tr, ..ok }).contains("TR"));
+        assert!(named(GuestStateView { rflags: 0, ..ok }).contains("RFLAGS"));
+        assert!(
+            named(GuestStateView {
+                interruptibility: interruptibility::BLOCKING_BY_STI,
+                ..ok
+            })
+            .contains("RFLAGS.IF clear")
+        );
+        assert!(
+            named(GuestStateView {
+                rflags: 0x202,
+                interruptibility: interruptibility::BLOCKING_BY_STI,
+                entry_event: EntryEvent::external_interrupt(0x20).info,
+                ..ok
+            })
+            .contains("shadow")
+        );
+        // An exception may be injected in a shadow.
+        assert_eq!(
+            check_guest_state(&GuestStateView {
+                rflags: 0x202,
+                interruptibility: interruptibility::BLOCKING_BY_MOV_SS,
+                entry_event: EntryEvent::exception(13, Some(0)).info,
+                ..ok
+            }),
+            Ok(())
+        );
+        let mut ss = ok.ss;
+        ss.selector |= 3;
+        assert!(named(GuestStateView { ss, ..ok }).contains("RPL"));
+        assert!(named(GuestStateView { rip: 1 << 50, ..ok }).contains("canonical"));
+    }
+
+    #[test]
+    fn failed_entries_name_their_check() {
+        let list = [(0xc000_0081, "IA32_STAR"), (0xc000_0082, "IA32_LSTAR")];
+        let failed = |basic: u16| (1 << 31) | u32::from(basic);
+        assert_eq!(
+            describe_entry_failure(u32::from(reason::HLT), 0, Ok(()), &list),
+            None
+        );
+        assert_eq!(
+            describe_entry_failure(
+                failed(reason::INVALID_GUEST_STATE),
+                0,
+                Err("TR is bad"),
+                &list
+            ),
+            Some("TR is bad")
+        );
+        assert_eq!(
+            describe_entry_failure(
+                failed(reason::INVALID_GUEST_STATE),
+                4,
+                Err("TR is bad"),
+                &list
+            ),
+            Some("invalid VMCS link pointer")
+        );
+        assert_eq!(
+            describe_entry_failure(failed(reason::MSR_LOADING), 2, Ok(()), &list),
+            Some("IA32_LSTAR")
+        );
+        assert_eq!(
+            describe_entry_failure(failed(reason::MSR_LOADING), 0, Ok(()), &list),
+            Some("an MSR-load entry outside the list")
+        );
+        assert_eq!(
+            describe_entry_failure(failed(reason::MSR_LOADING), 3, Ok(()), &list),
+            Some("an MSR-load entry outside the list")
+        );
     }
 }

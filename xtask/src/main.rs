@@ -636,7 +636,7 @@ fn steps() -> Vec<Step> {
         },
         Step {
             name: "linux-assets",
-            what: "Debian's kernel and busybox, the initramfs, the test_linux bundle (target/linux)",
+            what: "Debian's kernel and busybox, the initramfs, the test_linux and test_linux_vmx bundles (target/linux)",
             run: step_linux_assets,
         },
         Step {
@@ -723,14 +723,16 @@ fn step_loom(_: &TestContext) -> Result<(), String> {
 fn step_linux_assets(_: &TestContext) -> Result<(), String> {
     let target = target_dir();
     let assets = linux::prepare(&target, false)?;
-    let path = linux::write_bundle(
-        &target,
-        "test_linux",
-        &assets.kernel,
-        &assets.initramfs,
-        linux::TEST_CMDLINE,
-    )?;
-    println!("Linux bundle for test_linux: {}", path.display());
+    for name in linux::LINUX_TEST_KERNELS {
+        let path = linux::write_bundle(
+            &target,
+            name,
+            &assets.kernel,
+            &assets.initramfs,
+            linux::TEST_CMDLINE,
+        )?;
+        println!("Linux bundle for {name}: {}", path.display());
+    }
     Ok(())
 }
 

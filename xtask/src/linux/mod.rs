@@ -43,6 +43,10 @@ pub const TEST_CMDLINE: &str =
 /// shell; a panic stops the VM (reboot through the i8042).
 pub const RUN_CMDLINE: &str = "console=ttyS0 acpi=off nolapic noapic panic=-1";
 
+/// The scenario kernels that boot the test init (`TEST_CMDLINE`): on SVM
+/// (QEMU) and on VMX (full-system Bochs).
+pub const LINUX_TEST_KERNELS: [&str; 2] = ["test_linux", "test_linux_vmx"];
+
 /// Where the bundle (`hvcore::linux_boot::bundle`) of kernel `name`
 /// lives: `target/linux/<name>.bundle`.
 pub fn bundle_path(target: &Path, name: &str) -> PathBuf {
@@ -50,11 +54,11 @@ pub fn bundle_path(target: &Path, name: &str) -> PathBuf {
 }
 
 /// The ramdisk the image of kernel binary `bin` carries, if any: the
-/// Linux bundle written for it (`test_linux` by the test step
+/// Linux bundle written for it (`LINUX_TEST_KERNELS` by the test step
 /// `linux-assets`, `thermocline` by `cargo xtask run --guest linux`).
 pub fn ramdisk_for(target: &Path, bin: &str) -> Option<PathBuf> {
     let path = bundle_path(target, bin);
-    let wanted = bin == "test_linux"
+    let wanted = LINUX_TEST_KERNELS.contains(&bin)
         || (bin == "thermocline" && std::env::var("THERMOCLINE_GUEST").as_deref() == Ok("linux"));
     (wanted && path.is_file()).then_some(path)
 }

@@ -290,3 +290,41 @@ impl EntryFormat for TinyFormat {
         crate::npt::Npt::with_perms(entry, perms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_outside_the_tree_do_not_exist() {
+        assert_eq!(Level::new(0), None);
+        assert_eq!(Level::new(1), Some(Level::PAGE_4K));
+        assert_eq!(Level::new(4), Some(Level::PML4));
+        assert_eq!(Level::new(Level::MAX.get() + 1), None);
+    }
+
+    #[test]
+    fn stepping_stops_at_both_ends() {
+        assert_eq!(Level::PAGE_4K.next_lower(), None);
+        assert_eq!(Level::PAGE_2M.next_lower(), Some(Level::PAGE_4K));
+        assert_eq!(Level::PAGE_1G.next_higher(), Some(Level::PML4));
+        assert_eq!(Level::MAX.next_higher(), None);
+        let all: [Level; 4] = [Level::PML4, Level::PAGE_1G, Level::PAGE_2M, Level::PAGE_4K];
+        assert!(Level::down_from(Level::PML4).eq(all));
+        assert!(Level::down_from(Level::PAGE_4K).eq([Level::PAGE_4K]));
+    }
+
+    #[test]
+    fn page_bytes_follow_the_geometry() {
+        assert_eq!(Level::PAGE_4K.page_bytes(9), 4096);
+        assert_eq!(Level::PAGE_2M.page_bytes(9), 2 << 20);
+        assert_eq!(Level::PAGE_1G.page_bytes(9), 1 << 30);
+        assert_eq!(Level::PML4.page_bytes(9), 512 << 30);
+        // The loom format: 2 entries per table, so level 2 maps 8 KiB.
+        assert_eq!(TinyFormat::level_size(Level::PAGE_2M), 8192);
+        assert_eq!(TinyFormat::index(0x2000, Level::PAGE_4K), 0);
+        assert_eq!(TinyFormat::index(0x2000, Level::PAGE_2M), 1);
+        assert_eq!(Level::PAGE_4K.array_index(), 0);
+        assert_eq!(Level::PML4.array_index(), 3);
+    }
+}

@@ -101,7 +101,7 @@
 use crate::entry::{Change, Retry, Update, update_entry};
 use crate::flush::{FlushPolicy, TlbFlush};
 use crate::generations::{CHECK_EVERY, EXACT_GENS, Generations, TAGS, decode, tag_of};
-use crate::pte::EntryFormat;
+use crate::pte::{EntryFormat, Level};
 use crate::sync::{AtomicU64, Ordering};
 use crate::table::{TableMemory, Tables};
 use crate::walk::{Batch, CHUNK, LeafChunk, MAX_LEVELS};
@@ -160,7 +160,7 @@ pub enum ClearYoung {
 /// with only the mark loses the mark; each of these takes the pass's tag.
 /// Retiring clears the tag of an entry that is none of these.
 #[inline(always)]
-fn aged<F: EntryFormat>(old: u64, level: u8, stamp: Stamp) -> u64 {
+fn aged<F: EntryFormat>(old: u64, level: Level, stamp: Stamp) -> u64 {
     let young = old & (F::ACCESSED | F::RESCAN) != 0;
     match stamp {
         _ if !F::is_present(old) => old,
@@ -186,7 +186,7 @@ fn aged<F: EntryFormat>(old: u64, level: u8, stamp: Stamp) -> u64 {
 pub fn test_and_clear_young<F: EntryFormat>(
     slot: &AtomicU64,
     snapshot: u64,
-    level: u8,
+    level: Level,
     stamp: Stamp,
 ) -> ClearYoung {
     let outcome = |was: u64, wrote: u64| match stamp {
@@ -263,7 +263,7 @@ pub struct PassStats {
 /// Where an aging walk reports young leaves.
 pub trait YoungSink {
     /// A young leaf at `level` (any level) whose A was cleared.
-    fn leaf(&mut self, gpa: u64, level: u8, entry: u64);
+    fn leaf(&mut self, gpa: u64, level: Level, entry: u64);
     /// Young 4 KiB leaves of one chunk of a leaf table: bit `k` of
     /// `cleared` set means the entry at `gpa + k * 4096` (snapshot `old[k]`)
     /// was young. The default reports each through [`YoungSink::leaf`].
@@ -273,16 +273,16 @@ pub trait YoungSink {
         while m != 0 {
             let k = m.trailing_zeros() as usize;
             m &= m - 1;
-            self.leaf(gpa + k as u64 * 4096, 1, old[k]);
+            self.leaf(gpa + k as u64 * 4096, Level::PAGE_4K, old[k]);
         }
     }
 }
 
 const _: () = assert!(CHUNK <= 32, "YoungSink::chunk takes a 32-bit mask");
 
-impl<T: FnMut(u64, u8, u64)> YoungSink for T {
+impl<T: FnMut(u64, Level, u64)> YoungSink for T {
     #[inline(always)]
-    fn leaf(&mut self, gpa: u64, level: u8, entry: u64) {
+    fn leaf(&mut self, gpa: u64, level: Level, entry: u64) {
         self(gpa, level, entry)
     }
 }
@@ -297,7 +297,7 @@ impl<T: FnMut(u64, u8, u64)> YoungSink for T {
 fn age_entry<F: EntryFormat>(
     slot: &AtomicU64,
     gpa: u64,
-    level: u8,
+    level: Level,
     snapshot: u64,
     tag: u64,
     stats: &mut PassStats,
@@ -360,18 +360,26 @@ fn age_chunk<F: EntryFormat>(
         if !F::is_present(snapshot) {
             continue;
         }
-        match test_and_clear_young::<F>(slot, snapshot, 1, Stamp::Young(tag)) {
+        match test_and_clear_young::<F>(slot, snapshot, Level::PAGE_4K, Stamp::Young(tag)) {
             ClearYoung::Cleared { was, .. } => {
                 cleared |= 1 << k;
                 *o = was;
                 if per_page {
-                    young.leaf(chunk.gpa + k as u64 * 4096, 1, was);
+                    young.leaf(chunk.gpa + k as u64 * 4096, Level::PAGE_4K, was);
                 }
             }
             ClearYoung::WasOld | ClearYoung::Rescan { .. } | ClearYoung::Retired { .. } => {}
             ClearYoung::Changed(now) => {
                 stats.raced += 1;
-                age_entry::<F>(slot, chunk.gpa + k as u64 * 4096, 1, now, tag, stats, young);
+                age_entry::<F>(
+                    slot,
+                    chunk.gpa + k as u64 * 4096,
+                    Level::PAGE_4K,
+                    now,
+                    tag,
+                    stats,
+                    young,
+                );
             }
         }
     }
@@ -409,7 +417,7 @@ fn check_due(was: Option<u64>, seq: u64, key: u64) -> bool {
 /// to read anyway.
 pub fn retire_stale<F: EntryFormat>(
     table: &[AtomicU64],
-    level: u8,
+    level: Level,
     parent: Option<u64>,
     seq: u64,
     stats: &mut PassStats,
@@ -497,16 +505,16 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
     // The generation each entry on the walk's current path had before this
     // pass stamped it; entries of the root table decode against `seq`.
     let mut before: [Option<u64>; MAX_LEVELS + 2] = [None; MAX_LEVELS + 2];
-    before[usize::from(F::LEVELS) + 1] = Some(seq);
+    before[usize::from(F::LEVELS.get()) + 1] = Some(seq);
     let mut walk = tables
-        .walk(start, end, 1, F::ACCESSED | F::RESCAN)
+        .walk(start, end, Level::PAGE_4K, F::ACCESSED | F::RESCAN)
         .leaf_filter(F::ACCESSED);
     let mut sparse = true;
     let mut per_page = true;
     while let Some(item) = walk.next_batch() {
         match item {
             Batch::Entry(e) => {
-                stats.leaf_entries_read += u64::from(e.level == 1);
+                stats.leaf_entries_read += u64::from(e.level == Level::PAGE_4K);
                 let slot = walk.slot();
                 let Some((old, wrote)) =
                     age_entry::<F>(slot, e.gpa, e.level, e.old, tag, &mut stats, &mut young)
@@ -528,17 +536,18 @@ pub fn age_range<F: EntryFormat, M: TableMemory>(
                 // A table the walk is about to scan: check its children's
                 // tags if its parent is old or its turn came since it was
                 // last scanned (the invariant of `crate::generations`).
-                let l = usize::from(e.level);
+                let l = usize::from(e.level.get());
                 let was = decode(before[l + 1], F::gen_tag(old));
                 before[l] = was;
                 if check_due(
                     was,
                     seq,
-                    e.gpa / F::level_size(e.level) + u64::from(e.level),
+                    e.gpa / F::level_size(e.level) + u64::from(e.level.get()),
                 ) && let Some(child) = tables.mem().table(F::addr(old))
                     && child.len() == F::ENTRIES
+                    && let Some(lower) = e.level.next_lower()
                 {
-                    retire_stale::<F>(child, e.level - 1, was, seq, &mut stats);
+                    retire_stale::<F>(child, lower, was, seq, &mut stats);
                 }
                 #[cfg(debug_assertions)]
                 if let Some(child) = tables.mem().table(F::addr(wrote)) {
@@ -573,7 +582,7 @@ pub fn test_young<F: EntryFormat, M: TableMemory>(
     start: u64,
     end: u64,
 ) -> bool {
-    let mut walk = tables.walk(start, end, 1, F::ACCESSED | F::RESCAN);
+    let mut walk = tables.walk(start, end, Level::PAGE_4K, F::ACCESSED | F::RESCAN);
     while let Some(e) = walk.next() {
         if F::is_present(e.old) && F::is_leaf(e.old, e.level) {
             return true;
@@ -586,7 +595,7 @@ pub fn test_young<F: EntryFormat, M: TableMemory>(
 struct NoReports;
 impl YoungSink for NoReports {
     #[inline(always)]
-    fn leaf(&mut self, _: u64, _: u8, _: u64) {}
+    fn leaf(&mut self, _: u64, _: Level, _: u64) {}
     #[inline(always)]
     fn chunk(&mut self, _: u64, _: u32, _: &[u64; CHUNK]) {}
 }

@@ -151,10 +151,10 @@ mod tests {
     use super::*;
     use crate::addr::HostPhysAddr;
     use crate::npt::Npt;
-    use crate::pte::Perms;
+    use crate::pte::{Level, Perms};
 
     fn leaf() -> u64 {
-        Npt::make_leaf(HostPhysAddr::new(0x5000), 1, Perms::RW)
+        Npt::make_leaf(HostPhysAddr::new(0x5000), Level::PAGE_4K, Perms::RW)
     }
 
     #[test]
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn retrying_while_same_stops_at_a_remapped_entry() {
-        let remapped = Npt::make_leaf(HostPhysAddr::new(0x9000), 1, Perms::RW);
+        let remapped = Npt::make_leaf(HostPhysAddr::new(0x9000), Level::PAGE_4K, Perms::RW);
         let slot = AtomicU64::new(remapped);
         let r = update_entry::<Npt>(&slot, leaf(), Change::Moving, Retry::WhileSame, |v| {
             Some(v | Npt::ACCESSED)

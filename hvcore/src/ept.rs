@@ -16,7 +16,7 @@
 //! the entry if the EPTP enables A/D flags (bit 6).
 
 use crate::addr::HostPhysAddr;
-use crate::pte::{EntryFormat, Perms};
+use crate::pte::{EntryFormat, Level, Perms};
 
 /// The EPT entry format (marker type).
 #[derive(Clone, Copy, Debug)]
@@ -49,8 +49,12 @@ impl EntryFormat for Ept {
     fn make_table(table: HostPhysAddr) -> u64 {
         (table.as_u64() & Self::ADDR_MASK) | R | W | X | Self::ACCESSED
     }
-    fn make_leaf(frame: HostPhysAddr, level: u8, perms: Perms) -> u64 {
-        let large = if level > 1 { Self::LARGE } else { 0 };
+    fn make_leaf(frame: HostPhysAddr, level: Level, perms: Perms) -> u64 {
+        let large = if level > Level::PAGE_4K {
+            Self::LARGE
+        } else {
+            0
+        };
         (frame.as_u64() & Self::ADDR_MASK) | MEMTYPE_WB | large | rights(perms)
     }
     fn with_perms(entry: u64, perms: Perms) -> u64 {
@@ -97,9 +101,9 @@ mod tests {
 
     #[test]
     fn leaf_and_table_bits() {
-        let leaf = Ept::make_leaf(HostPhysAddr::new(0x20_0000), 2, Perms::RW);
+        let leaf = Ept::make_leaf(HostPhysAddr::new(0x20_0000), Level::PAGE_2M, Perms::RW);
         assert_eq!(leaf, 0x20_0000 | (6 << 3) | (1 << 7) | 0b011);
-        assert!(Ept::is_present(leaf) && Ept::is_leaf(leaf, 2));
+        assert!(Ept::is_present(leaf) && Ept::is_leaf(leaf, Level::PAGE_2M));
         assert_eq!(Ept::perms(leaf), Perms::RW);
         assert_eq!(
             Ept::with_perms(leaf | Ept::DIRTY, Perms::RX),
@@ -107,10 +111,10 @@ mod tests {
         );
         let table = Ept::make_table(HostPhysAddr::new(0x5000));
         assert_eq!(table, 0x5000 | 0x107);
-        assert!(Ept::is_table(table, 2) && !Ept::is_table(table, 1));
+        assert!(Ept::is_table(table, Level::PAGE_2M) && !Ept::is_table(table, Level::PAGE_4K));
         // A 4 KiB leaf never has the large bit, and bit 7 is ignored there.
         assert_eq!(
-            Ept::make_leaf(HostPhysAddr::new(0x3000), 1, Perms::R),
+            Ept::make_leaf(HostPhysAddr::new(0x3000), Level::PAGE_4K, Perms::R),
             0x3000 | 0x31
         );
         assert!(!Ept::is_present(Ept::ACCESSED | Ept::DIRTY | 0x1000));

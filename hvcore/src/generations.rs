@@ -72,7 +72,7 @@
 
 use crate::addr::{GuestPhysAddr, PAGE_SIZE_4K};
 use crate::entry::{Change, Retry, Update, update_entry};
-use crate::pte::EntryFormat;
+use crate::pte::{EntryFormat, Level};
 use crate::sync::Ordering;
 use crate::table::{TableMemory, Tables};
 use crate::walk::Batch;
@@ -195,7 +195,7 @@ impl Generations {
     pub fn adopt<F: EntryFormat, M: TableMemory>(&self, tables: &Tables<F, M>) -> u64 {
         let tag = tag_of(self.max_seq);
         let mut pages = 0;
-        let mut walk = tables.walk(0, F::space_size(), 1, 0);
+        let mut walk = tables.walk(0, F::space_size(), Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             if !F::is_present(e.old) {
                 continue;
@@ -246,7 +246,7 @@ impl Generations {
         // the root table's entries decode against `max_seq`.
         let mut path: [Option<u64>; crate::walk::MAX_LEVELS + 2] =
             [None; crate::walk::MAX_LEVELS + 2];
-        path[usize::from(F::LEVELS) + 1] = Some(self.max_seq);
+        path[usize::from(F::LEVELS.get()) + 1] = Some(self.max_seq);
         let leaf_seq = |parent: Option<u64>, v: u64| {
             if v & F::ACCESSED != 0 {
                 self.max_seq
@@ -256,14 +256,14 @@ impl Generations {
         };
         // Every present entry has a nonzero bit in this filter, so the walk
         // yields all of them and hands over whole leaf lines.
-        let mut walk = tables.walk(start, end, 1, !0);
+        let mut walk = tables.walk(start, end, Level::PAGE_4K, !0);
         while let Some(b) = walk.next_batch() {
             match b {
                 Batch::Entry(e) => {
                     if !F::is_present(e.old) {
                         continue;
                     }
-                    let l = usize::from(e.level);
+                    let l = usize::from(e.level.get());
                     if !F::is_leaf(e.old, e.level) {
                         path[l] = decode(path[l + 1], F::gen_tag(e.old));
                     } else if !f(

@@ -15,7 +15,7 @@
 //! must set EFER.NXE before using a table with a non-executable mapping.
 
 use crate::addr::HostPhysAddr;
-use crate::pte::{EntryFormat, Perms};
+use crate::pte::{EntryFormat, Level, Perms};
 
 /// The NPT (long-mode page table) entry format (marker type).
 #[derive(Clone, Copy, Debug)]
@@ -47,8 +47,12 @@ impl EntryFormat for Npt {
     fn make_table(table: HostPhysAddr) -> u64 {
         (table.as_u64() & Self::ADDR_MASK) | P | W | U | Self::ACCESSED
     }
-    fn make_leaf(frame: HostPhysAddr, level: u8, perms: Perms) -> u64 {
-        let large = if level > 1 { Self::LARGE } else { 0 };
+    fn make_leaf(frame: HostPhysAddr, level: Level, perms: Perms) -> u64 {
+        let large = if level > Level::PAGE_4K {
+            Self::LARGE
+        } else {
+            0
+        };
         (frame.as_u64() & Self::ADDR_MASK) | large | U | rights(perms)
     }
     fn with_perms(entry: u64, perms: Perms) -> u64 {
@@ -74,19 +78,19 @@ mod tests {
 
     #[test]
     fn leaf_and_table_bits() {
-        let leaf = Npt::make_leaf(HostPhysAddr::new(0x4000_0000), 3, Perms::RW);
+        let leaf = Npt::make_leaf(HostPhysAddr::new(0x4000_0000), Level::PAGE_1G, Perms::RW);
         assert_eq!(leaf, 0x4000_0000 | NX | (1 << 7) | 0b111);
-        assert!(Npt::is_leaf(leaf, 3));
+        assert!(Npt::is_leaf(leaf, Level::PAGE_1G));
         assert_eq!(Npt::perms(leaf), Perms::RW);
         let x = Npt::with_perms(leaf | Npt::ACCESSED, Perms::RX);
         assert_eq!(x, 0x4000_0000 | (1 << 7) | 0b101 | Npt::ACCESSED);
         assert_eq!(Npt::make_table(HostPhysAddr::new(0x7000)), 0x7027);
         assert_eq!(ncr3(HostPhysAddr::new(0x7000)), 0x7000);
-        assert_eq!(Npt::level_size(1), 4096);
-        assert_eq!(Npt::level_size(3), 1 << 30);
-        assert_eq!(Npt::index(0x4020_3000, 1), 3);
-        assert_eq!(Npt::index(0x4020_3000, 2), 1);
-        assert_eq!(Npt::index(0x4020_3000, 3), 1);
+        assert_eq!(Npt::level_size(Level::PAGE_4K), 4096);
+        assert_eq!(Npt::level_size(Level::PAGE_1G), 1 << 30);
+        assert_eq!(Npt::index(0x4020_3000, Level::PAGE_4K), 3);
+        assert_eq!(Npt::index(0x4020_3000, Level::PAGE_2M), 1);
+        assert_eq!(Npt::index(0x4020_3000, Level::PAGE_1G), 1);
         assert_eq!(Npt::space_size(), 1 << 48);
     }
 }

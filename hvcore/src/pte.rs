@@ -11,12 +11,103 @@
 //!
 //! Levels count from the leaf: level 1 maps 4 KiB, level 2 maps 2 MiB
 //! (a leaf there is a "large" page), level 3 maps 1 GiB, level 4 is the root
-//! (PML4), whose entries are never leaves.
+//! (PML4), whose entries are never leaves. A level is a [`Level`], never a
+//! bare integer, so a level cannot be passed where a count or an index is
+//! meant.
 //!
 //! Entries are plain `u64` values here; the atomics that hold them live in
 //! table pages reached through [`crate::table::TableMemory`].
 
 use crate::addr::HostPhysAddr;
+
+/// A level of a second-level table tree, counted from the leaf (1 = the
+/// 4 KiB level). Always within `1..=`[`Level::MAX`].
+///
+/// `#[repr(transparent)]` over a `u8` and every method `#[inline]` and
+/// branch-free where it can be: the walker keeps its level in one, so the
+/// aging pass compiles to what it did with a bare `u8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Level(u8);
+
+impl Level {
+    /// Level 1: entries map 4 KiB pages (x86 geometry).
+    pub const PAGE_4K: Level = Level(1);
+    /// Level 2: leaves map 2 MiB pages (x86 geometry).
+    pub const PAGE_2M: Level = Level(2);
+    /// Level 3: leaves map 1 GiB pages (x86 geometry).
+    pub const PAGE_1G: Level = Level(3);
+    /// Level 4: the root of a 4-level tree (PML4), whose entries are never
+    /// leaves.
+    pub const PML4: Level = Level(4);
+    /// The deepest tree the walker supports. 5-level EPT/NPT would raise
+    /// this to 5 and [`crate::walk::MAX_LEVELS`] with it.
+    pub const MAX: Level = Level(crate::walk::MAX_LEVELS as u8);
+
+    /// Level `n`, or `None` outside `1..=`[`Level::MAX`].
+    #[inline]
+    pub const fn new(n: u8) -> Option<Level> {
+        if n >= 1 && n <= Level::MAX.0 {
+            Some(Level(n))
+        } else {
+            None
+        }
+    }
+    /// The level as a number (1 = the 4 KiB level).
+    #[inline(always)]
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+    /// Position of this level in an array with one element per level
+    /// (`[_; MAX_LEVELS]`): 0 for level 1.
+    #[inline(always)]
+    pub const fn array_index(self) -> usize {
+        self.0 as usize - 1
+    }
+    /// The level below (whose tables this level's non-leaf entries point
+    /// to), or `None` at level 1.
+    #[inline(always)]
+    pub const fn next_lower(self) -> Option<Level> {
+        if self.0 > 1 {
+            Some(Level(self.0 - 1))
+        } else {
+            None
+        }
+    }
+    /// The level above, or `None` at [`Level::MAX`].
+    #[inline(always)]
+    pub const fn next_higher(self) -> Option<Level> {
+        if self.0 < Level::MAX.0 {
+            Some(Level(self.0 + 1))
+        } else {
+            None
+        }
+    }
+    /// Bytes of guest-physical space one entry at this level covers in a
+    /// tree with `index_bits` index bits per level (9 for EPT and NPT: 4 KiB
+    /// at level 1, 2 MiB at level 2, 1 GiB at level 3). Formats call it as
+    /// [`EntryFormat::level_size`], which passes their own geometry.
+    #[inline(always)]
+    pub const fn page_bytes(self, index_bits: u32) -> u64 {
+        1u64 << self.shift(index_bits)
+    }
+    /// The bit position of the lowest address bit that selects an entry at
+    /// this level: 12 at level 1.
+    #[inline(always)]
+    const fn shift(self, index_bits: u32) -> u32 {
+        12 + index_bits * (self.0 as u32 - 1)
+    }
+    /// All levels from `top` down to level 1, highest first.
+    pub fn down_from(top: Level) -> impl Iterator<Item = Level> {
+        (1..=top.0).rev().map(Level)
+    }
+}
+
+impl core::fmt::Display for Level {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "level {}", self.0)
+    }
+}
 
 /// Access rights of a mapping, the same for both vendors.
 ///
@@ -75,9 +166,9 @@ pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
     /// Short name for messages ("EPT", "NPT").
     const NAME: &'static str;
     /// Number of levels; the root table is at this level.
-    const LEVELS: u8 = 4;
-    /// Highest level at which an entry may be a leaf (3: 1 GiB pages).
-    const MAX_LEAF_LEVEL: u8 = 3;
+    const LEVELS: Level = Level::PML4;
+    /// Highest level at which an entry may be a leaf (1 GiB pages).
+    const MAX_LEAF_LEVEL: Level = Level::PAGE_1G;
     /// Index bits per level: 512 entries per 4 KiB table.
     const INDEX_BITS: u32 = 9;
     /// The accessed bit, in leaf and non-leaf entries.
@@ -121,7 +212,7 @@ pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
     /// into it (see [`crate::age`] on subtree skipping).
     fn make_table(table: HostPhysAddr) -> u64;
     /// A leaf at `level` mapping `frame` with `perms`, A and D clear.
-    fn make_leaf(frame: HostPhysAddr, level: u8, perms: Perms) -> u64;
+    fn make_leaf(frame: HostPhysAddr, level: Level, perms: Perms) -> u64;
     /// `entry` (a leaf) with its rights replaced by `perms`; A, D, frame and
     /// the large bit are kept.
     fn with_perms(entry: u64, perms: Perms) -> u64;
@@ -139,13 +230,13 @@ pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
 
     /// Whether a present entry at `level` is a leaf.
     #[inline(always)]
-    fn is_leaf(entry: u64, level: u8) -> bool {
-        level == 1 || (level <= Self::MAX_LEAF_LEVEL && entry & Self::LARGE != 0)
+    fn is_leaf(entry: u64, level: Level) -> bool {
+        level == Level::PAGE_4K || (level <= Self::MAX_LEAF_LEVEL && entry & Self::LARGE != 0)
     }
     /// Whether the entry is present and points at a table.
     #[inline(always)]
-    fn is_table(entry: u64, level: u8) -> bool {
-        level > 1 && Self::is_present(entry) && !Self::is_leaf(entry, level)
+    fn is_table(entry: u64, level: Level) -> bool {
+        level > Level::PAGE_4K && Self::is_present(entry) && !Self::is_leaf(entry, level)
     }
     /// The frame or table address held by the entry.
     #[inline(always)]
@@ -154,13 +245,13 @@ pub trait EntryFormat: Copy + Send + Sync + core::fmt::Debug + 'static {
     }
     /// Bytes of guest-physical space one entry at `level` covers.
     #[inline(always)]
-    fn level_size(level: u8) -> u64 {
-        1u64 << (12 + Self::INDEX_BITS * (u32::from(level) - 1))
+    fn level_size(level: Level) -> u64 {
+        level.page_bytes(Self::INDEX_BITS)
     }
     /// Index of `gpa` in a table at `level`.
     #[inline(always)]
-    fn index(gpa: u64, level: u8) -> usize {
-        ((gpa >> (12 + Self::INDEX_BITS * (u32::from(level) - 1))) as usize) & (Self::ENTRIES - 1)
+    fn index(gpa: u64, level: Level) -> usize {
+        ((gpa >> level.shift(Self::INDEX_BITS)) as usize) & (Self::ENTRIES - 1)
     }
     /// Bytes of guest-physical space the whole structure covers.
     fn space_size() -> u64 {
@@ -176,8 +267,8 @@ pub struct TinyFormat;
 
 impl EntryFormat for TinyFormat {
     const NAME: &'static str = "tiny";
-    const LEVELS: u8 = 2;
-    const MAX_LEAF_LEVEL: u8 = 2;
+    const LEVELS: Level = Level::PAGE_2M;
+    const MAX_LEAF_LEVEL: Level = Level::PAGE_2M;
     const INDEX_BITS: u32 = 1;
     const ACCESSED: u64 = crate::npt::Npt::ACCESSED;
     const DIRTY: u64 = crate::npt::Npt::DIRTY;
@@ -192,10 +283,48 @@ impl EntryFormat for TinyFormat {
     fn make_table(table: HostPhysAddr) -> u64 {
         crate::npt::Npt::make_table(table)
     }
-    fn make_leaf(frame: HostPhysAddr, level: u8, perms: Perms) -> u64 {
+    fn make_leaf(frame: HostPhysAddr, level: Level, perms: Perms) -> u64 {
         crate::npt::Npt::make_leaf(frame, level, perms)
     }
     fn with_perms(entry: u64, perms: Perms) -> u64 {
         crate::npt::Npt::with_perms(entry, perms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_outside_the_tree_do_not_exist() {
+        assert_eq!(Level::new(0), None);
+        assert_eq!(Level::new(1), Some(Level::PAGE_4K));
+        assert_eq!(Level::new(4), Some(Level::PML4));
+        assert_eq!(Level::new(Level::MAX.get() + 1), None);
+    }
+
+    #[test]
+    fn stepping_stops_at_both_ends() {
+        assert_eq!(Level::PAGE_4K.next_lower(), None);
+        assert_eq!(Level::PAGE_2M.next_lower(), Some(Level::PAGE_4K));
+        assert_eq!(Level::PAGE_1G.next_higher(), Some(Level::PML4));
+        assert_eq!(Level::MAX.next_higher(), None);
+        let all: [Level; 4] = [Level::PML4, Level::PAGE_1G, Level::PAGE_2M, Level::PAGE_4K];
+        assert!(Level::down_from(Level::PML4).eq(all));
+        assert!(Level::down_from(Level::PAGE_4K).eq([Level::PAGE_4K]));
+    }
+
+    #[test]
+    fn page_bytes_follow_the_geometry() {
+        assert_eq!(Level::PAGE_4K.page_bytes(9), 4096);
+        assert_eq!(Level::PAGE_2M.page_bytes(9), 2 << 20);
+        assert_eq!(Level::PAGE_1G.page_bytes(9), 1 << 30);
+        assert_eq!(Level::PML4.page_bytes(9), 512 << 30);
+        // The loom format: 2 entries per table, so level 2 maps 8 KiB.
+        assert_eq!(TinyFormat::level_size(Level::PAGE_2M), 8192);
+        assert_eq!(TinyFormat::index(0x2000, Level::PAGE_4K), 0);
+        assert_eq!(TinyFormat::index(0x2000, Level::PAGE_2M), 1);
+        assert_eq!(Level::PAGE_4K.array_index(), 0);
+        assert_eq!(Level::PML4.array_index(), 3);
     }
 }

@@ -84,7 +84,7 @@ use crate::addr::{GuestPhysAddr, HostPhysAddr};
 use crate::feedback::{Feedback, FeedbackConfig};
 use crate::flush::TlbFlush;
 use crate::generations::{ColdAfter, Generations};
-use crate::pte::{EntryFormat, Perms};
+use crate::pte::{EntryFormat, Level, Perms};
 use crate::store::{PAGE_BYTES, PageStore, StoreError, StoreStats, StoredKind};
 use crate::table::{MapError, Mapper, PageSize, TableAlloc, TableMemory, Tables};
 use alloc::boxed::Box;
@@ -665,7 +665,7 @@ impl Reclaimer {
             }
             // Split huge leaves down to 4 KiB first.
             while let Some(t) = tables.translate(GuestPhysAddr::new(gpa)) {
-                if t.level == 1
+                if t.level == Level::PAGE_4K
                     || mapper
                         .split(tables, GuestPhysAddr::new(gpa), t.level)
                         .is_err()
@@ -676,7 +676,7 @@ impl Reclaimer {
             }
             if tables
                 .translate(GuestPhysAddr::new(gpa))
-                .is_none_or(|t| t.level != 1)
+                .is_none_or(|t| t.level != Level::PAGE_4K)
             {
                 b.not_mapped += 1;
                 continue;

@@ -48,7 +48,7 @@
 use crate::addr::{GuestPhysAddr, HostPhysAddr};
 use crate::entry::{Change, Retry, Update, update_entry};
 use crate::epoch::EpochDomain;
-use crate::pte::{EntryFormat, Perms};
+use crate::pte::{EntryFormat, Level, Perms};
 use crate::sync::{AtomicU64, Ordering};
 use crate::walk::Walk;
 use core::marker::PhantomData;
@@ -152,13 +152,25 @@ pub enum PageSize {
     Size1G = 3,
 }
 
+impl PageSize {
+    /// The highest level at which a mapping of this size may put a leaf.
+    #[inline]
+    pub const fn max_level(self) -> Level {
+        match self {
+            PageSize::Size4K => Level::PAGE_4K,
+            PageSize::Size2M => Level::PAGE_2M,
+            PageSize::Size1G => Level::PAGE_1G,
+        }
+    }
+}
+
 /// A translation found by [`Tables::translate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Translation {
     /// The host-physical address of the guest address asked for.
     pub hpa: HostPhysAddr,
-    /// The level of the leaf (1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB).
-    pub level: u8,
+    /// The level of the leaf.
+    pub level: Level,
     /// Rights of the leaf.
     pub perms: Perms,
     /// Accessed bit of the leaf.
@@ -234,7 +246,7 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
     /// A lockless walk over `[start, end)` down to `min_level`, yielding only
     /// entries with some bit of `filter` set (0: every entry). The walk pins
     /// the tree's epoch until it is dropped.
-    pub fn walk(&self, start: u64, end: u64, min_level: u8, filter: u64) -> Walk<'_, F, M> {
+    pub fn walk(&self, start: u64, end: u64, min_level: Level, filter: u64) -> Walk<'_, F, M> {
         let guard = self.epoch.pin();
         let root = self.mem.table(self.root).unwrap_or(&[]);
         Walk::new(&self.mem, guard, root, start, end, min_level, filter)
@@ -243,7 +255,7 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
     /// The leaf translating `gpa`, if any.
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<Translation> {
         let g = gpa.as_u64();
-        let mut walk = self.walk(g, g.checked_add(1)?, 1, 0);
+        let mut walk = self.walk(g, g.checked_add(1)?, Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             if !F::is_present(e.old) {
                 return None;
@@ -264,8 +276,8 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
 
     /// Calls `f(gpa, level, entry)` for every present leaf overlapping
     /// `[start, end)` (a lockless snapshot; used by tests and reports).
-    pub fn for_each_leaf(&self, start: u64, end: u64, mut f: impl FnMut(u64, u8, u64)) {
-        let mut walk = self.walk(start, end, 1, 0);
+    pub fn for_each_leaf(&self, start: u64, end: u64, mut f: impl FnMut(u64, Level, u64)) {
+        let mut walk = self.walk(start, end, Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             if F::is_present(e.old) && F::is_leaf(e.old, e.level) {
                 f(e.gpa, e.level, e.old);
@@ -287,14 +299,14 @@ impl<F: EntryFormat, M: TableMemory> Tables<F, M> {
         let bits = bits & (F::ACCESSED | F::DIRTY);
         let mut ancestors: [Option<&AtomicU64>; crate::walk::MAX_LEVELS] =
             [None; crate::walk::MAX_LEVELS];
-        let mut walk = self.walk(g, end, 1, 0);
+        let mut walk = self.walk(g, end, Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             if !F::is_present(e.old) {
                 return false;
             }
             let slot = walk.slot();
             if !F::is_leaf(e.old, e.level) {
-                ancestors[usize::from(e.level) - 1] = Some(slot);
+                ancestors[e.level.array_index()] = Some(slot);
                 continue;
             }
             let level = e.level;
@@ -324,7 +336,7 @@ fn set_accessed_if_table<F: EntryFormat>(slot: &AtomicU64) {
         slot.load(Ordering::Acquire),
         Change::Moving,
         Retry::Always,
-        |cur| F::is_table(cur, 2).then_some(cur | F::ACCESSED),
+        |cur| F::is_table(cur, Level::PAGE_2M).then_some(cur | F::ACCESSED),
     );
 }
 
@@ -427,9 +439,9 @@ impl<A: TableAlloc> Mapper<A> {
         if let Some(at) = existing {
             return Err(MapError::AlreadyMapped(GuestPhysAddr::new(at)));
         }
-        let max_level = (max_page as u8).min(F::MAX_LEAF_LEVEL);
+        let max_level = max_page.max_level().min(F::MAX_LEAF_LEVEL);
         let mut flush_needed = false;
-        let mut walk = tables.walk(g, end, 1, 0);
+        let mut walk = tables.walk(g, end, Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             let size_l = F::level_size(e.level);
             let inside = walk.covered() == size_l;
@@ -444,13 +456,7 @@ impl<A: TableAlloc> Mapper<A> {
                     let old = walk.slot().swap(leaf, Ordering::AcqRel);
                     walk.reread();
                     if F::is_table(old, e.level) {
-                        self.zap_detached(
-                            tables,
-                            F::addr(old),
-                            e.level - 1,
-                            e.gpa,
-                            &mut |_, _, _| {},
-                        );
+                        self.zap_detached(tables, F::addr(old), e.level, e.gpa, &mut |_, _, _| {});
                         self.retire(tables, &[F::addr(old)]);
                     }
                     flush_needed = true;
@@ -490,12 +496,12 @@ impl<A: TableAlloc> Mapper<A> {
         tables: &Tables<F, M>,
         gpa: GuestPhysAddr,
         size: u64,
-        mut on_leaf: impl FnMut(u64, u8, u64),
+        mut on_leaf: impl FnMut(u64, Level, u64),
     ) -> Result<Changed, MapError> {
         let g = gpa.as_u64();
         let end = self.check(tables, g, size)?;
         let mut done = Changed::default();
-        let mut walk = tables.walk(g, end, 1, 0);
+        let mut walk = tables.walk(g, end, Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             if !F::is_present(e.old) {
                 continue;
@@ -518,8 +524,7 @@ impl<A: TableAlloc> Mapper<A> {
                 done.add(leaf_removed::<F>(old, e.level));
                 on_leaf(e.gpa, e.level, old);
             } else {
-                let removed =
-                    self.zap_detached(tables, F::addr(old), e.level - 1, e.gpa, &mut on_leaf);
+                let removed = self.zap_detached(tables, F::addr(old), e.level, e.gpa, &mut on_leaf);
                 done.add(removed);
                 self.retire(tables, &[F::addr(old)]);
             }
@@ -527,7 +532,8 @@ impl<A: TableAlloc> Mapper<A> {
         Ok(done)
     }
 
-    /// Empties a table that is no longer linked, retiring its sub-tables.
+    /// Empties a table that is no longer linked, retiring its sub-tables;
+    /// `parent` is the level of the entry that pointed to it.
     /// This is the one loop over entries outside [`Walk`]: the subtree has no
     /// guest range any more. Entries are swapped to 0 so A/D bits the CPU set
     /// through stale paging-structure caches are collected, not lost.
@@ -535,11 +541,14 @@ impl<A: TableAlloc> Mapper<A> {
         &mut self,
         tables: &Tables<F, M>,
         table: HostPhysAddr,
-        level: u8,
+        parent: Level,
         base_gpa: u64,
-        on_leaf: &mut impl FnMut(u64, u8, u64),
+        on_leaf: &mut impl FnMut(u64, Level, u64),
     ) -> Changed {
         let mut done = Changed::default();
+        let Some(level) = parent.next_lower() else {
+            return done; // a leaf level points to no table
+        };
         let Some(entries) = tables.mem.table(table) else {
             return done;
         };
@@ -553,7 +562,7 @@ impl<A: TableAlloc> Mapper<A> {
                 done.add(leaf_removed::<F>(old, level));
                 on_leaf(gpa, level, old);
             } else {
-                done.add(self.zap_detached(tables, F::addr(old), level - 1, gpa, on_leaf));
+                done.add(self.zap_detached(tables, F::addr(old), level, gpa, on_leaf));
                 self.retire(tables, &[F::addr(old)]);
             }
         }
@@ -568,7 +577,7 @@ impl<A: TableAlloc> Mapper<A> {
         &mut self,
         tables: &Tables<F, M>,
         slot: &AtomicU64,
-        level: u8,
+        level: Level,
     ) -> Result<(), MapError> {
         let page = self.new_table(tables)?;
         let Some(children) = tables.mem.table(page) else {
@@ -584,10 +593,11 @@ impl<A: TableAlloc> Mapper<A> {
             Change::Replace,
             Retry::Always,
             |old| {
-                if !F::is_present(old) || !F::is_leaf(old, level) || level == 1 {
+                if !F::is_present(old) || !F::is_leaf(old, level) {
                     return None;
                 }
-                let child_size = F::level_size(level - 1);
+                let lower = level.next_lower()?;
+                let child_size = F::level_size(lower);
                 let base = F::addr(old).as_u64() & !(F::level_size(level) - 1);
                 // The children inherit A, D and the generation tag; the new
                 // table entry carries the same tag, so the children's tags
@@ -597,7 +607,7 @@ impl<A: TableAlloc> Mapper<A> {
                 for (i, c) in children.iter().enumerate() {
                     let frame = HostPhysAddr::new(base + i as u64 * child_size);
                     c.store(
-                        F::make_leaf(frame, level - 1, F::perms(old)) | flags,
+                        F::make_leaf(frame, lower, F::perms(old)) | flags,
                         Ordering::Relaxed,
                     );
                 }
@@ -616,11 +626,11 @@ impl<A: TableAlloc> Mapper<A> {
         &mut self,
         tables: &Tables<F, M>,
         gpa: GuestPhysAddr,
-        level: u8,
+        level: Level,
     ) -> Result<Changed, MapError> {
-        let g = gpa.as_u64() & !(F::level_size(level.max(1)) - 1);
+        let g = gpa.as_u64() & !(F::level_size(level) - 1);
         self.check(tables, g, 4096)?;
-        if level < 2 || level > F::MAX_LEAF_LEVEL {
+        if level == Level::PAGE_4K || level > F::MAX_LEAF_LEVEL {
             return Err(MapError::NotMapped(gpa));
         }
         let mut walk = tables.walk(g, g + 1, level, 0);
@@ -647,11 +657,14 @@ impl<A: TableAlloc> Mapper<A> {
         &mut self,
         tables: &Tables<F, M>,
         gpa: GuestPhysAddr,
-        level: u8,
+        level: Level,
     ) -> Result<Changed, MapError> {
-        let g = gpa.as_u64() & !(F::level_size(level.max(1)) - 1);
+        let g = gpa.as_u64() & !(F::level_size(level) - 1);
         self.check(tables, g, 4096)?;
-        if level < 2 || level > F::MAX_LEAF_LEVEL {
+        let Some(lower) = level.next_lower() else {
+            return Err(MapError::NotCollapsible(gpa));
+        };
+        if level > F::MAX_LEAF_LEVEL {
             return Err(MapError::NotCollapsible(gpa));
         }
         let mut ancestors: [Option<&AtomicU64>; crate::walk::MAX_LEVELS] =
@@ -659,7 +672,7 @@ impl<A: TableAlloc> Mapper<A> {
         let mut walk = tables.walk(g, g + 1, level, 0);
         while let Some(e) = walk.next() {
             if e.level > level {
-                ancestors[usize::from(e.level) - 1] = Some(walk.slot());
+                ancestors[e.level.array_index()] = Some(walk.slot());
                 continue;
             }
             if !F::is_table(e.old, level) {
@@ -671,7 +684,7 @@ impl<A: TableAlloc> Mapper<A> {
                 .table(table)
                 .ok_or(MapError::NotCollapsible(gpa))?;
             let first = children[0].load(Ordering::Acquire);
-            let child_size = F::level_size(level - 1);
+            let child_size = F::level_size(lower);
             let perms = F::perms(first);
             let base = F::addr(first).as_u64();
             if !base.is_multiple_of(F::level_size(level)) {
@@ -682,10 +695,10 @@ impl<A: TableAlloc> Mapper<A> {
                 let v = c.load(Ordering::Acquire);
                 let expect = F::make_leaf(
                     HostPhysAddr::new(base + i as u64 * child_size),
-                    level - 1,
+                    lower,
                     perms,
                 );
-                if !F::is_present(v) || !F::is_leaf(v, level - 1) || v & !F::MOVING != expect {
+                if !F::is_present(v) || !F::is_leaf(v, lower) || v & !F::MOVING != expect {
                     return Err(MapError::NotCollapsible(gpa));
                 }
                 flags |= v & (F::ACCESSED | F::DIRTY);
@@ -754,7 +767,7 @@ impl<A: TableAlloc> Mapper<A> {
             return Err(MapError::BadPerms);
         }
         let mut done = Changed::default();
-        let mut walk = tables.walk(g, end, 1, 0);
+        let mut walk = tables.walk(g, end, Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             if !F::is_present(e.old) || !F::is_leaf(e.old, e.level) {
                 continue;
@@ -847,7 +860,7 @@ impl<A: TableAlloc> Mapper<A> {
     }
 }
 
-fn leaf_removed<F: EntryFormat>(old: u64, level: u8) -> Changed {
+fn leaf_removed<F: EntryFormat>(old: u64, level: Level) -> Changed {
     let pages = F::level_size(level) / 4096;
     Changed {
         pages,

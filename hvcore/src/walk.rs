@@ -37,7 +37,7 @@
 //! [`WalkStats`].
 
 use crate::epoch::EpochGuard;
-use crate::pte::EntryFormat;
+use crate::pte::{EntryFormat, Level};
 use crate::sync::{AtomicU64, Ordering};
 use crate::table::TableMemory;
 use core::marker::PhantomData;
@@ -52,8 +52,8 @@ pub const MAX_LEVELS: usize = 4;
 pub struct WalkEntry {
     /// Guest-physical address of the first byte the entry covers.
     pub gpa: u64,
-    /// Level of the entry (1 = 4 KiB).
-    pub level: u8,
+    /// Level of the entry.
+    pub level: Level,
     /// The value read for this entry (the snapshot).
     pub old: u64,
 }
@@ -234,12 +234,12 @@ pub struct Walk<'a, F: EntryFormat, M: TableMemory> {
     /// Per level: the first index of the cached line, or `usize::MAX`.
     line_base: [usize; MAX_LEVELS],
     lines: [[u64; LINE]; MAX_LEVELS],
-    level: u8,
+    level: Level,
     index: usize,
     gpa: u64,
     start: u64,
     end: u64,
-    min_level: u8,
+    min_level: Level,
     filter: u64,
     /// The filter of level-1 entries (see [`Walk::leaf_filter`]).
     leaf_filter: u64,
@@ -261,11 +261,11 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
         root: &'a [AtomicU64],
         start: u64,
         end: u64,
-        min_level: u8,
+        min_level: Level,
         filter: u64,
     ) -> Self {
         let mut tables = [None; MAX_LEVELS];
-        tables[usize::from(F::LEVELS) - 1] = Some(root);
+        tables[F::LEVELS.array_index()] = Some(root);
         let end = end.min(F::space_size());
         Walk {
             mem,
@@ -278,7 +278,7 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
             gpa: start & !(F::level_size(F::LEVELS) - 1),
             start,
             end,
-            min_level: min_level.clamp(1, F::LEVELS),
+            min_level: min_level.min(F::LEVELS),
             filter,
             leaf_filter: filter,
             old: 0,
@@ -306,7 +306,7 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
     /// The atomic that holds the current entry.
     #[inline(always)]
     pub fn slot(&self) -> &'a AtomicU64 {
-        let table = self.tables[usize::from(self.level) - 1].unwrap_or(&[]);
+        let table = self.tables[self.level.array_index()].unwrap_or(&[]);
         // The iterator never rests on an index outside its table: `index`
         // is reduced modulo ENTRIES and tables are checked to have ENTRIES.
         &table[self.index]
@@ -394,11 +394,15 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
             self.stats.bad_links += 1;
             return false;
         };
-        if self.level == 2 && self.filter != 0 {
+        // Above `min_level`, so never level 1.
+        let Some(lower) = self.level.next_lower() else {
+            return false;
+        };
+        if lower == Level::PAGE_4K && self.filter != 0 {
             self.prefetch_next_leaf_table();
         }
-        self.level -= 1;
-        let l = usize::from(self.level) - 1;
+        self.level = lower;
+        let l = self.level.array_index();
         self.tables[l] = Some(child);
         self.line_base[l] = usize::MAX;
         let from = self.gpa.max(self.start);
@@ -416,7 +420,7 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
     /// only: nothing is read.
     #[inline(always)]
     fn prefetch_next_leaf_table(&mut self) {
-        let l = usize::from(self.level) - 1;
+        let l = self.level.array_index();
         let line = F::ENTRIES.min(LINE);
         let base = self.line_base[l];
         if base == usize::MAX || self.index < base {
@@ -458,7 +462,10 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
         if self.level >= F::LEVELS {
             return false;
         }
-        self.level += 1;
+        let Some(upper) = self.level.next_higher() else {
+            return false;
+        };
+        self.level = upper;
         self.index = F::index(self.gpa, self.level);
         self.gpa &= !(F::level_size(self.level) - 1);
         true
@@ -470,13 +477,13 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
     /// entry so the next side step leaves the line.
     #[inline(always)]
     fn load_filtered(&mut self) -> bool {
-        let l = usize::from(self.level) - 1;
+        let l = self.level.array_index();
         let table = self.tables[l].unwrap_or(&[]);
         if self.filter == 0 {
             self.old = table[self.index].load(Ordering::Acquire);
             return true;
         }
-        let filter = if self.level == 1 {
+        let filter = if self.level == Level::PAGE_4K {
             self.leaf_filter
         } else {
             self.filter
@@ -519,9 +526,9 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
 
     #[inline(always)]
     fn skip_line(&mut self, l: usize, line: usize) {
-        if self.level == 1 {
+        if self.level == Level::PAGE_4K {
             self.stats.leaf_lines_skipped += 1;
-            self.stats.bytes_skipped_upper_bound += F::level_size(1) * line as u64;
+            self.stats.bytes_skipped_upper_bound += F::level_size(Level::PAGE_4K) * line as u64;
         } else {
             self.count_skip_line(l, line);
         }
@@ -606,8 +613,8 @@ impl<'a, F: EntryFormat, M: TableMemory> Walk<'a, F, M> {
     #[inline(always)]
     fn visit(&mut self) -> Option<Batch<'a>> {
         let line = F::ENTRIES.min(LINE);
-        if self.level == 1 && self.filter != 0 && self.index.is_multiple_of(line) {
-            let size = F::level_size(1);
+        if self.level == Level::PAGE_4K && self.filter != 0 && self.index.is_multiple_of(line) {
+            let size = F::level_size(Level::PAGE_4K);
             let line_bytes = size * line as u64;
             let lines = ((F::ENTRIES - self.index) / line)
                 .min(((self.end - self.gpa) / line_bytes) as usize);

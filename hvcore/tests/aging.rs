@@ -13,7 +13,7 @@ use hvcore::ept::Ept;
 use hvcore::flush::{CountingFlush, FlushPolicy, TlbFlush};
 use hvcore::generations::{ColdAfter, EXACT_GENS, Generations};
 use hvcore::npt::Npt;
-use hvcore::pte::{EntryFormat, Perms};
+use hvcore::pte::{EntryFormat, Level, Perms};
 use hvcore::table::{Mapper, PageSize, Tables};
 
 const GUEST: u64 = 64 << 20;
@@ -56,7 +56,7 @@ fn young_pages_exactly<F: EntryFormat>() {
     }
     let mut young = Vec::new();
     let stats = age_range(&tables, &gens, 0, u64::MAX, |gpa, level, _| {
-        assert_eq!(level, 1);
+        assert_eq!(level, Level::PAGE_4K);
         young.push(gpa / 4096)
     });
     young.sort();
@@ -216,7 +216,7 @@ fn walk_straddling_a_pass_is_not_lost<F: EntryFormat>() {
     age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
     age_range(&tables, &gens, 0, u64::MAX, |_, _, _| {});
     let mut path = Vec::new();
-    let mut w = tables.walk(gpa, gpa + 1, 1, 0);
+    let mut w = tables.walk(gpa, gpa + 1, Level::PAGE_4K, 0);
     while w.next().is_some() {
         path.push(w.slot());
     }
@@ -281,7 +281,7 @@ fn partial_range_and_mixed_densities<F: EntryFormat>(
     let (start, end) = (start_page * 4096, (start_page + len_pages) * 4096);
     let mut young = Vec::new();
     let stats = age_range(&tables, &gens, start, end, |gpa, level, _| {
-        assert_eq!(level, 1);
+        assert_eq!(level, Level::PAGE_4K);
         young.push(gpa / 4096);
     });
     let inside: Vec<u64> = touched

@@ -22,7 +22,7 @@ use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
 use hvcore::age::{ClearYoung, PassStats, Stamp, age_range, test_and_clear_young};
 use hvcore::epoch::EpochDomain;
 use hvcore::generations::{Generations, tag_of};
-use hvcore::pte::{EntryFormat, Perms, TinyFormat as T};
+use hvcore::pte::{EntryFormat, Level, Perms, TinyFormat as T};
 use hvcore::sync::{AtomicBool, AtomicU64, Ordering};
 use hvcore::table::{Mapper, PageSize, TableAlloc, TableMemory, Tables};
 use loom::sync::Arc;
@@ -130,7 +130,7 @@ fn setup(huge: bool) -> (Arc<Tree>, Mapper<Alloc>, Arc<LoomMem>) {
 /// leaf, each with a locked OR, top-down as the hardware does.
 fn cpu_access(tables: &Tree, gpa: u64, write: bool) {
     let mut table = tables.root();
-    for level in (1..=T::LEVELS).rev() {
+    for level in Level::down_from(T::LEVELS) {
         let slot = &tables.mem().table(table).unwrap()[T::index(gpa, level)];
         let e = slot.load(Ordering::Acquire);
         if !T::is_present(e) {
@@ -148,10 +148,11 @@ fn cpu_access(tables: &Tree, gpa: u64, write: bool) {
 }
 
 fn leaf_entry(tables: &Tree, gpa: u64) -> (u64, u64) {
-    let root = tables.mem().table(tables.root()).unwrap()[T::index(gpa, 2)].load(Ordering::SeqCst);
-    if T::is_table(root, 2) {
-        let leaf =
-            tables.mem().table(T::addr(root)).unwrap()[T::index(gpa, 1)].load(Ordering::SeqCst);
+    let root = tables.mem().table(tables.root()).unwrap()[T::index(gpa, Level::PAGE_2M)]
+        .load(Ordering::SeqCst);
+    if T::is_table(root, Level::PAGE_2M) {
+        let leaf = tables.mem().table(T::addr(root)).unwrap()[T::index(gpa, Level::PAGE_4K)]
+            .load(Ordering::SeqCst);
         (root, leaf)
     } else {
         (root, root)
@@ -165,7 +166,7 @@ fn gens() -> Generations {
     g
 }
 
-fn age(tables: &Tree) -> (PassStats, Vec<(u64, u8, u64)>) {
+fn age(tables: &Tree) -> (PassStats, Vec<(u64, Level, u64)>) {
     let mut young = Vec::new();
     let stats = age_range(tables, &gens(), 0, u64::MAX, |gpa, level, e| {
         young.push((gpa, level, e))
@@ -247,12 +248,12 @@ fn loom_aging_vs_split() {
         cpu_access(&tables, 0, false);
         let t2 = tables.clone();
         let writer = thread::spawn(move || {
-            m.split(&t2, GuestPhysAddr::new(0), 2).unwrap();
+            m.split(&t2, GuestPhysAddr::new(0), Level::PAGE_2M).unwrap();
         });
         let (stats, young) = age(&tables);
         writer.join().unwrap();
         let (root, leaf) = leaf_entry(&tables, 0);
-        assert!(T::is_table(root, 2));
+        assert!(T::is_table(root, Level::PAGE_2M));
         if root & T::ACCESSED == 0 {
             assert_eq!(
                 stats.tables_entered, 1,
@@ -275,14 +276,15 @@ fn loom_aging_vs_collapse() {
         cpu_access(&tables, 4096, true);
         let t2 = tables.clone();
         let writer = thread::spawn(move || {
-            m.collapse(&t2, GuestPhysAddr::new(0), 2).unwrap();
+            m.collapse(&t2, GuestPhysAddr::new(0), Level::PAGE_2M)
+                .unwrap();
             m
         });
         let (_, young) = age(&tables);
         let _m = writer.join().unwrap();
         let (root, leaf) = leaf_entry(&tables, 0);
         assert!(
-            T::is_leaf(root, 2) && root == leaf,
+            T::is_leaf(root, Level::PAGE_2M) && root == leaf,
             "collapsed into one huge leaf"
         );
         assert!(
@@ -446,8 +448,9 @@ const STALE_TAG: u64 = 5;
 
 /// The leaf slot of page `gpa` in the level-1 table.
 fn leaf_slot(tables: &Tree, gpa: u64) -> &AtomicU64 {
-    let root = tables.mem().table(tables.root()).unwrap()[T::index(gpa, 2)].load(Ordering::SeqCst);
-    &tables.mem().table(T::addr(root)).unwrap()[T::index(gpa, 1)]
+    let root = tables.mem().table(tables.root()).unwrap()[T::index(gpa, Level::PAGE_2M)]
+        .load(Ordering::SeqCst);
+    &tables.mem().table(T::addr(root)).unwrap()[T::index(gpa, Level::PAGE_4K)]
 }
 
 /// Gives both 4 KiB leaves the stale tag (their parent keeps tag 0: old).
@@ -479,7 +482,7 @@ fn loom_retire_vs_cpu_setting_a_and_d() {
         let slot = leaf_slot(&tables, 0);
         let snapshot = slot.load(Ordering::Acquire);
         let young_before = done.load(Ordering::SeqCst);
-        let r = test_and_clear_young::<T>(slot, snapshot, 1, Stamp::Retire);
+        let r = test_and_clear_young::<T>(slot, snapshot, Level::PAGE_4K, Stamp::Retire);
         cpu.join().unwrap();
         let leaf = slot.load(Ordering::SeqCst);
         assert_eq!(
@@ -536,11 +539,11 @@ fn loom_retire_vs_unmap_and_remap() {
             cpu_access(&t2, 0, false);
             let slot = leaf_slot(&t2, 0);
             let now = slot.load(Ordering::Acquire);
-            let r = test_and_clear_young::<T>(slot, now, 1, Stamp::Young(tag_of(2)));
+            let r = test_and_clear_young::<T>(slot, now, Level::PAGE_4K, Stamp::Young(tag_of(2)));
             assert!(matches!(r, ClearYoung::Cleared { .. }), "{r:?}");
             T::with_gen_tag(now & !T::ACCESSED, tag_of(2))
         });
-        let r = test_and_clear_young::<T>(slot, snapshot, 1, Stamp::Retire);
+        let r = test_and_clear_young::<T>(slot, snapshot, Level::PAGE_4K, Stamp::Retire);
         let stamped = writer.join().unwrap();
         let leaf = slot.load(Ordering::SeqCst);
         assert_eq!(

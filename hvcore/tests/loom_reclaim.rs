@@ -26,7 +26,7 @@ use hvcore::addr::{GuestPhysAddr, HostPhysAddr};
 use hvcore::age::age_pass;
 use hvcore::flush::{CountingFlush, FlushPolicy, TlbFlush};
 use hvcore::generations::Generations;
-use hvcore::pte::{EntryFormat, Perms, TinyFormat as T};
+use hvcore::pte::{EntryFormat, Level, Perms, TinyFormat as T};
 use hvcore::reclaim::{FaultIn, FlushedFrame, GuestFrames, ReclaimConfig, Reclaimer};
 use hvcore::store::PAGE_BYTES;
 use hvcore::sync::{AtomicBool, AtomicU64, Ordering};
@@ -156,7 +156,7 @@ impl Vcpu {
     fn walk_for_write(&mut self) -> Option<usize> {
         let mem = Mem(self.shared.clone());
         let r = mem.table(HostPhysAddr::new(TABLE_BASE))?[0].load(Ordering::SeqCst);
-        if !T::is_table(r, 2) {
+        if !T::is_table(r, Level::PAGE_2M) {
             return None;
         }
         let slot = &mem.table(T::addr(r))?[0];

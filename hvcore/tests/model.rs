@@ -32,7 +32,7 @@ use hvcore::ept::Ept;
 use hvcore::flush::{CountingFlush, FlushPolicy};
 use hvcore::generations::{ColdAfter, ColdRun, EXACT_GENS, Generations};
 use hvcore::npt::Npt;
-use hvcore::pte::{EntryFormat, Perms};
+use hvcore::pte::{EntryFormat, Level, Perms};
 use hvcore::table::{MapError, Mapper, PageSize, Tables};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -371,7 +371,7 @@ fn check_translations<F: EntryFormat>(
                     (leaf.frame + p - base) * 4096,
                     "page {p:#x}"
                 );
-                assert_eq!(t.level, leaf.level, "page {p:#x}");
+                assert_eq!(t.level.get(), leaf.level, "page {p:#x}");
                 assert_eq!(t.perms.write, leaf.write, "page {p:#x}");
                 assert_eq!(t.accessed, leaf.accessed, "A of page {p:#x}");
             }
@@ -599,7 +599,7 @@ fn run<F: EntryFormat>(ops: Vec<Op>) {
                         &tables,
                         GuestPhysAddr::new(page * 4096),
                         (end - page) * 4096,
-                        |_, l, _| removed += pages_of(l),
+                        |_, l, _| removed += pages_of(l.get()),
                     )
                     .unwrap();
                 model.split_edges(page, end);
@@ -624,7 +624,7 @@ fn run<F: EntryFormat>(ops: Vec<Op>) {
                 );
             }
             Op::Split { page } => {
-                let res = mapper.split(&tables, GuestPhysAddr::new(page * 4096), 2);
+                let res = mapper.split(&tables, GuestPhysAddr::new(page * 4096), Level::PAGE_2M);
                 match g.model.leaf_of(page) {
                     Some((b, l)) if l.level == 2 => {
                         res.unwrap();
@@ -637,7 +637,7 @@ fn run<F: EntryFormat>(ops: Vec<Op>) {
             Op::Collapse { page } => {
                 let model = &mut g.model;
                 let base = page & !511;
-                let res = mapper.collapse(&tables, GuestPhysAddr::new(base * 4096), 2);
+                let res = mapper.collapse(&tables, GuestPhysAddr::new(base * 4096), Level::PAGE_2M);
                 let kids: Vec<Leaf> = (0..512)
                     .filter_map(|i| model.leaves.get(&(base + i)).copied())
                     .collect();

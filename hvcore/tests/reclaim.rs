@@ -16,7 +16,7 @@ use hvcore::arena::HostArena;
 use hvcore::flush::{FlushPolicy, TlbFlush};
 use hvcore::generations::{ColdAfter, Generations};
 use hvcore::npt::Npt;
-use hvcore::pte::{EntryFormat, Perms};
+use hvcore::pte::{EntryFormat, Level, Perms};
 use hvcore::reclaim::{
     FaultIn, FlushedFrame, GuestFrames, PageState, ReclaimConfig, ReclaimTarget, Reclaimer,
 };
@@ -169,7 +169,7 @@ impl Cpu {
 
 fn walk(tables: &Tables<F, &HostArena>, gpa: u64, write: bool) -> Option<u64> {
     let mut table = tables.root();
-    for level in (1..=F::LEVELS).rev() {
+    for level in Level::down_from(F::LEVELS) {
         let slot = &tables.mem().table(table)?[F::index(gpa, level)];
         let e = slot.load(Ordering::Acquire);
         if !F::is_present(e) {

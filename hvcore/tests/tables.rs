@@ -9,7 +9,7 @@ use hvcore::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE_1G, PAGE_SIZE_2M};
 use hvcore::arena::HostArena;
 use hvcore::ept::Ept;
 use hvcore::npt::Npt;
-use hvcore::pte::{EntryFormat, Perms};
+use hvcore::pte::{EntryFormat, Level, Perms};
 use hvcore::table::{MapError, Mapper, PageSize, Tables};
 
 const G: fn(u64) -> GuestPhysAddr = GuestPhysAddr::new;
@@ -32,7 +32,10 @@ fn manager_ops<F: EntryFormat>() {
     )
     .unwrap();
     let t = tables.translate(G(0x40_1234)).unwrap();
-    assert_eq!((t.hpa, t.level, t.perms), (H(0x8000_1234), 2, Perms::RW));
+    assert_eq!(
+        (t.hpa, t.level, t.perms),
+        (H(0x8000_1234), Level::PAGE_2M, Perms::RW)
+    );
     // Host side only 4 KiB aligned: 4 KiB leaves.
     m.map(
         &tables,
@@ -43,7 +46,10 @@ fn manager_ops<F: EntryFormat>() {
         PageSize::Size1G,
     )
     .unwrap();
-    assert_eq!(tables.translate(G(0x100_0000)).unwrap().level, 1);
+    assert_eq!(
+        tables.translate(G(0x100_0000)).unwrap().level,
+        Level::PAGE_4K
+    );
     // A 1 GiB page.
     m.map(
         &tables,
@@ -54,7 +60,10 @@ fn manager_ops<F: EntryFormat>() {
         PageSize::Size1G,
     )
     .unwrap();
-    assert_eq!(tables.translate(G(PAGE_SIZE_1G + 5)).unwrap().level, 3);
+    assert_eq!(
+        tables.translate(G(PAGE_SIZE_1G + 5)).unwrap().level,
+        Level::PAGE_1G
+    );
     // Overlap, misalignment and bad rights are refused without changes.
     assert_eq!(
         m.map(
@@ -109,28 +118,28 @@ fn manager_ops<F: EntryFormat>() {
     );
 
     // Split keeps frames, rights and A/D; collapse puts them back together.
-    m.split(&tables, G(0x40_0000), 2).unwrap();
+    m.split(&tables, G(0x40_0000), Level::PAGE_2M).unwrap();
     let t = tables.translate(G(0x40_7000)).unwrap();
     assert_eq!(
         (t.hpa, t.level, t.accessed, t.dirty),
-        (H(0x8000_7000), 1, true, true)
+        (H(0x8000_7000), Level::PAGE_4K, true, true)
     );
     assert_eq!(
-        m.split(&tables, G(0x40_0000), 2),
+        m.split(&tables, G(0x40_0000), Level::PAGE_2M),
         Err(MapError::NotMapped(G(0x40_0000)))
     );
     m.protect(&tables, G(0x40_2000), 4096, Perms::R).unwrap();
     assert_eq!(
-        m.collapse(&tables, G(0x40_0000), 2),
+        m.collapse(&tables, G(0x40_0000), Level::PAGE_2M),
         Err(MapError::NotCollapsible(G(0x40_0000)))
     );
     m.protect(&tables, G(0x40_2000), 4096, Perms::RW).unwrap();
     let before = arena.in_use();
-    m.collapse(&tables, G(0x40_0000), 2).unwrap();
+    m.collapse(&tables, G(0x40_0000), Level::PAGE_2M).unwrap();
     let t = tables.translate(G(0x40_7000)).unwrap();
     assert_eq!(
         (t.level, t.accessed, t.dirty, t.perms),
-        (2, true, true, Perms::RW)
+        (Level::PAGE_2M, true, true, Perms::RW)
     );
     assert_eq!(m.retired_pages(), 1);
     assert_eq!(
@@ -140,7 +149,7 @@ fn manager_ops<F: EntryFormat>() {
     );
     assert_eq!(arena.in_use(), before - 1);
     // 4 KiB frames that are not contiguous do not collapse.
-    assert!(m.collapse(&tables, G(0x100_0000), 2).is_err());
+    assert!(m.collapse(&tables, G(0x100_0000), Level::PAGE_2M).is_err());
 
     // Protect in the middle of a huge page splits it.
     let c = m
@@ -159,9 +168,12 @@ fn manager_ops<F: EntryFormat>() {
             .translate(G(PAGE_SIZE_1G + PAGE_SIZE_2M))
             .unwrap()
             .level,
-        1
+        Level::PAGE_4K
     );
-    assert_eq!(tables.translate(G(PAGE_SIZE_1G)).unwrap().level, 2);
+    assert_eq!(
+        tables.translate(G(PAGE_SIZE_1G)).unwrap().level,
+        Level::PAGE_2M
+    );
     assert_eq!(
         tables
             .translate(G(PAGE_SIZE_1G + 8 * PAGE_SIZE_2M))
@@ -193,7 +205,7 @@ fn manager_ops<F: EntryFormat>() {
     );
     assert!(tables.translate(G(0x60_0000)).is_none());
     assert!(tables.translate(G(0x60_1000)).is_some());
-    let walker = tables.walk(0, u64::MAX, 1, 0);
+    let walker = tables.walk(0, u64::MAX, Level::PAGE_4K, 0);
     let c = m
         .unmap(&tables, G(PAGE_SIZE_1G), PAGE_SIZE_1G, |_, _, _| {})
         .unwrap();
@@ -239,9 +251,9 @@ fn walk_is_preorder_and_respects_range_and_min_level() {
     )
     .unwrap();
     let mut seen = Vec::new();
-    let mut w = tables.walk(0x2000, 0x4000, 1, 0);
+    let mut w = tables.walk(0x2000, 0x4000, Level::PAGE_4K, 0);
     while let Some(e) = w.next() {
-        seen.push((e.level, e.gpa, Npt::is_present(e.old)));
+        seen.push((e.level.get(), e.gpa, Npt::is_present(e.old)));
     }
     assert_eq!(
         seen,
@@ -253,18 +265,18 @@ fn walk_is_preorder_and_respects_range_and_min_level() {
             (1, 0x3000, true)
         ]
     );
-    let mut w = tables.walk(0, 0x10_0000, 2, 0);
+    let mut w = tables.walk(0, 0x10_0000, Level::PAGE_2M, 0);
     let mut levels = Vec::new();
     while let Some(e) = w.next() {
-        levels.push(e.level);
+        levels.push(e.level.get());
     }
     assert_eq!(levels, vec![4, 3, 2]);
     // A filtered walk on A skips the whole tree when no A bit is set.
-    let mut w = tables.walk(0, u64::MAX, 1, Npt::ACCESSED);
+    let mut w = tables.walk(0, u64::MAX, Level::PAGE_4K, Npt::ACCESSED);
     // Non-leaf entries are created with A set, leaves without.
     let mut n = 0;
     while let Some(e) = w.next() {
-        assert!(e.level > 1);
+        assert!(e.level > Level::PAGE_4K);
         n += 1;
     }
     assert_eq!(n, 3);

@@ -6,7 +6,7 @@
 
 use hvcore::addr::GuestPhysAddr;
 use hvcore::flush::TlbFlush;
-use hvcore::pte::EntryFormat;
+use hvcore::pte::{EntryFormat, Level};
 use hvcore::sync::Ordering;
 use hvcore::table::{TableMemory, Tables};
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ impl SimCpu {
         }
         self.walks += 1;
         let mut table = tables.root();
-        for level in (1..=F::LEVELS).rev() {
+        for level in Level::down_from(F::LEVELS) {
             let Some(entries) = tables.mem().table(table) else {
                 return false;
             };

@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hvcore::addr::GuestPhysAddr;
 use hvcore::guest_layout as layout;
 use hvcore::guest_walk::GuestPaging;
-use hvcore::pte::EntryFormat;
+use hvcore::pte::{EntryFormat, Level};
 use hvcore::reclaim::ReclaimTarget;
 use kernel::aging::{self, AgingConfig, Managed};
 use kernel::svm::Svm;
@@ -253,7 +253,7 @@ fn clear_accessed<F: EntryFormat, M: hvcore::table::TableMemory>(
     gpa: GuestPhysAddr,
 ) {
     let g = gpa.as_u64();
-    let mut walk = tables.walk(g, g + 1, 1, 0);
+    let mut walk = tables.walk(g, g + 1, Level::PAGE_4K, 0);
     while let Some(e) = walk.next() {
         if F::is_present(e.old) && F::is_leaf(e.old, e.level) {
             walk.slot()

@@ -22,7 +22,7 @@ use hvcore::addr::HostPhysAddr;
 use hvcore::ept::{Ept, eptp};
 use hvcore::exit::{AccessKind, VmExit};
 use hvcore::frame::FrameSize;
-use hvcore::pte::{EntryFormat, Perms};
+use hvcore::pte::{EntryFormat, Level, Perms};
 use hvcore::vmx::{
     self, CR0_PE_PG, ControlMsrs, ExitReason, InstructionError, VmFail, adjust_controls, ctl,
     ept_cap, field, msr,
@@ -117,7 +117,11 @@ fn write_entry(table: HostPhysAddr, index: u64, value: u64) {
 
 fn map_page(pt: HostPhysAddr, gpa: u64) -> HostPhysAddr {
     let page = frame();
-    write_entry(pt, gpa >> 12, Ept::make_leaf(page, 1, Perms::RWX));
+    write_entry(
+        pt,
+        gpa >> 12,
+        Ept::make_leaf(page, Level::PAGE_4K, Perms::RWX),
+    );
     page
 }
 

@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::addr::GuestPhysAddr;
 use hvcore::guest_layout as layout;
-use hvcore::pte::EntryFormat;
+use hvcore::pte::{EntryFormat, Level};
 
 /// One MiB in bytes.
 pub const MIB: u64 = 1 << 20;
@@ -88,7 +88,7 @@ pub fn fault_in_4k<E: Extension>() {
     vm.memory
         .tables()
         .for_each_leaf(layout::DATA_START_GPA, ram, |_, level, _| {
-            assert_eq!(level, 1);
+            assert_eq!(level, Level::PAGE_4K);
             leaves += 1;
         });
     assert_eq!(leaves, data_pages(ram), "every data page backed");
@@ -105,7 +105,11 @@ pub fn fault_in_2m<E: Extension>() {
     vm.memory
         .tables()
         .for_each_leaf(layout::DATA_START_GPA, ram, |_, level, _| {
-            assert_eq!(level, 2, "the data region is 2 MiB aligned and whole");
+            assert_eq!(
+                level,
+                Level::PAGE_2M,
+                "the data region is 2 MiB aligned and whole"
+            );
             huge += 1;
         });
     assert_eq!(huge, (ram - layout::DATA_START_GPA) / (2 * MIB));

@@ -21,7 +21,7 @@ use alloc::sync::Arc;
 use hvcore::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
 use hvcore::frame::FrameSize;
 use hvcore::guest_walk::GuestPhysRead;
-use hvcore::pte::{EntryFormat, Perms};
+use hvcore::pte::{EntryFormat, Level, Perms};
 use hvcore::sync::AtomicU64;
 use hvcore::table::{MapError, Mapper, PageSize, TableAlloc, TableMemory, Tables};
 
@@ -470,7 +470,7 @@ impl<F: EntryFormat> GuestMemory<F> {
     /// Clears A and D on every leaf (tests; the aging thread uses its own
     /// walk). The caller must flush the guest's TLB before relying on it.
     pub fn clear_accessed_dirty(&self) {
-        let mut walk = self.tables.walk(0, F::space_size(), 1, 0);
+        let mut walk = self.tables.walk(0, F::space_size(), Level::PAGE_4K, 0);
         while let Some(e) = walk.next() {
             if F::is_present(e.old) {
                 walk.slot()

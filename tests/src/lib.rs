@@ -1,6 +1,8 @@
-//! Host-side harness: boots Thermocline images in QEMU and judges their
-//! serial console.
+//! Host-side harness: boots Thermocline images in QEMU or full-system Bochs
+//! and judges their serial console.
 //!
+//! - [`bochs`]: the full-system Bochs bed (VMX with EPT, several CPUs): its
+//!   configuration, and a runner with the same verdicts as [`runner`].
 //! - [`qemu`]: the QEMU command line (accelerator choice, firmware, devices),
 //!   shared by `cargo xtask run` and the tests so both boot the same machine.
 //! - [`runner`]: runs one image to its end with a deadline, collecting the
@@ -11,6 +13,7 @@
 //! The integration tests in `tests/qemu.rs` are one `#[test]` per scenario
 //! kernel; `cargo xtask test` builds the images and runs them.
 
+pub mod bochs;
 pub mod protocol;
 pub mod qemu;
 pub mod runner;

@@ -65,7 +65,7 @@ const SUMMARY: &str = "[summary] ";
 /// (`kernel::testing::fail_and_exit`).
 const FATAL: &str = "[fatal] ";
 /// What Bochs writes to its log when it panics (a triple fault among them).
-const BOCHS_PANIC: &str = ">>PANIC<<";
+pub const BOCHS_PANIC: &str = ">>PANIC<<";
 
 /// One Bochs machine booting one BIOS image.
 #[derive(Clone, Debug)]
@@ -300,6 +300,50 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+/// Kills `pid` and every process below it (for a child that shares the
+/// terminal's process group, as `cargo xtask run --bochs` keeps it so that
+/// Ctrl-C reaches Bochs). Descendants are found through `/proc/*/stat`.
+pub fn kill_tree(pid: u32) {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces and `)`.
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    for p in tree {
+        if let Ok(p) = i32::try_from(p) {
+            // SAFETY: kill(2) on a process id; it touches no memory of ours.
+            // A process that ended meanwhile gives ESRCH; its id cannot be
+            // reused by an unrelated process before our child is reaped for
+            // the root, and the others are its descendants of a moment ago.
+            unsafe { sys::kill(p, sys::SIGKILL) };
+        }
     }
 }
 

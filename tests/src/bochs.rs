@@ -653,10 +653,16 @@ mod tests {
         assert!(r.saw("started"));
         let pid = std::fs::read_to_string(&pid_file).expect("grandchild pid");
         let _ = std::fs::remove_file(&pid_file);
-        let alive = Path::new(&format!("/proc/{}", pid.trim())).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-                .unwrap_or_default()
-                .contains(") Z ");
+        // SIGKILL is delivered asynchronously: give it a moment to land.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        let until = Instant::now() + 5 * SECOND;
+        while alive() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let alive = alive();
         assert!(!alive, "grandchild {pid} survived the group kill");
     }
 

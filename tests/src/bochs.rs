@@ -188,18 +188,16 @@ error: action=report
         // open it at once.
         write(&files.com1, "")?;
         let mut cmd = Command::new(&self.launcher);
-        cmd.args([
-            "-a",
-            "-n",
-            &display_hint().to_string(),
-            "bochs",
-            "-q",
-            "-rc",
-        ])
-        .arg(&files.commands)
-        .arg("-f")
-        .arg(&files.bochsrc)
-        .current_dir(dir);
+        // The X authority file in the scratch dir: left to itself, xvfb-run
+        // makes a `mktemp -d` directory in /tmp that it removes only when it
+        // exits normally, not when the runner ends it.
+        cmd.args(["-a", "-n", &display_hint().to_string(), "-f"])
+            .arg(dir.join("Xauthority"))
+            .args(["bochs", "-q", "-rc"])
+            .arg(&files.commands)
+            .arg("-f")
+            .arg(&files.bochsrc)
+            .current_dir(dir);
         Ok((cmd, files))
     }
 }
@@ -704,7 +702,8 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert_eq!(&args[..2], ["-a", "-n"]);
-        assert_eq!(&args[3..6], ["bochs", "-q", "-rc"]);
+        assert_eq!(args[3], "-f");
+        assert_eq!(&args[5..8], ["bochs", "-q", "-rc"]);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(padded_len(CYLINDER_BYTES + 1), 2 * CYLINDER_BYTES);
         assert_eq!(padded_len(2 * CYLINDER_BYTES), 2 * CYLINDER_BYTES);

@@ -7,6 +7,7 @@
 //!   shared by `cargo xtask run` and the tests so both boot the same machine.
 //! - [`runner`]: runs one image to its end with a deadline, collecting the
 //!   console with timestamps, and classifies the result as [`runner::Outcome`].
+//! - [`checks`]: console checks of scenarios that both beds run.
 //! - [`protocol`]: parses the console line protocol that test kernels speak
 //!   (`kernel/src/testing.rs`); the Bochs bed's Python harness parses the same.
 //!
@@ -14,6 +15,7 @@
 //! kernel; `cargo xtask test` builds the images and runs them.
 
 pub mod bochs;
+pub mod checks;
 pub mod protocol;
 pub mod qemu;
 pub mod runner;

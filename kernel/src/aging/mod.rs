@@ -131,75 +131,81 @@ pub fn pass<F: EntryFormat>(m: &Managed<F>, config: &AgingConfig) -> PassStats {
         });
     mm.cold_pages = cold;
     mm.rec.feedback_mut().end_pass(now, ws);
+    // The lines are made under the lock and printed after it: a console
+    // line takes the serial port's time (on full-system Bochs, whose UART
+    // runs at its baud rate, a detail pass's lines take tens of emulated
+    // milliseconds), and a vCPU's fault path waits for this lock.
+    let mut lines: Vec<Record> = Vec::new();
     if config.pass_lines {
-        crate::println!(
-            "{}",
-            Record::Pass(report::PassLine {
-                vm: mm.name.into(),
-                n: stats.seq,
-                t_ms: now,
-                scanned: resident,
-                young: stats.young_pages,
-                skipped: stats.subtrees_skipped,
-                dur_us,
-            })
-        );
+        lines.push(Record::Pass(report::PassLine {
+            vm: mm.name.into(),
+            n: stats.seq,
+            t_ms: now,
+            scanned: resident,
+            young: stats.young_pages,
+            skipped: stats.subtrees_skipped,
+            dur_us,
+        }));
     }
     if config.detail_every != 0 && stats.seq.is_multiple_of(config.detail_every) {
-        print_detail(&mm, tables, m.vm.config.ram_bytes, stats.seq, now, config);
+        detail_lines(
+            &mm,
+            tables,
+            m.vm.config.ram_bytes,
+            stats.seq,
+            now,
+            config,
+            &mut lines,
+        );
+    }
+    drop(mm);
+    for line in lines {
+        crate::println!("{line}");
     }
     timing::PASS_POST.since(t_post);
     stats
 }
 
-fn print_detail<F: EntryFormat>(
+fn detail_lines<F: EntryFormat>(
     mm: &VmMm,
     tables: &Tables<F, PhysTables>,
     ram_bytes: u64,
     n: u64,
     now: u64,
     config: &AgingConfig,
+    lines: &mut Vec<Record>,
 ) {
     let vm: alloc::string::String = mm.name.into();
-    crate::println!(
-        "{}",
-        Record::Hist(report::HistLine {
-            vm: vm.clone(),
-            n,
-            t_ms: now,
-            buckets: mm
-                .gens
-                .histogram(tables, now)
-                .map(|b| report::HistBucket {
-                    seq: b.seq,
-                    age_ms: b.age_ms,
-                    pages: b.pages,
-                })
-                .collect(),
-        })
-    );
-    crate::println!(
-        "{}",
-        Record::Map(report::MapLine {
-            vm: vm.clone(),
-            n,
-            t_ms: now,
-            base: 0,
-            cell_kb: config.map_cell_pages * 4,
-            cells: report::map_cells(&mm.gens, tables, ram_bytes, config.map_cell_pages),
-        })
-    );
+    lines.push(Record::Hist(report::HistLine {
+        vm: vm.clone(),
+        n,
+        t_ms: now,
+        buckets: mm
+            .gens
+            .histogram(tables, now)
+            .map(|b| report::HistBucket {
+                seq: b.seq,
+                age_ms: b.age_ms,
+                pages: b.pages,
+            })
+            .collect(),
+    }));
+    lines.push(Record::Map(report::MapLine {
+        vm: vm.clone(),
+        n,
+        t_ms: now,
+        base: 0,
+        cell_kb: config.map_cell_pages * 4,
+        cells: report::map_cells(&mm.gens, tables, ram_bytes, config.map_cell_pages),
+    }));
     let threshold = mm.rec.feedback().threshold_gens();
-    crate::println!(
-        "{}",
-        Record::Ranges(report::RangesLine {
-            vm,
-            n,
-            t_ms: now,
-            hot: report::ranges_where(&mm.gens, tables, |age| age < 2),
-            cold: report::ranges_where(&mm.gens, tables, |age| age >= threshold),
-        })
-    );
+    lines.push(Record::Ranges(report::RangesLine {
+        vm,
+        n,
+        t_ms: now,
+        hot: report::ranges_where(&mm.gens, tables, |age| age < 2),
+        cold: report::ranges_where(&mm.gens, tables, |age| age >= threshold),
+    }));
 }
 
 /// The `reclaim` report line of `mm` (whose tables are `tables`) for pass

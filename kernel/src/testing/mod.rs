@@ -25,6 +25,7 @@
 pub mod aging;
 pub mod overcommit;
 pub mod smp;
+pub mod vcpus;
 
 use crate::console;
 use crate::hw::{self, ExitCode};

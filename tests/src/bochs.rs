@@ -52,6 +52,9 @@ pub const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
 /// See [`BIOS`].
 pub const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 
+/// Bochs' X display plugin (package `bochs-x`).
+pub const X_PLUGIN: &str = "/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_x_gui.so";
+
 /// The Debian packages this bed needs (Debian 12: Bochs 2.7).
 pub const APT_PACKAGES: [&str; 6] = ["bochs", "bochs-x", "bochsbios", "vgabios", "xvfb", "xauth"];
 
@@ -217,11 +220,7 @@ pub fn missing_packages() -> Vec<&'static str> {
     let mut missing = Vec::new();
     for (package, present) in [
         ("bochs", on_path("bochs")),
-        (
-            "bochs-x",
-            Path::new("/usr/lib/bochs/plugins/libbx_x_gui.so").is_file()
-                || Path::new("/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_x_gui.so").is_file(),
-        ),
+        ("bochs-x", Path::new(X_PLUGIN).is_file()),
         ("bochsbios", Path::new(BIOS).is_file()),
         ("vgabios", Path::new(VGA_BIOS).is_file()),
         ("xvfb", on_path("xvfb-run") && on_path("Xvfb")),

@@ -9,7 +9,7 @@
 //!   console with timestamps, and classifies the result as [`runner::Outcome`].
 //! - [`checks`]: console checks of scenarios that both beds run.
 //! - [`protocol`]: parses the console line protocol that test kernels speak
-//!   (`kernel/src/testing.rs`); the Bochs bed's Python harness parses the same.
+//!   (`kernel/src/testing.rs`), for both runners.
 //!
 //! The integration tests in `tests/qemu.rs` are one `#[test]` per scenario
 //! kernel; `cargo xtask test` builds the images and runs them.

@@ -13,7 +13,7 @@
 //! several. Locks it takes: see `crate::reclaim` (the VM's `VmMm` lock for
 //! one pass; the writer lock only to reclaim).
 //!
-//! Without a timer (the Bochs bed: one CPU, cooperative scheduling, a
+//! Without a timer (the Bochs CPU core: one CPU, cooperative scheduling, a
 //! virtual clock) a thread would never run while a vCPU is in the guest, so
 //! [`on_exits`] installs the same per-VM work ([`tick`]: pass, reclaim,
 //! pressure) as the VM's exit work (`Vm::set_exit_work`): the vCPU runs it
@@ -614,7 +614,7 @@ pub fn banner_line() -> alloc::string::String {
 
 /// Runs `vm` (the guest `cargo xtask run` chose) on backend `E` with the
 /// configured reclaim target, until it stops: on CPU `cpu` with the aging
-/// thread on CPU 0 where there is a timer; without one (the Bochs bed) on
+/// thread on CPU 0 where there is a timer; without one (the Bochs CPU core) on
 /// this CPU, aging on its exits ([`on_exits`]).
 pub fn run_selected<E: Extension>(vm: alloc::boxed::Box<Vm<E::Format>>, cpu: usize) {
     let vm: &'static Vm<E::Format> = alloc::boxed::Box::leak(vm);

@@ -1,4 +1,4 @@
-//! Scenario `vmx_guests` (the Bochs bed; QEMU has no VMX): the test guests
+//! Scenario `vmx_guests` (full-system Bochs; QEMU has no VMX): the test guests
 //! run on the VMX backend through the same vendor-neutral `vm` code as on
 //! SVM. `hello` runs and exits; EPT violations back RAM on first touch (4 KiB
 //! and 2 MiB); the `checksum` guest sees its data intact and every data page

@@ -1,5 +1,5 @@
 //! What the multi-vCPU scenarios (`test_svm_vcpus` in QEMU, `test_vmx_vcpus`
-//! on the Bochs bed) share: the `smp` guest's layout (guests/src/bin/smp.rs),
+//! on full-system Bochs) share: the `smp` guest's layout (guests/src/bin/smp.rs),
 //! its VM, and the exact check of the A/D bits its vCPUs leave behind, so
 //! both backends are held to one definition.
 

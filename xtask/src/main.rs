@@ -38,7 +38,8 @@ COMMANDS:
     run       Build the hypervisor and boot it in QEMU (or Bochs, --bochs);
               the serial console is this terminal (quit QEMU with Ctrl-A X)
     test      Run the whole test suite: rustfmt, clippy (host and kernel),
-              host tests, loom models, in-QEMU scenarios
+              host tests, loom models, VMX scenarios on full-system Bochs,
+              in-QEMU scenarios
     bench     Run the benchmarks and print one table of their figures
               (docs/benchmarks.md): host (cargo bench -p hvcore), and with
               --guest the bench kernel in QEMU

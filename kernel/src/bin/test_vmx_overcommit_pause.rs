@@ -7,7 +7,7 @@
 #![no_main]
 
 use bootloader_api::{BootInfo, entry_point};
-use kernel::testing::overcommit::hot_sets_exceed;
+use kernel::testing::overcommit::hot_sets_exceed_emulated;
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vmx::vcpu::Vmx;
 
@@ -22,6 +22,6 @@ static SCENARIO: Scenario = Scenario {
     name: "vmx_overcommit_pause",
     cases: &[TestCase {
         name: "hot_sets_over_the_host_pause_one_vm",
-        run: hot_sets_exceed::<Vmx>,
+        run: hot_sets_exceed_emulated::<Vmx>,
     }],
 };

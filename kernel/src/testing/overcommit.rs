@@ -240,9 +240,29 @@ fn wait_until(limit_ms: u64, done: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Case `hot_sets_over_the_host_pause_one_vm` (`test_overcommit_pause`,
-/// `test_vmx_overcommit_pause`).
+/// Case `hot_sets_over_the_host_pause_one_vm` (`test_overcommit_pause`):
+/// each wait (the small VM filled, the big one paused) may take 30 s.
 pub fn hot_sets_exceed<E: Extension>()
+where
+    E::Format: Send + Sync,
+{
+    hot_sets_exceed_waiting::<E>(30_000);
+}
+
+/// [`hot_sets_exceed`] on full-system Bochs (`test_vmx_overcommit_pause`):
+/// each wait may take 120 emulated seconds. Bochs runs 50 M instructions
+/// per emulated second (`tests/src/bochs.rs`), QEMU TCG about 1 G per
+/// second, so the same fault-ins and pressure rounds take about 20 times
+/// the guest time (measured: the big VM was not yet paused after 30 s; it
+/// takes about 60 s to fill the host there).
+pub fn hot_sets_exceed_emulated<E: Extension>()
+where
+    E::Format: Send + Sync,
+{
+    hot_sets_exceed_waiting::<E>(120_000);
+}
+
+fn hot_sets_exceed_waiting<E: Extension>(wait_ms: u64)
 where
     E::Format: Send + Sync,
 {
@@ -259,7 +279,7 @@ where
     // takes the rest.
     let v_small = spawn_vcpu::<E>(0, small);
     assert!(
-        wait_until(30_000, || small.memory.resident().0
+        wait_until(wait_ms, || small.memory.resident().0
             >= data_pages(small_ram)
             || small.stop_reason().is_some()),
         "the small VM filled its memory"
@@ -268,7 +288,7 @@ where
     v_small.join();
     // The big VM runs out: it is paused, and stays paused with nothing
     // left to reclaim.
-    let paused = wait_until(30_000, || {
+    let paused = wait_until(wait_ms, || {
         reclaim::PAUSED_NOW.load(Ordering::Acquire) >= 1 || big.stop_reason().is_some()
     });
     crate::time::sleep_ms(500);

@@ -121,21 +121,30 @@ fn vmx_aging() {
 /// time.
 const OVERCOMMIT_HOST_MIB: u32 = 32;
 
-fn overcommit(kernel: &str) -> Run {
+fn overcommit(kernel: &str, timeout: Duration) -> Run {
     let mut m = machine(kernel);
     m.mem_mib = OVERCOMMIT_HOST_MIB;
-    let run = timed(kernel, run(&m, TIMEOUT));
+    let run = timed(kernel, run(&m, timeout));
     let report = check_passed(&run).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.passed.len(), 1, "{run}");
     run
 }
 
+/// The longest scenario by far: two VMs of more than the host each make
+/// thousands of fault-ins and pressure reclaims, instruction-bound work
+/// that takes about 20 times the emulated time it takes in QEMU (62 emulated
+/// seconds were not enough; on a loaded 2-core machine that was 600 s of
+/// wall time). Not in `cargo xtask test` for the suite's time budget: run it
+/// with `cargo test -p thermocline-tests --test bochs -- --include-ignored
+/// vmx_overcommit_twice`.
+const OVERCOMMIT_TWICE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Two VMs of more than the host each, on VMX: paused when no frame is
 /// free, resumed when reclaim brings memory back, both intact.
 #[test]
-#[ignore = "needs images and Bochs: run `cargo xtask test --step bochs`"]
+#[ignore = "needs images and Bochs; long: see OVERCOMMIT_TWICE_TIMEOUT"]
 fn vmx_overcommit_twice_the_host_all_vms_finish_intact() {
-    let run = overcommit("test_vmx_overcommit");
+    let run = overcommit("test_vmx_overcommit", OVERCOMMIT_TWICE_TIMEOUT);
     check_all_finish(&run, OVERCOMMIT_HOST_MIB.into());
 }
 
@@ -143,7 +152,7 @@ fn vmx_overcommit_twice_the_host_all_vms_finish_intact() {
 #[test]
 #[ignore = "needs images and Bochs: run `cargo xtask test --step bochs`"]
 fn vmx_overcommit_hot_sets_over_the_host_pause_one_vm() {
-    let run = overcommit("test_vmx_overcommit_pause");
+    let run = overcommit("test_vmx_overcommit_pause", TIMEOUT);
     check_pause(&run);
 }
 

@@ -23,6 +23,7 @@
 //! set-up of the overcommit scenarios, [`smp`] that of the multi-vCPU ones.
 
 pub mod aging;
+pub mod evil;
 pub mod overcommit;
 pub mod smp;
 pub mod vcpus;

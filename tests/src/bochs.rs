@@ -262,32 +262,37 @@ impl ProcessGroup {
         self.0.try_wait()
     }
 
-    fn signal(&self, sig: i32) {
+    /// Sends `sig` to the group; whether any member was there to get it
+    /// (signal 0 only asks).
+    fn signal(&self, sig: i32) -> bool {
         let Ok(pgid) = i32::try_from(self.0.id()) else {
-            return;
+            return false;
         };
         // SAFETY: kill(2) with a negative pid signals the process group the
         // child leads (made by `process_group(0)`); it touches no memory of
-        // ours. The group outlives its leader until every member is gone,
-        // and the leader is not reaped before this call, so its id cannot
-        // have been reused.
-        unsafe { sys::kill(-pgid, sig) };
+        // ours. The group id stays taken while any member lives, and the
+        // moments between reaping the leader and the group's last member
+        // ending are far too short for the id to be reused.
+        unsafe { sys::kill(-pgid, sig) == 0 }
     }
 
-    /// Ends the group: SIGTERM first, so `xvfb-run` and Xvfb can remove
-    /// their lock and authority files, then SIGKILL for whatever is left
+    /// Ends the group: SIGTERM first, so that Xvfb removes its lock file
+    /// and xvfb-run its authority entry, then SIGKILL for whatever is left
     /// after a short grace (Bochs stopped in its debugger ignores SIGTERM).
+    /// The grace waits for the whole group, not only its leader: xvfb-run
+    /// (the leader) dies at once, and a SIGKILL then would catch Xvfb
+    /// before it removed `/tmp/.X<n>-lock` (measured: stale locks left).
     pub fn end(&mut self) {
         self.signal(sys::SIGTERM);
         let grace = Instant::now() + Duration::from_secs(2);
         while Instant::now() < grace {
-            if self.0.try_wait().is_ok_and(|s| s.is_some()) {
+            // Reap the leader once it is gone, so only live members count.
+            let _ = self.0.try_wait();
+            if !self.signal(0) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // The leader may be gone while Bochs or Xvfb linger: kill the group
-        // regardless (ESRCH when it is empty).
         self.signal(sys::SIGKILL);
         let _ = self.0.kill();
         let _ = self.0.wait();

@@ -32,6 +32,9 @@ use super::{Entered, Vmcs, VmxError};
 use crate::virt::{EntryError, Extension, GuestRegs, VcpuSetup, VirtCpu};
 use crate::{hw, mem};
 
+/// RFLAGS.IF, the interrupt-enable flag.
+const RFLAGS_IF: u64 = 1 << 9;
+
 /// The VMX extension.
 #[derive(Debug)]
 pub struct Vmx;
@@ -313,11 +316,24 @@ impl VmxVcpu {
         w(field::GUEST_SYSENTER_CS, 0)?;
         w(field::GUEST_SYSENTER_ESP, 0)?;
         w(field::GUEST_SYSENTER_EIP, 0)?;
+        // The guest starts with RFLAGS.IF set. With external-interrupt
+        // exiting a host interrupt exits the guest whatever the guest's IF
+        // (SDM "VM-Execution Controls", pin-based), and no interrupt is ever
+        // injected into these guests, so IF changes nothing they can run
+        // into; but full-system Bochs 2.7 loads the guest's RFLAGS on VM
+        // entry before it marks the CPU as in VMX non-root operation, so
+        // with IF clear it masks external interrupts for the whole stay in
+        // the guest: a guest spinning without exits was never preempted and
+        // its CPU hung (measured: `vmx_vcpus` flush and EXIT cases, both
+        // CPUs spinning in the guest 29 emulated seconds after the test's
+        // 10 s deadline).
+        let mut regs = boot_regs;
+        regs.rflags |= RFLAGS_IF;
         Ok(Self {
             vmcs,
             cpu: crate::smp::cpu_index(),
             eptp,
-            regs: boot_regs,
+            regs,
             launched: false,
             flush_on_entry: true,
             next_rip: None,

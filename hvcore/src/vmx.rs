@@ -1415,7 +1415,7 @@ mod tests {
             msr::TRUE_PINBASED_CTLS
         );
         assert_eq!(ControlMsrs::from_basic(0).entry, msr::ENTRY_CTLS);
-        // The Bochs bed's IA32_VMX_BASIC (Cannon Lake model).
+        // The Bochs CPU core's IA32_VMX_BASIC (Cannon Lake model).
         let basic = 0x00d8_1000_0000_002b;
         assert_eq!(vmcs_revision(basic), 0x2b);
         assert_eq!(
@@ -1439,7 +1439,7 @@ mod tests {
 
     #[test]
     fn fixed_bits() {
-        // Bochs bed: CR0 fixed0 0x80000021 (PE, NE, PG), fixed1 all ones.
+        // Bochs CPU core: CR0 fixed0 0x80000021 (PE, NE, PG), fixed1 all ones.
         assert_eq!(apply_fixed(0x8001_0011, 0x8000_0021, u64::MAX), 0x8001_0031);
         assert_eq!(apply_fixed(0x30, 0x8000_0021 & !CR0_PE_PG, u64::MAX), 0x30);
         assert_eq!(apply_fixed(0xff, 0, 0x0f), 0x0f);
@@ -1571,8 +1571,8 @@ mod tests {
         );
     }
 
-    /// IA32_VMX_* as the Bochs bed's CPU model reports them (printed by
-    /// the bed's selftest kernel, `tests/bochs/selftest`).
+    /// IA32_VMX_* as the Bochs CPU core's Cannon Lake model reported them
+    /// (printed by the selftest kernel of the CPU-core bed, since removed).
     mod bed {
         pub const BASIC: u64 = 0x00d8_1000_0000_002b;
         pub const PINBASED: u64 = 0x0000_007f_0000_0016;
@@ -1635,7 +1635,7 @@ mod tests {
 
     #[test]
     fn decodes_ept_violations() {
-        // A read of an unmapped page, as the Bochs bed reports it (measured).
+        // A read of an unmapped page, as the Bochs CPU core reports it (measured).
         let f = decode_ept_violation(0x781, 0xc000);
         assert_eq!(f.gpa, GuestPhysAddr::new(0xc000));
         assert_eq!(f.access, AccessKind::Read);

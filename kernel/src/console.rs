@@ -25,7 +25,7 @@ use uart_16550::{BaudRate, Config, Uart16550};
 
 /// The console's sink: the initialised UART, or raw port writes when the
 /// device did not answer `uart_16550`'s presence check (a minimal emulated
-/// port, such as the Bochs bed's, may not model the scratch register).
+/// port, such as the Bochs CPU-core bed's, may not model the scratch register).
 enum Sink {
     /// Not initialised yet: raw writes, so even the earliest line is seen.
     Raw,

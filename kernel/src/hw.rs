@@ -4,8 +4,9 @@
 //! Everything here is `unsafe` at the bottom and exposes a narrow interface so
 //! the rest of the kernel states *why* an access is sound in one place.
 //!
-//! Exit protocol (shared by QEMU's `isa-debug-exit` device and the Bochs bed's
-//! port handler): a 32-bit write of `code` to port [`EXIT_PORT`] ends the
+//! Exit protocol (QEMU's `isa-debug-exit` device; full-system Bochs has no
+//! such device and its runner ends a run at the console's summary line
+//! instead, the kernel halting here): a 32-bit write of `code` to port [`EXIT_PORT`] ends the
 //! emulator; QEMU then exits with status `(code << 1) | 1`, so
 //! [`ExitCode::Success`] (0x10) becomes 33 and [`ExitCode::Failure`] (0x11)
 //! becomes 35. Both codes are odd after the shift and distinct from a QEMU

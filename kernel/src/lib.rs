@@ -3,8 +3,7 @@
 //! This library holds every kernel module; the binaries are thin:
 //! `src/main.rs` is the hypervisor, and each `src/bin/test_*.rs` is one
 //! in-emulator test scenario (see `testing` and `tests/`). Every binary is
-//! entered by the `bootloader` crate (or by the Bochs bed, which builds the
-//! same [`BootInfo`] itself) at the standard `_start` that
+//! entered by the `bootloader` crate at the standard `_start` that
 //! `bootloader_api::entry_point!` generates with [`BOOTLOADER_CONFIG`], and
 //! calls [`init`] first.
 //!

@@ -28,11 +28,14 @@ pub const TAIL_LINES: usize = 40;
 /// What ended the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The kernel left with the success code.
+    /// The kernel left with the success code (Bochs: a summary with no
+    /// failure).
     Passed,
-    /// The kernel left with the failure code.
+    /// The kernel left with the failure code (Bochs: a summary with a
+    /// failure, or a `[fatal]` line).
     Failed,
-    /// QEMU ended any other way; the exit status if there was one.
+    /// The emulator ended any other way; the exit status if there was one
+    /// (Bochs: `None` when it panicked, e.g. at a triple fault).
     Crashed(Option<i32>),
     /// The deadline passed; QEMU was killed.
     TimedOut(Duration),
@@ -62,6 +65,8 @@ pub struct Run {
     pub elapsed: Duration,
     /// The command line, for reports.
     pub command: String,
+    /// Which emulator ran (`QEMU` or `Bochs`), for reports.
+    pub emulator: &'static str,
 }
 
 impl Run {
@@ -95,16 +100,27 @@ impl Run {
 
 impl fmt::Display for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let emu = self.emulator;
+        // QEMU reports through its exit status; Bochs, which has no exit
+        // device, through the console's summary line (`bochs.rs`).
+        let (pass, fail) = if emu == "QEMU" {
+            ("exit status 33", "exit status 35")
+        } else {
+            ("summary line", "summary or fatal line")
+        };
         let what = match &self.outcome {
-            Outcome::Passed => "passed (exit status 33)".to_string(),
-            Outcome::Failed => "failed (exit status 35)".to_string(),
-            Outcome::Crashed(Some(s)) => format!("crashed: QEMU exit status {s}"),
-            Outcome::Crashed(None) => "crashed: QEMU killed by a signal".to_string(),
+            Outcome::Passed => format!("passed ({pass})"),
+            Outcome::Failed => format!("failed ({fail})"),
+            Outcome::Crashed(Some(s)) => format!("crashed: {emu} exit status {s}"),
+            Outcome::Crashed(None) if emu == "QEMU" => {
+                "crashed: QEMU killed by a signal".to_string()
+            }
+            Outcome::Crashed(None) => format!("crashed: {emu} panicked (see its line below)"),
             Outcome::Stopped => "stopped at the awaited line".to_string(),
             Outcome::TimedOut(t) => {
-                format!("timed out after {:.1} s, QEMU killed", t.as_secs_f64())
+                format!("timed out after {:.1} s, {emu} killed", t.as_secs_f64())
             }
-            Outcome::NotStarted(e) => format!("QEMU did not start: {e}"),
+            Outcome::NotStarted(e) => format!("{emu} did not start: {e}"),
         };
         writeln!(f, "{what} after {:.2} s", self.elapsed.as_secs_f64())?;
         writeln!(f, "  command: {}", self.command)?;
@@ -128,8 +144,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A private scratch directory per run (for the UEFI variable store).
-fn scratch_dir() -> PathBuf {
+/// A private scratch directory per run (for the UEFI variable store, and
+/// the Bochs bed's configuration, disk copy and console).
+pub(crate) fn scratch_dir() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("thermocline-run-{}-{n}", std::process::id()))
@@ -205,6 +222,7 @@ fn run_in(
         console: Vec::new(),
         elapsed: Duration::ZERO,
         command,
+        emulator: "QEMU",
     };
     let mut cmd = match machine.command(scratch) {
         Ok(cmd) => cmd,
@@ -317,6 +335,7 @@ fn run_in(
         console,
         elapsed,
         command,
+        emulator: "QEMU",
     }
 }
 

@@ -51,9 +51,11 @@ pub const KERNEL_LAYERS: &[(&str, &[&str])] = &[
             "launch",
             "banner",
             "testing::aging",
+            "testing::evil",
             "testing::guests",
             "testing::overcommit",
             "testing::smp",
+            "testing::vcpus",
         ],
     ),
 ];

@@ -2,7 +2,8 @@
 //!
 //! - `run`: build the hypervisor, make a disk image, boot it in QEMU with the
 //!   serial console on this terminal (accelerator chosen by
-//!   `thermocline_tests::qemu::detect_accel`, which says why).
+//!   `thermocline_tests::qemu::detect_accel`, which says why), or with
+//!   `--bochs` on full-system Bochs with VMX ([`bochs`]).
 //! - `test`: the whole suite as a list of named steps ([`steps`]), ending with
 //!   the in-QEMU scenarios so the output ends with cargo test's summary.
 //! - `bench`: the host benchmarks (`cargo bench -p hvcore`) and, with
@@ -17,6 +18,7 @@
 //! `target/loom` (different RUSTFLAGS would otherwise rebuild everything).
 
 mod bench;
+mod bochs;
 mod cli;
 mod guests;
 mod layers;
@@ -36,13 +38,13 @@ USAGE:
     cargo xtask <COMMAND> [OPTIONS]
 
 COMMANDS:
-    run       Build the hypervisor and boot it in QEMU; the serial console is
-              this terminal (quit QEMU with Ctrl-A X); a triple fault or
-              the failure exit is reported as an error
+    run       Build the hypervisor and boot it in QEMU (or Bochs, --bochs);
+              the serial console is this terminal (quit QEMU with Ctrl-A X);
+              a triple fault or the failure exit is reported as an error
     test      Run the whole test suite: rustfmt, the kernel's layers,
               clippy (host and kernel), host tests, loom models, the Linux
-              guest's assets, the Bochs VMX bed, in-QEMU scenarios (Linux
-              under Thermocline among them)
+              guest's assets, VMX scenarios on full-system Bochs, in-QEMU
+              scenarios (Linux under Thermocline among them)
     bench     Run the benchmarks and print one table of their figures
               (docs/benchmarks.md): host (cargo bench -p hvcore), and with
               --guest the bench kernel in QEMU
@@ -60,6 +62,9 @@ COMMANDS:
 
 RUN OPTIONS:
     --bios | --uefi   Firmware: SeaBIOS (default) or OVMF from /usr/share/OVMF
+    --bochs           Boot on full-system Bochs instead of QEMU: Intel VMX
+                      with EPT on emulated CPUs (for hosts without VMX);
+                      BIOS only, no --gdb; quit with Ctrl-C
     --smp N           Number of CPUs (default 2)
     --mem SIZE        Memory of the emulated machine (Thermocline's host RAM)
                       in QEMU syntax, e.g. 512M, 2G (default 256M); at least
@@ -497,6 +502,9 @@ fn prepare_linux_run(o: &RunOptions) -> Result<(), String> {
 }
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
+    if let Some(rest) = bochs::wants(args) {
+        return bochs::cmd_run(&rest);
+    }
     let o = parse_run(args)?;
     let mut o = o;
     let guest = o.guest.clone().unwrap_or_else(|| guests::DEFAULT.into());
@@ -646,7 +654,7 @@ fn steps() -> Vec<Step> {
         },
         Step {
             name: "bochs",
-            what: "VMX scenario kernels on the Bochs CPU bed (tests/bochs)",
+            what: "VMX scenario kernels on full-system Bochs, 2 CPUs (tests/tests/bochs.rs)",
             run: step_bochs,
         },
         Step {
@@ -740,17 +748,10 @@ fn step_images(ctx: &TestContext) -> Result<(), String> {
     build_images(ctx.profile, None, &[Firmware::Bios, Firmware::Uefi]).map(|_| ())
 }
 
-/// The VMX bed (tests/bochs/README.md): installs itself on first use (venv
-/// with the pinned wheel, preload library), then runs its selftest and the
-/// bed's scenario kernels that `images` built.
+/// The VMX bed: every VMX scenario on full-system Bochs, two CPUs
+/// (`xtask/src/bochs.rs`, `tests/tests/bochs.rs`).
 fn step_bochs(ctx: &TestContext) -> Result<(), String> {
-    let elf_dir = target_dir().join(KERNEL_TARGET).join(ctx.profile.dir());
-    run_cmd(
-        Command::new("python3")
-            .current_dir(root())
-            .args(["tests/bochs/bed.py", "suite", "--elf-dir"])
-            .arg(elf_dir),
-    )
+    bochs::step(&target_dir().join("images").join(ctx.profile.dir()))
 }
 
 fn step_qemu(ctx: &TestContext) -> Result<(), String> {

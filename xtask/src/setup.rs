@@ -8,8 +8,9 @@
 //! with `-Zbuild-std`), `llvm-tools`, rustfmt, clippy and the
 //! `x86_64-unknown-none` target, and add them through rustup.
 //!
-//! QEMU and OVMF come from Debian packages: installed with apt-get when we run
-//! as root on Debian, otherwise we stop and print the command.
+//! QEMU and OVMF come from Debian packages, as do the Bochs bed's
+//! (`crate::bochs::setup`): installed with apt-get when we run as root on
+//! Debian, otherwise we stop and print the command.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -122,19 +123,23 @@ pub fn qemu(uefi: bool) -> Result<(), String> {
     if qemu_ok && ovmf_ok {
         return Ok(());
     }
-    let command = format!("apt-get install -y {}", APT_PACKAGES.join(" "));
+    let what = if ovmf_ok { "QEMU" } else { "QEMU or OVMF" };
+    apt_install(what, &APT_PACKAGES)
+}
+
+/// Installs Debian `packages` with apt-get when we run as root on Debian;
+/// otherwise an error that names `what` is missing and prints the command.
+pub fn apt_install(what: &str, packages: &[&str]) -> Result<(), String> {
+    let command = format!("apt-get install -y {}", packages.join(" "));
     let is_root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     let debian = Path::new("/etc/debian_version").is_file();
     if !(is_root && debian) {
-        return Err(format!(
-            "QEMU{} missing; install with:\n    sudo {command}",
-            if ovmf_ok { "" } else { " or OVMF" }
-        ));
+        return Err(format!("{what} missing; install with:\n    sudo {command}"));
     }
-    println!("xtask: installing {} with apt-get", APT_PACKAGES.join(" "));
+    println!("xtask: installing {} with apt-get", packages.join(" "));
     let apt = |args: &[&str]| -> Result<(), String> {
         let status = Command::new("apt-get")
             .args(args)
@@ -148,11 +153,7 @@ pub fn qemu(uefi: bool) -> Result<(), String> {
         }
     };
     apt(&["update"])?;
-    apt(&[
-        &["install", "-y", "--no-install-recommends"],
-        APT_PACKAGES.as_slice(),
-    ]
-    .concat())
+    apt(&[&["install", "-y", "--no-install-recommends"], packages].concat())
 }
 
 /// The path of an LLVM tool of the pinned toolchain's `llvm-tools` component.

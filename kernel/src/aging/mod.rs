@@ -13,7 +13,7 @@
 //! several. Locks it takes: see `crate::reclaim` (the VM's `VmMm` lock for
 //! one pass; the writer lock only to reclaim).
 //!
-//! Without a timer (the Bochs bed: one CPU, cooperative scheduling, a
+//! Without a timer (the Bochs CPU core: one CPU, cooperative scheduling, a
 //! virtual clock) a thread would never run while a vCPU is in the guest, so
 //! [`on_exits`] installs the same per-VM work ([`tick`]: pass, reclaim,
 //! pressure) as the VM's exit work (`Vm::set_exit_work`): the vCPU runs it
@@ -141,75 +141,81 @@ pub fn pass<E: Extension>(m: &Managed<E>, config: &AgingConfig) -> PassStats {
         });
     mm.cold_pages = cold;
     mm.rec.feedback_mut().end_pass(now, ws);
+    // The lines are made under the lock and printed after it: a console
+    // line takes the serial port's time (on full-system Bochs, whose UART
+    // runs at its baud rate, a detail pass's lines take tens of emulated
+    // milliseconds), and a vCPU's fault path waits for this lock.
+    let mut lines: Vec<Record> = Vec::new();
     if config.pass_lines {
-        crate::println!(
-            "{}",
-            Record::Pass(report::PassLine {
-                vm: mm.name.into(),
-                n: stats.seq,
-                t_ms: now,
-                scanned: resident,
-                young: stats.young_pages,
-                skipped: stats.subtrees_skipped,
-                dur_us,
-            })
-        );
+        lines.push(Record::Pass(report::PassLine {
+            vm: mm.name.into(),
+            n: stats.seq,
+            t_ms: now,
+            scanned: resident,
+            young: stats.young_pages,
+            skipped: stats.subtrees_skipped,
+            dur_us,
+        }));
     }
     if config.detail_every != 0 && stats.seq.is_multiple_of(config.detail_every) {
-        print_detail(&mm, tables, m.vm.config.ram_bytes, stats.seq, now, config);
+        detail_lines(
+            &mm,
+            tables,
+            m.vm.config.ram_bytes,
+            stats.seq,
+            now,
+            config,
+            &mut lines,
+        );
+    }
+    drop(mm);
+    for line in lines {
+        crate::println!("{line}");
     }
     timing::PASS_POST.since(t_post);
     stats
 }
 
-fn print_detail<F: EntryFormat>(
+fn detail_lines<F: EntryFormat>(
     mm: &VmMm,
     tables: &Tables<F, PhysTables>,
     ram_bytes: u64,
     n: u64,
     now: u64,
     config: &AgingConfig,
+    lines: &mut Vec<Record>,
 ) {
     let vm: alloc::string::String = mm.name.into();
-    crate::println!(
-        "{}",
-        Record::Hist(report::HistLine {
-            vm: vm.clone(),
-            n,
-            t_ms: now,
-            buckets: mm
-                .gens
-                .histogram(tables, now)
-                .map(|b| report::HistBucket {
-                    seq: b.seq,
-                    age_ms: b.age_ms,
-                    pages: b.pages,
-                })
-                .collect(),
-        })
-    );
-    crate::println!(
-        "{}",
-        Record::Map(report::MapLine {
-            vm: vm.clone(),
-            n,
-            t_ms: now,
-            base: 0,
-            cell_kb: config.map_cell_pages * 4,
-            cells: report::map_cells(&mm.gens, tables, ram_bytes, config.map_cell_pages),
-        })
-    );
+    lines.push(Record::Hist(report::HistLine {
+        vm: vm.clone(),
+        n,
+        t_ms: now,
+        buckets: mm
+            .gens
+            .histogram(tables, now)
+            .map(|b| report::HistBucket {
+                seq: b.seq,
+                age_ms: b.age_ms,
+                pages: b.pages,
+            })
+            .collect(),
+    }));
+    lines.push(Record::Map(report::MapLine {
+        vm: vm.clone(),
+        n,
+        t_ms: now,
+        base: 0,
+        cell_kb: config.map_cell_pages * 4,
+        cells: report::map_cells(&mm.gens, tables, ram_bytes, config.map_cell_pages),
+    }));
     let threshold = mm.rec.feedback().threshold_gens();
-    crate::println!(
-        "{}",
-        Record::Ranges(report::RangesLine {
-            vm,
-            n,
-            t_ms: now,
-            hot: report::ranges_where(&mm.gens, tables, |age| age < 2),
-            cold: report::ranges_where(&mm.gens, tables, |age| age >= threshold),
-        })
-    );
+    lines.push(Record::Ranges(report::RangesLine {
+        vm,
+        n,
+        t_ms: now,
+        hot: report::ranges_where(&mm.gens, tables, |age| age < 2),
+        cold: report::ranges_where(&mm.gens, tables, |age| age >= threshold),
+    }));
 }
 
 /// The `reclaim` report line of `mm` (whose tables are `tables`) for pass
@@ -648,7 +654,7 @@ pub fn banner_line() -> alloc::string::String {
 
 /// Runs `vm` (the guest `cargo xtask run` chose) on backend `E` with the
 /// configured reclaim target, until it stops: on CPU `cpu` with the aging
-/// thread on CPU 0 where there is a timer; without one (the Bochs bed) on
+/// thread on CPU 0 where there is a timer; without one (the Bochs CPU core) on
 /// this CPU, aging on its exits ([`on_exits`]).
 pub fn run_selected<E: Extension>(vm: Arc<Vm<E>>, cpu: usize) {
     let m = Managed::new(&vm, configured_target());

@@ -2,7 +2,7 @@
 //!
 //! Booted by `tests/tests/platform.rs` with several `-smp` values. Cases
 //! that need a timer (preemption) check `time::has_timer()` and say so when
-//! the machine has none (the Bochs bed); everything else runs the same on
+//! the machine has none (the Bochs CPU core); everything else runs the same on
 //! one CPU.
 #![no_std]
 #![no_main]

@@ -15,7 +15,6 @@ use hvcore::exit::AccessKind;
 use kernel::svm::Svm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, StopReason, Vm, VmConfig, images};
-use kernel::{sched, smp, time};
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -65,7 +64,7 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "endless_loop_is_preempted_while_another_vm_runs",
-            run: endless_loop,
+            run: kernel::testing::evil::endless_loop::<Svm>,
         },
     ],
 };
@@ -171,39 +170,4 @@ fn xsave_refused() {
     let vm = evil(11, 0);
     assert_eq!(run(&vm), StopReason::Exited(0));
     assert!(reports(&vm) >= 2, "CR4 write and XSETBV (#UD) reported");
-}
-
-fn endless_loop() {
-    let cpus = smp::cpu_count();
-    assert!(time::has_timer(), "QEMU gives a timer");
-    let looping: Arc<Vm<Svm>> = evil(7, 0);
-    let spinner = {
-        let vm = looping.clone();
-        // On one CPU the loop shares it with this thread: preemption is
-        // what lets the test go on at all.
-        sched::spawn_on(cpus - 1, "vcpu-evil", move || {
-            run(&vm);
-        })
-    };
-    // Another VM runs to completion meanwhile (on CPU 0).
-    let hello = Vm::<Svm>::new(
-        VmConfig {
-            name: "hello",
-            image: images::HELLO.bytes,
-            ram_bytes: RAM,
-            huge_pages: true,
-            boot_arg: 0,
-        },
-        None,
-    )
-    .expect("VM");
-    assert_eq!(run(&hello), StopReason::Exited(0));
-    time::sleep_ms(200);
-    let exits = looping.stats.exits.load(Ordering::Relaxed);
-    kernel::println!("endless loop: {exits} exits (host interrupts) in the first 200 ms");
-    assert!(exits > 0, "the timer must take the CPU back from the guest");
-    assert_eq!(looping.stop_reason(), None, "still looping");
-    looping.request_stop();
-    spinner.join();
-    assert_eq!(looping.stop_reason(), Some(StopReason::Killed));
 }

@@ -1,4 +1,4 @@
-//! Scenario `vmx_ept` (the Bochs bed; QEMU has no VMX): VMX with EPT
+//! Scenario `vmx_ept` (full-system Bochs; QEMU has no VMX): VMX with EPT
 //! accessed/dirty flags, end to end, on a tiny unrestricted real-mode guest.
 //!
 //! The guest (at GPA 0x8000) reads the word at 0x9000, writes it to 0xA000,

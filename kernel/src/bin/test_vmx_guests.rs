@@ -1,17 +1,16 @@
-//! Scenario `vmx_guests` (the Bochs bed; QEMU has no VMX): the test guests
+//! Scenario `vmx_guests` (full-system Bochs; QEMU has no VMX): the test guests
 //! run on the VMX backend through the same vendor-neutral `vm` code as on
 //! SVM. `hello` runs and exits; EPT violations back RAM on first touch (4 KiB
 //! and 2 MiB); the `checksum` guest sees its data intact and every data page
 //! ends accessed and dirty in the EPT, untouched RAM stays unbacked; no GPA
-//! reaches a frame the VM does not own; every `evil` scenario that one CPU
-//! without a timer can run is survived as `docs/guests.md` promises (CR4
-//! writes checked, x87/SSE state kept per vCPU); a VMCS
-//! with bad guest state is refused with the reason named.
+//! reaches a frame the VM does not own; the `evil` scenarios are survived as
+//! `docs/guests.md` promises (CR4 writes checked, x87/SSE state kept per
+//! vCPU), scenario 7's endless loop preempted by host interrupts while
+//! another VM runs (`kernel::testing::evil`, shared with `test_svm_evil`); a
+//! VMCS with bad guest state is refused with the reason named.
 //!
 //! The `pattern` guest checks exact EPT A/D per interval, with the A/D
-//! flags cleared and INVEPT between intervals (its host time is the kernel's
-//! virtual clock here: the TSC is frozen). Not here: `evil` scenario 7 (an
-//! endless loop needs a timer to preempt it; the bed has none).
+//! flags cleared and INVEPT between intervals.
 //!
 //! The cases both backends run are written once in
 //! `kernel::testing::guests` (`test_svm` runs them on SVM), so this
@@ -62,7 +61,7 @@ static SCENARIO: Scenario = Scenario {
         },
         TestCase {
             name: "ept_ad_bits_match_the_pages_pattern_touched",
-            // 1 ms intervals of the virtual clock (the TSC is frozen here).
+            // 1 ms intervals: Bochs runs 50 M instructions per emulated second.
             run: || guests::ad_bits_match_the_pages_touched::<Vmx>(1),
         },
         TestCase {
@@ -72,6 +71,10 @@ static SCENARIO: Scenario = Scenario {
         TestCase {
             name: "evil_guests_are_survived",
             run: evil,
+        },
+        TestCase {
+            name: "endless_loop_is_preempted_while_another_vm_runs",
+            run: kernel::testing::evil::endless_loop::<Vmx>,
         },
         TestCase {
             name: "xmm_state_does_not_leak_between_vms",

@@ -429,7 +429,7 @@ pub const PAUSED_STATUS_EVERY_MS: u64 = 10_000;
 /// hot sets of the VMs exceed the host) stays paused while the others run,
 /// until memory frees up or `give_up()` (its stop was requested) says to
 /// stop waiting: then false (`vm NAME: stopped while paused for memory`).
-/// False at once when no VM is managed, or without a timer (the Bochs bed:
+/// False at once when no VM is managed, or without a timer (the Bochs CPU core:
 /// reclaim runs on the waiting vCPU's own exits): nothing would ever free
 /// memory.
 /// Called without any lock held.
@@ -454,7 +454,7 @@ pub fn wait_for_memory(name: &str, gpa: GuestPhysAddr, give_up: &dyn Fn() -> boo
         })
     );
     if !crate::time::has_timer() {
-        // Cooperative scheduling (the Bochs bed): the reclaim runs on this
+        // Cooperative scheduling (the Bochs CPU core): the reclaim runs on this
         // very vCPU's exits, so nothing could free memory while it waits.
         crate::println!(
             "vm {name}: stopped while paused for memory (0 ms): no timer, nothing reclaims while this vCPU waits"

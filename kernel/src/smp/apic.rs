@@ -6,7 +6,7 @@
 //! which covers the first 4 GiB and so the default base 0xFEE0_0000. The mode
 //! is chosen once on the boot CPU ([`init_boot_cpu`]) and every AP follows it.
 //!
-//! Never used on a CPU without a working timer (the Bochs bed): there the
+//! Never used on a CPU without a working timer (the Bochs CPU core): there the
 //! APIC timer aborts the emulator, so `time` keeps the platform in
 //! cooperative mode and nothing here runs.
 //!

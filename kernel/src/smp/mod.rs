@@ -13,7 +13,7 @@
 //! GDT/TSS (double-fault stack), the shared IDT, its APIC and tick, and its
 //! scheduler; the boot CPU waits (bounded) for it to report online.
 //!
-//! Without a timer (the Bochs bed) or without a MADT there is one CPU and no
+//! Without a timer (the Bochs CPU core) or without a MADT there is one CPU and no
 //! IPI is ever sent.
 //!
 //! Cross-CPU calls ([`run_on`], [`run_on_all`]): the caller queues a

@@ -1,6 +1,6 @@
 //! The guest cases both backends run, written once, generic over the
 //! vendor: `test_svm` runs them on SVM (QEMU), `test_vmx_guests` on VMX
-//! (the Bochs bed), so neither copy can drift from the other. Each case
+//! (full-system Bochs), so neither copy can drift from the other. Each case
 //! builds its VMs with [`new_vm`], runs them to their end on this CPU and
 //! checks the outcome; a failed check panics (fails the case).
 //!

@@ -1,8 +1,8 @@
 //! In-emulator test scenarios and the console line protocol they speak.
 //!
 //! A scenario is a kernel binary (`kernel/src/bin/test_*.rs`) that calls
-//! [`run_scenario`] with a static [`Scenario`]. The host harness (`tests/`) and the Bochs
-//! bed's Python harness parse these lines; keep them stable:
+//! [`run_scenario`] with a static [`Scenario`]. The host harness (`tests/`: the QEMU and
+//! the Bochs runners) parses these lines; keep them stable:
 //!
 //! ```text
 //! [scenario] <scenario> cases=<N>          before the first case
@@ -25,9 +25,11 @@
 //! cases both backends run).
 
 pub mod aging;
+pub mod evil;
 pub mod guests;
 pub mod overcommit;
 pub mod smp;
+pub mod vcpus;
 
 use crate::console;
 use crate::hw::{self, ExitCode};

@@ -1,5 +1,5 @@
 //! What the multi-vCPU scenarios (`test_svm_vcpus` in QEMU, `test_vmx_vcpus`
-//! on the Bochs bed) share: the `smp` guest's layout (guests/src/bin/smp.rs),
+//! on full-system Bochs) share: the `smp` guest's layout (guests/src/bin/smp.rs),
 //! its VM, and the exact check of the A/D bits its vCPUs leave behind, so
 //! both backends are held to one definition; and the cases both run
 //! ([`cases`]).
@@ -80,8 +80,7 @@ pub fn region_ad_mismatches<E: Extension>(vm: &Vm<E>, tag: &str) -> u64 {
 
 /// The cases the multi-vCPU scenarios of both backends run, written once
 /// (`test_svm_vcpus` on SVM, `test_vmx_vcpus` on VMX). Each runs the boot
-/// vCPU on a thread pinned to the last CPU (the only one on the Bochs bed)
-/// and waits for the VM to stop.
+/// vCPU on a thread pinned to the last CPU and waits for the VM to stop.
 pub mod cases {
     use super::smp_vm;
     use crate::testing::guests::{MIB, new_vm};

@@ -7,7 +7,7 @@
 //!   against PIT channel 2 (10 ms gate, best of three; CPUID leaf 0x15/0x16
 //!   when the PIT does not answer), and each CPU's APIC timer ticks at
 //!   [`TICK_HZ`] (calibrated against the TSC). Threads are preempted.
-//! - **Cooperative** (the Bochs bed): the TSC does not advance and arming the
+//! - **Cooperative** (the Bochs CPU core): the TSC does not advance and arming the
 //!   APIC timer aborts the emulator. Detected by the TSC standing still across
 //!   a busy loop; the APIC is never touched. [`now_ns`] is then a virtual
 //!   clock that advances by [`VIRTUAL_STEP_NS`] at every read (monotonic, so
@@ -128,7 +128,7 @@ pub fn sleep_ms(ms: u64) {
     }
 }
 
-/// Whether the TSC stands still across a busy loop (the Bochs bed).
+/// Whether the TSC stands still across a busy loop (the Bochs CPU core).
 fn tsc_is_frozen() -> bool {
     let t0 = rdtsc();
     let mut x = 0u64;

@@ -93,7 +93,7 @@ pub(super) fn handle_exit<E: Extension>(
                 // Mapped for the access the guest retries now: young, as
                 // that access will make it. A new entry starts old, and
                 // until the guest's retry sets A, a pass run on this exit
-                // (the exit-driven aging of the Bochs bed) would offer
+                // (exit-driven aging, without a timer) would offer
                 // the page to the reclaimer as its coldest.
                 vm.memory
                     .tables()

@@ -537,9 +537,25 @@ impl VmxVcpu {
         let regs = match linux {
             None => {
                 write_layout_guest_state()?;
-                boot_regs
+                // The project's own guests start with RFLAGS.IF set. With
+                // external-interrupt exiting a host interrupt exits the guest
+                // whatever the guest's IF (SDM "VM-Execution Controls",
+                // pin-based); a guest that wants interrupts injected sets up
+                // its IDT and clears or sets IF itself. But full-system Bochs
+                // 2.7 loads the guest's RFLAGS on VM entry before it marks the
+                // CPU as in VMX non-root operation, so with IF clear it masks
+                // external interrupts for the whole stay in the guest: a guest
+                // spinning without exits was never preempted and its CPU hung
+                // (measured: `vmx_vcpus` flush and EXIT cases, both CPUs
+                // spinning in the guest 29 emulated seconds after the test's
+                // 10 s deadline).
+                let mut regs = boot_regs;
+                regs.rflags |= RFLAGS_IF;
+                regs
             }
             Some(entry) => {
+                // Linux's 64-bit entry wants interrupts off (boot.rst); it
+                // turns them on itself, and its vCPU has a CPU to itself.
                 write_linux64_guest_state(&entry, controls.entry)?;
                 GuestRegs {
                     rip: entry.rip,

@@ -159,6 +159,7 @@ fn report_lines_are_cut_out_of_guest_lines() {
         ],
         elapsed: Duration::ZERO,
         command: String::new(),
+        emulator: "QEMU",
     };
     assert_eq!(
         guest_lines(&run),

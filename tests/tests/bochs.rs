@@ -102,7 +102,7 @@ fn vmx_ept() {
 #[test]
 #[ignore = "needs images and Bochs: run `cargo xtask test --step bochs`"]
 fn vmx_guests() {
-    expect_pass("test_vmx_guests", 11);
+    expect_pass("test_vmx_guests", 13);
 }
 
 #[test]

@@ -53,6 +53,7 @@ pub const KERNEL_LAYERS: &[(&str, &[&str])] = &[
             "testing::aging",
             "testing::evil",
             "testing::guests",
+            "testing::linux",
             "testing::overcommit",
             "testing::smp",
             "testing::vcpus",

@@ -19,7 +19,7 @@ use alloc::vec;
 use bootloader_api::{BootInfo, entry_point};
 use hvcore::linux_boot::{LinuxBoot, LinuxBootConfig, bundle};
 use hvcore::reclaim::ReclaimTarget;
-use kernel::launch::{self, LINUX_RAM_BYTES};
+use kernel::launch::LINUX_RAM_BYTES;
 use kernel::svm::Svm;
 use kernel::testing::{Scenario, TestCase, run_scenario};
 use kernel::vm::{self, StopReason, Vm};
@@ -123,23 +123,7 @@ fn bad_inputs() {
 }
 
 fn boots() {
-    let vm = launch::new_linux_vm::<Svm>("linux", LINUX_RAM_BYTES).expect("Linux VM");
-    let start_ns = vm::now_ns();
-    let reason = vm::run_on_this_cpu(&vm);
-    let ms = (vm::now_ns() - start_ns) / 1_000_000;
-    let n = |c: &core::sync::atomic::AtomicU64| c.load(core::sync::atomic::Ordering::Relaxed);
-    kernel::println!(
-        "linux: VM stopped after {ms} ms: {reason}; {} exits, {} halts, {} interrupts injected, {} interrupt-window exits",
-        n(&vm.stats.exits),
-        n(&vm.stats.halts),
-        n(&vm.stats.interrupts_injected),
-        n(&vm.stats.window_exits)
-    );
-    assert!(
-        n(&vm.stats.interrupts_injected) > 0,
-        "the timer reached the guest"
-    );
-    assert_eq!(reason, StopReason::Exited(0), "the test init's status");
+    kernel::testing::linux::boots_and_exits::<Svm>();
 }
 
 /// The command line of the reclaim case: the bundle's, with the test init

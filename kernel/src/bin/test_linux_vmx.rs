@@ -16,10 +16,7 @@
 #![no_main]
 
 use bootloader_api::{BootInfo, entry_point};
-use core::sync::atomic::{AtomicU64, Ordering};
-use kernel::launch::{self, LINUX_RAM_BYTES};
 use kernel::testing::{Scenario, TestCase, run_scenario};
-use kernel::vm::{self, StopReason};
 use kernel::vmx::vcpu::Vmx;
 
 entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
@@ -38,21 +35,5 @@ static SCENARIO: Scenario = Scenario {
 };
 
 fn boots() {
-    let vm = launch::new_linux_vm::<Vmx>("linux", LINUX_RAM_BYTES).expect("Linux VM");
-    let start_ns = vm::now_ns();
-    let reason = vm::run_on_this_cpu(&vm);
-    let ms = (vm::now_ns() - start_ns) / 1_000_000;
-    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    kernel::println!(
-        "linux: VM stopped after {ms} ms: {reason}; {} exits, {} halts, {} interrupts injected, {} interrupt-window exits",
-        n(&vm.stats.exits),
-        n(&vm.stats.halts),
-        n(&vm.stats.interrupts_injected),
-        n(&vm.stats.window_exits)
-    );
-    assert!(
-        n(&vm.stats.interrupts_injected) > 0,
-        "the timer reached the guest"
-    );
-    assert_eq!(reason, StopReason::Exited(0), "the test init's status");
+    kernel::testing::linux::boots_and_exits::<Vmx>();
 }

@@ -20,13 +20,15 @@
 //!
 //! Neighbours: `panic` and `interrupts::exceptions` call [`fail_and_exit`];
 //! [`aging`] holds the probes the aging scenarios share, [`guests`] the
-//! guest cases both backends run, [`overcommit`] the set-up of the
+//! guest cases both backends run, [`linux`] the Linux case both run,
+//! [`overcommit`] the set-up of the
 //! overcommit scenarios, [`smp`] that of the multi-vCPU ones (and their
 //! cases both backends run).
 
 pub mod aging;
 pub mod evil;
 pub mod guests;
+pub mod linux;
 pub mod overcommit;
 pub mod smp;
 pub mod vcpus;
